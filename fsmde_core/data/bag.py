@@ -1,0 +1,356 @@
+"""Streaming rosbag2 recordings into :class:`SurroundSample` s.
+
+Per bag: discover the layout (:mod:`fsmde_core.data.layout`), then one pass in
+log-time order over the camera, LiDAR and ground-truth topics. Only stamps are
+read from each message on the way (:func:`header_stamp_ns`); a message is
+deserialised and decoded once its set is complete, so memory holds a few raw
+frames per camera, never the bag.
+
+Pairing is on ``header.stamp`` (capture time), never on the reader's log time:
+
+* cameras: :class:`~fsmde_core.data.grouping.StampGrouper` (spread <=
+  ``sync_tolerance_ms``); incomplete sets are dropped and counted.
+* LiDAR: the sweep whose stamp is closest to the set's reference stamp (the
+  earliest camera stamp), within ``lidar_tolerance_ms``. A set waits until a
+  sweep later than ``reference + tolerance`` has been seen (or ``horizon_s`` of
+  log time has passed) so a better sweep cannot arrive afterwards.
+* ground truth: per camera, the GT image closest to that camera's stamp.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+
+from fsmde_core.data.config import DataConfig
+from fsmde_core.data.decode import (
+    decode_cloud_xyz,
+    decode_depth32,
+    decode_image,
+    header_stamp_ns,
+    stamp_to_ns,
+)
+from fsmde_core.data.errors import BagError, MalformedMessageError, UnsupportedEncodingError
+from fsmde_core.data.grouping import Stamped, StampGrouper
+from fsmde_core.data.layout import BagLayout, discover_layout
+from fsmde_core.data.reader import check_bag_path, deserialize, iter_raw, open_bag
+from fsmde_core.data.sample import SampleSource, SurroundSample, load_mask, resize_nearest, resize_rgb
+from fsmde_core.geometry import lidar_to_sparse_depth
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadStats:
+    """What the reader produced and what it had to leave out (summed over bags)."""
+
+    bags: int = 0
+    sets: int = 0  # complete camera sets
+    samples: int = 0  # samples yielded
+    incomplete_sets: int = 0  # moments where at least one camera was missing
+    dropped_images: int = 0  # images of those moments
+    out_of_order: int = 0  # images whose stamp went backwards on their topic
+    no_lidar: int = 0  # sets without a sweep within tolerance (dropped if require_lidar)
+    missing_gt: int = 0  # camera images whose GT depth was missing (NaN-filled)
+    skipped_messages: int = 0  # malformed messages skipped (their set is dropped)
+
+    def add(self, other: ReadStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass
+class Moment:
+    """A complete camera set with its matched LiDAR sweep and GT, still as raw CDR.
+
+    Decoding is deferred to :meth:`assemble` so that a consumer (the cache
+    builder resuming a killed run) can skip sets it already has. ``assemble``
+    must be called before the iterator that produced the moment advances (it
+    deserialises with the open bag's type store).
+    """
+
+    source: SampleSource
+    images: list[Stamped[bytes]]
+    lidar: Stamped[bytes] | None
+    gt: list[Stamped[bytes] | None]
+    builder: SampleBuilder = field(repr=False)
+
+    @property
+    def stamp_ns(self) -> int:
+        return min(s.stamp_ns for s in self.images)
+
+    def assemble(self) -> SurroundSample:
+        """Decode and resize; MalformedMessageError for a broken payload, BagError for a broken topic.
+
+        Counts the outcome in the bag's :class:`ReadStats` (``samples`` or ``skipped_messages``).
+        """
+        try:
+            sample = self.builder.build(self)
+        except MalformedMessageError:
+            self.builder.stats.skipped_messages += 1
+            raise
+        self.builder.stats.samples += 1
+        return sample
+
+
+class SampleBuilder:
+    """Decodes a :class:`Moment` of one bag into a :class:`SurroundSample` at the target size."""
+
+    def __init__(self, reader: AnyReader, layout: BagLayout, config: DataConfig, stats: ReadStats) -> None:
+        self.reader, self.layout, self.config, self.stats = reader, layout, config, stats
+        native = layout.rig()
+        sizes = {c.name: (c.model.width, c.model.height) for c in native.cameras}
+        if config.size is None and len(set(sizes.values())) > 1:
+            odd = next(c for c in layout.cameras if sizes[c.name] != sizes[layout.cameras[0].name])
+            raise BagError(layout.bag, odd.image_topic, f"cameras have different sizes {sizes}: "
+                           "set DataConfig.width/height to read them as one sample")
+        self.width, self.height = config.size or next(iter(sizes.values()))
+        self.native_sizes = [sizes[c.name] for c in layout.cameras]
+        self.rig = native.scaled(self.width, self.height)
+        self.models = [c.model for c in self.rig.cameras]
+        self.T_base_cam = np.stack([c.T_base_cam for c in self.rig.cameras])
+        self.masks = np.stack([
+            load_mask(c.mask, self.width, self.height) if c.mask
+            else np.zeros((self.height, self.width), dtype=bool)
+            for c in layout.cameras
+        ])
+        self.has_gt = any(c.gt_topic for c in layout.cameras)
+        self.max_depth = config.max_depth if config.max_depth is not None else self.rig.max_depth
+
+    def _image(self, k: int, raw: bytes) -> np.ndarray:
+        cam = self.layout.cameras[k]
+        msg = deserialize(self.reader, raw, cam.image_type, cam.image_topic)
+        try:
+            img = decode_image(msg, cam.image_type)
+        except UnsupportedEncodingError as exc:
+            raise BagError(self.layout.bag, cam.image_topic, str(exc)) from exc
+        except MalformedMessageError as exc:
+            raise MalformedMessageError(f"topic {cam.image_topic}: {exc}") from exc
+        if (img.shape[1], img.shape[0]) != self.native_sizes[k]:
+            w, h = self.native_sizes[k]
+            raise BagError(self.layout.bag, cam.image_topic, f"image is {img.shape[1]}x{img.shape[0]} but "
+                           f"camera_info ({cam.info_topic}) says {w}x{h}")
+        return resize_rgb(img, self.width, self.height)
+
+    def _sparse(self, lidar: Stamped[bytes] | None) -> np.ndarray:
+        if lidar is None:
+            return np.full((len(self.models), self.height, self.width), np.nan, dtype=np.float32)
+        topic = self.layout.lidar_topic
+        msg = deserialize(self.reader, lidar.item, "sensor_msgs/msg/PointCloud2", topic)
+        try:
+            pts = decode_cloud_xyz(msg)
+        except UnsupportedEncodingError as exc:
+            raise BagError(self.layout.bag, topic, str(exc)) from exc
+        except MalformedMessageError as exc:
+            raise MalformedMessageError(f"topic {topic}: {exc}") from exc
+        return lidar_to_sparse_depth(pts, self.rig, self.layout.T_base_lidar, self.config.min_depth,
+                                     self.max_depth).astype(np.float32)
+
+    def _gt(self, gts: list[Stamped[bytes] | None]) -> np.ndarray | None:
+        if not self.has_gt:
+            return None
+        out = np.full((len(self.models), self.height, self.width), np.nan, dtype=np.float32)
+        for k, (cam, g) in enumerate(zip(self.layout.cameras, gts, strict=True)):
+            if g is None:
+                self.stats.missing_gt += 1
+                continue
+            msg = deserialize(self.reader, g.item, "sensor_msgs/msg/Image", cam.gt_topic)
+            try:
+                depth = decode_depth32(msg)
+            except UnsupportedEncodingError as exc:
+                raise BagError(self.layout.bag, cam.gt_topic, str(exc)) from exc
+            except MalformedMessageError as exc:
+                raise MalformedMessageError(f"topic {cam.gt_topic}: {exc}") from exc
+            out[k] = resize_nearest(depth, self.width, self.height)
+        return out
+
+    def build(self, m: Moment) -> SurroundSample:
+        images = np.stack([self._image(k, s.item) for k, s in enumerate(m.images)])
+        stamps = np.array([s.stamp_ns for s in m.images], dtype=np.int64)
+        return SurroundSample(
+            stamp_ns=int(stamps.min()),
+            camera_names=[c.name for c in self.layout.cameras],
+            images=images,
+            camera_stamps_ns=stamps,
+            models=list(self.models),
+            T_base_cam=self.T_base_cam.copy(),
+            sparse_depth=self._sparse(m.lidar),
+            gt_depth=self._gt(m.gt),
+            masks=self.masks.copy(),
+            source=m.source,
+            lidar_stamp_ns=None if m.lidar is None else m.lidar.stamp_ns,
+            base_frame=self.layout.config.base_frame,
+        )
+
+
+def _closest(buf: Iterable[Stamped[bytes]], t: int, tol: int) -> Stamped[bytes] | None:
+    best, best_d = None, tol + 1
+    for s in buf:
+        d = abs(s.stamp_ns - t)
+        if d < best_d:
+            best, best_d = s, d
+    return best
+
+
+class _BagStream:
+    """The one-pass pairing state machine of one bag (see the module docstring)."""
+
+    def __init__(self, reader: AnyReader, layout: BagLayout, config: DataConfig, stats: ReadStats) -> None:
+        self.reader, self.layout, self.config, self.stats = reader, layout, config, stats
+        self.builder = SampleBuilder(reader, layout, config, stats)
+        n = len(layout.cameras)
+        self.tol, self.ltol = config.sync_tolerance_ns, config.lidar_tolerance_ns
+        self.horizon = config.horizon_ns
+        self.grouper: StampGrouper[bytes] = StampGrouper(n, self.tol, self.horizon)
+        self.roles: dict[str, tuple[str, int]] = {
+            c.image_topic: ("cam", k) for k, c in enumerate(layout.cameras)
+        }
+        self.roles.update({c.gt_topic: ("gt", k) for k, c in enumerate(layout.cameras) if c.gt_topic})
+        if layout.lidar_topic:
+            self.roles[layout.lidar_topic] = ("lidar", 0)
+        self.lidar: deque[Stamped[bytes]] = deque()
+        self.gt: list[deque[Stamped[bytes]]] = [deque() for _ in range(n)]
+        self.lidar_newest: int | None = None
+        self.gt_newest: list[int | None] = [None] * n
+        self.pending: deque[list[Stamped[bytes]]] = deque()
+        self.index = 0
+
+    def _stamp(self, topic: str, msgtype: str, raw: bytes) -> int:
+        stamp = header_stamp_ns(raw)
+        if stamp is None:  # not plain CDR: deserialise just for the header
+            stamp = stamp_to_ns(deserialize(self.reader, raw, msgtype, topic).header.stamp)
+        return stamp
+
+    def run(self) -> Iterator[Moment]:
+        for topic, msgtype, log_ns, raw in iter_raw(self.reader, self.layout.bag, list(self.roles)):
+            try:
+                stamp = self._stamp(topic, msgtype, raw)
+            except MalformedMessageError as exc:
+                log.warning("bag %s: skipping message: %s", self.layout.bag, exc)
+                self.stats.skipped_messages += 1
+                continue
+            role, k = self.roles[topic]
+            if role == "cam":
+                self.pending.extend(self.grouper.push(k, stamp, log_ns, raw))
+            elif role == "lidar":
+                self.lidar.append(Stamped(stamp, log_ns, raw))
+                self.lidar_newest = stamp if self.lidar_newest is None else max(self.lidar_newest, stamp)
+            else:
+                self.gt[k].append(Stamped(stamp, log_ns, raw))
+                self.gt_newest[k] = stamp if self.gt_newest[k] is None else max(self.gt_newest[k], stamp)
+            yield from self._finalise(log_ns, end=False)
+            self._prune()
+        self.grouper.flush()
+        yield from self._finalise(0, end=True)
+        g = self.grouper.stats
+        self.stats.dropped_images += g.dropped
+        self.stats.out_of_order += g.out_of_order
+        self.stats.incomplete_sets += g.incomplete_sets(self.tol)
+
+    def _ready(self, cams: list[Stamped[bytes]], log_ns: int) -> bool:
+        if log_ns > max(s.log_ns for s in cams) + self.horizon:
+            return True
+        ref = min(s.stamp_ns for s in cams)
+        if self.layout.lidar_topic and (self.lidar_newest is None or self.lidar_newest <= ref + self.ltol):
+            return False
+        return all(
+            not c.gt_topic or (newest is not None and newest >= s.stamp_ns)
+            for c, newest, s in zip(self.layout.cameras, self.gt_newest, cams, strict=True)
+        )
+
+    def _finalise(self, log_ns: int, end: bool) -> Iterator[Moment]:
+        while self.pending and (end or self._ready(self.pending[0], log_ns)):
+            cams = self.pending.popleft()
+            self.stats.sets += 1
+            ref = min(s.stamp_ns for s in cams)
+            lidar = _closest(self.lidar, ref, self.ltol) if self.layout.lidar_topic else None
+            if lidar is None:
+                self.stats.no_lidar += 1
+                if self.config.require_lidar:
+                    continue
+            gts = [_closest(buf, s.stamp_ns, self.tol) for buf, s in zip(self.gt, cams, strict=True)]
+            yield Moment(SampleSource(self.layout.bag, self.index), cams, lidar, gts, self.builder)
+            self.index += 1
+
+    def _prune(self) -> None:
+        """Forget LiDAR/GT messages no current or future set can match."""
+        if self.grouper.newest_ns is None:
+            return
+        floor = self.grouper.newest_ns - self.horizon
+        held = self.grouper.oldest_held_ns()
+        if held is not None:
+            floor = min(floor, held)
+        if self.pending:
+            floor = min(floor, min(s.stamp_ns for s in self.pending[0]))
+        while self.lidar and self.lidar[0].stamp_ns < floor - self.ltol:
+            self.lidar.popleft()
+        for buf in self.gt:
+            while buf and buf[0].stamp_ns < floor - self.tol:
+                buf.popleft()
+
+
+class BagSource:
+    """Synchronised surround samples from one or more rosbag2 recordings.
+
+    Bags are read one after the other (sets never span two bags); each bag's
+    layout is discovered on its own, so bags with different topic names work
+    as long as :class:`DataConfig` matches them. ``stats`` accumulates over
+    every iteration.
+    """
+
+    def __init__(self, bags: Iterable[str | Path] | str | Path, config: DataConfig | None = None) -> None:
+        if isinstance(bags, (str, Path)):
+            bags = [bags]
+        self.bags = [Path(b) for b in bags]
+        if not self.bags:
+            raise ValueError("BagSource needs at least one bag")
+        for b in self.bags:
+            check_bag_path(b)
+        self.config = config or DataConfig()
+        self.stats = ReadStats()
+
+    def layout(self, bag: str | Path) -> BagLayout:
+        """Discover one bag's layout (problems recorded, not raised)."""
+        with open_bag(bag) as reader:
+            return discover_layout(reader, Path(bag), self.config)
+
+    def moments(self) -> Iterator[Moment]:
+        """Complete sets, still undecoded, in bag order then stamp order."""
+        for bag in self.bags:
+            with open_bag(bag) as reader:
+                layout = discover_layout(reader, bag, self.config)
+                layout.raise_for_problems()
+                for note in layout.notes:
+                    log.info("bag %s: %s", bag, note)
+                stats = ReadStats(bags=1)
+                try:
+                    yield from _BagStream(reader, layout, self.config, stats).run()
+                finally:
+                    self.stats.add(stats)
+                    log.info("bag %s: %s", bag, stats.as_dict())
+
+    def __iter__(self) -> Iterator[SurroundSample]:
+        for m in self.moments():
+            try:
+                sample = m.assemble()
+            except MalformedMessageError as exc:
+                log.warning("bag %s: skipping set %d at stamp %d: %s", m.source.bag, m.source.index,
+                            m.stamp_ns, exc)
+                continue
+            yield sample
+
+
+def read_samples(
+    bags: Iterable[str | Path] | str | Path, config: DataConfig | None = None
+) -> Iterator[SurroundSample]:
+    """Stream :class:`SurroundSample` s from rosbag2 recordings (see :class:`BagSource`)."""
+    yield from BagSource(bags, config)

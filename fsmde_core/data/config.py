@@ -1,0 +1,138 @@
+"""What to read from a recording and how to turn it into samples.
+
+Every field has a default that fits the conventions of this project's bags
+(``/cameras/<name>/image_raw`` + sibling ``camera_info``, ``/tf_static``, one
+PointCloud2); real recordings override the topics. The config is part of the
+dataset cache key, so every field must be JSON-serialisable via
+:meth:`DataConfig.to_key`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+EXTRINSICS_SOURCES = ("auto", "tf", "yaml")
+
+
+@dataclass(frozen=True)
+class CameraTopics:
+    """One camera's topics, for recordings whose names discovery cannot guess.
+
+    Attributes:
+        name: camera name used in samples and reports (e.g. ``front``).
+        image_topic: ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` topic.
+        info_topic: ``sensor_msgs/CameraInfo`` topic; empty = the sibling
+            ``camera_info`` of the image topic's namespace.
+        gt_topic: optional dense ground-truth depth (32FC1); empty = the
+            ``DataConfig.gt_topic_pattern`` topic when the bag has it.
+    """
+
+    name: str
+    image_topic: str
+    info_topic: str = ""
+    gt_topic: str = ""
+
+
+@dataclass
+class DataConfig:
+    """Topics, calibration source, synchronisation and output size of samples.
+
+    Attributes:
+        cameras: explicit camera list (sample order = this order); None =
+            discover image topics (``.../image*``) and order cameras by the
+            yaw of their optical axis, counter-clockwise from the front.
+        lidar_topic: PointCloud2 topic; None = the bag's only PointCloud2.
+        tf_static_topic: static transforms (``tf2_msgs/TFMessage``).
+        base_frame: vehicle frame that extrinsics are expressed in.
+        rig_yaml: rig calibration (:meth:`fsmde_core.rig.Rig.load`): extrinsics
+            when the bag has no /tf_static, intrinsics for cameras without
+            camera_info, and ego masks.
+        extrinsics: ``auto`` (TF if the bag has /tf_static, else the YAML),
+            ``tf`` or ``yaml`` (force one source).
+        width, height: sample size; None = native (all cameras must agree).
+        sync_tolerance_ms: max spread of ``header.stamp`` within one set.
+        lidar_tolerance_ms: max distance between the set's reference stamp
+            and the LiDAR sweep's stamp.
+        require_lidar: drop sets without a sweep within tolerance (counted);
+            False keeps them with all-NaN sparse depth.
+        min_depth, max_depth: LiDAR points outside are not projected;
+            max_depth None = the rig's ``max_depth``.
+        gt_topic_pattern: synthetic dense ground truth, ``{name}`` = camera.
+        horizon_s: how far (in log time) a message may lag the rest of its set;
+            bounds the reader's memory when a camera stops publishing.
+    """
+
+    cameras: list[CameraTopics] | None = None
+    lidar_topic: str | None = None
+    tf_static_topic: str = "/tf_static"
+    base_frame: str = "base_link"
+    rig_yaml: Path | None = None
+    extrinsics: str = "auto"
+    width: int | None = None
+    height: int | None = None
+    sync_tolerance_ms: float = 20.0
+    lidar_tolerance_ms: float = 50.0
+    require_lidar: bool = True
+    min_depth: float = 0.1
+    max_depth: float | None = None
+    gt_topic_pattern: str = "/synthetic_gt/{name}/depth"
+    horizon_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cameras is not None:
+            self.cameras = [c if isinstance(c, CameraTopics) else CameraTopics(**c) for c in self.cameras]
+            names = [c.name for c in self.cameras]
+            if len(set(names)) != len(names) or not names:
+                raise ValueError(f"DataConfig.cameras needs unique camera names, got {names}")
+        if self.rig_yaml is not None:
+            self.rig_yaml = Path(self.rig_yaml)
+        if (self.width is None) != (self.height is None):
+            raise ValueError("DataConfig.width and height must both be set or both be None")
+        if self.width is not None and (int(self.width) <= 0 or int(self.height) <= 0):
+            raise ValueError(f"DataConfig size must be positive, got {self.width}x{self.height}")
+        if self.extrinsics not in EXTRINSICS_SOURCES:
+            raise ValueError(
+                f"DataConfig.extrinsics must be one of {EXTRINSICS_SOURCES}, got {self.extrinsics!r}")
+        if self.extrinsics == "yaml" and self.rig_yaml is None:
+            raise ValueError("DataConfig.extrinsics='yaml' needs DataConfig.rig_yaml")
+        for name in ("sync_tolerance_ms", "lidar_tolerance_ms", "horizon_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"DataConfig.{name} must be > 0, got {getattr(self, name)}")
+        if "{name}" not in self.gt_topic_pattern:
+            raise ValueError(
+                f"DataConfig.gt_topic_pattern must contain '{{name}}', got {self.gt_topic_pattern!r}")
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """Target (width, height), or None for native size."""
+        return None if self.width is None else (int(self.width), int(self.height))
+
+    @property
+    def sync_tolerance_ns(self) -> int:
+        return round(self.sync_tolerance_ms * 1e6)
+
+    @property
+    def lidar_tolerance_ns(self) -> int:
+        return round(self.lidar_tolerance_ms * 1e6)
+
+    @property
+    def horizon_ns(self) -> int:
+        return round(self.horizon_s * 1e9)
+
+    def to_key(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field (part of the cache key)."""
+        d = asdict(self)
+        d["rig_yaml"] = None if self.rig_yaml is None else str(Path(self.rig_yaml).resolve())
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DataConfig:
+        """Build from a YAML mapping; unknown keys are refused so typos do not pass silently."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown data config keys {unknown} (known: {sorted(known)})")
+        return cls(**data)

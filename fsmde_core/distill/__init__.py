@@ -1,0 +1,1 @@
+"""Distillation losses: SILog, bin-centre Chamfer, cross-interaction KD, view-relational KD."""

@@ -1,0 +1,586 @@
+"""Distillation losses: SILog, bin-centre Chamfer, cross-interaction KD, view-relational KD.
+
+Conventions shared by every function here:
+
+* Masks are boolean ``(B, 1, H, W)`` tensors, ``True`` = the pixel may enter the
+  loss; ``None`` means "every pixel". Losses against ground truth also drop
+  invalid GT on their own: NaN, +/-Inf (REP 117: +Inf = beyond range / sky) and
+  values ``<= 0``.
+* An image with no usable pixel contributes exactly zero and never a NaN, in the
+  forward *and* the backward pass. Every value that is masked out is replaced by
+  a harmless finite number *before* any ``log``/``sqrt``/division, because
+  ``torch.where`` only zeroes the gradient of the unselected branch: a NaN or
+  Inf local derivative behind it still turns ``0 * inf`` into NaN.
+* Targets (teacher quantities) are always detached.
+
+The method is the reconstruction in DESIGN.md §5: SILog + Chamfer make the
+student metric (scale from LiDAR), CKD transfers the teacher's scale-invariant
+structure as bin probabilities, VRKD transfers cross-view feature relations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
+
+from fsmde_core.models.teachers.base import TeacherOutput
+
+__all__ = [
+    "DistillLossConfig",
+    "StudentOutputLike",
+    "bin_centre_chamfer",
+    "ckd_loss",
+    "compute_losses",
+    "relation_matrix",
+    "resize_nan_safe",
+    "scale_invariant_normalise",
+    "silog_loss",
+    "teacher_bin_log_probs",
+    "valid_depth_mask",
+    "vrkd_loss",
+]
+
+_EPS = 1e-6
+
+
+class StudentOutputLike(Protocol):
+    """What ``compute_losses`` reads from the student (duck-typed on purpose).
+
+    depth (B,1,H,W) metres; logits (B,K,H,W); centres (B,K) metres;
+    features (B,C,hf,wf).
+    """
+
+    depth: torch.Tensor
+    logits: torch.Tensor
+    centres: torch.Tensor
+    features: torch.Tensor
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _region_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Return a boolean (B,1,H,W) mask for ``like`` (B,*,H,W); ``None`` -> all True."""
+    shape = (like.shape[0], 1, *like.shape[-2:])
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=like.device)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match expected {shape}")
+    return mask
+
+
+def valid_depth_mask(gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixels with usable metric GT: finite, strictly positive, and allowed by ``mask``."""
+    return _region_mask(mask, gt) & torch.isfinite(gt) & (gt > 0)
+
+
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean of ``x`` over ``valid`` -> ((B,), count (B,)); 0 for empty images.
+
+    ``x`` must already be finite where ``valid`` is False (see module docstring).
+    """
+    count = valid.flatten(1).sum(1)
+    total = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device)).flatten(1).sum(1)
+    return total / count.clamp_min(1).to(x.dtype), count
+
+
+def _mean_over_images(per_image: torch.Tensor, has_pixels: torch.Tensor) -> torch.Tensor:
+    """Average a (B,) loss over images that had at least one valid pixel (0 if none).
+
+    Empty images are left out of the denominator rather than counted as zero so a
+    batch with a camera without LiDAR returns does not silently shrink the loss.
+    """
+    zero = torch.zeros((), dtype=per_image.dtype, device=per_image.device)
+    n = has_pixels.sum().clamp_min(1).to(per_image.dtype)
+    return torch.where(has_pixels, per_image, zero).sum() / n
+
+
+# --------------------------------------------------------------------------- supervised terms
+
+
+def silog_loss(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    variance_focus: float = 0.85,
+) -> torch.Tensor:
+    """Scale-invariant log loss (Eigen et al. 2014) against sparse metric GT.
+
+    Per image, with g = log(pred) - log(gt) over valid pixels::
+
+        L_i = sqrt( mean(g^2) - variance_focus * mean(g)^2 )
+
+    and the result is the mean of L_i over images that have valid GT.
+
+    Convention: this is the square-rooted form used by BTS/AdaBins, *without*
+    their factor 10 — put that factor in the loss weight (``DistillLossConfig``
+    defaults ``w_silog=10``, which reproduces ``10 * sqrt(D)``). ``variance_focus``
+    (lambda) in [0, 1]: 1 is fully scale-invariant, 0 is plain log-RMSE; 0.85
+    keeps a little penalty on a global scale error so the metric scale is learnt.
+    The argument of the sqrt is clamped at 1e-12, so a perfect prediction gives
+    1e-6 rather than 0 and the gradient stays finite.
+
+    Args:
+        pred: (B,1,H,W) predicted metric depth (positive; clamped at 1e-6).
+        gt: (B,1,H,W) metric GT depth, invalid = NaN / Inf / <= 0.
+        mask: optional (B,1,H,W) bool region mask.
+        variance_focus: lambda in [0, 1].
+    """
+    if not 0.0 <= variance_focus <= 1.0:
+        raise ValueError(f"variance_focus must be in [0, 1], got {variance_focus}")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and gt {tuple(gt.shape)} must have the same shape")
+    valid = valid_depth_mask(gt, mask)
+    one = torch.ones((), dtype=pred.dtype, device=pred.device)
+    safe_pred = torch.where(valid, pred, one).clamp_min(_EPS)
+    safe_gt = torch.where(valid, gt.to(pred.dtype), one)
+    g = torch.log(safe_pred) - torch.log(safe_gt)
+    mean_g, count = _masked_mean(g, valid)
+    mean_g2, _ = _masked_mean(g * g, valid)
+    per_image = torch.sqrt((mean_g2 - variance_focus * mean_g * mean_g).clamp_min(1e-12))
+    return _mean_over_images(per_image, count > 0)
+
+
+def _nearest_sq_dist(queries: torch.Tensor, sorted_ref: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+    """Squared distance from each query to its nearest value in a sorted 1-D set.
+
+    In 1-D the nearest neighbour is one of the two entries around the insertion
+    point, so ``searchsorted`` gives an exact, O((N+K) log) Chamfer without the
+    (K x N) distance matrix (which is 1.5 GB for 6 x 256 bins x 384x640 pixels).
+
+    Args:
+        queries: (B, Q) finite values (gradients flow through them).
+        sorted_ref: (B, M) ascending per row; only the first ``n_valid[b]`` entries
+            are real (the rest may be +Inf padding). Gradients flow through the
+            gathered entries.
+        n_valid: (B,) number of real entries per row.
+    """
+    idx = torch.searchsorted(sorted_ref.detach().contiguous(), queries.detach().contiguous())
+    last = (n_valid - 1).clamp_min(0).unsqueeze(1)
+    lo = torch.minimum((idx - 1).clamp_min(0), last)
+    hi = torch.minimum(idx, last)
+    ref_lo = sorted_ref.gather(1, lo)
+    ref_hi = sorted_ref.gather(1, hi)
+    # Rows without any real entry gather the +Inf padding: replace it so neither the
+    # forward value nor the backward pass can produce Inf/NaN (callers mask those rows).
+    has = (n_valid > 0).unsqueeze(1)
+    ref_lo = torch.where(has, ref_lo, queries.detach())
+    ref_hi = torch.where(has, ref_hi, queries.detach())
+    return torch.minimum((queries - ref_lo) ** 2, (queries - ref_hi) ** 2)
+
+
+def bin_centre_chamfer(
+    centres: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Bidirectional Chamfer distance between bin centres and valid GT depths (AdaBins).
+
+    Per image, with C the K centres and G the multiset of valid GT depths::
+
+        L_i = mean_{c in C} min_{g in G} (c - g)^2  +  mean_{g in G} min_{c in C} (g - c)^2
+
+    i.e. pytorch3d's ``chamfer_distance`` on 1-D points with mean reduction, as in
+    AdaBins; units are m^2. The first term pulls every centre towards depths that
+    occur; the second makes every observed depth have a centre nearby (so the bins
+    cover the scene's range — this is what makes the centres metric). Result: mean
+    over images with at least one valid GT pixel.
+
+    Exact and vectorised over the batch via sorting + ``searchsorted`` (no distance
+    matrix, no loop). Gradients flow to ``centres`` only.
+
+    Args:
+        centres: (B, K) bin centres in metres.
+        gt: (B, 1, H, W) metric GT (invalid = NaN / Inf / <= 0).
+        mask: optional (B, 1, H, W) bool region mask.
+    """
+    if centres.dim() != 2 or centres.shape[0] != gt.shape[0]:
+        raise ValueError(f"centres must be (B, K) with B={gt.shape[0]}, got {tuple(centres.shape)}")
+    valid = valid_depth_mask(gt, mask).flatten(1)  # (B, N)
+    n_valid = valid.sum(1)
+    gt_flat = gt.flatten(1).to(centres.dtype)
+    inf = torch.full((), float("inf"), dtype=centres.dtype, device=centres.device)
+    gt_sorted, _ = torch.sort(torch.where(valid, gt_flat, inf), dim=1)  # valid values first
+
+    centre_to_gt = _nearest_sq_dist(centres, gt_sorted, n_valid).mean(1)
+
+    centres_sorted, _ = torch.sort(centres, dim=1)  # values stay differentiable
+    k = torch.full_like(n_valid, centres.shape[1])
+    gt_queries = torch.where(valid, gt_flat, torch.zeros((), dtype=centres.dtype, device=centres.device))
+    gt_to_centre, _ = _masked_mean(_nearest_sq_dist(gt_queries, centres_sorted, k), valid)
+
+    return _mean_over_images(centre_to_gt + gt_to_centre, n_valid > 0)
+
+
+# --------------------------------------------------------------------------- scale-invariant space
+
+
+def scale_invariant_normalise(
+    x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = _EPS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image affine normalisation: u = (x - median) / MAD.
+
+    Median and mean absolute deviation (around the median) are taken over pixels
+    that are finite and in ``mask``. This is the MiDaS/Depth-Anything way of
+    removing an unknown scale and shift, so ``u(a*x + b) == u(x)`` for any a > 0.
+    The median is torch's lower median for even counts (an order statistic, so
+    the invariance is exact). Note that ``x <= 0`` is *valid* here: it is meant
+    for inverse depth, where 0 = sky.
+
+    Args:
+        x: (B, ...) values, NaN/Inf = unknown.
+        mask: optional bool mask of x's shape.
+        eps: lower clamp of the MAD (flat images).
+
+    Returns:
+        u: same shape as x, NaN where not valid.
+        median: (B,) per-image median (0 for images without valid pixels).
+        mad: (B,) per-image mean absolute deviation, clamped at ``eps``.
+    """
+    valid = torch.isfinite(x)
+    if mask is not None:
+        if mask.dtype != torch.bool or mask.shape != x.shape:
+            raise ValueError(
+                f"mask must be bool of shape {tuple(x.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        valid = valid & mask
+    b = x.shape[0]
+    view = (b,) + (1,) * (x.dim() - 1)
+    nan = torch.full((), float("nan"), dtype=x.dtype, device=x.device)
+    count = valid.flatten(1).sum(1)
+    median = torch.nanmedian(torch.where(valid, x, nan).flatten(1), dim=1).values
+    median = torch.where(count > 0, median, torch.zeros_like(median))
+    safe_x = torch.where(valid, x, median.view(view))  # deviation 0 where invalid
+    dev = (safe_x - median.view(view)).abs()
+    mad = (dev.flatten(1).sum(1) / count.clamp_min(1).to(x.dtype)).clamp_min(eps)
+    u = torch.where(valid, (safe_x - median.view(view)) / mad.view(view), nan)
+    return u, median, mad
+
+
+def resize_nan_safe(x: torch.Tensor, size: tuple[int, int], min_weight: float = 0.5) -> torch.Tensor:
+    """Bilinear resize of (B,C,h,w) that ignores NaN/Inf inputs (normalised interpolation).
+
+    Each output is the bilinear average of its *valid* neighbours; it is NaN when
+    less than ``min_weight`` of the bilinear weight fell on valid inputs. A plain
+    ``F.interpolate`` would spread one NaN over its whole neighbourhood.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    valid = torch.isfinite(x)
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    kw: dict[str, Any] = {
+        "size": tuple(size), "mode": "bilinear", "align_corners": False, "antialias": shrinking,
+    }
+    num = F.interpolate(torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device)), **kw)
+    den = F.interpolate(valid.to(x.dtype), **kw)
+    out = num / den.clamp_min(_EPS)
+    return torch.where(den >= min_weight, out, torch.full((), float("nan"), dtype=x.dtype, device=x.device))
+
+
+# --------------------------------------------------------------------------- cross-interaction KD
+
+
+def teacher_bin_log_probs(
+    student_centres: torch.Tensor,
+    student_depth: torch.Tensor,
+    teacher_inv_depth: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    tau: float = 1.0,
+    sigma: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CKD target: log p^T over the student's bins, and where it is defined.
+
+    1. Teacher relative inverse depth -> student resolution (NaN-safe bilinear),
+       then u^T = (x - median) / MAD per image.
+    2. The student's bin centres go to the same space with the statistics of the
+       student's *own* inverse-depth map over the same pixels:
+       û_k = (1/c_k - m) / s, with m, s the median / MAD of 1/D. If the student's
+       structure matched the teacher's, u^T and the student's own normalised map
+       would coincide, so û_k is "where bin k sits in the teacher's space".
+    3. p^T_k = softmax_k(-|u^T - û_k| / (sigma * tau)).
+
+    ``sigma`` (default 1, the formula of DESIGN.md §5) is the bandwidth of the
+    bin assignment in MAD units. It is kept separate from the KD temperature
+    because at the optimum of tau^2 KL(p^T || softmax(z/tau)) the student's
+    logits are z = -|u^T - û_k| / sigma + const *whatever tau is*: tau cannot
+    sharpen the distribution the student ends up with, sigma can.
+
+    Everything is computed without gradient: the target must not move the
+    student's centres or depth. Scale comes from GT via the centres (Chamfer +
+    SILog); structure comes from the teacher via the probabilities. If the
+    target could move c_k or D, the KD term could reduce itself by shifting
+    centres/statistics toward the teacher's arbitrary affine frame, fighting
+    the metric supervision.
+
+    Returns:
+        log_p: (B, K, H, W) log-probabilities (finite everywhere; meaningless
+            where ``valid`` is False).
+        valid: (B, 1, H, W) pixels where the target is defined (region mask,
+            finite teacher value, finite positive student depth).
+    """
+    if tau <= 0 or sigma <= 0:
+        raise ValueError(f"tau and sigma must be > 0, got tau={tau}, sigma={sigma}")
+    with torch.no_grad():
+        depth = student_depth.detach()
+        size = (depth.shape[-2], depth.shape[-1])
+        teacher = resize_nan_safe(teacher_inv_depth.detach().to(depth.dtype), size)
+        if teacher.shape[:2] != (depth.shape[0], 1):
+            raise ValueError(f"teacher_inv_depth must be (B,1,h,w) with B={depth.shape[0]}")
+        valid = _region_mask(mask, depth) & torch.isfinite(teacher) & torch.isfinite(depth) & (depth > 0)
+        u_t, _, _ = scale_invariant_normalise(teacher, valid)
+        _, m, s = scale_invariant_normalise(1.0 / depth.clamp_min(_EPS), valid)
+        centres = student_centres.detach().to(depth.dtype)
+        u_hat = (1.0 / centres.clamp_min(_EPS) - m[:, None]) / s[:, None]  # (B, K)
+        u_t = torch.where(valid, u_t, torch.zeros((), dtype=depth.dtype, device=depth.device))
+        # (B, K, H, W) teacher logits -|u^T - û_k| / (sigma * tau), built in place: this
+        # tensor is as large as the student's logits, temporaries cost real memory.
+        logits_t = torch.sub(u_t, u_hat[:, :, None, None]).abs_().mul_(-1.0 / (sigma * tau))
+        log_p = F.log_softmax(logits_t, dim=1)
+    return log_p, valid
+
+
+def ckd_loss(
+    student_logits: torch.Tensor,
+    student_centres: torch.Tensor,
+    student_depth: torch.Tensor,
+    teacher_inv_depth: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    tau: float = 1.0,
+    sigma: float = 1.0,
+) -> torch.Tensor:
+    """Cross-interaction KD: tau^2 * KL(p^T || softmax(z / tau)), mean over valid pixels.
+
+    p^T comes from :func:`teacher_bin_log_probs` (detached). The tau^2 factor
+    (Hinton et al.) keeps gradient magnitudes comparable across temperatures.
+    The mean is over all valid pixels of the batch; with no valid pixel the
+    loss is 0 (finite gradient). ``mask`` is a region mask only: CKD is dense
+    and does not need LiDAR, so sparse GT must not be passed as the mask.
+
+    Args:
+        student_logits: (B, K, H, W) logits z.
+        student_centres: (B, K) centres in metres.
+        student_depth: (B, 1, H, W) the student's metric depth (same H, W as z).
+        teacher_inv_depth: (B, 1, h, w) relative inverse depth, any affine frame.
+        mask: optional (B, 1, H, W) bool region mask.
+        tau: KD temperature; sigma: bin-assignment bandwidth (see above).
+    """
+    b, k, h, w = student_logits.shape
+    if student_centres.shape != (b, k):
+        raise ValueError(f"centres {tuple(student_centres.shape)} do not match logits (B={b}, K={k})")
+    if student_depth.shape != (b, 1, h, w):
+        raise ValueError(f"depth {tuple(student_depth.shape)} must be {(b, 1, h, w)} like the logits")
+    log_p, valid = teacher_bin_log_probs(student_centres, student_depth, teacher_inv_depth, mask, tau, sigma)
+    log_q = F.log_softmax(student_logits / tau if tau != 1.0 else student_logits, dim=1)
+    kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1, keepdim=True)  # (B,1,H,W)
+    zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
+    n = valid.sum().clamp_min(1).to(kl.dtype)
+    return tau**2 * torch.where(valid, kl, zero).sum() / n
+
+
+# --------------------------------------------------------------------------- view-relational KD
+
+
+def relation_matrix(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Pool (B,C,h,w) features to a (gh, gw) grid -> (B, gh*gw, C), L2-normalised per cell.
+
+    Row-major cell order. Pooling first makes the relation independent of the
+    feature resolution (teacher stride 14, student stride 16, ...).
+    """
+    if features.dim() != 4:
+        raise ValueError(f"features must be (B, C, h, w), got {tuple(features.shape)}")
+    pooled = F.adaptive_avg_pool2d(features, tuple(grid))
+    return F.normalize(pooled.flatten(2).transpose(1, 2), dim=-1, eps=1e-8)
+
+
+def _as_pairs(
+    pairs: torch.Tensor | Sequence[tuple[int, int]], batch: int, device: torch.device
+) -> torch.Tensor:
+    """Validate adjacency pairs of flattened batch indices -> LongTensor (P, 2)."""
+    p = torch.as_tensor(pairs, dtype=torch.long, device=device)
+    if p.numel() == 0:
+        return p.reshape(0, 2)
+    if p.dim() != 2 or p.shape[1] != 2:
+        raise ValueError(f"pairs must be (P, 2), got shape {tuple(p.shape)}")
+    if int(p.min()) < 0 or int(p.max()) >= batch:
+        raise ValueError(f"pair indices must be in [0, {batch}), got range [{int(p.min())}, {int(p.max())}]")
+    return p
+
+
+def vrkd_loss(
+    student_feats: torch.Tensor,
+    teacher_feats: torch.Tensor,
+    pairs: torch.Tensor | Sequence[tuple[int, int]],
+    grid: tuple[int, int] = (4, 8),
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """View-relational KD over adjacent camera pairs.
+
+    For each pair (i, j) of flattened batch indices (the trainer flattens
+    S surround samples x N cameras to B = S*N), the cross-view relation
+    R_ij = F_i F_j^T (G x G, G = gh*gw cells, cosine similarities) is built for
+    teacher and student separately — only cell-to-cell similarities are compared,
+    so channel counts may differ (dimension-agnostic). Rows are matched with
+    KL(softmax(R^T/tau) || softmax(R^S/tau)), averaged over rows and pairs.
+    No tau^2 factor (the weight absorbs it). Teacher features are detached.
+    Empty ``pairs`` -> 0.
+
+    Args:
+        student_feats: (B, Cs, hs, ws).
+        teacher_feats: (B, Ct, ht, wt).
+        pairs: (P, 2) LongTensor or list of (i, j).
+        grid: pooling grid (gh, gw).
+        tau: softmax temperature over cosine similarities.
+    """
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    b = student_feats.shape[0]
+    if teacher_feats.shape[0] != b:
+        raise ValueError(f"student ({b}) and teacher ({teacher_feats.shape[0]}) batch sizes differ")
+    p = _as_pairs(pairs, b, student_feats.device)
+    if p.shape[0] == 0:
+        return student_feats.sum() * 0.0
+    fs = relation_matrix(student_feats, grid)
+    ft = relation_matrix(teacher_feats.detach().to(student_feats.dtype), grid)
+    r_s = torch.bmm(fs.index_select(0, p[:, 0]), fs.index_select(0, p[:, 1]).transpose(1, 2))
+    r_t = torch.bmm(ft.index_select(0, p[:, 0]), ft.index_select(0, p[:, 1]).transpose(1, 2))
+    log_q = F.log_softmax(r_s / tau, dim=-1)
+    log_p = F.log_softmax(r_t / tau, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+# --------------------------------------------------------------------------- the combined objective
+
+
+@dataclass(frozen=True)
+class DistillLossConfig:
+    """Weights and switches of the distillation objective (one switch per term, for ablations).
+
+    Defaults follow AdaBins for the supervised part (``w_silog=10`` with the
+    square-rooted SILog = BTS/AdaBins' ``10*sqrt(D)``; Chamfer weight 0.1) and
+    give the two KD terms unit weight.
+    """
+
+    use_silog: bool = True
+    use_bins: bool = True
+    use_ckd: bool = True
+    use_vrkd: bool = True
+    w_silog: float = 10.0
+    w_bins: float = 0.1
+    w_ckd: float = 1.0
+    w_vrkd: float = 1.0
+    tau_ckd: float = 1.0
+    ckd_sigma: float = 1.0
+    tau_vrkd: float = 1.0
+    vrkd_grid: tuple[int, int] = (4, 8)
+    variance_focus: float = 0.85
+
+    def __post_init__(self) -> None:
+        if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd)):
+            raise ValueError("DistillLossConfig: every loss term is switched off")
+        for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DistillLossConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("tau_ckd", "ckd_sigma", "tau_vrkd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DistillLossConfig.{name} must be > 0, got {getattr(self, name)}")
+        grid = tuple(int(g) for g in self.vrkd_grid)
+        if len(grid) != 2 or min(grid) < 1:
+            raise ValueError(f"DistillLossConfig.vrkd_grid must be two positive ints, got {self.vrkd_grid}")
+        object.__setattr__(self, "vrkd_grid", grid)
+        if not 0.0 <= self.variance_focus <= 1.0:
+            raise ValueError(f"DistillLossConfig.variance_focus must be in [0, 1], got {self.variance_focus}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> DistillLossConfig:
+        """Build from a YAML-style dict; unknown keys are an error (catches typos in configs)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown DistillLossConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    @property
+    def needs_teacher(self) -> bool:
+        """True when a KD term is on, so the trainer must provide teacher outputs."""
+        return self.use_ckd or self.use_vrkd
+
+
+def _resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a dense prediction (no-op when the size already matches)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _resize_mask(mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """Nearest resize of a region mask (it marks regions, so no interpolation of truth values)."""
+    if mask is None or tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask.float(), size=tuple(size), mode="nearest") > 0.5
+
+
+def compute_losses(
+    out: StudentOutputLike,
+    gt_depth: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    teacher: TeacherOutput | None = None,
+    pairs: torch.Tensor | Sequence[tuple[int, int]] | None = None,
+    cfg: DistillLossConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """All enabled loss terms plus their weighted sum.
+
+    Terms that are switched off are not computed at all. Returned values are
+    *unweighted* (for logging) under ``"silog"``, ``"bins"``, ``"ckd"``,
+    ``"vrkd"``; ``"total"`` is the weighted sum.
+
+    Resolution handling: if the student's depth is smaller than the GT it is
+    upsampled bilinearly to the GT for SILog (sparse GT is never resampled);
+    CKD runs at the logits' resolution (mask resized nearest).
+
+    Args:
+        out: student output with ``.depth``, ``.logits``, ``.centres``, ``.features``.
+        gt_depth: (B, 1, H, W) sparse metric GT (NaN / Inf / <= 0 invalid).
+        mask: optional (B, 1, H, W) bool region mask (e.g. ego-vehicle pixels False).
+        teacher: teacher output for the same B images; required by CKD / VRKD.
+        pairs: (P, 2) adjacent-view pairs of flattened batch indices; required by VRKD.
+        cfg: weights and switches (default ``DistillLossConfig()``).
+
+    Raises:
+        ValueError: a KD term is on but ``teacher`` (or ``pairs`` for VRKD) is missing.
+    """
+    cfg = cfg or DistillLossConfig()
+    if cfg.needs_teacher and teacher is None:
+        on = [n for n, f in (("ckd", cfg.use_ckd), ("vrkd", cfg.use_vrkd)) if f]
+        raise ValueError(f"loss terms {on} need teacher outputs but teacher is None; "
+                         "switch them off (use_ckd/use_vrkd=False) for a supervised-only run")
+    if cfg.use_vrkd and pairs is None:
+        raise ValueError("VRKD is enabled but no adjacent-view pairs were given")
+    gt_size = (gt_depth.shape[-2], gt_depth.shape[-1])
+    terms: dict[str, torch.Tensor] = {}
+    weights: dict[str, float] = {}
+    if cfg.use_silog:
+        terms["silog"] = silog_loss(_resize_to(out.depth, gt_size), gt_depth, mask, cfg.variance_focus)
+        weights["silog"] = cfg.w_silog
+    if cfg.use_bins:
+        terms["bins"] = bin_centre_chamfer(out.centres, gt_depth, mask)
+        weights["bins"] = cfg.w_bins
+    if cfg.use_ckd:
+        assert teacher is not None
+        logit_size = (out.logits.shape[-2], out.logits.shape[-1])
+        terms["ckd"] = ckd_loss(
+            out.logits, out.centres, _resize_to(out.depth, logit_size), teacher.inv_depth,
+            _resize_mask(mask, logit_size), cfg.tau_ckd, cfg.ckd_sigma,
+        )
+        weights["ckd"] = cfg.w_ckd
+    if cfg.use_vrkd:
+        assert teacher is not None and pairs is not None
+        terms["vrkd"] = vrkd_loss(out.features, teacher.features, pairs, cfg.vrkd_grid, cfg.tau_vrkd)
+        weights["vrkd"] = cfg.w_vrkd
+    total = sum(weights[name] * value for name, value in terms.items())
+    assert isinstance(total, torch.Tensor)
+    terms["total"] = total
+    return terms

@@ -1,0 +1,237 @@
+"""Projection between LiDAR points, per-camera depth maps and the fused cloud.
+
+Everything here is vectorised over points/pixels: the node calls these once per
+synchronized set and the trainer once per sample, so a Python loop per point
+would dominate both. Rays are constant per camera and size, so they are cached
+(:class:`RayCache`) and pre-rotated into the base frame.
+
+Depth maps follow REP 117/118: float32 metres along the optical Z axis, NaN =
+no measurement / masked, +Inf = beyond range (sky).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fsmde_core.camera import CameraModel
+from fsmde_core.rig import Rig, RigCamera
+
+
+def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 transform to (N, 3) points."""
+    return points @ T[:3, :3].T + T[:3, 3]
+
+
+def finite_points(points: np.ndarray) -> np.ndarray:
+    """(N, >=3) -> (M, 3) xyz rows without NaN/Inf (LiDAR drivers emit NaN for no-return).
+
+    Extra columns (intensity, ring, time) are dropped so callers can pass a
+    sweep as it comes out of the PointCloud2 decoder.
+    """
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        if pts.size == 0:
+            return np.zeros((0, 3), dtype=pts.dtype if pts.dtype.kind == "f" else np.float64)
+        raise ValueError(f"expected (N, 3) points (extra columns allowed), got shape {pts.shape}")
+    xyz = pts[:, :3]
+    return xyz[np.isfinite(xyz).all(axis=1)]
+
+
+def project_to_sparse_depth(
+    points_cam: np.ndarray,
+    model: CameraModel,
+    min_depth: float = 0.1,
+    max_depth: float = np.inf,
+) -> np.ndarray:
+    """Z-buffer (N, 3) optical-frame points into an (H, W) float32 sparse depth map.
+
+    The nearest point wins a pixel; points behind the camera, closer than
+    ``min_depth``, farther than ``max_depth``, non-finite, or outside the image
+    are dropped. Empty pixels are NaN. A point lands on the pixel whose centre
+    is nearest (pixel ``u`` covers ``[u - 0.5, u + 0.5)``).
+    """
+    depth = np.full(model.height * model.width, np.inf, dtype=np.float32)
+    pts = finite_points(points_cam)
+    if pts.shape[0]:
+        z = pts[:, 2]
+        keep = (z > min_depth) & (z < max_depth)
+        pts, z = pts[keep], z[keep]
+        uv, _ = model.project(pts)
+        # floor(x + 0.5), not np.round: round-half-to-even would send x.5 to
+        # alternating neighbours instead of one consistent half-open pixel.
+        u = np.floor(uv[:, 0] + 0.5)
+        v = np.floor(uv[:, 1] + 0.5)
+        inside = (u >= 0) & (u < model.width) & (v >= 0) & (v < model.height)
+        idx = (v[inside] * model.width + u[inside]).astype(np.int64)
+        np.minimum.at(depth, idx, z[inside].astype(np.float32))
+    depth[np.isinf(depth)] = np.nan
+    return depth.reshape(model.height, model.width)
+
+
+def lidar_to_sparse_depth(
+    points_lidar: np.ndarray,
+    rig: Rig,
+    T_base_lidar: np.ndarray | None = None,
+    min_depth: float = 0.1,
+    max_depth: float | None = None,
+) -> np.ndarray:
+    """Project one LiDAR sweep into every camera of ``rig``: (N_cam, H, W) float32.
+
+    All cameras must share one image size (the training/inference size).
+    """
+    T_bl = rig.T_base_lidar if T_base_lidar is None else T_base_lidar
+    sizes = {(c.model.width, c.model.height) for c in rig.cameras}
+    if len(sizes) != 1:
+        raise ValueError(f"lidar_to_sparse_depth needs one image size for all cameras, got {sorted(sizes)}")
+    pts_base = transform_points(T_bl, finite_points(points_lidar).astype(np.float64))
+    cap = rig.max_depth if max_depth is None else max_depth
+    return np.stack([
+        project_to_sparse_depth(transform_points(c.T_cam_base, pts_base), c.model, min_depth, cap)
+        for c in rig.cameras
+    ])
+
+
+def depth_to_points(depth: np.ndarray, rays: np.ndarray) -> np.ndarray:
+    """(H, W) depth and (H, W, 3) unit-Z rays -> (H, W, 3) optical-frame points."""
+    return depth[..., None] * rays
+
+
+@dataclass
+class _CameraRays:
+    rays_base: np.ndarray  # (M, 3) float32, rotated into base, already strided
+    origin: np.ndarray  # (3,) float32 camera centre in base
+    pixel_index: np.ndarray  # (M,) flat indices into the full-size image
+    ray_norm: np.ndarray  # (M,) |ray| (range = depth * norm)
+
+
+class RayCache:
+    """Pre-rotated, pre-strided rays of every camera for the fused cloud.
+
+    Built once per (rig, image size, stride); the node reuses it for every set,
+    so building the cloud costs one multiply-add per kept pixel.
+    """
+
+    def __init__(self, rig: Rig, stride: int = 1) -> None:
+        if stride < 1:
+            raise ValueError(f"cloud stride must be >= 1, got {stride}")
+        sizes = {(c.model.width, c.model.height) for c in rig.cameras}
+        if len(sizes) != 1:
+            raise ValueError(f"RayCache needs one image size for all cameras, got {sorted(sizes)}")
+        self.rig = rig
+        self.stride = stride
+        self._cams: list[_CameraRays] = []
+        for cam in rig.cameras:
+            m = cam.model
+            rays = cam.model.pixel_rays()
+            vv, uu = np.mgrid[0:m.height:stride, 0:m.width:stride]
+            flat = (vv * m.width + uu).reshape(-1)
+            r = rays.reshape(-1, 3)[flat].astype(np.float64)
+            valid = np.isfinite(r).all(axis=1)  # pixels with no ray under the lens model
+            flat, r = flat[valid], r[valid]
+            R, t = cam.T_base_cam[:3, :3], cam.T_base_cam[:3, 3]
+            self._cams.append(_CameraRays(
+                rays_base=(r @ R.T).astype(np.float32),
+                origin=t.astype(np.float32),
+                pixel_index=flat.astype(np.int64),
+                ray_norm=np.linalg.norm(r, axis=1).astype(np.float32),
+            ))
+
+    def matches(self, rig: Rig, stride: int) -> bool:
+        return rig is self.rig and stride == self.stride
+
+    def _check_shape(self, what: str, arr: np.ndarray, trailing: tuple[int, ...] = ()) -> None:
+        """Depth/mask/colour stacks must be at the rig's size: a flat index into a
+        differently sized image would silently read the wrong pixels."""
+        m = self.rig.cameras[0].model
+        want = (len(self.rig.cameras), m.height, m.width, *trailing)
+        if tuple(np.shape(arr)) != want:
+            raise ValueError(f"{what} must have shape {want} (rig cameras x H x W), got {np.shape(arr)}")
+
+    def fuse(
+        self,
+        depths: np.ndarray,
+        colours: np.ndarray | None = None,
+        max_range: float = np.inf,
+        min_range: float = 0.0,
+        masks: np.ndarray | None = None,
+        max_points: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fuse (N_cam, H, W) depth maps into one cloud in the base frame.
+
+        Args:
+            depths: per-camera depth (REP 117: NaN/Inf pixels are skipped).
+            colours: optional (N_cam, H, W, 3) uint8 images at the depth size.
+            max_range / min_range: Euclidean range limits from each camera centre.
+            masks: optional (N_cam, H, W) bool, True = ego/invalid pixel to skip.
+            max_points: bound on the cloud size; excess points are subsampled
+                uniformly with a fixed pattern (deterministic across frames).
+
+        Returns:
+            xyz (M, 3) float32 in the base frame, rgb (M, 3) uint8 or None.
+        """
+        self._check_shape("depths", depths)
+        if colours is not None:
+            self._check_shape("colours", colours, trailing=(3,))
+        if masks is not None:
+            self._check_shape("masks", masks)
+        if max_points is not None and max_points < 0:
+            raise ValueError(f"max_points must be >= 0, got {max_points}")
+        xyz_parts, rgb_parts = [], []
+        for k, cam in enumerate(self._cams):
+            d = depths[k].reshape(-1)[cam.pixel_index]
+            rng = d * cam.ray_norm
+            keep = np.isfinite(d) & (d > 0) & (rng <= max_range) & (rng >= min_range)
+            if masks is not None:
+                # astype(bool): uint8 masks read from images (non-zero = ego) must
+                # not go through bitwise ``~`` (~1 == 254 would count as "keep").
+                keep &= ~masks[k].reshape(-1)[cam.pixel_index].astype(bool)
+            d_keep = d[keep]
+            xyz_parts.append(d_keep[:, None] * cam.rays_base[keep] + cam.origin)
+            if colours is not None:
+                rgb_parts.append(colours[k].reshape(-1, 3)[cam.pixel_index[keep]])
+        xyz = np.concatenate(xyz_parts).astype(np.float32, copy=False)
+        rgb = np.concatenate(rgb_parts) if colours is not None else None
+        if max_points is not None and xyz.shape[0] > max_points:
+            # Integer arithmetic: exact, and max_points == 0 gives an empty cloud
+            # (the float step n / max_points divided by zero).
+            sel = (np.arange(max_points, dtype=np.int64) * xyz.shape[0]) // max(max_points, 1)
+            xyz = xyz[sel]
+            rgb = rgb[sel] if rgb is not None else None
+        return xyz, rgb
+
+
+def fuse_cloud(
+    depths: np.ndarray, rig: Rig, stride: int = 1, **kwargs
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One-shot convenience wrapper around :class:`RayCache` (tests, offline tools)."""
+    return RayCache(rig, stride).fuse(depths, **kwargs)
+
+
+def cross_view_projection(
+    depth_src: np.ndarray, cam_src: RigCamera, cam_dst: RigCamera, stride: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Project camera ``src``'s depth into camera ``dst``.
+
+    Returns:
+        uv_dst: (M, 2) pixel coordinates in dst of the src pixels that land inside dst.
+        z_dst: (M,) their depth in dst's optical frame.
+    Used by the cross-view consistency metric (overlap regions of adjacent cameras).
+    """
+    m = cam_src.model
+    if np.shape(depth_src) != (m.height, m.width):
+        raise ValueError(
+            f"depth_src must be at camera {cam_src.name!r}'s size {(m.height, m.width)}, "
+            f"got {np.shape(depth_src)}"
+        )
+    rays = m.pixel_rays()[::stride, ::stride].reshape(-1, 3)
+    d = depth_src[::stride, ::stride].reshape(-1)
+    ok = np.isfinite(d) & (d > 0) & np.isfinite(rays).all(axis=1)
+    pts_src = d[ok, None] * rays[ok]
+    T = cam_dst.T_cam_base @ cam_src.T_base_cam
+    pts_dst = transform_points(T, pts_src.astype(np.float64))
+    uv, z = cam_dst.model.project(pts_dst)
+    inside = (z > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] <= cam_dst.model.width - 1) \
+        & (uv[:, 1] >= 0) & (uv[:, 1] <= cam_dst.model.height - 1)
+    return uv[inside], z[inside]

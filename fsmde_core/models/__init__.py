@@ -1,0 +1,1 @@
+"""Depth networks: the distilled student and the foundation-model teachers."""

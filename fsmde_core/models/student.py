@@ -1,0 +1,206 @@
+"""The distilled student: ResNet encoder + U-Net decoder + metric bin head.
+
+One network with shared weights serves every camera of the rig: a surround
+frame is simply a batch of B = n_cameras images. Depth is predicted as a
+probability-weighted sum over K per-image bin centres in metres (AdaBins
+style). The centres carry the metric scale (supervised by LiDAR through the
+bin-centre loss) while the per-pixel probabilities carry the structure that
+cross-interaction KD transfers from the teacher.
+
+The module normalises its input itself (ImageNet mean/std held as buffers) so
+that PyTorch, ONNX Runtime and TensorRT backends all receive the same
+``[0, 1]`` RGB tensor and cannot disagree on preprocessing. ``forward`` has no
+data-dependent Python control flow, so it traces and exports to ONNX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as nnf
+
+from fsmde_core.models.resnet import RESNET_LAYERS, ResNetEncoder, build_encoder
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: The encoder downsamples by 32; inputs must divide evenly so skips line up.
+STUDENT_STRIDE = 32
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Hyper-parameters that define the student's architecture and output range.
+
+    Attributes:
+        encoder: ``"resnet18"`` or ``"resnet34"``.
+        num_bins: K, the number of adaptive depth bins per image.
+        min_depth, max_depth: metric range in metres covered by the bins; every
+            prediction lies in ``[min_depth, max_depth]``.
+        decoder_channels: output channels of the four decoder stages (stride 16,
+            8, 4, 2).
+        input_height, input_width: the resolution the network is trained and
+            exported at (multiples of 32).
+    """
+
+    encoder: str = "resnet18"
+    num_bins: int = 64
+    min_depth: float = 0.5
+    max_depth: float = 80.0
+    decoder_channels: tuple[int, int, int, int] = (256, 128, 64, 32)
+    input_height: int = 384
+    input_width: int = 640
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; normalise before validating.
+        object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
+        if self.encoder not in RESNET_LAYERS:
+            raise ValueError(f"encoder must be one of {sorted(RESNET_LAYERS)}, got {self.encoder!r}")
+        if int(self.num_bins) != self.num_bins or self.num_bins < 2:
+            raise ValueError(f"num_bins must be an integer >= 2, got {self.num_bins!r}")
+        if not 0.0 < self.min_depth < self.max_depth:
+            raise ValueError(
+                f"need 0 < min_depth < max_depth, got min_depth={self.min_depth}, max_depth={self.max_depth}"
+            )
+        if len(self.decoder_channels) != 4 or min(self.decoder_channels) < 1:
+            raise ValueError(f"decoder_channels must be 4 positive ints, got {self.decoder_channels!r}")
+        for name in ("input_height", "input_width"):
+            value = getattr(self, name)
+            if int(value) != value or value <= 0 or value % STUDENT_STRIDE:
+                raise ValueError(f"{name} must be a positive multiple of {STUDENT_STRIDE}, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (tuples become lists)."""
+        out = asdict(self)
+        out["decoder_channels"] = list(self.decoder_channels)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudentConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (catches typos in YAML)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown StudentConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**dict(data))
+
+
+class StudentOutput(NamedTuple):
+    """Everything the losses need from one forward pass.
+
+    Attributes:
+        depth: (B, 1, H, W) metric depth in metres, in ``[min_depth, max_depth]``.
+        logits: (B, K, H, W) per-pixel bin logits z (CKD uses ``softmax(z / tau)``).
+        centres: (B, K) bin centres in metres, strictly increasing per image.
+        features: (B, C, H/16, W/16) first decoder stage (bottleneck fused with
+            layer3); the student side of view-relational KD.
+    """
+
+    depth: torch.Tensor
+    logits: torch.Tensor
+    centres: torch.Tensor
+    features: torch.Tensor
+
+
+class ConvELU(nn.Sequential):
+    """3x3 conv + ELU; no normalisation, so behaviour does not depend on batch size."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1), nn.ELU(inplace=True))
+
+
+class UpBlock(nn.Module):
+    """Upsample to the skip's resolution, concatenate the skip, two ConvELU."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv1 = ConvELU(in_ch + skip_ch, out_ch)
+        self.conv2 = ConvELU(out_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = nnf.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv2(self.conv1(torch.cat([x, skip], dim=1)))
+
+
+class BinHead(nn.Module):
+    """Per-image adaptive bin centres from the globally pooled bottleneck.
+
+    widths = softplus(MLP(pool(f))) + eps, normalised to sum to
+    ``max_depth - min_depth``; centres = ``min_depth + cumsum(w) - w / 2``.
+    Positive widths make the centres strictly increasing and keep them inside
+    ``(min_depth, max_depth)``, so they are metric by construction.
+    """
+
+    def __init__(self, in_ch: int, num_bins: int, min_depth: float, max_depth: float) -> None:
+        super().__init__()
+        self.min_depth = float(min_depth)
+        self.span = float(max_depth - min_depth)
+        hidden = max(num_bins * 2, 128)
+        self.mlp = nn.Sequential(nn.Linear(in_ch, hidden), nn.GELU(), nn.Linear(hidden, num_bins))
+
+    def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        pooled = bottleneck.mean(dim=(2, 3))
+        raw = nnf.softplus(self.mlp(pooled)) + 1e-3
+        widths = self.span * raw / raw.sum(dim=1, keepdim=True)
+        return self.min_depth + torch.cumsum(widths, dim=1) - 0.5 * widths
+
+
+class SurroundDepthStudent(nn.Module):
+    """Shared-weight metric depth network for a surround rig (batch = cameras).
+
+    Input: (B, 3, H, W) RGB float in ``[0, 1]``. Output: :class:`StudentOutput`.
+    """
+
+    def __init__(self, config: StudentConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or StudentConfig()
+        cfg = self.config
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.encoder: ResNetEncoder = build_encoder(cfg.encoder)
+        enc = self.encoder.channels  # (64, 64, 128, 256, 512) at strides 2..32
+        d = cfg.decoder_channels
+        self.up16 = UpBlock(enc[4], enc[3], d[0])
+        self.up8 = UpBlock(d[0], enc[2], d[1])
+        self.up4 = UpBlock(d[1], enc[1], d[2])
+        self.up2 = UpBlock(d[2], enc[0], d[3])
+        self.logit_head = nn.Conv2d(d[3], cfg.num_bins, kernel_size=3, padding=1)
+        self.bin_head = BinHead(enc[4], cfg.num_bins, cfg.min_depth, cfg.max_depth)
+        self.feature_channels: int = d[0]
+        self.feature_stride: int = 16
+
+    def forward(self, images: torch.Tensor) -> StudentOutput:
+        x = (images - self.mean) / self.std
+        f0, f1, f2, f3, f4 = self.encoder(x)
+        centres = self.bin_head(f4)
+        d16 = self.up16(f4, f3)
+        d2 = self.up2(self.up4(self.up8(d16, f2), f1), f0)
+        # Logits are computed at stride 2 (cheap) and upsampled: the bin
+        # probabilities vary smoothly, and the full-res conv would dominate cost.
+        logits = nnf.interpolate(
+            self.logit_head(d2), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
+        probs = torch.softmax(logits, dim=1)
+        # Broadcast-multiply-sum rather than einsum: plainer ONNX for TensorRT.
+        depth = (probs * centres[:, :, None, None]).sum(dim=1, keepdim=True)
+        return StudentOutput(depth=depth, logits=logits, centres=centres, features=d16)
+
+
+class DepthOnly(nn.Module):
+    """Wraps the student so the exported graph has one input and one output: depth."""
+
+    def __init__(self, student: SurroundDepthStudent) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(images).depth
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those with ``requires_grad``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,159 @@
+"""The one interface every inference backend implements.
+
+The ROS node, the benchmarks and the export check all talk to a backend
+through :class:`InferenceBackend`, so swapping PyTorch for ONNX Runtime or
+TensorRT is a parameter, not a code change. The contract is deliberately
+narrow and numpy-only at the boundary:
+
+* input: ``(N, H, W, 3)`` ``uint8`` RGB, already resized to
+  :attr:`InferenceBackend.input_size` (see :mod:`fsmde_core.runtime.preprocess`).
+  ``uint8`` crosses the host/device boundary four times cheaper than float32,
+  and every backend converts to ``[0, 1]`` float the same way, so they cannot
+  disagree on preprocessing.
+* output: ``(N, H, W)`` ``float32`` metric depth in metres.
+
+The base class validates both ends so each backend implements only
+:meth:`InferenceBackend._infer`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+
+
+class BackendError(RuntimeError):
+    """A model file cannot be loaded or run by a backend (corrupt, wrong format, wrong I/O)."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend's library or hardware is missing here (TensorRT not installed, no CUDA device)."""
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if supported, else raise a ValueError listing the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def is_cuda_device(device: str) -> bool:
+    """True for ``"cuda"`` and ``"cuda:<index>"``."""
+    return device == "cuda" or device.startswith("cuda:")
+
+
+def check_device(device: str) -> str:
+    """Accept ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``; anything else is a typo worth failing on."""
+    if device == "cpu" or device == "cuda":
+        return device
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return device
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+
+
+class InferenceBackend(ABC):
+    """Batched metric depth inference: ``(N, H, W, 3) uint8 -> (N, H, W) float32`` metres.
+
+    Subclasses set :attr:`name` and implement :meth:`_infer`, :attr:`input_size`,
+    :attr:`batch_size` and :meth:`describe`.
+    """
+
+    #: Short backend identifier (``"torch"``, ``"onnxruntime"``, ``"tensorrt"``).
+    name: str = "abstract"
+
+    @property
+    @abstractmethod
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` the model runs at; images must already have this size."""
+
+    @property
+    @abstractmethod
+    def batch_size(self) -> int | None:
+        """The fixed number of images per call (cameras), or None when any N works."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable facts for logs and diagnostics: backend, device, precision, ..."""
+
+    @abstractmethod
+    def _infer(self, images: np.ndarray) -> np.ndarray:
+        """Run the model on validated input; return ``(N, H, W)`` or ``(N, 1, H, W)`` depth."""
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Metric depth for a batch of RGB images.
+
+        Args:
+            images: ``(N, H, W, 3)`` ``uint8`` RGB at :attr:`input_size`.
+
+        Returns:
+            ``(N, H, W)`` ``float32`` depth in metres.
+
+        Raises:
+            TypeError: ``images`` is not a uint8 numpy array.
+            ValueError: wrong rank, channel count, spatial size or batch size.
+        """
+        self.validate_input(images)
+        depth = np.asarray(self._infer(images))
+        return self._finish_output(depth, images.shape[0])
+
+    def validate_input(self, images: np.ndarray) -> None:
+        """Raise a TypeError/ValueError that says exactly what is wrong with ``images``."""
+        if not isinstance(images, np.ndarray):
+            raise TypeError(
+                f"{self.name} backend: images must be a numpy array (N, H, W, 3) uint8, "
+                f"got {type(images).__name__}; stack per-camera images with resize_batch()"
+            )
+        if images.dtype != np.uint8:
+            raise TypeError(
+                f"{self.name} backend: images must be uint8 RGB (0..255), got dtype {images.dtype}; "
+                "do not pre-normalise, the model normalises internally"
+            )
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"{self.name} backend: images must have shape (N, H, W, 3), got {images.shape}")
+        height, width = self.input_size
+        if images.shape[1:3] != (height, width):
+            raise ValueError(
+                f"{self.name} backend: images are {images.shape[1]}x{images.shape[2]} (HxW) but the model "
+                f"runs at {height}x{width}; resize them first with fsmde_core.runtime.resize_batch"
+            )
+        n = images.shape[0]
+        if n < 1:
+            raise ValueError(f"{self.name} backend: empty batch (N=0)")
+        fixed = self.batch_size
+        if fixed is not None and n != fixed:
+            raise ValueError(
+                f"{self.name} backend: the model was exported for a fixed batch of {fixed} images "
+                f"(one per camera) but got {n}; re-export with --cameras {n} or --dynamic-batch"
+            )
+
+    def _finish_output(self, depth: np.ndarray, n: int) -> np.ndarray:
+        """Squeeze a channel axis, check the shape and return contiguous float32."""
+        if depth.ndim == 4 and depth.shape[1] == 1:
+            depth = depth[:, 0]
+        expected = (n, *self.input_size)
+        if depth.shape != expected:
+            raise BackendError(
+                f"{self.name} backend: model returned depth of shape {depth.shape}, expected {expected}"
+            )
+        return np.ascontiguousarray(depth, dtype=np.float32)
+
+    def warmup(self, iterations: int = 2, batch: int | None = None) -> None:
+        """Run a few dummy batches so lazy initialisation (CUDA context, cuDNN/TensorRT
+        tactic selection, ORT arena growth) happens before the first real frame, not in it.
+
+        Args:
+            iterations: number of forward passes.
+            batch: images per pass; defaults to the fixed batch, else 1.
+        """
+        n = self.batch_size or batch or 1
+        dummy = np.zeros((n, *self.input_size, 3), dtype=np.uint8)
+        for _ in range(max(int(iterations), 0)):
+            self.infer(dummy)
+
+    def __repr__(self) -> str:
+        h, w = self.input_size
+        return f"<{type(self).__name__} {h}x{w} batch={self.batch_size}>"

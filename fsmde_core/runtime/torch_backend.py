@@ -1,0 +1,152 @@
+"""PyTorch backend: the reference the exported backends are checked against.
+
+Runs the student straight from its safetensors checkpoint, on CPU or CUDA.
+
+Precision policy: ``fp16`` means CUDA autocast (convolutions in half, softmax
+and reductions kept in float32 by autocast's op lists). On CPU ``fp16`` is
+**refused** with a ValueError rather than silently run in fp32: a user who
+asked for fp16 is measuring speed or memory, and a quiet fallback would make
+their numbers lie. Ask for ``fp32`` on CPU.
+
+On CUDA the uint8 batch is copied into a reusable pinned (page-locked) host
+buffer and uploaded asynchronously, then converted to float on the GPU: a
+quarter of the bytes of a float upload, and no pageable-memory staging copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fsmde_core.runtime.base import (
+    BackendUnavailableError,
+    InferenceBackend,
+    check_device,
+    check_precision,
+    is_cuda_device,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _require_cuda(device: str) -> None:
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"device {device!r} requested but no CUDA device is usable by torch "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use device='cpu'"
+        )
+
+
+class TorchBackend(InferenceBackend):
+    """Run a student ``nn.Module`` (or anything returning depth) with PyTorch.
+
+    Args:
+        model: the student (:class:`SurroundDepthStudent`) or a module that maps
+            ``(N, 3, H, W)`` float ``[0, 1]`` to depth ``(N, 1, H, W)``; a
+            ``StudentOutput`` is reduced to its ``depth`` field.
+        input_size: ``(H, W)`` the model runs at.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
+        precision: ``"fp32"``, or ``"fp16"`` (CUDA autocast; refused on CPU).
+        metadata: extra facts reported by :meth:`describe` (checkpoint path, cameras).
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: tuple[int, int],
+        device: str = "cpu",
+        precision: str = "fp32",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.device = torch.device(check_device(device))
+        self.precision = check_precision(precision)
+        self.on_cuda = is_cuda_device(device)
+        if self.on_cuda:
+            _require_cuda(device)
+        elif precision == "fp16":
+            raise ValueError(
+                "precision='fp16' needs CUDA (autocast to half on CPU is slow and not what a speed test "
+                "wants); use precision='fp32' with device='cpu', or device='cuda'"
+            )
+        self._input_size = (int(input_size[0]), int(input_size[1]))
+        self.metadata = dict(metadata or {})
+        model = model.eval().to(self.device)
+        if self.on_cuda:
+            # NHWC kernels are the fast path for (half) convolutions on tensor cores; the
+            # uint8 NHWC upload permuted to NCHW already has channels_last strides.
+            model = model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune once, reuse
+        self.model = model
+        self._pinned: torch.Tensor | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> TorchBackend:
+        """Load a student run directory or ``student.safetensors`` (raises CheckpointError if broken)."""
+        from fsmde_core.checkpoint import load_student
+
+        check_device(device)
+        check_precision(precision)
+        model, cfg, meta = load_student(path, map_location="cpu")
+        info = {
+            "checkpoint": str(path),
+            "camera_names": list(meta.get("camera_names", [])),
+            "rig": meta.get("rig"),
+            "encoder": cfg.encoder,
+            "min_depth": cfg.min_depth,
+            "max_depth": cfg.max_depth,
+        }
+        return cls(
+            model, (cfg.input_height, cfg.input_width), device=device, precision=precision, metadata=info
+        )
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._input_size
+
+    @property
+    def batch_size(self) -> int | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "backend": self.name,
+            "device": str(self.device),
+            "precision": self.precision,
+            "input_size": list(self.input_size),
+            "batch_size": self.batch_size,
+            "torch": torch.__version__,
+        }
+        if self.on_cuda:
+            info["gpu"] = torch.cuda.get_device_name(self.device)
+        info.update(self.metadata)
+        return info
+
+    def _upload(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC host array -> float NCHW ``[0, 1]`` on the device."""
+        host = torch.from_numpy(np.ascontiguousarray(images))
+        if self.on_cuda:
+            if self._pinned is None or self._pinned.shape != host.shape:
+                self._pinned = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
+            # Safe to reuse: the previous call synchronised when it copied its result back.
+            self._pinned.copy_(host)
+            host = self._pinned.to(self.device, non_blocking=True)
+        x = host.permute(0, 3, 1, 2).float().div_(255.0)
+        return x if self.on_cuda else x.contiguous()
+
+    def _infer(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = self._upload(images)
+            if self.precision == "fp16":
+                with torch.autocast(device_type="cuda", dtype=torch.float16):
+                    out = self.model(x)
+            else:
+                out = self.model(x)
+            depth = getattr(out, "depth", out)
+            return depth.float().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Procedural surround world rendered into rosbag2 recordings (tests, demo, benchmarks)."""

@@ -1,0 +1,421 @@
+"""Vectorised ray casting against the street's analytic primitives.
+
+A sensor is a fixed grid of rays in its own frame (:class:`RayGrid`): a
+pinhole camera's rays have unit Z (so the ray parameter *is* the depth along
+the optical axis, REP 118) and a spinning LiDAR's rays are unit vectors (the
+parameter is the range). Only the pose changes between frames, so the grid is
+built once.
+
+Casting one frame:
+
+1. rotate the rays into world orientation (origin = sensor position);
+2. intersect the ground for every ray (road at z = 0, raised sidewalks with
+   kerb faces, analytically);
+3. for every primitive, bound the pixels it can cover (the projection of its
+   hull box, clipped at the near plane; azimuth sectors for the LiDAR), skip
+   it when its nearest possible depth is behind everything already in those
+   pixels (front-to-back order), else intersect exactly on that sub-grid and
+   keep the nearer hit (a z-buffer).
+
+All per-ray arithmetic is float32 relative to the sensor origin (positions
+far from the world origin keep millimetre precision); per-object arithmetic
+is float64. Everything is elementwise, so results are bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fsmde_core.camera import CameraModel
+from fsmde_core.synthetic.world import DRAW_DISTANCE, Primitives, Road, box_corners
+
+SKY = -1
+GROUND = 0
+KERB = 1
+FIRST_OBJECT = 2  # hit id of primitive k is FIRST_OBJECT + k (boxes, cylinders, spheres)
+
+_NEAR = 0.05
+# the 12 edges of a box whose corners are indexed sx*4 + sy*2 + sz (see world.box_corners)
+_EDGES = np.array([(i, i | bit) for bit in (1, 2, 4) for i in range(8) if not i & bit])
+
+f32 = np.float32
+
+
+@dataclass
+class RayGrid:
+    """The constant rays of one sensor.
+
+    Attributes:
+        dirs: (3, H, W) float32 ray directions in the sensor frame.
+        spherical: False = pinhole (unit-Z rays, culling by projection),
+            True = spinning LiDAR (unit rays, culling by azimuth sector).
+        pixel_angle: angular size of one cell (rad): a surface at parameter
+            t covers about ``t * pixel_angle`` metres (texture filtering).
+        col_lo, col_hi, row_lo, row_hi: pinhole: bounds of x/z per column and
+            y/z per row (works for distorted rays too).
+        az0, az_step: spherical: azimuth of column 0 and the (negative =
+            clockwise) step between columns, in the sensor frame.
+    """
+
+    dirs: np.ndarray
+    spherical: bool
+    pixel_angle: float
+    col_lo: np.ndarray | None = None
+    col_hi: np.ndarray | None = None
+    row_lo: np.ndarray | None = None
+    row_hi: np.ndarray | None = None
+    az0: float = 0.0
+    az_step: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.dirs.shape[1]), int(self.dirs.shape[2])
+
+    @classmethod
+    def pinhole(cls, model: CameraModel) -> RayGrid:
+        rays = model.pixel_rays()  # (H, W, 3) unit Z, undistorted
+        xn, yn = rays[..., 0].astype(np.float64), rays[..., 1].astype(np.float64)
+        return cls(
+            dirs=np.ascontiguousarray(np.moveaxis(rays, -1, 0)).astype(np.float32),
+            spherical=False, pixel_angle=1.0 / min(model.fx, model.fy),
+            col_lo=xn.min(axis=0), col_hi=xn.max(axis=0), row_lo=yn.min(axis=1), row_hi=yn.max(axis=1),
+        )
+
+    @classmethod
+    def lidar(cls, elevations_deg: np.ndarray, n_azimuth: int, az0_deg: float = 180.0) -> RayGrid:
+        """Rows = beams (ring 0 = lowest), columns = firing order, clockwise from ``az0``."""
+        el = np.radians(np.asarray(elevations_deg, dtype=np.float64))
+        step = -2 * np.pi / n_azimuth
+        az = np.radians(az0_deg) + step * np.arange(n_azimuth)
+        d = np.stack([np.cos(el)[:, None] * np.cos(az)[None], np.cos(el)[:, None] * np.sin(az)[None],
+                      np.repeat(np.sin(el)[:, None], n_azimuth, axis=1)])
+        return cls(dirs=d.astype(np.float32), spherical=True, pixel_angle=abs(step),
+                   az0=float(np.radians(az0_deg)), az_step=step)
+
+    # ----------------------------------------------------------- culling
+    def cull(self, corners: np.ndarray, hull_dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sub-grids that each hull (corners in the sensor frame, (N, 8, 3)) can cover.
+
+        Returns:
+            rects: (N, 2, 4) int ``[r0, r1, c0, c1]`` half-open; the second
+                rectangle is non-empty only for LiDAR sectors that wrap around.
+            lower: (N,) lower bound of the ray parameter over the hull
+                (depth for pinhole, range for LiDAR).
+            visible: (N,) bool.
+        """
+        if self.spherical:
+            return self._cull_spherical(corners, hull_dist)
+        return self._cull_pinhole(corners)
+
+    def _cull_pinhole(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = P.shape[0]
+        H, W = self.shape
+        z = P[..., 2]
+        a, b = P[:, _EDGES[:, 0]], P[:, _EDGES[:, 1]]
+        za, zb = a[..., 2], b[..., 2]
+        cross = (za > _NEAR) != (zb > _NEAR)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(cross, (_NEAR - za) / (zb - za), 0.0)
+        Q = a + s[..., None] * (b - a)
+        pts = np.concatenate([P, Q], axis=1)
+        valid = np.concatenate([z > _NEAR, cross], axis=1)
+        zz = np.where(valid, pts[..., 2], 1.0)
+        xn, yn = pts[..., 0] / zz, pts[..., 1] / zz
+        inf = np.inf
+        X0, X1 = np.where(valid, xn, inf).min(1), np.where(valid, xn, -inf).max(1)
+        Y0, Y1 = np.where(valid, yn, inf).min(1), np.where(valid, yn, -inf).max(1)
+        lower = np.where(valid, pts[..., 2], inf).min(1)
+        cols = (self.col_hi[None] >= X0[:, None]) & (self.col_lo[None] <= X1[:, None])
+        rows = (self.row_hi[None] >= Y0[:, None]) & (self.row_lo[None] <= Y1[:, None])
+        visible = valid.any(1) & cols.any(1) & rows.any(1)
+        rects = np.zeros((n, 2, 4), dtype=np.int64)
+        rects[:, 0, 0] = rows.argmax(1)
+        rects[:, 0, 1] = H - rows[:, ::-1].argmax(1)
+        rects[:, 0, 2] = cols.argmax(1)
+        rects[:, 0, 3] = W - cols[:, ::-1].argmax(1)
+        return rects, lower, visible
+
+    def _cull_spherical(self, P: np.ndarray, hull_dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = P.shape[0]
+        H, W = self.shape
+        centre = P.mean(axis=1)
+        az_c = np.arctan2(centre[:, 1], centre[:, 0])
+        rel = np.angle(np.exp(1j * (np.arctan2(P[..., 1], P[..., 0]) - az_c[:, None])))
+        lo, hi = az_c + rel.min(1), az_c + rel.max(1)
+        # columns c have azimuth az0 + c * step (step < 0): larger azimuth = smaller column
+        c_start = np.floor((hi - self.az0) / self.az_step).astype(np.int64) - 1
+        c_stop = np.ceil((lo - self.az0) / self.az_step).astype(np.int64) + 2
+        # a hull containing the sensor's vertical axis surrounds it: every column
+        full = (hull_dist <= 0.0) | (rel.max(1) - rel.min(1) > np.pi * 0.95) | (c_stop - c_start >= W)
+        c_start = np.where(full, 0, c_start)
+        c_stop = np.where(full, W, c_stop)
+        start = np.mod(c_start, W)
+        stop = start + (c_stop - c_start)
+        rects = np.zeros((n, 2, 4), dtype=np.int64)
+        rects[:, :, 1] = H
+        rects[:, 0, 2] = start
+        rects[:, 0, 3] = np.minimum(stop, W)
+        wrap = stop > W
+        rects[:, 1, 2] = 0
+        rects[:, 1, 3] = np.where(wrap, stop - W, 0)
+        return rects, np.maximum(hull_dist, 0.0), np.ones(n, dtype=bool)
+
+
+def hull_distance(origin: np.ndarray, c: np.ndarray, h: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+    """Euclidean distance from ``origin`` to each yaw-rotated box (0 inside, exact outside)."""
+    p = origin[None, :] - c
+    cy, sy = np.cos(yaw), np.sin(yaw)
+    local = np.column_stack([cy * p[:, 0] + sy * p[:, 1], -sy * p[:, 0] + cy * p[:, 1], p[:, 2]])
+    q = np.maximum(np.abs(local) - h, 0.0)
+    return np.sqrt((q * q).sum(1))
+
+
+# ------------------------------------------------------------ intersections
+# Origins and directions broadcast: primary rays share one origin (scalars)
+# and vary in direction; shadow rays vary in origin and share the sun
+# direction. Every function returns the ray parameter, +inf on a miss.
+def hit_box(Dx, Dy, Dz, iDz, px, py, pz, hx, hy, hz, cyaw, syaw, t_min=0.0):
+    """Slab test in the box frame; ``p`` = ray origin minus box centre (world axes)."""
+    lx = cyaw * px + syaw * py
+    ly = cyaw * py - syaw * px
+    dx = cyaw * Dx + syaw * Dy
+    dy = cyaw * Dy - syaw * Dx
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ix, iy = f32(1.0) / dx, f32(1.0) / dy
+        a, b = (-hx - lx) * ix, (hx - lx) * ix
+        tn, tf = np.minimum(a, b), np.maximum(a, b)
+        a, b = (-hy - ly) * iy, (hy - ly) * iy
+        tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
+        a, b = (-hz - pz) * iDz, (hz - pz) * iDz
+        tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
+        return np.where((tn <= tf) & (tn > t_min), tn, f32(np.inf))
+
+
+def hit_box_any(Dx, Dy, Dz, iDz, px, py, pz, hx, hy, hz, cyaw, syaw, t_min=1e-3):
+    """Shadow test: does the ray meet the box anywhere ahead (origin inside counts)?"""
+    lx = cyaw * px + syaw * py
+    ly = cyaw * py - syaw * px
+    dx = cyaw * Dx + syaw * Dy
+    dy = cyaw * Dy - syaw * Dx
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ix, iy = f32(1.0) / dx, f32(1.0) / dy
+        a, b = (-hx - lx) * ix, (hx - lx) * ix
+        tn, tf = np.minimum(a, b), np.maximum(a, b)
+        a, b = (-hy - ly) * iy, (hy - ly) * iy
+        tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
+        a, b = (-hz - pz) * iDz, (hz - pz) * iDz
+        tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
+        return (tn <= tf) & (tf > t_min)
+
+
+def hit_cylinder(Dx, Dy, Dz, iDz, Dxy2, px, py, pz, z0, z1, r, t_min=0.0):
+    """Vertical cylinder (side + top cap); ``p`` = origin minus axis point (x, y), origin z."""
+    b = px * Dx + py * Dy
+    cc = px * px + py * py - r * r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        disc = b * b - Dxy2 * cc
+        t = (-b - np.sqrt(np.maximum(disc, f32(0.0)))) / Dxy2
+        z = pz + t * Dz
+        side = np.where((disc >= 0) & (t > t_min) & (z >= z0) & (z <= z1), t, f32(np.inf))
+        tc = (z1 - pz) * iDz
+        xc, yc = px + tc * Dx, py + tc * Dy
+        cap = np.where((tc > t_min) & (xc * xc + yc * yc <= r * r), tc, f32(np.inf))
+    return np.minimum(side, cap)
+
+
+def hit_sphere(Dx, Dy, Dz, DD, px, py, pz, r, t_min=0.0):
+    """Sphere; ``p`` = origin minus centre, ``DD`` = |D|^2."""
+    b = px * Dx + py * Dy + pz * Dz
+    cc = px * px + py * py + pz * pz - r * r
+    with np.errstate(invalid="ignore"):
+        disc = b * b - DD * cc
+        t = (-b - np.sqrt(np.maximum(disc, f32(0.0)))) / DD
+    return np.where((disc >= 0) & (t > t_min), t, f32(np.inf))
+
+
+# ---------------------------------------------------------------- casting
+@dataclass
+class Hits:
+    """Result of casting one sensor grid at one pose.
+
+    Attributes:
+        t: (H, W) float32 ray parameter of the nearest hit, +inf = nothing.
+        obj: (H, W) int32 hit id: SKY, GROUND, KERB or FIRST_OBJECT + k.
+        D: (3, H, W) float32 ray directions in world axes (origin-relative).
+        origin: (3,) float64 sensor position in the world.
+        prims: the primitives that ids FIRST_OBJECT + k refer to.
+    """
+
+    t: np.ndarray
+    obj: np.ndarray
+    D: np.ndarray
+    origin: np.ndarray
+    prims: Primitives
+
+
+def rotate_rays(grid: RayGrid, R: np.ndarray) -> np.ndarray:
+    """(3, H, W) sensor rays -> world axes (elementwise, no BLAS: bitwise reproducible)."""
+    d = grid.dirs
+    Rf = R.astype(np.float32)
+    return np.stack([Rf[i, 0] * d[0] + Rf[i, 1] * d[1] + Rf[i, 2] * d[2] for i in range(3)])
+
+
+def ground_hits(road: Road, origin: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Road (z = 0), raised sidewalks (z = kerb height) and kerb faces between them."""
+    Dx, Dy, Dz = D
+    kh, W = f32(road.kerb_height), f32(road.half_width)
+    oz = f32(origin[2])
+    if road.kappa == 0.0:
+        base = (f32(origin[1]), None)
+    else:  # offsets to the circle centre, in float64 before the cast
+        c = road.centre()
+        base = (f32(origin[0] - c[0]), f32(origin[1] - c[1]))
+    R = f32(road.radius) if road.kappa != 0.0 else None
+
+    def lateral_abs(t):
+        if R is None:
+            return np.abs(base[0] + t * Dy)
+        vx, vy = base[0] + t * Dx, base[1] + t * Dy
+        return np.abs(R - np.sign(R) * np.sqrt(vx * vx + vy * vy))
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        down = Dz < 0
+        iDz = f32(1.0) / Dz
+        t1 = np.where(down, (kh - oz) * iDz, f32(np.inf))
+        t0 = np.where(down, -oz * iDz, f32(np.inf))
+        l1, l0 = lateral_abs(np.where(down, t1, 0)), lateral_abs(np.where(down, t0, 0))
+        top = l1 >= W
+        road_ = l0 < W
+        frac = np.clip((W - l1) / (l0 - l1), 0, 1)
+        t_kerb = t1 + frac * (t0 - t1)
+    t = np.where(top, t1, np.where(road_, t0, t_kerb)).astype(np.float32)
+    obj = np.where(down, np.where(~top & ~road_, KERB, GROUND), SKY).astype(np.int32)
+    t[~down] = np.inf
+    return t, obj
+
+
+def cast(grid: RayGrid, T_world_sensor: np.ndarray, prims: Primitives, road: Road,
+         max_t: float = DRAW_DISTANCE) -> Hits:
+    """Nearest surface along every ray of ``grid`` at pose ``T_world_sensor``."""
+    R, origin = T_world_sensor[:3, :3], T_world_sensor[:3, 3].astype(np.float64)
+    D = rotate_rays(grid, R)
+    t, obj = ground_hits(road, origin, D)
+    Dx, Dy, Dz = D
+    with np.errstate(divide="ignore"):
+        iDz = f32(1.0) / Dz
+    DD = Dx * Dx + Dy * Dy + Dz * Dz
+    Dxy2 = Dx * Dx + Dy * Dy
+
+    if prims.n:
+        c, h, yaw = prims.hulls()
+        corners = box_corners(c, h, yaw)
+        corners_sensor = (corners - origin) @ R  # row-vector form of R^T (p - o)
+        dist = hull_distance(origin, c, h, yaw)
+        rects, lower, visible = grid.cull(corners_sensor, dist)
+        keep = visible & (lower < max_t)
+        for k in np.nonzero(keep)[0][np.argsort(lower[keep], kind="stable")]:
+            _draw(int(k), rects[k], float(lower[k]), prims, origin, t, obj, Dx, Dy, Dz, iDz, DD, Dxy2)
+    if np.isfinite(max_t):
+        far = t > max_t
+        t[far] = np.inf
+        obj[far] = SKY
+    return Hits(t=t, obj=obj, D=D, origin=origin, prims=prims)
+
+
+def _draw(k, rects, lower, prims, origin, t, obj, Dx, Dy, Dz, iDz, DD, Dxy2) -> None:
+    """Intersect primitive ``k`` on its sub-grid(s) and update the z-buffer in place."""
+    nb, nc = prims.n_box, prims.n_cyl
+    for r0, r1, c0, c1 in rects:
+        if r1 <= r0 or c1 <= c0:
+            continue
+        sl = (slice(r0, r1), slice(c0, c1))
+        zb = t[sl]
+        if lower >= zb.max():
+            continue  # entirely behind what is already drawn there
+        if k < nb:
+            p = origin - prims.box_c[k]
+            hx, hy, hz = prims.box_h[k]
+            th = hit_box(Dx[sl], Dy[sl], Dz[sl], iDz[sl], f32(p[0]), f32(p[1]), f32(p[2]),
+                         f32(hx), f32(hy), f32(hz), f32(np.cos(prims.box_yaw[k])), f32(np.sin(prims.box_yaw[k])))
+        elif k < nb + nc:
+            j = k - nb
+            p = origin[:2] - prims.cyl_xy[j]
+            z0, z1 = prims.cyl_z[j]
+            th = hit_cylinder(Dx[sl], Dy[sl], Dz[sl], iDz[sl], Dxy2[sl], f32(p[0]), f32(p[1]), f32(origin[2]),
+                              f32(z0), f32(z1), f32(prims.cyl_r[j]))
+        else:
+            j = k - nb - nc
+            p = origin - prims.sph_c[j]
+            th = hit_sphere(Dx[sl], Dy[sl], Dz[sl], DD[sl], f32(p[0]), f32(p[1]), f32(p[2]), f32(prims.sph_r[j]))
+        closer = th < zb
+        np.copyto(zb, th, where=closer)
+        np.copyto(obj[sl], np.int32(FIRST_OBJECT + k), where=closer)
+
+
+# ---------------------------------------------------------------- shadows
+def shadow_mask(grid: RayGrid, hits: Hits, T_world_sensor: np.ndarray, sun: np.ndarray, road: Road) -> np.ndarray:
+    """(H, W) bool: ground/kerb pixels whose path to the sun is blocked by a primitive.
+
+    Only the ground receives cast shadows (objects shade themselves through
+    their normals); a caster's shadow lies inside the box spanned by its hull
+    and the hull's projection onto the ground along the sun, so only the
+    pixels of that box are tested.
+    """
+    H, W = grid.shape
+    shadow = np.zeros((H, W), dtype=bool)
+    prims = hits.prims
+    if not prims.n or sun[2] <= 0.05:
+        return shadow
+    receiver = (hits.obj == GROUND) | (hits.obj == KERB)
+    c, h, yaw = prims.hulls()
+    corners = box_corners(c, h, yaw)
+    # shadow footprint: hull corners pushed along -sun to the ground plane
+    proj = corners[..., :2] - corners[..., 2:3] / sun[2] * sun[None, None, :2]
+    cy, sy = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+    rel = proj - c[:, None, :2]
+    u, v = cy * rel[..., 0] + sy * rel[..., 1], -sy * rel[..., 0] + cy * rel[..., 1]
+    u0, u1 = np.minimum(u.min(1), -h[:, 0]), np.maximum(u.max(1), h[:, 0])
+    v0, v1 = np.minimum(v.min(1), -h[:, 1]), np.maximum(v.max(1), h[:, 1])
+    sc = np.column_stack([c[:, 0] + cy[:, 0] * (u0 + u1) / 2 - sy[:, 0] * (v0 + v1) / 2,
+                          c[:, 1] + sy[:, 0] * (u0 + u1) / 2 + cy[:, 0] * (v0 + v1) / 2,
+                          np.full(len(c), 0.5 * road.kerb_height)])
+    sh = np.column_stack([(u1 - u0) / 2, (v1 - v0) / 2, np.full(len(c), 0.5 * road.kerb_height + 0.05)])
+    R, origin = T_world_sensor[:3, :3], hits.origin
+    region = box_corners(sc, sh, yaw)
+    rects, _, visible = grid.cull((region - origin) @ R, hull_distance(origin, sc, sh, yaw))
+    S = [f32(v) for v in sun]
+    iSz = f32(1.0) / S[2]
+    Dxy2 = S[0] * S[0] + S[1] * S[1]
+    nb, nc = prims.n_box, prims.n_cyl
+    P = hits.D * np.where(receiver, hits.t, 0)[None]  # receiver points relative to the origin
+    for k in np.nonzero(visible)[0]:
+        for r0, r1, c0, c1 in rects[k]:
+            if r1 <= r0 or c1 <= c0:
+                continue
+            sl = (slice(r0, r1), slice(c0, c1))
+            rec = receiver[sl]
+            if not rec.any():
+                continue
+            Px, Py, Pz = P[0][sl], P[1][sl], P[2][sl]
+            if k < nb:
+                d = origin - prims.box_c[k]
+                hx, hy, hz = prims.box_h[k]
+                blocked = hit_box_any(S[0], S[1], S[2], iSz, Px + f32(d[0]), Py + f32(d[1]), Pz + f32(d[2]),
+                                      f32(hx), f32(hy), f32(hz), f32(np.cos(prims.box_yaw[k])),
+                                      f32(np.sin(prims.box_yaw[k])))
+            elif k < nb + nc:
+                j = k - nb
+                d = origin[:2] - prims.cyl_xy[j]
+                z0, z1 = prims.cyl_z[j]
+                blocked = np.isfinite(hit_cylinder(S[0], S[1], S[2], iSz, Dxy2, Px + f32(d[0]), Py + f32(d[1]),
+                                                   Pz + f32(origin[2]), f32(z0), f32(z1), f32(prims.cyl_r[j]),
+                                                   t_min=1e-3))
+            else:
+                j = k - nb - nc
+                d = origin - prims.sph_c[j]
+                blocked = np.isfinite(hit_sphere(S[0], S[1], S[2], f32(1.0), Px + f32(d[0]), Py + f32(d[1]),
+                                                 Pz + f32(d[2]), f32(prims.sph_r[j]), t_min=1e-3))
+            shadow[sl] |= blocked & rec
+    return shadow

@@ -1,0 +1,1 @@
+"""Thin rclpy layer of fsmde_ros: message conversions, the surround depth node, bag replay."""
