@@ -72,6 +72,12 @@ def apply_override(cfg: dict, override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; users mean a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     node = cfg
     for k in keys[:-1]:
         if not isinstance(node.get(k), dict):

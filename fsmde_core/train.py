@@ -175,6 +175,19 @@ def teacher_cache(cfg: dict, dataset, cache_key: str, cache_root: Path, info: Di
 
 
 # -------------------------------------------------------------- training
+def check_replicas_in_sync(model: torch.nn.Module, info: DistInfo) -> None:
+    """DDP must leave every rank with identical weights; verify instead of trusting."""
+    with torch.no_grad():
+        checksum = torch.stack([p.double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(info.world)]
+    dist.all_gather(gathered, checksum)
+    values = [float(g) for g in gathered]
+    if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+        raise RuntimeError(f"DDP replicas diverged: parameter checksums per rank {values}")
+    if info.is_main:
+        print(f"ddp: {info.world} ranks, parameters in sync (checksum {values[0]:.6f})", file=sys.stderr)
+
+
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     keys = ("images", "sparse_depth", "masks")
     return {k: torch.cat([it[k] for it in items]) for k in keys}
@@ -320,7 +333,7 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
                 raise FloatingPointError(f"loss became {losses['total'].item()} at step {step}: "
                                          f"terms {({k: float(v) for k, v in losses.items()})}")
             bar.update(1)
-            bar.set_postfix({k: f"{float(v):.3f}" for k, v in losses.items()}, refresh=False)
+            bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()}, refresh=False)
             if writer is not None and step % int(cfg["log"]["scalar_every"]) == 0:
                 for k, v in losses.items():
                     writer.add_scalar(f"loss/{k}", float(v), step)
@@ -338,6 +351,8 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
     bar.close()
     if writer is not None:
         writer.close()
+    if info.world > 1:
+        check_replicas_in_sync(model, info)
     weights = out_dir / "student.safetensors"
     if info.is_main:
         weights = save_student(out_dir, model, {

@@ -161,7 +161,7 @@ class SampleBuilder:
         out = np.full((len(self.models), self.height, self.width), np.nan, dtype=np.float32)
         for k, (cam, g) in enumerate(zip(self.layout.cameras, gts, strict=True)):
             if g is None:
-                self.stats.missing_gt += 1
+                self.stats.missing_gt += bool(cam.gt_topic)
                 continue
             msg = deserialize(self.reader, g.item, "sensor_msgs/msg/Image", cam.gt_topic)
             try:
@@ -337,6 +337,10 @@ class BagSource:
                 finally:
                     self.stats.add(stats)
                     log.info("bag %s: %s", bag, stats.as_dict())
+                if stats.sets and stats.no_lidar == stats.sets:
+                    log.warning("bag %s: no camera set had a LiDAR sweep within %.0f ms on %s; are the "
+                                "LiDAR stamps on another clock? (lidar_tolerance_ms)", bag,
+                                self.config.lidar_tolerance_ms, layout.lidar_topic)
 
     def __iter__(self) -> Iterator[SurroundSample]:
         for m in self.moments():

@@ -38,7 +38,7 @@ from fsmde_core.data.errors import BagError, MalformedMessageError
 from fsmde_core.data.layout import discover_cameras
 from fsmde_core.data.reader import open_bag, topic_table
 from fsmde_core.data.sample import SurroundSample
-from fsmde_core.data.store import TensorStore, atomic_write_text, key_hash
+from fsmde_core.data.store import StoreKeyError, TensorStore, atomic_write_text, key_hash
 from fsmde_core.rig import Rig, RigCamera, RigError
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,14 @@ class CacheIndex:
         return len(self.entries)
 
     @property
+    def key_digest(self) -> str:
+        """The cache key's hash: downstream caches (teacher outputs) key on it."""
+        return self.key_hash
+
+    @property
     def store(self) -> TensorStore:
-        return TensorStore(self.root, self.key)
+        """The sample store, opened read-only (StoreKeyError if the cache was rebuilt meanwhile)."""
+        return TensorStore(self.root, self.key, create=False)
 
     def save(self) -> None:
         d = asdict(self)
@@ -125,10 +131,18 @@ class CacheIndex:
 
 # ------------------------------------------------------------------- build
 def sample_tensors(sample: SurroundSample) -> dict[str, np.ndarray]:
-    """What a sample stores: compact dtypes (uint8 images), full-precision geometry."""
+    """What a sample stores: compact dtypes (uint8 images), full-precision geometry.
+
+    LiDAR depth covers a few percent of the pixels, so it is stored as flat
+    indices + values (8 bytes per point instead of 4 bytes per pixel: a
+    640x384 six-camera sample shrinks from ~11 MB to ~6 MB).
+    """
+    flat = sample.sparse_depth.reshape(-1)
+    idx = np.flatnonzero(np.isfinite(flat))
     t = {
         "images": sample.images,
-        "sparse_depth": sample.sparse_depth.astype(np.float32),
+        "sparse_index": idx.astype(np.int64),
+        "sparse_value": flat[idx].astype(np.float32),
         "masks": sample.masks.astype(bool),
         "K": sample.K,
         "D": sample.D,
@@ -223,8 +237,11 @@ def build_cache(
     except FileNotFoundError:
         old = None
     if old is not None and old.complete and old.key_hash == key_hash(key):
-        store = old.store
-        if all(store.has(e.ordinal) for e in old.entries):
+        try:
+            store = old.store
+        except StoreKeyError:
+            store = None
+        if store is not None and all(store.has(e.ordinal) for e in old.entries):
             log.info("cache %s is up to date (%d samples)", cache_dir, len(old))
             return old
     (cache_dir / INDEX_FILE).unlink(missing_ok=True)
@@ -282,7 +299,10 @@ class SurroundDataset(Dataset):
             raise IndexError(f"sample {i} out of range (cache has {len(self)})")
         entry = self.index.entries[i]
         t = self.store.get(entry.ordinal)
-        sparse = t["sparse_depth"].unsqueeze(1)
+        n, h, w = t["masks"].shape
+        sparse = torch.full((n * h * w,), float("nan"), dtype=torch.float32)
+        sparse[t["sparse_index"]] = t["sparse_value"]
+        sparse = sparse.view(n, 1, h, w)
         has_gt = "gt_depth" in t
         return {
             "images": t["images"].permute(0, 3, 1, 2).float().div_(255.0),

@@ -17,14 +17,14 @@ from PIL import Image, UnidentifiedImageError
 from fsmde_core.camera import CameraModel
 from fsmde_core.data.errors import MalformedMessageError, UnsupportedEncodingError
 
-# encoding -> (channels, channel order to get RGB)
+# encoding -> (channels, channel order to get RGB). "8UC3" is refused: it does not
+# say whether the bytes are RGB or BGR, and guessing swaps colours silently.
 RAW_ENCODINGS: dict[str, tuple[int, tuple[int, ...]]] = {
     "rgb8": (3, (0, 1, 2)),
     "bgr8": (3, (2, 1, 0)),
     "rgba8": (4, (0, 1, 2)),
     "bgra8": (4, (2, 1, 0)),
     "mono8": (1, (0, 0, 0)),
-    "8uc3": (3, (0, 1, 2)),  # OpenCV type name some drivers emit for rgb/bgr; assume RGB order
     "8uc1": (1, (0, 0, 0)),
 }
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
@@ -183,9 +183,3 @@ def camera_model_from_info(msg) -> CameraModel:
         np.asarray(msg.d, dtype=np.float64), msg.distortion_model,
     )
 
-
-def image_size_from_msg(msg, msgtype: str) -> tuple[int, int] | None:
-    """(width, height) from a raw Image header; None for compressed (needs decoding)."""
-    if msgtype == IMAGE_TYPE:
-        return int(msg.width), int(msg.height)
-    return None

@@ -87,7 +87,8 @@ def iter_raw(
     A failure inside the storage layer (truncated chunk, corrupt page) becomes
     a :class:`BagError` naming the bag and the last topic read successfully.
     """
-    conns = [c for c in reader.connections if c.topic in set(topics)]
+    wanted = set(topics)
+    conns = [c for c in reader.connections if c.topic in wanted]
     if not conns:
         return
     last_topic: str | None = None

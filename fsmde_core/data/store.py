@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 STORE_META = "store.json"
 _ENTRY_RE = re.compile(r"^(\d{8,})\.safetensors$")
-_TMP_RE = re.compile(r"^(\d{8,}\.safetensors|store\.json|index\.json)\.tmp-.+$")
+_TMP_RE = re.compile(r"^(\d{8,}\.safetensors|store\.json|index\.json)\.tmp-(\d+)-.+$")
 
 
 def key_hash(key: Mapping[str, Any]) -> str:
@@ -53,19 +53,45 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (signal 0 probes without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
+
+
+class StoreKeyError(ValueError):
+    """A store opened read-only holds entries for a different key."""
+
+
 class TensorStore:
     """Integer-indexed dicts of tensors on disk, invalidated when ``key`` changes.
 
     Args:
         root: directory (created if needed).
         key: JSON-serialisable description of everything the contents depend on.
+        create: True (writers): a store with another key is cleared and re-keyed.
+            False (readers, e.g. a Dataset): a missing store or another key raises
+            :class:`StoreKeyError` and nothing is touched, so a stale reader can
+            never wipe a cache another process just rebuilt.
     """
 
-    def __init__(self, root: str | Path, key: Mapping[str, Any]) -> None:
+    def __init__(self, root: str | Path, key: Mapping[str, Any], create: bool = True) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.key = dict(key)
         self.key_hash = key_hash(self.key)
+        if not create:
+            meta = self._read_meta() if self.root.is_dir() else None
+            if meta is None or meta.get("key_hash") != self.key_hash:
+                raise StoreKeyError(f"tensor store {self.root} was not built for this key "
+                                    f"(found {None if meta is None else meta.get('key_hash')}, "
+                                    f"want {self.key_hash}); rebuild it")
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
         meta = self._read_meta()
         if meta is None or meta.get("key_hash") != self.key_hash:
             if meta is not None or self.indices():
@@ -100,10 +126,15 @@ class TensorStore:
         return len(self.indices())
 
     def remove_temporaries(self) -> int:
-        """Delete temporaries left by killed writers; returns how many."""
+        """Delete temporaries left by writers that are gone (killed runs); returns how many.
+
+        A temporary's name carries its writer's pid; files of a live process
+        (a concurrent writer on this machine) are left alone.
+        """
         n = 0
         for p in self.root.iterdir():
-            if _TMP_RE.match(p.name):
+            m = _TMP_RE.match(p.name)
+            if m and not _pid_alive(int(m.group(2))):
                 p.unlink(missing_ok=True)
                 n += 1
         return n

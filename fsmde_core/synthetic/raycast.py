@@ -297,8 +297,13 @@ def ground_hits(road: Road, origin: np.ndarray, D: np.ndarray) -> tuple[np.ndarr
 
 
 def cast(grid: RayGrid, T_world_sensor: np.ndarray, prims: Primitives, road: Road,
-         max_t: float = DRAW_DISTANCE) -> Hits:
-    """Nearest surface along every ray of ``grid`` at pose ``T_world_sensor``."""
+         max_t: float = DRAW_DISTANCE, clip: bool = False) -> Hits:
+    """Nearest surface along every ray of ``grid`` at pose ``T_world_sensor``.
+
+    Primitives farther than ``max_t`` are not drawn (the ground always is: its
+    far part near the horizon is real geometry). ``clip`` turns every hit
+    beyond ``max_t`` into no-hit, as a range-limited LiDAR sees it.
+    """
     R, origin = T_world_sensor[:3, :3], T_world_sensor[:3, 3].astype(np.float64)
     D = rotate_rays(grid, R)
     t, obj = ground_hits(road, origin, D)
@@ -317,7 +322,7 @@ def cast(grid: RayGrid, T_world_sensor: np.ndarray, prims: Primitives, road: Roa
         keep = visible & (lower < max_t)
         for k in np.nonzero(keep)[0][np.argsort(lower[keep], kind="stable")]:
             _draw(int(k), rects[k], float(lower[k]), prims, origin, t, obj, Dx, Dy, Dz, iDz, DD, Dxy2)
-    if np.isfinite(max_t):
+    if clip:
         far = t > max_t
         t[far] = np.inf
         obj[far] = SKY

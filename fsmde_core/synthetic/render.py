@@ -51,7 +51,7 @@ class CameraRenderer:
         yn = (np.arange(H, dtype=np.float32) - f32(m.cy)) / f32(W / 2)
         r2 = xn[None, :] ** 2 + yn[:, None] ** 2
         rng = np.random.default_rng(np.random.SeedSequence([world.seed, 0xCA, index]))
-        self.vignette = (f32(1.0) - f32(rng.uniform(0.12, 0.25)) * r2).reshape(-1, 1).astype(np.float32)
+        self.vignette = (f32(1.0) - f32(rng.uniform(0.12, 0.25)) * r2).reshape(1, -1).astype(np.float32)
         self.exposure = float(rng.uniform(0.9, 1.1))
         self.noise_sigma = float(rng.uniform(0.6, 1.6))  # in 8-bit levels
 
@@ -65,15 +65,15 @@ class CameraRenderer:
             shadow = shadow_mask(self.grid, hits, T, self.world.lighting.sun_dir, self.world.road).ravel()
         else:
             shadow = np.zeros(H * W, dtype=bool)
-        rad = np.empty((H * W, 3), dtype=np.float32)
+        rad = np.empty((3, H * W), dtype=np.float32)
         sky = np.flatnonzero(hits.obj.ravel() == SKY)
-        rad[sky] = sky_colour(self.world.lighting, hits.D.reshape(3, -1)[:, sky].T, hits.origin, self.textures,
-                              self.grid.pixel_angle)
-        rad[surf.index] = radiance(self.world, surf, shadow[surf.index])
+        rad[:, sky] = sky_colour(self.world.lighting, np.take(hits.D.reshape(3, -1), sky, axis=1), hits.origin,
+                                 self.textures, self.grid.pixel_angle)
+        rad[:, surf.index] = radiance(self.world, surf, np.take(shadow, surf.index))
         rgb = tonemap(rad * self.vignette, self.exposure) * f32(255.0)
         noise = np.random.default_rng(np.random.SeedSequence([self.world.seed, frame, self.index, 0x4015E]))
         rgb += noise.standard_normal(rgb.shape, dtype=np.float32) * f32(self.noise_sigma)
-        rgb8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(H, W, 3)
+        rgb8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8).T.reshape(H, W, 3)
         return CameraFrame(rgb=rgb8, depth=hits.t)
 
 
@@ -134,15 +134,15 @@ class LidarRenderer:
         """(beams, azimuth_steps) structured array of :data:`POINT_DTYPE`."""
         sp = self.spec
         T = T_odom_base @ self.rig.T_base_lidar
-        hits = cast(self.grid, T, prims, self.world.road, max_t=sp.max_range)
+        hits = cast(self.grid, T, prims, self.world.road, max_t=sp.max_range, clip=True)
         surf = surface(self.world, hits, self.textures, self.grid.pixel_angle)
         rng = np.random.default_rng(np.random.SeedSequence([self.world.seed, frame, 0x11DA2]))
         H, W = self.grid.shape
         rng_m = np.full(H * W, np.nan, dtype=np.float32)
         intensity = np.zeros(H * W, dtype=np.float32)
-        d = surf.P / surf.rng[:, None]
-        cos_i = np.abs((surf.normal * d).sum(1))
-        refl = surf.albedo.mean(1)
+        d = surf.P / surf.rng
+        cos_i = np.abs(d[0] * surf.normal[0] + d[1] * surf.normal[1] + d[2] * surf.normal[2])
+        refl = surf.albedo.mean(0)
         intensity[surf.index] = np.clip(f32(255.0) * refl * (f32(0.3) + f32(0.7) * cos_i) * f32(1.6), 0, 255)
         rng_m[surf.index] = surf.rng + rng.standard_normal(surf.index.size, dtype=np.float32) * f32(sp.range_noise)
         lost = rng.random(H * W) < sp.dropout

@@ -11,8 +11,11 @@ box-filtered stripe patterns), so far surfaces do not alias into noise: a
 network then cannot read depth off aliasing artefacts that real lenses never
 produce.
 
-Everything here works on flat arrays of hit pixels (``Surface``), float32,
-elementwise, hence deterministic.
+Layout: hit pixels are flattened, sorted by surface kind (so each material
+is one contiguous slice, no masks or scatters per material) and stored
+channel-first, ``(3, N)`` float32: numpy broadcasts a per-pixel weight over
+colour channels fastest that way. Everything is elementwise, hence
+deterministic.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class NoiseTexture:
     """
 
     def __init__(self, rng: np.random.Generator, size: int = 256, beta: float = 0.9) -> None:
+        if size & (size - 1):
+            raise ValueError(f"noise tile size must be a power of two, got {size}")
         white = rng.standard_normal((size, size))
         fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
         amp = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / size) ** beta
@@ -56,42 +61,44 @@ class NoiseTexture:
         self.atlas = np.concatenate(levels)
         self.offsets = np.array(offsets, dtype=np.int64)
         self.sizes = np.array(sizes, dtype=np.int64)
+        self.scales = (1.0 / self.sizes[0] * self.sizes).astype(np.float32)
         self.n_levels = len(levels)
 
     def sample(self, u: np.ndarray, v: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-        level = np.clip(np.floor(np.log2(np.maximum(footprint, f32(1.0)))), 0, self.n_levels - 1).astype(np.int64)
-        size = self.sizes[level]
-        scale = (f32(1.0) / np.exp2(level)).astype(np.float32)
+        level = np.clip(np.log2(np.maximum(footprint, f32(1.0))).astype(np.int64), 0, self.n_levels - 1)
+        mask = self.sizes[level] - 1
+        scale = self.scales[level]
         uu, vv = u * scale, v * scale
         x0, y0 = np.floor(uu), np.floor(vv)
-        fx, fy = (uu - x0).astype(np.float32), (vv - y0).astype(np.float32)
-        xi, yi = np.mod(x0.astype(np.int64), size), np.mod(y0.astype(np.int64), size)
-        xj, yj = np.mod(xi + 1, size), np.mod(yi + 1, size)
-        base = self.offsets[level]
+        fx, fy = uu - x0, vv - y0
+        xi, yi = x0.astype(np.int64) & mask, y0.astype(np.int64) & mask
+        xj, yj = (xi + 1) & mask, (yi + 1) & mask
+        row_i = self.offsets[level] + yi * (mask + 1)
+        row_j = self.offsets[level] + yj * (mask + 1)
         a = self.atlas
-        top = a[base + yi * size + xi] * (1 - fx) + a[base + yi * size + xj] * fx
-        bot = a[base + yj * size + xi] * (1 - fx) + a[base + yj * size + xj] * fx
-        return top * (1 - fy) + bot * fy
+        top = np.take(a, row_i + xi) * (1 - fx) + np.take(a, row_i + xj) * fx
+        bot = np.take(a, row_j + xi) * (1 - fx) + np.take(a, row_j + xj) * fx
+        return (top * (1 - fy) + bot * fy).astype(np.float32, copy=False)
 
 
 def pulse(x: np.ndarray, period: float | np.ndarray, duty: float | np.ndarray, fw: np.ndarray) -> np.ndarray:
     """Coverage of a periodic stripe pattern (``duty`` of each period is on), box-filtered over ``fw``."""
     p = np.asarray(period, dtype=np.float32)
     on = np.asarray(duty, dtype=np.float32) * p
-    x = np.mod(x, p * f32(64.0))  # periodic: keep float32 precision for the difference below
+    x = np.mod(x, p * f32(64.0))  # periodic: keeps float32 precision for the difference below
     w = np.maximum(fw, p * f32(1e-3))
 
     def integral(y):
         k = np.floor(y / p)
         return k * on + np.minimum(y - k * p, on)
 
-    return np.clip((integral(x + w / 2) - integral(x - w / 2)) / w, 0.0, 1.0)
+    return np.clip((integral(x + w / 2) - integral(x - w / 2)) / w, f32(0.0), f32(1.0))
 
 
 def band(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray, fw: np.ndarray) -> np.ndarray:
     """Coverage of the single interval [lo, hi], box-filtered over ``fw``."""
     w = np.maximum(fw, f32(1e-4))
-    return np.clip((np.minimum(x + w / 2, hi) - np.maximum(x - w / 2, lo)) / w, 0.0, 1.0)
+    return np.clip((np.minimum(x + w / 2, hi) - np.maximum(x - w / 2, lo)) / w, f32(0.0), f32(1.0))
 
 
 def hash01(*keys: np.ndarray) -> np.ndarray:
@@ -107,9 +114,19 @@ def hash01(*keys: np.ndarray) -> np.ndarray:
     return (h >> np.uint32(8)).astype(np.float32) / f32(1 << 24)
 
 
+def rgb(*c: float) -> np.ndarray:
+    """A colour constant shaped (3, 1) to broadcast against (3, N)."""
+    return np.array(c, dtype=np.float32).reshape(3, 1)
+
+
 def mix(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Per-row blend of colours (N, 3) by weights (N,)."""
-    return a + (b - a) * w[:, None]
+    """Blend colours (3, N) or (3, 1) by per-pixel weights (N,)."""
+    return a + (b - a) * w
+
+
+def dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel dot product of (3, N) arrays (or a (3,)/(3, 1) constant): no BLAS, which is slow here."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 @dataclass
@@ -126,16 +143,21 @@ class Textures:
 
 
 # ---------------------------------------------------------------- surfaces
+# Sort keys of hit pixels: one contiguous slice per surface kind and material.
+_K_GROUND, _K_KERB, _K_BOX, _K_CYL, _K_SPH = 0, 1, 2, 16, 32
+_N_KEYS = 48
+
+
 @dataclass
 class Surface:
-    """Hit pixels of one cast, flattened.
+    """Hit pixels of one cast, flattened and grouped by surface kind.
 
     Attributes:
-        index: (N,) flat pixel indices of the hits.
-        P: (N, 3) float32 hit points relative to the sensor origin.
+        index: (N,) flat pixel indices of the hits (grouped, not ascending).
+        P: (3, N) float32 hit points relative to the sensor origin.
         rng: (N,) float32 Euclidean range from the sensor.
-        normal: (N, 3) float32 unit normals (world).
-        albedo: (N, 3) float32 linear albedo.
+        normal: (3, N) float32 unit normals (world).
+        albedo: (3, N) float32 linear albedo.
         gloss: (N,) float32 share of sky reflection (glass, paint).
     """
 
@@ -147,81 +169,91 @@ class Surface:
     gloss: np.ndarray
 
 
-def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float) -> Surface:
-    """Normals and albedo of every hit pixel."""
-    obj_flat = hits.obj.ravel()
-    index = np.flatnonzero(obj_flat >= 0)
-    obj = obj_flat[index]
-    t = hits.t.ravel()[index]
-    D = hits.D.reshape(3, -1)[:, index].T
-    P = D * t[:, None]
-    rng = np.sqrt((P * P).sum(1))
-    fw = rng * f32(pixel_angle)
-    n = index.size
-    normal = np.zeros((n, 3), np.float32)
-    albedo = np.zeros((n, 3), np.float32)
-    gloss = np.zeros(n, np.float32)
-    W = world_xy(hits.origin, P)
-    ctx = _Ctx(world, tex, hits, P, W, fw, D)
-    for sel, fn in ((obj == GROUND, _ground), (obj == KERB, _kerb)):
-        if sel.any():
-            normal[sel], albedo[sel] = fn(ctx, sel)
-    prims = hits.prims
-    k = obj - FIRST_OBJECT
-    for sel, fn in ((obj >= FIRST_OBJECT) & (k < prims.n_box), _boxes),\
-                   (((k >= prims.n_box) & (k < prims.n_box + prims.n_cyl)), _cylinders),\
-                   ((k >= prims.n_box + prims.n_cyl), _spheres):
-        if sel.any():
-            normal[sel], albedo[sel], gloss[sel] = fn(ctx, sel, k[sel])
-    return Surface(index=index, P=P, rng=rng, normal=normal, albedo=albedo, gloss=gloss)
-
-
-def world_xy(origin: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """(N, 3) float32 world coordinates of origin-relative points."""
-    return (P.astype(np.float64) + origin[None]).astype(np.float32)
-
-
 @dataclass
-class _Ctx:
+class _Group:
+    """One contiguous slice of hit pixels, with what every material function needs."""
+
     world: World
     tex: Textures
     hits: Hits
-    P: np.ndarray
-    W: np.ndarray
-    fw: np.ndarray
-    D: np.ndarray
+    W: np.ndarray  # (3, n) float32 world coordinates
+    D: np.ndarray  # (3, n) ray directions (world axes)
+    fw: np.ndarray  # (n,) pixel footprint (m)
+    k: np.ndarray  # (n,) primitive index (objects only)
+
+
+def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float) -> Surface:
+    """Normals and albedo of every hit pixel."""
+    obj_flat = hits.obj.ravel()
+    hit = np.flatnonzero(obj_flat >= 0)
+    obj = np.take(obj_flat, hit)
+    prims = hits.prims
+    mats = prims.materials()
+    k_all = obj - FIRST_OBJECT
+    kind_base = np.select([obj == GROUND, obj == KERB, k_all < prims.n_box, k_all < prims.n_box + prims.n_cyl],
+                          [_K_GROUND, _K_KERB, _K_BOX, _K_CYL], _K_SPH)
+    mat = np.take(mats, np.maximum(k_all, 0)) if mats.size else np.zeros_like(k_all)
+    key = (kind_base + np.where(obj >= FIRST_OBJECT, mat, 0)).astype(np.uint8)
+    order = np.argsort(key, kind="stable")
+    index = np.take(hit, order)
+    key = np.take(key, order)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(key, minlength=_N_KEYS))])
+
+    t = np.take(hits.t.ravel(), index)
+    D = np.take(hits.D.reshape(3, -1), index, axis=1)
+    P = D * t
+    rng = np.sqrt(dot3(P, P))
+    fw = rng * f32(pixel_angle)
+    Wc = (P.astype(np.float64) + hits.origin[:, None]).astype(np.float32)
+    kk = np.take(k_all, order)
+    n = index.size
+    normal = np.zeros((3, n), np.float32)
+    albedo = np.zeros((3, n), np.float32)
+    gloss = np.zeros(n, np.float32)
+
+    def run(lo: int, hi: int, fn) -> None:
+        if hi > lo:
+            g = _Group(world, tex, hits, Wc[:, lo:hi], D[:, lo:hi], fw[lo:hi], kk[lo:hi])
+            normal[:, lo:hi], albedo[:, lo:hi], gloss[lo:hi] = fn(g)
+
+    run(bounds[_K_GROUND], bounds[_K_GROUND + 1], _ground)
+    run(bounds[_K_KERB], bounds[_K_KERB + 1], _kerb)
+    run(bounds[_K_BOX], bounds[_K_CYL], lambda g: _boxes(g, bounds[_K_BOX:_K_CYL + 1] - bounds[_K_BOX]))
+    run(bounds[_K_CYL], bounds[_K_SPH], _cylinders)
+    run(bounds[_K_SPH], bounds[_N_KEYS], _spheres)
+    return Surface(index=index, P=P, rng=rng, normal=normal, albedo=albedo, gloss=gloss)
 
 
 def _up(n: int) -> np.ndarray:
-    out = np.zeros((n, 3), np.float32)
-    out[:, 2] = 1.0
+    out = np.zeros((3, n), np.float32)
+    out[2] = 1.0
     return out
 
 
-def _ground(ctx: _Ctx, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    road = ctx.world.road
-    Wp = ctx.W[sel]
-    x, y = Wp[:, 0], Wp[:, 1]
+def _ground(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    road = g.world.road
+    x, y = g.W[0], g.W[1]
     s, l = road.to_sl(x, y)
-    fw = ctx.fw[sel]
     # grazing views stretch the footprint along the view direction
-    cos_i = np.maximum(np.abs(ctx.D[sel, 2]) / np.sqrt((ctx.D[sel] ** 2).sum(1)), f32(0.08))
-    fws = fw / cos_i
+    cos_i = np.maximum(np.abs(g.D[2]) / np.sqrt(dot3(g.D, g.D)), f32(0.08))
+    fws = g.fw / cos_i
     al = np.abs(l)
-    grain = ctx.tex.fine.sample(x * f32(20.0), y * f32(20.0), fws * f32(20.0))  # 5 cm texels
-    patch = ctx.tex.coarse.sample(x * f32(0.8) + f32(37.0), y * f32(0.8), fws * f32(0.8))
-    out = np.empty((s.size, 3), np.float32)
-    on_road = al < f32(road.half_width)
-    out[on_road] = _asphalt(road, s[on_road], l[on_road], grain[on_road], patch[on_road], fws[on_road])
-    walk = ~on_road & (al < f32(road.half_width + road.sidewalk_width))
-    out[walk] = _sidewalk(road, s[walk], al[walk], grain[walk], patch[walk], fws[walk])
-    verge = ~on_road & ~walk
-    g = patch[verge] * f32(1.6) - f32(0.3)
-    grass = np.array([0.07, 0.15, 0.04], np.float32)
-    dirt = np.array([0.20, 0.16, 0.10], np.float32)
-    out[verge] = mix(np.broadcast_to(grass, (g.size, 3)), np.broadcast_to(dirt, (g.size, 3)),
-                     np.clip(g, 0, 1)) * (f32(0.7) + f32(0.6) * grain[verge])[:, None]
-    return _up(s.size), out
+    grain = g.tex.fine.sample(x * f32(20.0), y * f32(20.0), fws * f32(20.0))  # 5 cm texels
+    patch = g.tex.coarse.sample(x * f32(0.8) + f32(37.0), y * f32(0.8), fws * f32(0.8))
+    # three zones by lateral offset: road, sidewalk, verge (each computed on its pixels only)
+    zone = np.where(al < f32(road.half_width), 0, np.where(al < f32(road.half_width + road.sidewalk_width), 1, 2))
+    order = np.argsort(zone.astype(np.uint8), kind="stable")
+    b = np.concatenate([[0], np.cumsum(np.bincount(zone, minlength=3))])
+    s, l, al, grain, patch, fws = (np.take(a, order) for a in (s, l, al, grain, patch, fws))
+    out = np.empty((3, s.size), np.float32)
+    r, w, v = slice(b[0], b[1]), slice(b[1], b[2]), slice(b[2], b[3])
+    out[:, r] = _asphalt(road, s[r], l[r], grain[r], patch[r], fws[r])
+    out[:, w] = _sidewalk(road, s[w], al[w], grain[w], patch[w], fws[w])
+    gv = np.clip(patch[v] * f32(1.6) - f32(0.3), 0, 1)
+    out[:, v] = mix(rgb(0.07, 0.15, 0.04), rgb(0.20, 0.16, 0.10), gv) * (f32(0.7) + f32(0.6) * grain[v])
+    albedo = np.empty_like(out)
+    albedo[:, order] = out
+    return _up(s.size), albedo, np.zeros(s.size, np.float32)
 
 
 def _asphalt(road: Road, s, l, grain, patch, fw) -> np.ndarray:
@@ -235,14 +267,15 @@ def _asphalt(road: Road, s, l, grain, patch, fw) -> np.ndarray:
     edge = lanes * lw - (f32(0.0) if road.parking_width > 0 else f32(0.35))
     white = np.maximum(white, band(al, edge - f32(0.08), edge + f32(0.08), fw))
     if road.crosswalks.size:
-        near = np.abs(s[:, None] - road.crosswalks[None].astype(np.float32)).min(1)
-        zebra = band(near, f32(-2.0), f32(2.0), fw) * pulse(l + f32(50.0), 1.1, 0.5, fw)
-        zebra *= band(al, f32(-1.0), f32(road.half_width - 0.3), fw)
-        white = np.maximum(white, zebra)
-    col = np.repeat(base[:, None], 3, axis=1)
+        cw = road.crosswalks.astype(np.float32)
+        nearest = cw[np.clip(np.searchsorted(cw, s), 1, cw.size) - 1]
+        nxt = cw[np.clip(np.searchsorted(cw, s), 0, cw.size - 1)]
+        d = np.minimum(np.abs(s - nearest), np.abs(s - nxt))
+        zebra = band(d, f32(-2.0), f32(2.0), fw) * pulse(l + f32(50.0), 1.1, 0.5, fw)
+        white = np.maximum(white, zebra * band(al, f32(-1.0), f32(road.half_width - 0.3), fw))
     wear = f32(0.75) + f32(0.25) * grain
-    col = mix(col, np.array([0.62, 0.62, 0.6], np.float32) * wear[:, None], white)
-    return mix(col, np.array([0.6, 0.45, 0.06], np.float32) * wear[:, None], yellow)
+    col = mix(base, rgb(0.62, 0.62, 0.6) * wear, white)
+    return mix(col, rgb(0.6, 0.45, 0.06) * wear, yellow)
 
 
 def _sidewalk(road: Road, s, al, grain, patch, fw) -> np.ndarray:
@@ -251,192 +284,177 @@ def _sidewalk(road: Road, s, al, grain, patch, fw) -> np.ndarray:
     base = f32(0.3) * (f32(0.8) + f32(0.4) * grain) * (f32(0.9) + f32(0.2) * patch) * (1 - f32(0.45) * joints)
     kerb_stone = band(al, f32(road.half_width), f32(road.half_width + 0.25), fw)
     base = base + (f32(0.42) - base) * kerb_stone
-    return np.repeat(base[:, None], 3, axis=1) * np.array([1.0, 0.98, 0.95], np.float32)
+    return rgb(1.0, 0.98, 0.95) * base
 
 
-def _kerb(ctx: _Ctx, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    road = ctx.world.road
-    Wp = ctx.W[sel]
-    s, l = road.to_sl(Wp[:, 0], Wp[:, 1])
-    th = (s * f32(road.kappa)).astype(np.float32)
-    left = np.stack([-np.sin(th), np.cos(th)], axis=1)  # road-left unit vector
-    normal = np.zeros((s.size, 3), np.float32)
-    normal[:, :2] = -np.sign(l)[:, None] * left  # kerb faces look back at the road
-    grain = ctx.tex.fine.sample(Wp[:, 0] * f32(20.0), Wp[:, 2] * f32(20.0) + Wp[:, 1] * f32(20.0), ctx.fw[sel] * 20)
-    return normal, np.repeat((f32(0.38) * (f32(0.8) + f32(0.4) * grain))[:, None], 3, axis=1)
+def _kerb(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    road = g.world.road
+    s, l = road.to_sl(g.W[0], g.W[1])
+    th = s * f32(road.kappa)
+    sg = -np.sign(l)  # kerb faces look back at the road: along -sign(l) * road-left
+    normal = np.stack([-np.sin(th) * sg, np.cos(th) * sg, np.zeros_like(s)])
+    grain = g.tex.fine.sample(s * f32(20.0), g.W[2] * f32(20.0), g.fw * f32(20.0))
+    alb = f32(0.38) * (f32(0.8) + f32(0.4) * grain)
+    return normal.astype(np.float32), np.stack([alb, alb, alb]), np.zeros(s.size, np.float32)
 
 
-def _boxes(ctx: _Ctx, sel: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    prims = ctx.hits.prims
-    c = prims.box_c[k].astype(np.float32)
-    h = prims.box_h[k].astype(np.float32)
-    yaw = prims.box_yaw[k].astype(np.float32)
-    Wp = ctx.W[sel]
+def _boxes(g: _Group, mat_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    prims = g.hits.prims
+    k = g.k
+    c = prims.box_c.T.astype(np.float32)
+    h_all = prims.box_h.T.astype(np.float32)
+    yaw = np.take(prims.box_yaw.astype(np.float32), k)
     cy, sy = np.cos(yaw), np.sin(yaw)
-    rx, ry = Wp[:, 0] - c[:, 0], Wp[:, 1] - c[:, 1]
-    local = np.stack([cy * rx + sy * ry, -sy * rx + cy * ry, Wp[:, 2] - c[:, 2]], axis=1)
+    rx, ry = g.W[0] - np.take(c[0], k), g.W[1] - np.take(c[1], k)
+    local = np.stack([cy * rx + sy * ry, cy * ry - sy * rx, g.W[2] - np.take(c[2], k)])
+    h = np.take(h_all, k, axis=1)
     q = np.abs(local) / h
-    axis = q.argmax(1)
-    sign = np.sign(local[np.arange(k.size), axis]).astype(np.float32)
-    nl = np.zeros((k.size, 3), np.float32)
-    nl[np.arange(k.size), axis] = sign
-    normal = np.stack([cy * nl[:, 0] - sy * nl[:, 1], sy * nl[:, 0] + cy * nl[:, 1], nl[:, 2]], axis=1)
-    # horizontal coordinate across the face (0 at the face's left edge), height above ground
-    u = np.where(axis == 0, local[:, 1] + h[:, 1], local[:, 0] + h[:, 0])
-    half_u = np.where(axis == 0, h[:, 1], h[:, 0])
-    z = Wp[:, 2]
-    fw = ctx.fw[sel]
-    mat = prims.box_mat[k]
-    col = prims.box_col[k].astype(np.float32)
-    par = prims.box_par[k].astype(np.float32)
+    axis = np.where(q[0] >= q[1], np.where(q[0] >= q[2], 0, 2), np.where(q[1] >= q[2], 1, 2))
+    sign = np.sign(np.choose(axis, local)).astype(np.float32)
+    nlx, nly, nlz = (axis == 0) * sign, (axis == 1) * sign, (axis == 2) * sign
+    normal = np.stack([cy * nlx - sy * nly, sy * nlx + cy * nly, nlz]).astype(np.float32)
+    # horizontal coordinate across the face (0 at one edge), and its half width
+    u = np.where(axis == 0, local[1] + h[1], local[0] + h[0])
+    half_u = np.where(axis == 0, h[1], h[0])
+    col = np.take(prims.box_col.T.astype(np.float32), k, axis=1)
+    par = np.take(prims.box_par.T.astype(np.float32), k, axis=1)
     albedo = col.copy()
     gloss = np.zeros(k.size, np.float32)
+    gloss_of = {Material.METAL: 0.1}
     for m, fn in ((Material.BUILDING, _facade), (Material.CAR_PAINT, _paint), (Material.CAR_GLASS, _glass),
                   (Material.SIGN, _sign)):
-        s2 = mat == m
-        if s2.any():
-            albedo[s2], gloss[s2] = fn(ctx, col[s2], par[s2], axis[s2], u[s2], half_u[s2], z[s2],
-                                       local[s2], h[s2], fw[s2], k[s2])
-    metal = mat == Material.METAL
-    albedo[metal] = col[metal]
-    gloss[metal] = f32(0.1)
+        sl = slice(mat_bounds[m], mat_bounds[m + 1])
+        if sl.stop > sl.start:
+            albedo[:, sl], gloss[sl] = fn(g, col[:, sl], par[:, sl], axis[sl], u[sl], half_u[sl],
+                                          g.W[2, sl], local[:, sl], h[:, sl], g.fw[sl], k[sl])
+    for m, v in gloss_of.items():
+        gloss[mat_bounds[m]:mat_bounds[m + 1]] = f32(v)
     return normal, albedo, gloss
 
 
-def _facade(ctx, col, par, axis, u, half_u, z, local, h, fw, k):
-    floor_h, period, fu, fv = par[:, 0], par[:, 1], par[:, 2], par[:, 3]
+def _facade(g, col, par, axis, u, half_u, z, local, h, fw, k):
+    floor_h, period, fu, fv = par
     side = axis != 2
-    grain = ctx.tex.fine.sample(u * f32(8.0), z * f32(8.0) + k.astype(np.float32) * f32(31.0), fw * 8)
-    stain = ctx.tex.coarse.sample(u * f32(0.5) + k.astype(np.float32) * f32(17.0), z * f32(0.5), fw * f32(0.5))
-    wall = col * ((f32(0.8) + f32(0.3) * grain) * (f32(0.85) + f32(0.3) * stain))[:, None]
-    # a column of windows every ``period`` metres, one row per floor; shop windows on the ground floor
-    win_u = pulse(u - f32(0.5) * (f32(2.0) * half_u - np.floor(f32(2.0) * half_u / period) * period),
-                  period, fu, fw)
-    upper = z > floor_h
-    win_v = pulse(z - f32(0.9), floor_h, fv, fw) * band(z, floor_h, f32(1e4), fw)
-    shop = band(z, f32(0.5), floor_h - f32(0.5), fw) * pulse(u, period * f32(2.0), f32(0.8), fw) * (par[:, 1] < 2.6)
-    window = np.where(side, np.maximum(win_u * win_v * band(z, f32(0), 2 * h[:, 2] - f32(0.6), fw), shop), 0)
+    kf = k.astype(np.float32)
+    grain = g.tex.fine.sample(u * f32(8.0), z * f32(8.0) + kf * f32(31.0), fw * f32(8.0))
+    stain = g.tex.coarse.sample(u * f32(0.5) + kf * f32(17.0), z * f32(0.5), fw * f32(0.5))
+    wall = col * ((f32(0.8) + f32(0.3) * grain) * (f32(0.85) + f32(0.3) * stain))
+    # a column of windows every ``period`` metres (centred on the face), one row per floor;
+    # shop windows on the ground floor of some buildings
+    width = f32(2.0) * half_u
+    win_u = pulse(u - f32(0.5) * (width - np.floor(width / period) * period), period, fu, fw)
+    win_v = pulse(z - f32(0.9), floor_h, fv, fw) * band(z, floor_h, 2 * h[2] - f32(0.6), fw)
+    shop = band(z, f32(0.5), floor_h - f32(0.5), fw) * pulse(u, period * f32(2.0), f32(0.8), fw) * (period < 2.6)
+    window = np.maximum(win_u * win_v, shop) * side
     cell = hash01(np.floor(u / period), np.floor(z / floor_h), k)
-    glass = np.stack([f32(0.03) + f32(0.05) * cell, f32(0.035) + f32(0.05) * cell, f32(0.05) + f32(0.06) * cell], 1)
-    lit = (cell > f32(0.93)) & upper
-    glass[lit] = np.array([0.5, 0.42, 0.28], np.float32)
-    cornice = pulse(z, floor_h, 0.06, fw) * side * f32(0.25)
-    wall = wall * (1 - cornice)[:, None]
-    roof = axis == 2
-    wall[roof] = (f32(0.18) + f32(0.1) * grain[roof])[:, None] * np.ones(3, np.float32)
+    glass = rgb(0.03, 0.035, 0.05) + rgb(0.05, 0.05, 0.06) * cell
+    lit = ((cell > f32(0.93)) & (z > floor_h)).astype(np.float32)
+    glass = mix(glass, rgb(0.5, 0.42, 0.28), lit)
+    wall = wall * (1 - pulse(z, floor_h, 0.06, fw) * side * f32(0.25))  # floor cornices
+    roof = (axis == 2).astype(np.float32)
+    wall = mix(wall, (f32(0.18) + f32(0.1) * grain) * np.ones((3, 1), np.float32), roof)
     return mix(wall, glass, window), f32(0.35) * window
 
 
-def _paint(ctx, col, par, axis, u, half_u, z, local, h, fw, k):
+def _paint(g, col, par, axis, u, half_u, z, local, h, fw, k):
     dark = band(z, f32(-1.0), f32(0.42), fw)  # bumpers, sills
     out = mix(col, col * f32(0.25), dark)
     # wheels on the long sides: tyres are dark discs near the ends of the body
-    long_side = axis == 1
-    wx = np.abs(local[:, 0]) - h[:, 0] * f32(0.68)
+    wx = np.abs(local[0]) - h[0] * f32(0.68)
     r = np.sqrt(wx * wx + (z - f32(0.34)) ** 2)
-    tyre = band(r, f32(-1.0), f32(0.34), fw) * long_side * (par[:, 1] < 0.5)
-    out = mix(out, np.full_like(out, 0.03), tyre)
+    tyre = band(r, f32(-1.0), f32(0.34), fw) * (axis == 1) * (par[1] < 0.5)
+    out = mix(out, rgb(0.03, 0.03, 0.03), tyre)
     return out, f32(0.12) * (1 - tyre)
 
 
-def _glass(ctx, col, par, axis, u, half_u, z, local, h, fw, k):
-    roof = axis == 2
+def _glass(g, col, par, axis, u, half_u, z, local, h, fw, k):
+    roof = (axis == 2).astype(np.float32)
     pillar = 1 - band(u, f32(0.12), 2 * half_u - f32(0.12), fw)
-    glass = np.broadcast_to(np.array([0.03, 0.035, 0.045], np.float32), col.shape)
-    out = mix(glass, col, np.maximum(pillar, roof.astype(np.float32)))
-    return out, np.where(roof, f32(0.1), f32(0.45) * (1 - pillar))
+    out = mix(rgb(0.03, 0.035, 0.045), col, np.maximum(pillar, roof))
+    return out, np.where(roof > 0, f32(0.1), f32(0.45) * (1 - pillar))
 
 
-def _sign(ctx, col, par, axis, u, half_u, z, local, h, fw, k):
-    face = axis == 0
-    border = 1 - band(u, f32(0.06), 2 * half_u - f32(0.06), fw) * band(local[:, 2], -h[:, 2] + f32(0.06),
-                                                                      h[:, 2] - f32(0.06), fw)
-    white = np.full_like(col, 0.75)
-    out = np.where(face[:, None], mix(col, white, border), np.full_like(col, 0.3))
-    return out, np.zeros(col.shape[0], np.float32)
+def _sign(g, col, par, axis, u, half_u, z, local, h, fw, k):
+    face = (axis == 0).astype(np.float32)
+    inner = band(u, f32(0.06), 2 * half_u - f32(0.06), fw) * band(local[2], -h[2] + f32(0.06), h[2] - f32(0.06), fw)
+    out = mix(rgb(0.3, 0.3, 0.3), mix(rgb(0.75, 0.75, 0.75), col, inner), face)
+    return out, np.zeros(k.size, np.float32)
 
 
-def _cylinders(ctx: _Ctx, sel: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    prims = ctx.hits.prims
-    j = k - prims.n_box
-    xy = prims.cyl_xy[j].astype(np.float32)
-    z0, z1 = prims.cyl_z[j, 0].astype(np.float32), prims.cyl_z[j, 1].astype(np.float32)
-    r = prims.cyl_r[j].astype(np.float32)
-    Wp = ctx.W[sel]
-    dx, dy = Wp[:, 0] - xy[:, 0], Wp[:, 1] - xy[:, 1]
-    cap = Wp[:, 2] >= z1 - f32(1e-3)
-    normal = np.stack([dx / r, dy / r, np.zeros_like(r)], axis=1)
-    normal[cap] = np.array([0, 0, 1], np.float32)
-    mat = prims.cyl_mat[j]
-    col = prims.cyl_col[j].astype(np.float32)
+def _cylinders(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    prims = g.hits.prims
+    j = g.k - prims.n_box
+    x, y = np.take(prims.cyl_xy[:, 0].astype(np.float32), j), np.take(prims.cyl_xy[:, 1].astype(np.float32), j)
+    z0, z1 = np.take(prims.cyl_z[:, 0].astype(np.float32), j), np.take(prims.cyl_z[:, 1].astype(np.float32), j)
+    r = np.take(prims.cyl_r.astype(np.float32), j)
+    dx, dy = g.W[0] - x, g.W[1] - y
+    cap = (g.W[2] >= z1 - f32(1e-3)).astype(np.float32)
+    normal = np.stack([dx / r * (1 - cap), dy / r * (1 - cap), cap])
+    mat = np.take(prims.cyl_mat, j)
+    col = np.take(prims.cyl_col.T.astype(np.float32), j, axis=1)
     ang = np.arctan2(dy, dx) * r
-    grain = ctx.tex.fine.sample(ang * f32(30.0), Wp[:, 2] * f32(4.0) + j.astype(np.float32) * 13, ctx.fw[sel] * 30)
-    albedo = col * (f32(0.75) + f32(0.5) * grain)[:, None]
-    cloth = mat == Material.CLOTH
-    legs = band(Wp[:, 2] - z0, f32(-1.0), f32(0.45) * (z1 - z0), ctx.fw[sel]) * cloth
-    albedo = mix(albedo, albedo[:, [2, 1, 0]] * f32(0.5) + f32(0.02), legs)
+    grain = g.tex.fine.sample(ang * f32(30.0), g.W[2] * f32(4.0) + j.astype(np.float32) * f32(13.0),
+                              g.fw * f32(30.0))
+    albedo = col * (f32(0.75) + f32(0.5) * grain)
+    legs = band(g.W[2] - z0, f32(-1.0), f32(0.45) * (z1 - z0), g.fw) * (mat == Material.CLOTH)
+    albedo = mix(albedo, albedo[::-1] * f32(0.5) + f32(0.02), legs)
     gloss = np.where(mat == Material.METAL, f32(0.1), f32(0.0))
-    return normal, albedo, gloss
+    return normal.astype(np.float32), albedo, gloss
 
 
-def _spheres(ctx: _Ctx, sel: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    prims = ctx.hits.prims
-    j = k - prims.n_box - prims.n_cyl
-    c = prims.sph_c[j].astype(np.float32)
-    r = prims.sph_r[j].astype(np.float32)
-    Wp = ctx.W[sel]
-    d = (Wp - c) / r[:, None]
-    normal = d / np.sqrt((d * d).sum(1, keepdims=True))
-    col = prims.sph_col[j].astype(np.float32)
-    leafy = prims.sph_mat[j] == Material.FOLIAGE
-    fw = ctx.fw[sel]
+def _spheres(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    prims = g.hits.prims
+    j = g.k - prims.n_box - prims.n_cyl
+    c = np.take(prims.sph_c.T.astype(np.float32), j, axis=1)
+    r = np.take(prims.sph_r.astype(np.float32), j)
+    d = (g.W - c) / r
+    normal = d / np.sqrt(dot3(d, d))
+    col = np.take(prims.sph_col.T.astype(np.float32), j, axis=1)
+    leafy = (np.take(prims.sph_mat, j) == Material.FOLIAGE).astype(np.float32)
     jf = j.astype(np.float32)
-    leaves = ctx.tex.fine.sample((Wp[:, 0] + Wp[:, 1]) * f32(12.0) + jf * 7, Wp[:, 2] * f32(12.0), fw * 12)
-    clumps = ctx.tex.coarse.sample(normal[:, 0] * f32(6.0) + jf, normal[:, 1] * f32(6.0) + normal[:, 2] * 6, fw)
-    shade = np.where(leafy, (f32(0.35) + f32(1.1) * leaves) * (f32(0.6) + f32(0.8) * clumps), f32(1.0))
-    if leafy.any():  # bumpy leaves: perturb the normal so the crown is not a smooth ball
-        bump = (np.stack([leaves, clumps, leaves * clumps], axis=1) - f32(0.4)) * f32(1.2)
-        normal = np.where(leafy[:, None], normal + bump, normal)
-        normal /= np.sqrt((normal * normal).sum(1, keepdims=True))
-    return normal, col * shade[:, None], np.zeros(k.size, np.float32)
+    leaves = g.tex.fine.sample((g.W[0] + g.W[1]) * f32(12.0) + jf * 7, g.W[2] * f32(12.0), g.fw * f32(12.0))
+    clumps = g.tex.coarse.sample(normal[0] * f32(6.0) + jf, normal[1] * f32(6.0) + normal[2] * 6, g.fw)
+    shade = 1 + leafy * ((f32(0.35) + f32(1.1) * leaves) * (f32(0.6) + f32(0.8) * clumps) - 1)
+    # bumpy leaves: perturb the normal so a crown is not a smooth ball
+    bump = (np.stack([leaves, clumps, leaves * clumps]) - f32(0.4)) * f32(1.2) * leafy
+    normal = normal + bump
+    normal = normal / np.sqrt(dot3(normal, normal))
+    return normal.astype(np.float32), col * shade, np.zeros(j.size, np.float32)
 
 
 # ---------------------------------------------------------------- lighting
 def sky_colour(lighting: Lighting, D: np.ndarray, origin: np.ndarray, tex: Textures,
                pixel_angle: float) -> np.ndarray:
-    """(N, 3) linear sky radiance for world ray directions ``D`` (N, 3): gradient, sun glow, clouds."""
-    d = D / np.sqrt((D * D).sum(1, keepdims=True))
-    e = np.clip(d[:, 2], 0.0, 1.0)
-    w = e ** f32(0.55)
-    sky = mix(np.broadcast_to(lighting.horizon_rgb.astype(np.float32), d.shape),
-              np.broadcast_to(lighting.zenith_rgb.astype(np.float32), d.shape), w)
-    cos_sun = d @ lighting.sun_dir.astype(np.float32)
+    """(3, N) linear sky radiance for world ray directions ``D`` (3, N): gradient, sun glow, clouds."""
+    d = D / np.sqrt(dot3(D, D))
+    e = np.clip(d[2], 0.0, 1.0)
+    sky = mix(lighting.horizon_rgb.astype(np.float32)[:, None], lighting.zenith_rgb.astype(np.float32)[:, None],
+              e ** f32(0.55))
+    cos_sun = dot3(d, lighting.sun_dir.astype(np.float32))
     glow = np.exp((cos_sun - f32(1.0)) * f32(40.0)) * f32(0.35) + np.exp((cos_sun - f32(1.0)) * f32(2000.0)) * 3
-    sky = sky + glow[:, None] * lighting.sun_rgb.astype(np.float32)[None] / f32(3.0)
+    sky = sky + glow * (lighting.sun_rgb.astype(np.float32)[:, None] / f32(3.0))
     if lighting.cloud_cover > 0.02:  # a cloud deck 1.5 km up
-        h = f32(1500.0)
-        ez = np.maximum(d[:, 2], f32(0.02))
-        tc = h / ez
-        cu = (f32(origin[0]) + tc * d[:, 0]) * f32(0.12)
-        cv = (f32(origin[1]) + tc * d[:, 1]) * f32(0.12)
+        ez = np.maximum(d[2], f32(0.02))
+        tc = f32(1500.0) / ez
+        cu = (f32(origin[0]) + tc * d[0]) * f32(0.12)
+        cv = (f32(origin[1]) + tc * d[1]) * f32(0.12)
         n = tex.coarse.sample(cu, cv, tc * f32(pixel_angle) / ez * f32(0.12))
         cover = np.clip((n - (f32(1.0) - f32(lighting.cloud_cover) * f32(0.7))) * f32(6.0), 0, 1)
-        cover *= np.clip(d[:, 2] * f32(8.0), 0, 1)
-        cloud = (lighting.horizon_rgb.astype(np.float32) * f32(1.1))[None] * (f32(0.8) + f32(0.4) * n)[:, None]
+        cover = cover * np.clip(d[2] * f32(8.0), 0, 1)
+        cloud = (lighting.horizon_rgb.astype(np.float32) * f32(1.1))[:, None] * (f32(0.8) + f32(0.4) * n)
         sky = mix(sky, cloud, cover)
-    return sky
+    return sky.astype(np.float32)
 
 
 def radiance(world: World, surf: Surface, shadow: np.ndarray) -> np.ndarray:
-    """(N, 3) linear radiance of hit pixels: sun (Lambert, shadowed) + sky hemisphere + reflection + haze."""
+    """(3, N) linear radiance of hit pixels: sun (Lambert, shadowed) + sky hemisphere + reflection + haze."""
     L = world.lighting
-    sun = L.sun_dir.astype(np.float32)
-    ndl = np.clip(surf.normal @ sun, 0.0, 1.0) * (~shadow).astype(np.float32)
-    hemi = f32(0.55) + f32(0.45) * surf.normal[:, 2]
-    light = ndl[:, None] * L.sun_rgb.astype(np.float32)[None] + hemi[:, None] * L.sky_rgb.astype(np.float32)[None]
-    rad = surf.albedo * light + surf.gloss[:, None] * L.horizon_rgb.astype(np.float32)[None] * f32(0.6)
-    fog = np.exp(-surf.rng / f32(L.fog_distance))[:, None]
-    return rad * fog + L.haze_rgb.astype(np.float32)[None] * (1 - fog)
+    ndl = np.clip(dot3(surf.normal, L.sun_dir.astype(np.float32)), 0.0, 1.0) * ~shadow
+    hemi = f32(0.55) + f32(0.45) * surf.normal[2]
+    light = L.sun_rgb.astype(np.float32)[:, None] * ndl + L.sky_rgb.astype(np.float32)[:, None] * hemi
+    rad = surf.albedo * light + L.horizon_rgb.astype(np.float32)[:, None] * (surf.gloss * f32(0.6))
+    fog = np.exp(-surf.rng / f32(L.fog_distance))
+    return (rad * fog + L.haze_rgb.astype(np.float32)[:, None] * (1 - fog)).astype(np.float32)
 
 
 def tonemap(rgb_linear: np.ndarray, exposure: float) -> np.ndarray:

@@ -18,7 +18,7 @@ renderer uses for culling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
 
 import numpy as np
@@ -375,6 +375,11 @@ def _pick(rng: np.random.Generator, palette: np.ndarray, jitter: float = 0.12) -
     return np.clip(palette[rng.integers(len(palette))] * rng.uniform(1 - jitter, 1 + jitter, 3), 0.01, 0.9)
 
 
+def _stream(seed: int, *tags: int) -> np.random.Generator:
+    """An independent random stream per (seed, category): a longer drive only appends objects."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *tags]))
+
+
 def _make_road(rng: np.random.Generator, s_span: float) -> Road:
     if rng.random() < 0.35:
         kappa = 0.0
@@ -382,11 +387,18 @@ def _make_road(rng: np.random.Generator, s_span: float) -> Road:
         kappa = float(rng.choice([-1, 1]) * min(rng.uniform(1 / 2500, 1 / 350), 2.4 / s_span))
     lanes = int(rng.choice([1, 2]))
     parking = float(rng.uniform(2.0, 2.5)) if rng.random() < 0.65 else 0.0
-    n_cross = max(0, int(s_span / rng.uniform(90, 200)))
     return Road(kappa=kappa, lanes_per_dir=lanes, lane_width=float(rng.uniform(3.2, 3.7)),
                 parking_width=parking, sidewalk_width=float(rng.uniform(2.2, 4.5)),
-                kerb_height=float(rng.uniform(0.12, 0.18)),
-                crosswalks=np.sort(rng.uniform(-WORLD_MARGIN, s_span - WORLD_MARGIN, n_cross)))
+                kerb_height=float(rng.uniform(0.12, 0.18)))
+
+
+def _crosswalks(seed: int, s_lo: float, s_hi: float) -> np.ndarray:
+    walk = _stream(seed, 0xC055)
+    cross, s = [], s_lo + walk.uniform(20, 200)
+    while s < s_hi:
+        cross.append(s)
+        s += walk.uniform(120, 400)
+    return np.array(cross)
 
 
 def _make_ego(rng: np.random.Generator, road: Road) -> EgoMotion:
@@ -394,7 +406,7 @@ def _make_ego(rng: np.random.Generator, road: Road) -> EgoMotion:
     v0 = float(rng.uniform(6.5, 10.0))
     amp = float(rng.uniform(0.0, min(2.0, v0 - 5.2, 11.8 - v0)))
     return EgoMotion(
-        lane_l=-(road.parking_width + road.lane_width * (road.lanes_per_dir - lane - 0.5)),
+        lane_l=-road.lane_width * (lane + 0.5),  # lane 0 is next to the centre line
         v0=v0, amp=amp, omega=2 * np.pi / float(rng.uniform(8.0, 20.0)),
         sway_amp=float(rng.uniform(0.0, 0.2)), sway_omega=2 * np.pi / float(rng.uniform(6.0, 15.0)),
         sway_phase=float(rng.uniform(0, 2 * np.pi)),
@@ -450,9 +462,10 @@ def _vehicle_length(parts: list[tuple]) -> float:
     return max(dx + hl for dx, hl, *_ in parts) - min(dx - hl for dx, hl, *_ in parts)
 
 
-def _buildings(b: _Builder, rng: np.random.Generator, road: Road, s_lo: float, s_hi: float) -> None:
-    density = rng.uniform(0.0, 1.0)  # 0 = suburb (low, spaced), 1 = downtown (tall street walls)
+def _buildings(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: float) -> None:
+    density = _stream(seed, 0xB1D6).uniform(0.0, 1.0)  # 0 = suburb (low, spaced), 1 = downtown (street walls)
     for side in (-1.0, 1.0):
+        rng = _stream(seed, 0xB1D6, int(side > 0))
         base_setback = rng.uniform(0.5, 2.0 + 6.0 * (1 - density))
         s = s_lo
         while s < s_hi:
@@ -471,13 +484,15 @@ def _buildings(b: _Builder, rng: np.random.Generator, road: Road, s_lo: float, s
             s += width + gap
 
 
-def _street_furniture(b: _Builder, rng: np.random.Generator, road: Road, s_lo: float, s_hi: float) -> None:
+def _street_furniture(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: float) -> None:
     """Trees, lamp posts, signs and pedestrians on the sidewalks."""
     kh, W, sw = road.kerb_height, road.half_width, road.sidewalk_width
+    rng = _stream(seed, 0xF0A1)
     p_tree = rng.uniform(0.0, 0.9)
     p_ped = rng.uniform(0.0, 0.5)
     grey = np.array([0.32, 0.33, 0.35])
     for side in (-1.0, 1.0):
+        rng = _stream(seed, 0xF0A1, int(side > 0), 1)
         s = s_lo + rng.uniform(0, 10)
         while s < s_hi:  # trees
             if rng.random() < p_tree:
@@ -490,6 +505,7 @@ def _street_furniture(b: _Builder, rng: np.random.Generator, road: Road, s_lo: f
                 b.add_cyl(xy, kh, kh + trunk_h + crown_r * 0.5, trunk_r, Material.BARK, bark, s)
                 b.add_sph((xy[0], xy[1], kh + trunk_h + crown_r * 0.6), crown_r, Material.FOLIAGE, leaf, s)
             s += rng.uniform(6.0, 14.0)
+        rng = _stream(seed, 0xF0A1, int(side > 0), 2)
         s = s_lo + rng.uniform(0, 20)
         while s < s_hi:  # lamp posts with an arm over the road
             l = side * (W + 0.45)
@@ -503,6 +519,7 @@ def _street_furniture(b: _Builder, rng: np.random.Generator, road: Road, s_lo: f
             b.add_box((head_xy[0], head_xy[1], kh + h - 0.15), (0.25, 0.35, 0.08), yaw, Material.METAL,
                       grey * 0.6, s=s)
             s += rng.uniform(20.0, 40.0)
+        rng = _stream(seed, 0xF0A1, int(side > 0), 3)
         s = s_lo + rng.uniform(0, 40)
         while s < s_hi:  # traffic signs facing oncoming traffic on that side
             l = side * (W + 0.35)
@@ -514,6 +531,7 @@ def _street_furniture(b: _Builder, rng: np.random.Generator, road: Road, s_lo: f
             b.add_box((off[0], off[1], kh + h - 0.3), (0.02, 0.35, 0.35), yaw, Material.SIGN,
                       _pick(rng, _SIGNS, 0.05), s=s)
             s += rng.uniform(30.0, 90.0)
+        rng = _stream(seed, 0xF0A1, int(side > 0), 4)
         s = s_lo + rng.uniform(0, 8)
         while s < s_hi:  # pedestrians standing on the sidewalk
             if rng.random() < p_ped:
@@ -526,11 +544,12 @@ def _street_furniture(b: _Builder, rng: np.random.Generator, road: Road, s_lo: f
             s += rng.uniform(3.0, 9.0)
 
 
-def _parked_cars(b: _Builder, rng: np.random.Generator, road: Road, s_lo: float, s_hi: float) -> None:
+def _parked_cars(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: float) -> None:
     if road.parking_width <= 0:
         return
-    occupancy = rng.uniform(0.3, 0.95)
+    occupancy = _stream(seed, 0xCA25).uniform(0.3, 0.95)
     for side in (-1.0, 1.0):
+        rng = _stream(seed, 0xCA25, int(side > 0))
         l = side * (road.half_width - road.parking_width / 2 - rng.uniform(0.0, 0.15))
         s = s_lo + rng.uniform(0, 5)
         while s < s_hi:
@@ -546,27 +565,33 @@ def _parked_cars(b: _Builder, rng: np.random.Generator, road: Road, s_lo: float,
             s += length + rng.uniform(0.8, 2.5) + (rng.uniform(4, 12) if rng.random() < 0.2 else 0.0)
 
 
-def _traffic(rng: np.random.Generator, road: Road, ego: EgoMotion, s_lo: float, s_hi: float,
-             duration: float) -> Traffic:
+def _traffic(seed: int, road: Road, ego: EgoMotion, s_lo: float, s_hi: float, duration: float) -> Traffic:
     rows: list[tuple] = []
 
     def add(parts, s0, v, follow, l, direction):
         for dx, hl, hw, z0, z1, mat, col, par in parts:
             rows.append((s0, v, follow, l, direction * dx, hl, hw, z0, z1, int(mat), tuple(col), tuple(par)))
 
+    rng = _stream(seed, 0x7AF)
     busy = rng.uniform(0.2, 1.0)
     for direction in (1.0, -1.0):
         for lane in range(road.lanes_per_dir):
-            l = direction * -(road.parking_width + road.lane_width * (road.lanes_per_dir - lane - 0.5))
+            l = -direction * road.lane_width * (lane + 0.5)
+            v = direction * rng.uniform(6.0, 13.0)
             if direction > 0 and abs(l - ego.lane_l) < 1e-6:
                 continue  # the ego lane gets a lead/follow car below
-            v = direction * rng.uniform(6.0, 13.0)
-            lo, hi = s_lo - abs(v) * duration, s_hi + abs(v) * duration
-            s = lo + rng.uniform(0, 20)
-            while s < hi:
-                parts = _vehicle_parts(rng, _vehicle_kind(rng))
-                add(parts, s, v, False, l, direction)
-                s += _vehicle_length(parts) + rng.uniform(8.0, 25.0) + rng.exponential(60.0 / busy)
+            # vehicle k is at s0_k + v t; it must cover [s_ego(t) - margin, s_ego(t) + margin] for t in
+            # [0, duration]: walk forward from s_lo and (for same-direction lanes) backward from s_lo,
+            # each with its own stream, so a longer drive only appends vehicles
+            ups = (s_hi + max(-v, 0.0) * duration, 1.0)
+            downs = (s_lo - max(v, 0.0) * duration, -1.0)
+            for limit, step in (ups, downs):
+                walk = _stream(seed, 0x7AF, int(direction > 0), lane, int(step > 0))
+                s = s_lo + step * (walk.uniform(0, 20) + (0.0 if step > 0 else 16.0))
+                while (s < limit) if step > 0 else (s > limit):
+                    parts = _vehicle_parts(walk, _vehicle_kind(walk))
+                    add(parts, s, v, False, l, direction)
+                    s += step * (_vehicle_length(parts) + walk.uniform(8.0, 25.0) + walk.exponential(60.0 / busy))
     for sign, p in ((1.0, 0.55), (-1.0, 0.35)):  # a car ahead / behind in the ego lane
         if rng.random() < p:
             parts = _vehicle_parts(rng, _vehicle_kind(rng, heavy=0.1))
@@ -586,18 +611,25 @@ def _traffic(rng: np.random.Generator, road: Road, ego: EgoMotion, s_lo: float, 
 
 
 def make_world(seed: int, duration_s: float) -> World:
-    """Generate the street for a drive of ``duration_s`` seconds, deterministically from ``seed``."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
-    s_span_guess = 12.0 * duration_s + 2 * WORLD_MARGIN
-    road = _make_road(rng, s_span_guess)
+    """Generate the street for a drive of ``duration_s`` seconds, deterministically from ``seed``.
+
+    Every category of object has its own random stream and is laid out by
+    walking along the road from a fixed start, so drives of different
+    lengths with one seed share their beginning (up to one minute of driving;
+    longer drives get a gentler curve so that the road never turns back).
+    """
+    rng = _stream(seed, 0x5EED)
+    s_lo = -WORLD_MARGIN
+    road = _make_road(rng, s_span=12.0 * max(duration_s, 60.0) + 2 * WORLD_MARGIN)
     ego = _make_ego(rng, road)
     lighting = _make_lighting(rng)
-    s_lo, s_hi = -WORLD_MARGIN, float(ego.s(duration_s)) + WORLD_MARGIN
+    s_hi = float(ego.s(duration_s)) + WORLD_MARGIN
+    road = replace(road, crosswalks=_crosswalks(seed, s_lo, s_hi))
     b = _Builder()
-    _buildings(b, rng, road, s_lo, s_hi)
-    _street_furniture(b, rng, road, s_lo, s_hi)
-    _parked_cars(b, rng, road, s_lo, s_hi)
-    traffic = _traffic(rng, road, ego, s_lo, s_hi, duration_s)
+    _buildings(b, seed, road, s_lo, s_hi)
+    _street_furniture(b, seed, road, s_lo, s_hi)
+    _parked_cars(b, seed, road, s_lo, s_hi)
+    traffic = _traffic(seed, road, ego, s_lo, s_hi, duration_s)
     return World(seed=int(seed), road=road, ego=ego, lighting=lighting, static=b.build(), traffic=traffic,
                  duration_s=float(duration_s))
 

@@ -1,0 +1,419 @@
+"""``fsmde synth``: write a procedural surround drive as a rosbag2 recording.
+
+The bag is meant to be indistinguishable, for a consumer, from a real
+recording of a six-camera rig with a spinning LiDAR:
+
+* per camera: ``sensor_msgs/Image`` rgb8 on ``/cameras/<name>/image_raw`` (or
+  ``sensor_msgs/CompressedImage`` on ``.../image_raw/compressed``) and
+  ``sensor_msgs/CameraInfo`` with the same header, every frame;
+* ``sensor_msgs/PointCloud2`` on the rig's LiDAR topic: organised (rows =
+  rings), x/y/z/intensity float32, ring uint16, t float32, NaN = no return;
+* ``/tf_static`` once at the start, offered TRANSIENT_LOCAL (as ``ros2 bag
+  record`` stores a latched publisher), and ``/tf`` odom -> base_link at 50 Hz;
+* dense ground-truth depth per camera on ``/synthetic_gt/<name>/depth``
+  (32FC1, metres along optical Z, +Inf = sky), same header as the image.
+
+Timing is that of a real rig: frames at 10 Hz, each camera triggered with
+its own fixed offset (0-8 ms) plus jitter, rendered from the vehicle pose at
+*its own* stamp (as is the LiDAR). The bag's log time is the stamp plus a
+varying transport delay (the LiDAR is published after its 100 ms sweep), so
+consumers must pair messages on ``header.stamp``, not on log time. Messages
+are written in log-time order, as a recorder receives them.
+
+Rendering runs in worker processes (numpy's many small operations hold the
+GIL, so threads do not scale); results are identical for any worker count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import io
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.rosbag2 import StoragePlugin, Writer
+
+from fsmde_core.rig import PRESET_NAMES, Rig
+from fsmde_core.rig import preset as rig_preset
+from fsmde_core.synthetic import messages as M
+from fsmde_core.synthetic.render import CameraRenderer, LidarRenderer, LidarSpec
+from fsmde_core.synthetic.shading import Textures
+from fsmde_core.synthetic.world import FRAME_PERIOD_S, World, make_world
+
+START_NS = 1_735_732_800 * 1_000_000_000  # 2025-01-01 12:00:00 UTC: realistic, large epoch stamps
+TF_PERIOD_NS = 20_000_000  # odometry at 50 Hz
+GT_TOPIC = "/synthetic_gt/{name}/depth"
+ODOM_FRAME = "odom"
+JPEG_QUALITY = 90
+
+# rosbag2 stores what the publisher offered; history/depth are not visible over DDS ("unknown", 0)
+_INF = QosTime(9223372036, 854775807)
+
+
+def _qos(reliability: QosReliability, durability: QosDurability) -> Qos:
+    return Qos(QosHistory.UNKNOWN, 0, reliability, durability, _INF, _INF, QosLiveliness.AUTOMATIC, _INF, False)
+
+
+QOS_SENSOR = _qos(QosReliability.BEST_EFFORT, QosDurability.VOLATILE)  # camera / LiDAR drivers
+QOS_RELIABLE = _qos(QosReliability.RELIABLE, QosDurability.VOLATILE)
+QOS_LATCHED = _qos(QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL)  # /tf_static
+
+
+# ------------------------------------------------------------------ timing
+@dataclass(frozen=True)
+class RigTiming:
+    """Trigger offsets and delays of the rig, fixed per seed."""
+
+    camera_offset_ns: np.ndarray  # (n_cam,) fixed trigger offset after the frame tick, 0-8 ms
+    camera_delay_ns: np.ndarray  # (n_cam,) mean transport delay of each camera driver
+    lidar_period_ns: int
+
+    @classmethod
+    def for_seed(cls, seed: int, n_cam: int, lidar_period_s: float) -> RigTiming:
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x71AE]))
+        return cls(camera_offset_ns=np.round(rng.uniform(0.0, 8e6, n_cam), -3).astype(np.int64),
+                   camera_delay_ns=rng.uniform(14e6, 24e6, n_cam).astype(np.int64),
+                   lidar_period_ns=int(round(lidar_period_s * 1e9)))
+
+
+@dataclass(frozen=True)
+class FrameTimes:
+    """Stamps and log times of one frame's messages (ns)."""
+
+    tick: int
+    camera_stamp: np.ndarray
+    camera_log: np.ndarray
+    info_log: np.ndarray
+    gt_log: np.ndarray
+    lidar_stamp: int
+    lidar_log: int
+    tf_stamps: np.ndarray
+    tf_log: np.ndarray
+
+
+def frame_times(seed: int, frame: int, timing: RigTiming, last: bool) -> FrameTimes:
+    """Stamps for frame ``frame``: jittered triggers and varying delays, reproducible per (seed, frame)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x71AE, frame]))
+    n = timing.camera_offset_ns.size
+    tick = START_NS + frame * int(FRAME_PERIOD_S * 1e9)
+    stamp = tick + timing.camera_offset_ns + rng.integers(-40_000, 40_000, n)
+    log = stamp + timing.camera_delay_ns + rng.integers(-4_000_000, 9_000_000, n)
+    n_tf = int(FRAME_PERIOD_S * 1e9) // TF_PERIOD_NS + (1 if last else 0)  # the last frame closes the interval
+    tf_stamps = tick + TF_PERIOD_NS * np.arange(n_tf, dtype=np.int64)
+    return FrameTimes(
+        tick=tick, camera_stamp=stamp, camera_log=log,
+        info_log=log + rng.integers(50_000, 400_000, n), gt_log=log + rng.integers(500_000, 3_000_000, n),
+        lidar_stamp=tick, lidar_log=tick + timing.lidar_period_ns + int(rng.integers(2_000_000, 9_000_000)),
+        tf_stamps=tf_stamps, tf_log=tf_stamps + rng.integers(200_000, 2_000_000, n_tf),
+    )
+
+
+def seconds(stamp_ns: int | np.ndarray) -> float:
+    """Stamp -> world time (s since the first frame) used to pose the ego vehicle and traffic."""
+    return float((int(stamp_ns) - START_NS) / 1e9)
+
+
+# --------------------------------------------------------------- rendering
+@dataclass(frozen=True)
+class SceneSpec:
+    """Everything a worker process needs to rebuild the scene (picklable, small)."""
+
+    preset: str
+    width: int | None
+    height: int | None
+    seed: int
+    duration_s: float
+    image_format: str
+
+
+class Scene:
+    """World + rig + renderers; one per process."""
+
+    def __init__(self, spec: SceneSpec) -> None:
+        self.spec = spec
+        self.rig: Rig = rig_preset(spec.preset, spec.width, spec.height)
+        self.world: World = make_world(spec.seed, spec.duration_s)
+        textures = Textures.for_world(self.world)
+        self.cameras = [CameraRenderer(c, i, self.world, textures) for i, c in enumerate(self.rig.cameras)]
+        self.lidar = LidarRenderer(self.rig, self.world, textures)
+
+    def render_camera(self, index: int, stamp_ns: int, frame: int) -> tuple[bytes | np.ndarray, np.ndarray]:
+        """(image: rgb array or JPEG bytes, depth) of camera ``index`` at its own stamp."""
+        t = seconds(stamp_ns)
+        out = self.cameras[index].render(self.world.ego_pose(t), self.world.primitives_at(t), frame)
+        if self.spec.image_format == "jpeg":
+            buf = io.BytesIO()
+            Image.fromarray(out.rgb).save(buf, format="JPEG", quality=JPEG_QUALITY)
+            return buf.getvalue(), out.depth
+        return out.rgb, out.depth
+
+    def render_lidar(self, stamp_ns: int, frame: int) -> np.ndarray:
+        t = seconds(stamp_ns)
+        return self.lidar.sweep(self.world.ego_pose(t), self.world.primitives_at(t), frame)
+
+
+_WORKER_SCENE: Scene | None = None
+
+
+def _worker_init(spec: SceneSpec) -> None:
+    global _WORKER_SCENE
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER_SCENE = Scene(spec)
+
+
+def _worker_camera(index: int, stamp_ns: int, frame: int):
+    return _WORKER_SCENE.render_camera(index, stamp_ns, frame)
+
+
+def _worker_lidar(stamp_ns: int, frame: int):
+    return _WORKER_SCENE.render_lidar(stamp_ns, frame)
+
+
+class _InlineExecutor(Executor):
+    """Runs work in the calling process (one worker): no start-up cost for small bags and tests."""
+
+    def __init__(self, spec: SceneSpec) -> None:
+        _worker_init(spec)
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(*args, **kwargs))
+        return fut
+
+
+@dataclass
+class RenderedFrame:
+    times: FrameTimes
+    images: list  # per camera: rgb array or JPEG bytes
+    depths: list[np.ndarray]
+    cloud: np.ndarray
+
+
+def _render_frames(spec: SceneSpec, n_cam: int, timing: RigTiming, frames: int, workers: int) -> Iterator[RenderedFrame]:
+    """Frames in order; up to two frames are in flight in the workers ahead of the consumer."""
+    if workers <= 1:
+        ex: Executor = _InlineExecutor(spec)
+    else:
+        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(spec,))
+    pending: deque[tuple[FrameTimes, list[Future], Future]] = deque()
+    try:
+        for k in range(frames + 2):
+            if k < frames:
+                ft = frame_times(spec.seed, k, timing, last=k == frames - 1)
+                cams = [ex.submit(_worker_camera, i, int(ft.camera_stamp[i]), k) for i in range(n_cam)]
+                pending.append((ft, cams, ex.submit(_worker_lidar, ft.lidar_stamp, k)))
+            if pending and (k >= 2 or k >= frames):
+                ft, cams, lid = pending.popleft()
+                res = [f.result() for f in cams]
+                yield RenderedFrame(ft, [r[0] for r in res], [r[1] for r in res], lid.result())
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------- the bag
+class BagSink:
+    """A rosbag2 writer that receives messages out of order and writes them in log-time order."""
+
+    def __init__(self, path: Path, storage: str) -> None:
+        plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
+        self.writer = Writer(path, version=9, storage_plugin=plugin)
+        self.writer.open()
+        self.connections: dict[str, object] = {}
+        self.types: dict[str, str] = {}
+        self.counts: dict[str, int] = {}
+        self._heap: list[tuple[int, int, str, bytes]] = []
+        self._seq = 0
+        self._last_log = -1
+
+    def add_topic(self, topic: str, msgtype: str, qos: Qos) -> None:
+        self.connections[topic] = self.writer.add_connection(topic, msgtype, typestore=M.TYPESTORE,
+                                                             offered_qos_profiles=[qos])
+        self.types[topic] = msgtype
+        self.counts[topic] = 0
+
+    def push(self, topic: str, log_ns: int, data: bytes | memoryview) -> None:
+        heapq.heappush(self._heap, (int(log_ns), self._seq, topic, data))
+        self._seq += 1
+
+    def flush(self, before_ns: int | None = None) -> None:
+        """Write every queued message logged before ``before_ns`` (all when None)."""
+        while self._heap and (before_ns is None or self._heap[0][0] < before_ns):
+            log_ns, _, topic, data = heapq.heappop(self._heap)
+            if log_ns < self._last_log:
+                raise RuntimeError(f"log time went backwards on {topic}: {log_ns} < {self._last_log}")
+            self._last_log = log_ns
+            self.writer.write(self.connections[topic], log_ns, data)
+            self.counts[topic] += 1
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def _static_transforms(rig: Rig) -> list[tuple[int, str, str, np.ndarray]]:
+    tfs = [(START_NS, rig.base_frame, c.frame_id, c.T_base_cam) for c in rig.cameras]
+    tfs.append((START_NS, rig.base_frame, rig.lidar_frame, rig.T_base_lidar))
+    return tfs
+
+
+def _declare_topics(sink: BagSink, rig: Rig, image_format: str) -> None:
+    sink.add_topic("/tf_static", M.TF_MESSAGE, QOS_LATCHED)
+    sink.add_topic("/tf", M.TF_MESSAGE, QOS_RELIABLE)
+    for cam in rig.cameras:
+        if image_format == "jpeg":
+            sink.add_topic(cam.image_topic + "/compressed", M.COMPRESSED_IMAGE, QOS_SENSOR)
+        else:
+            sink.add_topic(cam.image_topic, M.IMAGE, QOS_SENSOR)
+        sink.add_topic(cam.info_topic, M.CAMERA_INFO, QOS_SENSOR)
+        sink.add_topic(GT_TOPIC.format(name=cam.name), M.IMAGE, QOS_RELIABLE)
+    sink.add_topic(rig.lidar_topic, M.POINT_CLOUD2, QOS_SENSOR)
+
+
+def _push_frame(sink: BagSink, rig: Rig, world: World, fr: RenderedFrame, image_format: str) -> None:
+    ft = fr.times
+    for j, stamp in enumerate(ft.tf_stamps):
+        T = world.ego_pose(seconds(stamp))
+        sink.push("/tf", ft.tf_log[j], M.tf_message([(int(stamp), ODOM_FRAME, rig.base_frame, T)]))
+    for i, cam in enumerate(rig.cameras):
+        stamp, log = int(ft.camera_stamp[i]), int(ft.camera_log[i])
+        if image_format == "jpeg":
+            sink.push(cam.image_topic + "/compressed", log, M.compressed_image(stamp, cam.frame_id, fr.images[i]))
+        else:
+            sink.push(cam.image_topic, log, M.image_rgb8(stamp, cam.frame_id, fr.images[i]))
+        sink.push(cam.info_topic, ft.info_log[i], M.camera_info(stamp, cam.frame_id, cam.model))
+        sink.push(GT_TOPIC.format(name=cam.name), ft.gt_log[i], M.image_depth(stamp, cam.frame_id, fr.depths[i]))
+    dense = bool(np.isfinite(fr.cloud["x"]).all())
+    sink.push(rig.lidar_topic, ft.lidar_log, M.point_cloud2(ft.lidar_stamp, rig.lidar_frame, fr.cloud, dense))
+
+
+def default_workers() -> int:
+    """Worker processes for rendering: the usable cores, at most one per camera."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 6))
+
+
+def generate_bag(preset: str, frames: int, seed: int, out: Path, storage: str = "mcap",
+                 image_format: str = "raw", width: int | None = None, height: int | None = None,
+                 progress: bool = True, workers: int | None = None) -> dict:
+    """Render ``frames`` surround frames of the procedural street into a new rosbag2 at ``out``.
+
+    Args:
+        preset: rig preset (``ddad`` or ``nuscenes``).
+        frames: number of 10 Hz frames (>= 1).
+        seed: names the world (road, buildings, traffic, light, sensor timing and noise).
+        out: bag directory to create (must not exist).
+        storage: ``mcap`` or ``sqlite3``.
+        image_format: ``raw`` (Image rgb8) or ``jpeg`` (CompressedImage).
+        width, height: image size (both or neither); default = the preset's.
+        progress: show a progress bar (rate, ETA) on stderr.
+        workers: rendering processes; default = usable cores (max 6); 1 renders in-process.
+            The bag is bitwise identical for any value.
+
+    Returns:
+        Summary: path, preset, seed, frames, storage, image_format, width, height,
+        topics {topic: {"type", "count"}}, messages, bytes, seconds, frames_per_s.
+    """
+    from tqdm import tqdm
+
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESET_NAMES)})")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if storage not in ("mcap", "sqlite3"):
+        raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
+    if image_format not in ("raw", "jpeg"):
+        raise ValueError(f"image_format must be 'raw' or 'jpeg', got {image_format!r}")
+    if (width is None) != (height is None):
+        raise ValueError("give both width and height, or neither")
+    if width is not None and (width < 16 or height < 16):
+        raise ValueError(f"image size must be at least 16x16, got {width}x{height}")
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists already; rosbag2 output directories are never overwritten")
+
+    t0 = time.perf_counter()
+    spec = SceneSpec(preset, width, height, int(seed), frames * FRAME_PERIOD_S + 0.5, image_format)
+    rig = rig_preset(preset, width, height)
+    world = make_world(spec.seed, spec.duration_s)  # cheap; this process only needs the ego poses
+    timing = RigTiming.for_seed(spec.seed, len(rig.cameras), LidarSpec().period_s)
+    n_workers = default_workers() if workers is None else max(1, int(workers))
+    n_workers = 1 if frames < 3 else n_workers
+
+    sink = BagSink(out, storage)
+    try:
+        sink.writer.set_custom_data("fsmde.synthetic", f"preset={preset} seed={seed} frames={frames} "
+                                    f"size={rig.cameras[0].model.width}x{rig.cameras[0].model.height}")
+        _declare_topics(sink, rig, image_format)
+        sink.push("/tf_static", START_NS, M.tf_message(_static_transforms(rig)))
+        bar = tqdm(total=frames, unit="frame", desc=f"synth {preset}", disable=not progress, file=sys.stderr)
+        for fr in _render_frames(spec, len(rig.cameras), timing, frames, n_workers):
+            _push_frame(sink, rig, world, fr, image_format)
+            sink.flush(before_ns=fr.times.tick + int(FRAME_PERIOD_S * 1e9) - 1_000_000)
+            bar.update(1)
+        bar.close()
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    elapsed = time.perf_counter() - t0
+    files = [p for p in out.rglob("*") if p.is_file()]
+    return {
+        "path": str(out), "preset": preset, "seed": int(seed), "frames": frames, "storage": storage,
+        "image_format": image_format, "width": rig.cameras[0].model.width, "height": rig.cameras[0].model.height,
+        "topics": {t: {"type": sink.types[t], "count": sink.counts[t]} for t in sink.types},
+        "messages": sum(sink.counts.values()), "bytes": sum(p.stat().st_size for p in files),
+        "seconds": elapsed, "frames_per_s": frames / elapsed, "workers": n_workers,
+    }
+
+
+# --------------------------------------------------------------------- CLI
+def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``fsmde synth``."""
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="ddad", help="rig layout (default: ddad)")
+    parser.add_argument("--frames", type=int, default=100, help="number of 10 Hz surround frames (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    parser.add_argument("--out", type=Path, required=True, help="bag directory to create (must not exist)")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage")
+    parser.add_argument("--image-format", choices=("raw", "jpeg"), default="raw",
+                        help="raw = sensor_msgs/Image rgb8; jpeg = CompressedImage on <topic>/compressed")
+    parser.add_argument("--width", type=int, default=None, help="image width (with --height; default: preset)")
+    parser.add_argument("--height", type=int, default=None, help="image height (with --width; default: preset)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="rendering processes (default: usable cores, max 6; output is identical)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Run ``fsmde synth``; returns the process exit code."""
+    try:
+        summary = generate_bag(args.preset, args.frames, args.seed, args.out, storage=args.storage,
+                               image_format=args.image_format, width=args.width, height=args.height,
+                               progress=not args.no_progress, workers=args.workers)
+    except (ValueError, FileExistsError) as exc:
+        print(f"fsmde synth: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary['path']}: {summary['frames']} frames, {summary['messages']} messages, "
+          f"{summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s "
+          f"({summary['frames_per_s']:.2f} frames/s, {summary['workers']} worker(s))")
+    width = max(len(t) for t in summary["topics"])
+    for topic, info in summary["topics"].items():
+        print(f"  {topic:<{width}}  {info['count']:>6}  {info['type']}")
+    return 0

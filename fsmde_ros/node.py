@@ -1,0 +1,939 @@
+"""``surround_depth_node``: six synchronized cameras in, metric depth per camera + one fused cloud out.
+
+Data flow (one arrow per thread hand-over)::
+
+    image / camera_info callbacks (executor threads)
+      -> ApproximateTimeSynchronizer (header.stamp; arrival on the steady clock)
+      -> single-slot mailbox
+      -> inference worker thread: decode, resize, ONE batched backend.infer,
+         publish <ns>/depth + <ns>/depth/camera_info per camera and the cloud
+
+Why a worker thread and a one-slot mailbox: the network takes longer than a
+camera period on a CPU (and on a small GPU with six cameras), and executor
+callbacks must keep draining the DDS queues meanwhile, or the synchronizer
+would see stale, overflowing queues. The newest complete set *replaces* a
+waiting one (counted in diagnostics): after a slow frame the node resumes
+with the most recent instant instead of working through a backlog, which is
+what a perception consumer wants (bounded latency, not every frame).
+
+Conventions (REP 103/105/117/118): depth is 32FC1 metres along the optical
+Z axis, NaN = invalid or ego-masked, +Inf = beyond range, never 0, published
+with the *input image's header* at the model's resolution, with a matching
+camera_info whose K/P are rescaled to that size. The cloud is unorganised
+xyz(+rgb) in ``cloud.frame_id``, stamped with the synchronized set's
+reference stamp = the LATEST member stamp (the first instant at which every
+image of the set exists, see :mod:`fsmde_core.sync`).
+
+Lifecycle: configure validates parameters, loads calibration / sets up TF,
+loads and warms up the model and creates the (lifecycle) publishers, so
+subscribers can connect before data flows; activate creates subscriptions,
+timers and the worker; deactivate removes them; cleanup releases publishers
+and the model. ``autostart`` (default) runs configure + activate itself so
+``ros2 run`` works without a lifecycle manager.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import rclpy
+import rclpy.logging
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+
+from fsmde_core.camera import CameraModel
+from fsmde_core.geometry import RayCache
+from fsmde_core.rig import Rig, RigCamera, RigError, make_transform, quaternion_to_matrix
+from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet
+from fsmde_ros.conversions import (
+    ConversionError,
+    camera_info_to_model,
+    compressed_to_rgb,
+    depth_to_image,
+    image_to_rgb,
+    model_to_camera_info,
+    ns_to_stamp,
+    points_to_cloud,
+    stamp_to_ns,
+)
+from fsmde_ros.params import (
+    CloudSettings,
+    NodeSettings,
+    ParameterError,
+    declare_parameters,
+    load_settings,
+    make_set_parameters_check,
+)
+
+NODE_NAME = "surround_depth_node"
+TIME_JUMP_NS = 1_000_000_000  # a stamp this much older than the newest one = replay restarted
+LOG_THROTTLE_S = 5.0
+WARMUP_ITERATIONS = 2
+WORKER_JOIN_S = 30.0  # a CPU forward pass of a big model can take seconds
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
+
+
+# --------------------------------------------------------------- small parts
+class InputProblemError(Exception):
+    """One camera's input cannot be used for this set (bad encoding, size, no camera_info...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Throttle:
+    """Per-key log throttling: rclpy's ``throttle_duration_sec`` is per call site, which
+    would let one broken camera hide the messages of another."""
+
+    def __init__(self, period_s: float = LOG_THROTTLE_S) -> None:
+        self._period_ns = int(period_s * 1e9)
+        self._last: dict[Any, int] = {}
+        self._suppressed: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Any) -> int | None:
+        """None: stay quiet. Otherwise log now; the value = messages suppressed since last time."""
+        now = time.monotonic_ns()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._period_ns:
+                self._suppressed[key] += 1
+                return None
+            self._last[key] = now
+            return self._suppressed.pop(key, 0)
+
+
+class Mailbox:
+    """Single-slot hand-over from the callbacks to the worker: a new item replaces a waiting one."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: SyncedSet | None = None
+        self._closed = False
+
+    def put(self, item: SyncedSet) -> bool:
+        """Store ``item``; True when it replaced one the worker had not taken yet."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> SyncedSet | None:
+        """The waiting item, or None when closed or after ``timeout`` seconds."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return None if self._closed else item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class _Window:
+    """Counters of one diagnostics period."""
+
+    outputs: int = 0
+    latency_sum_s: float = 0.0
+    latency_max_s: float = 0.0
+    latency_n: int = 0
+    model_sum_s: float = 0.0
+    model_max_s: float = 0.0
+    sets_in: int = 0
+    dropped_sets: int = 0
+    received: Counter = field(default_factory=Counter)
+
+
+class PipelineStats:
+    """Thread-safe counters for /diagnostics (callbacks, worker and timer all touch them)."""
+
+    def __init__(self, cameras: Sequence[str]) -> None:
+        self._lock = threading.Lock()
+        self.cameras = tuple(cameras)
+        self.window = _Window()
+        self.window_started = time.monotonic()
+        self.outputs = 0
+        self.replaced = 0
+        self.dropped_sets = 0
+        self.inference_errors = 0
+        self.ray_cache_builds = 0
+        self.bad_input: dict[str, Counter] = defaultdict(Counter)
+        self.last_arrival: dict[str, float] = {}
+        self.received: Counter = Counter()
+
+    def arrival(self, camera: str) -> None:
+        with self._lock:
+            self.last_arrival[camera] = time.monotonic()
+            self.received[camera] += 1
+            self.window.received[camera] += 1
+
+    def set_in(self, replaced: bool) -> None:
+        with self._lock:
+            self.window.sets_in += 1
+            self.replaced += int(replaced)
+
+    def problem(self, camera: str, kind: str) -> None:
+        with self._lock:
+            self.bad_input[camera][kind] += 1
+
+    def dropped(self) -> None:
+        with self._lock:
+            self.dropped_sets += 1
+            self.window.dropped_sets += 1
+
+    def inference_error(self) -> None:
+        with self._lock:
+            self.inference_errors += 1
+            self.dropped_sets += 1
+            self.window.dropped_sets += 1
+
+    def ray_cache_built(self) -> None:
+        with self._lock:
+            self.ray_cache_builds += 1
+
+    def output(self, model_s: float, latency_s: float | None) -> None:
+        with self._lock:
+            w = self.window
+            self.outputs += 1
+            w.outputs += 1
+            w.model_sum_s += model_s
+            w.model_max_s = max(w.model_max_s, model_s)
+            if latency_s is not None:
+                w.latency_n += 1
+                w.latency_sum_s += latency_s
+                w.latency_max_s = max(w.latency_max_s, latency_s)
+
+    def roll(self) -> tuple[_Window, float]:
+        """Return the finished window and its length in seconds; start a new one."""
+        with self._lock:
+            now = time.monotonic()
+            window, span = self.window, max(now - self.window_started, 1e-9)
+            self.window, self.window_started = _Window(), now
+            return window, span
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "outputs": self.outputs, "replaced": self.replaced, "dropped_sets": self.dropped_sets,
+                "inference_errors": self.inference_errors, "ray_cache_builds": self.ray_cache_builds,
+                "bad_input": {c: dict(v) for c, v in self.bad_input.items()},
+                "last_arrival": dict(self.last_arrival), "received": dict(self.received),
+            }
+
+
+@dataclass
+class _CameraInfoState:
+    key: bytes = b""
+    model: CameraModel | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Frame:
+    """One camera's contribution to a set, ready for the network."""
+
+    name: str
+    header: Header
+    rgb: np.ndarray
+    model: CameraModel  # at the image size
+    depth_model: CameraModel | None = None  # at the depth (model input) size
+
+
+def _info_key(msg: CameraInfo) -> bytes:
+    """Cheap identity of a camera_info's calibration (it repeats every frame)."""
+    parts = [np.asarray(msg.k, dtype=np.float64).tobytes(), np.asarray(msg.d, dtype=np.float64).tobytes(),
+             np.asarray(msg.p, dtype=np.float64).tobytes(),
+             np.array([msg.width, msg.height, msg.binning_x, msg.binning_y, msg.roi.x_offset,
+                       msg.roi.y_offset, msg.roi.width, msg.roi.height], dtype=np.int64).tobytes(),
+             msg.distortion_model.encode()]
+    return b"|".join(parts)
+
+
+def _load_mask(path: str, model: CameraModel, camera: str) -> np.ndarray:
+    """Ego mask image -> (H, W) bool at the calibration size, True = vehicle body."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as img:
+            mask = np.asarray(img.convert("L")) != 0
+    except (OSError, ValueError) as exc:
+        raise RigError(f"camera {camera!r}: cannot read ego mask {path!r}: {exc}") from exc
+    if mask.shape != (model.height, model.width):
+        raise RigError(
+            f"camera {camera!r}: ego mask {path!r} is {mask.shape[1]}x{mask.shape[0]} but the calibration "
+            f"is {model.width}x{model.height}"
+        )
+    return mask
+
+
+def _subsample(
+    xyz: np.ndarray, rgb: np.ndarray | None, max_points: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bound the cloud with the same fixed integer pattern as RayCache.fuse (stable across frames)."""
+    if xyz.shape[0] <= max_points:
+        return xyz, rgb
+    sel = (np.arange(max_points, dtype=np.int64) * xyz.shape[0]) // max_points
+    return xyz[sel], (rgb[sel] if rgb is not None else None)
+
+
+# ------------------------------------------------------------------ the node
+class SurroundDepthNode(LifecycleNode):
+    """Lifecycle node running a surround depth student on synchronized camera sets (module doc)."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        declare_parameters(self)  # ParameterError: wrong type/range in an override
+        # Validate at construction as well: a bad value refuses to start even under a manager.
+        self.settings: NodeSettings = load_settings(self)
+        self.autostart = self.settings.autostart
+        self._throttle = Throttle()
+        self._lock = threading.Lock()
+        self._reset_resources()
+        self.add_on_set_parameters_callback(make_set_parameters_check(self, self._apply_live))
+
+    def _reset_resources(self) -> None:
+        self.backend: Any = None
+        self.backend_info: dict[str, Any] = {}
+        self.rig: Rig | None = None
+        self._masks: dict[str, np.ndarray] = {}
+        self._tf_buffer: Any = None
+        self._tf_listener: Any = None
+        self._tf_cache: dict[str, np.ndarray] = {}
+        self._depth_pubs: dict[str, Any] = {}
+        self._info_pubs: dict[str, Any] = {}
+        self._cloud_pub: Any = None
+        self._diag_pub: Any = None
+        self._subs: list[Any] = []
+        self._timers: list[Any] = []
+        self._sync: ApproximateTimeSynchronizer | None = None
+        self._mailbox: Mailbox | None = None
+        self._worker: threading.Thread | None = None
+        self._infos: dict[str, _CameraInfoState] = {}
+        self._ray_caches: dict[str, tuple[tuple, RayCache]] = {}
+        self._mask_cache: dict[tuple[str, int, int], np.ndarray] = {}
+        self._newest_stamp: int | None = None
+        self._cloud_settings: CloudSettings = self.settings.cloud
+        self.stats = PipelineStats(self.settings.camera_names)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> bool:
+        """configure + activate (``autostart``); False if either fails (the reason is logged)."""
+        return self.trigger_configure() == SUCCESS and self.trigger_activate() == SUCCESS
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        log = self.get_logger()
+        try:
+            self.settings = load_settings(self)
+            self._reset_resources()
+            self._load_calibration()
+            self._setup_tf()
+            self._load_backend()
+            self._create_publishers()
+        except (ParameterError, RigError, _ConfigureError) as exc:
+            log.error(f"configure failed: {exc}")
+            self._release_all()
+            return FAILURE
+        except Exception as exc:  # an unexpected failure must still leave a clean, unconfigured node
+            log.error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._release_all()
+            return FAILURE
+        s = self.settings
+        h, w = self.backend.input_size
+        log.info(
+            f"configured: {len(s.cameras)} cameras ({', '.join(s.camera_names)}), {s.image_transport} "
+            f"images, sync {s.sync.policy} slop {s.sync.slop_ns / 1e6:g} ms, model {s.model.path} on "
+            f"{self.backend_info.get('backend')}/{self.backend_info.get('device')} at {h}x{w}, "
+            f"extrinsics from {s.extrinsics.source}"
+        )
+        return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._create_pipeline()
+        except Exception as exc:
+            self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
+            self._destroy_pipeline()
+            return FAILURE
+        ret = super().on_activate(state)  # enables the lifecycle publishers
+        self.get_logger().info(
+            "active: subscribed to " + ", ".join(c.subscribe_topic for c in self.settings.cameras)
+        )
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_pipeline()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_all()
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_all()
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error while in state {state.label!r}; releasing everything")
+        self._release_all()
+        return SUCCESS
+
+    def release(self) -> None:
+        """Stop the worker and free every resource (process exit; safe to call twice)."""
+        self._release_all()
+
+    def _release_all(self) -> None:
+        self._destroy_pipeline()
+        for pub in [*self._depth_pubs.values(), *self._info_pubs.values(), self._cloud_pub]:
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+        if self._tf_listener is not None and hasattr(self._tf_listener, "unregister"):
+            self._tf_listener.unregister()
+        self._reset_resources()
+
+    # ---------------------------------------------------------- configure
+    def _load_calibration(self) -> None:
+        ext = self.settings.extrinsics
+        if ext.calibration_file is None:
+            return
+        rig = Rig.load(ext.calibration_file)
+        missing = [n for n in self.settings.camera_names if n not in rig.names]
+        if missing and ext.source == "calibration":
+            raise _ConfigureError(
+                f"calibration {ext.calibration_file} has no camera(s) {missing} (it has {rig.names}); "
+                f"cameras.names must use the calibration's camera names"
+            )
+        if missing:
+            self.get_logger().warning(
+                f"calibration {ext.calibration_file} has no camera(s) {missing}: they get no fallback "
+                f"intrinsics and no ego mask"
+            )
+        if ext.source == "calibration" and rig.base_frame != self.settings.cloud.frame_id:
+            raise _ConfigureError(
+                f"cloud.frame_id is {self.settings.cloud.frame_id!r} but the calibration's extrinsics are in "
+                f"{rig.base_frame!r} ({ext.calibration_file}); set cloud.frame_id:={rig.base_frame} or use "
+                f"extrinsics.source:=tf"
+            )
+        for cam in rig.cameras:
+            if cam.name in self.settings.camera_names and cam.mask:
+                self._masks[cam.name] = _load_mask(cam.mask, cam.model, cam.name)
+        self.rig = rig
+
+    def _setup_tf(self) -> None:
+        if self.settings.extrinsics.source != "tf":
+            return
+        try:
+            import tf2_ros  # lazily: pip-only ROS installs have no tf2_ros for Python
+        except ImportError as exc:
+            raise _ConfigureError(
+                f"extrinsics.source is 'tf' but tf2_ros cannot be imported ({exc}). Install tf2_ros "
+                f"(ros-<distro>-tf2-ros-py) or use the rig calibration instead: "
+                f"-p extrinsics.source:=calibration -p extrinsics.calibration_file:=<rig.yaml>"
+            ) from None
+        self._tf_buffer = tf2_ros.Buffer()
+        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+
+    def _load_backend(self) -> None:
+        from fsmde_core.runtime import build_backend
+
+        m = self.settings.model
+        try:
+            backend = build_backend(m.backend, m.path, device=m.device, precision=m.precision)
+        except Exception as exc:  # CheckpointError, BackendError, ImportError, ValueError, ...
+            raise _ConfigureError(
+                f"cannot load model {str(m.path)!r} with backend {m.backend!r} on {m.device}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        n = len(self.settings.cameras)
+        fixed = backend.batch_size
+        if fixed is not None and fixed < n:
+            raise _ConfigureError(
+                f"model {str(m.path)!r} was exported for a fixed batch of {fixed} images but {n} cameras are "
+                f"configured; re-export it for {n} cameras or with a dynamic batch"
+            )
+        try:
+            backend.warmup(WARMUP_ITERATIONS, batch=n)
+        except Exception as exc:
+            raise _ConfigureError(
+                f"model {str(m.path)!r} failed its warm-up run: {type(exc).__name__}: {exc}"
+            ) from None
+        self.backend = backend
+        self.backend_info = backend.describe()
+        trained = self.backend_info.get("camera_names") or []
+        if trained and set(trained) != set(self.settings.camera_names):
+            self.get_logger().warning(
+                f"model was trained on cameras {trained} but the node runs "
+                f"{list(self.settings.camera_names)}; the weights are shared across cameras, so this "
+                f"works, but check the rig"
+            )
+
+    def _create_publishers(self) -> None:
+        s = self.settings
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=s.qos.output_depth,
+                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        for cam in s.cameras:
+            self._depth_pubs[cam.name] = self.create_lifecycle_publisher(Image, cam.depth_topic, qos)
+            self._info_pubs[cam.name] = self.create_lifecycle_publisher(CameraInfo, cam.depth_info_topic, qos)
+        if s.cloud.enabled:
+            self._cloud_pub = self.create_lifecycle_publisher(PointCloud2, s.cloud.topic, qos)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    # ------------------------------------------------------------- activate
+    def _create_pipeline(self) -> None:
+        s = self.settings
+        self.stats = PipelineStats(s.camera_names)
+        self._sync = ApproximateTimeSynchronizer(
+            s.camera_names, slop_ns=s.sync.slop_ns, queue_size=s.sync.queue_size, policy=s.sync.policy,
+            timeout_ns=s.sync.timeout_ns if s.sync.policy == "partial" else None,
+            min_cameras=s.sync.min_cameras,
+        )
+        self._mailbox = Mailbox()
+        self._newest_stamp = None
+        reliability = (ReliabilityPolicy.BEST_EFFORT if s.qos.input_reliability == "best_effort"
+                       else ReliabilityPolicy.RELIABLE)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=s.qos.input_depth, reliability=reliability,
+                         durability=DurabilityPolicy.VOLATILE)
+        group = ReentrantCallbackGroup()  # the synchronizer and caches take their own locks
+        msg_type = CompressedImage if s.image_transport == "compressed" else Image
+        for cam in s.cameras:
+            self._subs.append(self.create_subscription(
+                msg_type, cam.subscribe_topic, lambda m, n=cam.name: self._on_image(n, m), qos,
+                callback_group=group))
+            self._subs.append(self.create_subscription(
+                CameraInfo, cam.info_topic, lambda m, n=cam.name: self._on_info(n, m), qos,
+                callback_group=group))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers keep ticking when /clock pauses
+        timer_group = MutuallyExclusiveCallbackGroup()
+        if s.sync.policy == "partial":
+            period = max(s.sync.timeout_ns / 4e9, 0.005)
+            self._timers.append(self.create_timer(period, self._poll_sync, timer_group, clock=steady))
+        self._timers.append(self.create_timer(s.diagnostics_period_s, self._publish_diagnostics, timer_group,
+                                              clock=steady))
+        self._worker = threading.Thread(target=self._worker_loop, args=(self._mailbox,),
+                                        name="surround-depth-inference", daemon=True)
+        self._worker.start()
+
+    def _destroy_pipeline(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        self._subs, self._timers = [], []
+        self._sync = None
+        if self._mailbox is not None:
+            self._mailbox.close()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(WORKER_JOIN_S)
+            if worker.is_alive():
+                self.get_logger().warning("inference worker did not stop in time; leaving it (daemon thread)")
+        self._mailbox = None
+
+    def _apply_live(self, settings: NodeSettings) -> None:
+        """Cloud limits take effect on the next set (ray caches rebuild on a stride change)."""
+        self._cloud_settings = replace(settings.cloud, enabled=self._cloud_settings.enabled,
+                                       topic=self._cloud_settings.topic)
+
+    # ------------------------------------------------------------ callbacks
+    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
+        arrival = time.monotonic_ns()  # steady: works with use_sim_time and replays alike
+        sync = self._sync
+        if sync is None:
+            return
+        self.stats.arrival(camera)
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._check_time_jump(sync, stamp)
+        for synced in sync.add(camera, stamp, msg, arrival):
+            self._offer(synced)
+
+    def _check_time_jump(self, sync: ApproximateTimeSynchronizer, stamp: int) -> None:
+        """A replay that loops (or restarts) goes back in time: without a reset every later
+        message would be dropped as stale by the synchronizer's time order."""
+        with self._lock:
+            newest = self._newest_stamp
+            if newest is not None and stamp < newest - TIME_JUMP_NS:
+                self.get_logger().warning(
+                    f"input stamps jumped back by {(newest - stamp) / 1e9:.2f} s (replay restarted?); "
+                    f"resetting the synchronizer"
+                )
+                sync.reset()
+                self._newest_stamp = stamp
+            elif newest is None or stamp > newest:
+                self._newest_stamp = stamp
+
+    def _poll_sync(self) -> None:
+        sync = self._sync
+        if sync is not None:
+            for synced in sync.poll(time.monotonic_ns()):
+                self._offer(synced)
+
+    def _offer(self, synced: SyncedSet) -> None:
+        mailbox = self._mailbox
+        if mailbox is not None:
+            self.stats.set_in(mailbox.put(synced))
+
+    def _on_info(self, camera: str, msg: CameraInfo) -> None:
+        key = _info_key(msg)
+        with self._lock:
+            current = self._infos.get(camera)
+            if current is not None and current.key == key:
+                return
+        try:
+            state = _CameraInfoState(key=key, model=camera_info_to_model(msg))
+        except ConversionError as exc:
+            state = _CameraInfoState(key=key, error=str(exc))
+            self._report(camera, "camera_info", f"unusable camera_info: {exc}")
+        with self._lock:
+            self._infos[camera] = state
+
+    # --------------------------------------------------------------- worker
+    def _worker_loop(self, mailbox: Mailbox) -> None:
+        while True:
+            synced = mailbox.take()
+            if synced is None:
+                return
+            try:
+                self._process(synced)
+            except Exception as exc:  # never let one bad set kill the worker
+                self.stats.inference_error()
+                suppressed = self._throttle(("worker", type(exc).__name__))
+                if suppressed is not None:
+                    self.get_logger().error(
+                        f"set at {synced.stamp_ns / 1e9:.3f} s dropped: {type(exc).__name__}: {exc}"
+                        + (f" ({suppressed} similar suppressed)" if suppressed else "")
+                    )
+
+    def _process(self, synced: SyncedSet) -> None:
+        frames = self._prepare(synced)
+        if frames is None:
+            self.stats.dropped()
+            return
+        from fsmde_core.runtime import resize_batch
+
+        backend = self.backend
+        height, width = backend.input_size
+        batch = resize_batch([f.rgb for f in frames], (height, width))
+        n = len(frames)
+        if backend.batch_size is not None and n < backend.batch_size:  # fixed-batch export: pad
+            pad = np.zeros((backend.batch_size - n, height, width, 3), dtype=np.uint8)
+            batch_in = np.concatenate([batch, pad])
+        else:
+            batch_in = batch
+        t0 = time.perf_counter()
+        depth = backend.infer(batch_in)[:n]
+        model_s = time.perf_counter() - t0
+        for f in frames:
+            f.depth_model = f.model.scaled_to(width, height)
+        depth = self._finish_depth(depth, frames)
+        for k, f in enumerate(frames):
+            self._depth_pubs[f.name].publish(depth_to_image(depth[k], f.header))
+            self._info_pubs[f.name].publish(model_to_camera_info(f.depth_model, f.header))
+        cloud = self._cloud_settings
+        if cloud.enabled and self._cloud_pub is not None:
+            self._publish_cloud(synced.stamp_ns, frames, depth, batch, cloud)
+        now = self.get_clock().now().nanoseconds
+        latency = (now - synced.stamp_ns) / 1e9 if now > 0 else None
+        self.stats.output(model_s, latency)
+
+    def _prepare(self, synced: SyncedSet) -> list[_Frame] | None:
+        """Decode every member and find its intrinsics; None = drop the set.
+
+        Under ``wait`` any bad camera drops the set (a complete set was asked for);
+        under ``partial`` only that camera is left out, as long as ``min_cameras`` remain.
+        """
+        frames: list[_Frame] = []
+        sync = self.settings.sync
+        for name, member in synced.messages.items():
+            if member is None:
+                continue
+            msg = member[1]
+            try:
+                frames.append(self._decode(name, msg))
+            except InputProblemError as exc:
+                self._report(name, exc.kind, f"{exc} (set at {synced.stamp_ns / 1e9:.3f} s)")
+                if sync.policy == "wait":
+                    return None
+        if len(frames) < (sync.min_cameras if sync.policy == "partial" else len(synced.messages)):
+            return None
+        return frames or None
+
+    def _decode(self, name: str, msg: Image | CompressedImage) -> _Frame:
+        try:
+            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+        except ConversionError as exc:
+            raise InputProblemError("decode", str(exc)) from None
+        height, width = rgb.shape[:2]
+        return _Frame(name=name, header=msg.header, rgb=rgb, model=self._intrinsics(name, width, height))
+
+    def _intrinsics(self, name: str, width: int, height: int) -> CameraModel:
+        """Latest camera_info, else the calibration (rescaled if only the resolution differs)."""
+        with self._lock:
+            info = self._infos.get(name)
+        if info is not None and info.error is not None:
+            raise InputProblemError("camera_info", f"its camera_info is unusable: {info.error}")
+        if info is not None and info.model is not None:
+            m = info.model
+            if (m.width, m.height) != (width, height):
+                raise InputProblemError(
+                    "size_mismatch",
+                    f"image is {width}x{height} but its camera_info says {m.width}x{m.height}",
+                )
+            return m
+        cam = self._calibration_camera(name)
+        if cam is None:
+            topic = next(c.info_topic for c in self.settings.cameras if c.name == name)
+            raise InputProblemError(
+                "no_camera_info",
+                f"no camera_info received on {topic} and no calibration file entry to fall back on",
+            )
+        m = cam.model
+        if abs(m.width / m.height - width / height) > 0.01 * width / height:
+            raise InputProblemError(
+                "size_mismatch",
+                f"image is {width}x{height} but the calibration is {m.width}x{m.height} (other aspect ratio)",
+            )
+        return m.scaled_to(width, height)
+
+    def _calibration_camera(self, name: str) -> RigCamera | None:
+        rig = self.rig
+        return rig.camera(name) if rig is not None and name in rig.names else None
+
+    def _finish_depth(self, depth: np.ndarray, frames: list[_Frame]) -> np.ndarray:
+        """REP 117: non-positive / NaN / -Inf -> NaN, +Inf kept; ego-masked pixels -> NaN."""
+        depth = np.array(depth, dtype=np.float32, copy=True)
+        depth[~((depth > 0) | np.isposinf(depth))] = np.nan
+        for k, f in enumerate(frames):
+            mask = self._depth_mask(f.name, depth.shape[1], depth.shape[2])
+            if mask is not None:
+                depth[k][mask] = np.nan
+        return depth
+
+    def _depth_mask(self, name: str, height: int, width: int) -> np.ndarray | None:
+        mask = self._masks.get(name)
+        if mask is None:
+            return None
+        key = (name, height, width)
+        cached = self._mask_cache.get(key)
+        if cached is None:
+            from fsmde_core.runtime import resize_depth_nearest
+
+            cached = resize_depth_nearest(mask, (height, width))
+            self._mask_cache[key] = cached
+        return cached
+
+    # ----------------------------------------------------------------- cloud
+    def _publish_cloud(self, stamp_ns: int, frames: list[_Frame], depth: np.ndarray, batch: np.ndarray,
+                       cloud: CloudSettings) -> None:
+        xyz_parts: list[np.ndarray] = []
+        rgb_parts: list[np.ndarray] = []
+        for k, f in enumerate(frames):
+            T = self._extrinsic(f)
+            if T is None:
+                continue
+            rays = self._rays(f, T, cloud.stride)
+            xyz, rgb = rays.fuse(depth[k][None], colours=batch[k][None] if cloud.colour else None,
+                                 max_range=cloud.max_range, min_range=cloud.min_range)
+            xyz_parts.append(xyz)
+            if rgb is not None:
+                rgb_parts.append(rgb)
+        xyz = np.concatenate(xyz_parts) if xyz_parts else np.zeros((0, 3), dtype=np.float32)
+        rgb = None
+        if cloud.colour:
+            rgb = np.concatenate(rgb_parts) if rgb_parts else np.zeros((0, 3), dtype=np.uint8)
+        xyz, rgb = _subsample(xyz, rgb, cloud.max_points)
+        header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=cloud.frame_id)
+        self._cloud_pub.publish(points_to_cloud(xyz, rgb, header))
+
+    def _rays(self, f: _Frame, T: np.ndarray, stride: int) -> RayCache:
+        """RayCache per camera, rebuilt only when its intrinsics, pose or stride change."""
+        key = (f.depth_model, T.tobytes(), stride)
+        entry = self._ray_caches.get(f.name)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        cam = RigCamera(f.name, f.header.frame_id or f.name, f.depth_model, T)
+        cache = RayCache(Rig(f.name, [cam], base_frame=self._cloud_settings.frame_id), stride)
+        self._ray_caches[f.name] = (key, cache)
+        self.stats.ray_cache_built()
+        return cache
+
+    def _extrinsic(self, f: _Frame) -> np.ndarray | None:
+        """T_base_cam from the calibration, or from TF (cached: camera mounts are static)."""
+        if self.settings.extrinsics.source == "calibration":
+            cam = self._calibration_camera(f.name)
+            return None if cam is None else cam.T_base_cam
+        frame = f.header.frame_id
+        cached = self._tf_cache.get(frame)
+        if cached is not None:
+            return cached
+        try:
+            tf = self._tf_buffer.lookup_transform(self._cloud_settings.frame_id, frame, Time())
+        except Exception as exc:  # tf2 raises LookupException, ExtrapolationException, ...
+            self._report(f.name, "tf", f"no transform {self._cloud_settings.frame_id} <- {frame!r} yet "
+                                       f"({type(exc).__name__}); camera left out of the cloud")
+            return None
+        t, q = tf.transform.translation, tf.transform.rotation
+        T = make_transform(quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w])), np.array([t.x, t.y, t.z]))
+        self._tf_cache[frame] = T
+        return T
+
+    # ------------------------------------------------------------ reporting
+    def _report(self, camera: str, kind: str, message: str) -> None:
+        """Count a bad input and log it, throttled per (camera, kind)."""
+        self.stats.problem(camera, kind)
+        suppressed = self._throttle((camera, kind))
+        if suppressed is not None:
+            extra = f" ({suppressed} similar suppressed)" if suppressed else ""
+            self.get_logger().warning(f"camera {camera!r}: {message}{extra}")
+
+    def _publish_diagnostics(self) -> None:
+        pub = self._diag_pub
+        if pub is None:
+            return
+        window, span = self.stats.roll()
+        snap = self.stats.snapshot()
+        sync = self._sync
+        sync_stats = sync.stats if sync is not None else None
+        now = time.monotonic()
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        cams = [self._camera_status(name, window, span, snap, sync_stats, now) for name in self.stats.cameras]
+        msg.status = [self._pipeline_status(window, span, snap, sync_stats, cams), *cams]
+        pub.publish(msg)
+
+    def _pipeline_status(self, w: _Window, span: float, snap: dict, sync_stats: Any,
+                         cams: list[DiagnosticStatus]) -> DiagnosticStatus:
+        out_rate, in_rate = w.outputs / span, w.sets_in / span
+        silent = [s.name.rsplit(" ", 1)[-1] for s in cams if s.level != DiagnosticStatus.OK]
+        level, message = DiagnosticStatus.OK, f"{out_rate:.1f} Hz"
+        if len(silent) == len(cams):
+            level, message = DiagnosticStatus.ERROR, "no input images"
+        elif sum(w.received.values()) and w.outputs == 0 and (w.sets_in or w.dropped_sets):
+            level, message = DiagnosticStatus.ERROR, "input arrives but no output (see the log)"
+        elif silent:
+            level = DiagnosticStatus.WARN
+            message = f"{out_rate:.1f} Hz; silent camera(s): {', '.join(silent)}"
+        elif in_rate > 0 and out_rate < 0.5 * in_rate:
+            level, message = DiagnosticStatus.WARN, (
+                f"output {out_rate:.1f} Hz < half the synchronized input rate {in_rate:.1f} Hz "
+                f"(inference too slow: sets replaced while busy)")
+        elif w.dropped_sets:
+            level, message = DiagnosticStatus.WARN, f"{out_rate:.1f} Hz; {w.dropped_sets} set(s) dropped"
+        values = {
+            "output_rate_hz": f"{out_rate:.2f}",
+            "synchronized_input_rate_hz": f"{in_rate:.2f}",
+            "latency_mean_ms": f"{1e3 * w.latency_sum_s / w.latency_n:.1f}" if w.latency_n else "n/a",
+            "latency_max_ms": f"{1e3 * w.latency_max_s:.1f}" if w.latency_n else "n/a",
+            "model_time_mean_ms": f"{1e3 * w.model_sum_s / w.outputs:.1f}" if w.outputs else "n/a",
+            "model_time_max_ms": f"{1e3 * w.model_max_s:.1f}" if w.outputs else "n/a",
+            "outputs_total": str(snap["outputs"]),
+            "sets_replaced_while_busy": str(snap["replaced"]),
+            "sets_dropped": str(snap["dropped_sets"]),
+            "inference_errors": str(snap["inference_errors"]),
+            "ray_cache_builds": str(snap["ray_cache_builds"]),
+            "backend": json.dumps(self.backend_info, default=str, sort_keys=True),
+        }
+        if sync_stats is not None:
+            values.update({
+                "sync_sets_emitted": str(sync_stats.emitted),
+                "sync_partial_sets": str(sync_stats.partial),
+                "sync_skew_last_ms": (f"{sync_stats.skew_last_ns / 1e6:.2f}"
+                                      if sync_stats.skew_last_ns is not None else "n/a"),
+                "sync_skew_mean_ms": (f"{sync_stats.skew_mean_ns / 1e6:.2f}"
+                                      if sync_stats.skew_mean_ns is not None else "n/a"),
+                "sync_skew_max_ms": f"{sync_stats.skew_max_ns / 1e6:.2f}",
+            })
+        return _status(f"{self.get_name()}: pipeline", level, message, values,
+                       str(self.backend_info.get("device", "")))
+
+    def _camera_status(self, name: str, w: _Window, span: float, snap: dict, sync_stats: Any,
+                       now: float) -> DiagnosticStatus:
+        last = snap["last_arrival"].get(name)
+        rate = w.received.get(name, 0) / span
+        bad = snap["bad_input"].get(name, {})
+        level, message = DiagnosticStatus.OK, f"{rate:.1f} Hz"
+        if last is None:
+            level, message = DiagnosticStatus.WARN, "silent: no image received yet"
+        elif w.received.get(name, 0) == 0:
+            level, message = DiagnosticStatus.WARN, f"silent for {now - last:.1f} s"
+        values = {"rate_hz": f"{rate:.2f}", "received": str(snap["received"].get(name, 0)),
+                  "last_image_age_s": f"{now - last:.2f}" if last is not None else "never"}
+        if sync_stats is not None and name in sync_stats.dropped:
+            d = sync_stats.dropped[name]
+            values.update({"dropped_stale": str(d.stale), "dropped_overflow": str(d.overflow),
+                           "dropped_unmatched": str(d.unmatched)})
+        values.update({f"bad_input_{kind}": str(count) for kind, count in sorted(bad.items())})
+        if bad and level == DiagnosticStatus.OK and sum(bad.values()):
+            message += f"; {sum(bad.values())} bad input(s) so far"
+        return _status(f"{self.get_name()}: camera {name}", level, message, values, name)
+
+
+class _ConfigureError(RuntimeError):
+    """configure cannot complete; the message is logged as is."""
+
+
+def _status(
+    name: str, level: bytes, message: str, values: dict[str, str], hardware_id: str
+) -> DiagnosticStatus:
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+# -------------------------------------------------------------------- main
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of ``surround_depth_node`` / ``python -m fsmde_ros.node``.
+
+    Exit codes: 0 after SIGINT / shutdown, 2 for invalid parameters, 1 when
+    ``autostart`` could not configure or activate (e.g. the model does not load).
+    """
+    rclpy.init(args=list(args) if args is not None else sys.argv)
+    node: SurroundDepthNode | None = None
+    executor: MultiThreadedExecutor | None = None
+    try:
+        try:
+            node = SurroundDepthNode()
+        except ParameterError as exc:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameters, not starting: {exc}")
+            return 2
+        if node.autostart and not node.start():
+            node.get_logger().fatal("could not configure and activate (see above); exiting")
+            return 1
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.release()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

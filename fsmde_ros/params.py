@@ -1,0 +1,536 @@
+"""Parameters of the surround depth node: declaration with descriptors, validation into settings.
+
+Why a table (:data:`PARAMETERS`) instead of scattered ``declare_parameter``
+calls: the same source drives the ROS declaration (descriptions, ranges,
+read-only flags visible in ``ros2 param describe``), the validation that turns
+raw values into a typed :class:`NodeSettings`, the README table, and the test
+that checks ``config/surround_depth.yaml`` declares only known parameters.
+
+Validation is a pure function (:func:`settings_from_values`) so it is tested
+without a ROS graph; every error names the parameter, the bad value and what
+is accepted. ROS itself already enforces types and numeric ranges at
+declaration time; :func:`declare_parameters` re-raises its exceptions as
+:class:`ParameterError` with a hint (``20`` for a double parameter is the
+classic one: write ``20.0``).
+
+Per-camera parameters (``cameras.<name>.image_topic`` / ``info_topic``) are
+declared for the names in ``cameras.names``, which is therefore read-only.
+Everything else is re-read on every lifecycle *configure*, so a
+``cleanup`` + ``configure`` applies new values (a new model, say); the
+``cloud.*`` limits also apply live when set on an active node.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_CAMERAS",
+    "LIVE_PARAMETERS",
+    "PARAMETERS",
+    "CameraSettings",
+    "CloudSettings",
+    "ExtrinsicsSettings",
+    "ModelSettings",
+    "NodeSettings",
+    "ParamSpec",
+    "ParameterError",
+    "QosSettings",
+    "SyncSettings",
+    "camera_parameter_specs",
+    "declare_parameters",
+    "known_parameter_names",
+    "load_settings",
+    "make_set_parameters_check",
+    "settings_from_values",
+]
+
+DEFAULT_CAMERAS: tuple[str, ...] = ("front", "front_left", "back_left", "back", "back_right", "front_right")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
+_TOPIC_RE = re.compile(r"^[~/]?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_FRAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+_MODEL_SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt",
+                   ".plan": "tensorrt", ".trt": "tensorrt"}
+
+
+class ParameterError(ValueError):
+    """A parameter is missing, mistyped or out of range; the message says which and why."""
+
+
+# ------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: name, default (its type is the ROS type), documentation and constraints."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    choices: tuple[str, ...] = ()
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+
+    def constraints(self) -> str:
+        """Human-readable constraints (ROS ``additional_constraints`` and the README)."""
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
+        if self.int_range:
+            return f"integer in [{self.int_range[0]}, {self.int_range[1]}]"
+        if self.float_range:
+            return f"number in [{self.float_range[0]:g}, {self.float_range[1]:g}]"
+        return ""
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("cameras.names", list(DEFAULT_CAMERAS),
+              "Camera names, one per image stream; per-camera topics are cameras.<name>.*. "
+              "With a calibration file they must be camera names of that rig.", read_only=True),
+    ParamSpec("image_transport", "raw",
+              "raw: subscribe to sensor_msgs/Image on each image_topic; compressed: "
+              "sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed.",
+              read_only=True, choices=("raw", "compressed")),
+    ParamSpec("sync.slop_ms", 30.0,
+              "Largest stamp spread (latest - earliest header.stamp) inside one synchronized set [ms]. "
+              "Keep it below half the camera period.", float_range=(0.1, 1000.0)),
+    ParamSpec("sync.queue_size", 10, "Pending images kept per camera while waiting for a set.",
+              int_range=(1, 1000)),
+    ParamSpec("sync.policy", "wait",
+              "wait: only complete sets (every camera); partial: also sets with missing cameras once "
+              "sync.timeout_ms has passed or the camera is known to be absent.", choices=("wait", "partial")),
+    ParamSpec("sync.timeout_ms", 150.0,
+              "partial policy: how long a set waits for a late camera, on the steady clock [ms].",
+              float_range=(1.0, 60000.0)),
+    ParamSpec("sync.min_cameras", 1, "partial policy: fewest cameras worth a (partial) output.",
+              int_range=(1, 64)),
+    ParamSpec("model.path", "",
+              "Student model: a run directory or student.safetensors (torch), a .onnx (onnxruntime, or "
+              "tensorrt which builds an engine), or a .engine (tensorrt). Required."),
+    ParamSpec("model.backend", "auto",
+              "Inference backend; auto picks it from model.path's extension.", choices=BACKENDS),
+    ParamSpec("model.device", "cpu", "cpu, cuda or cuda:<index>."),
+    ParamSpec("model.precision", "fp32", "fp32, or fp16 (CUDA only).", choices=("fp32", "fp16")),
+    ParamSpec("outputs.depth_suffix", "depth",
+              "Depth topics live next to each camera's image: <camera namespace>/<suffix> (32FC1) and "
+              "<camera namespace>/<suffix>/camera_info; the namespace is image_topic without its last "
+              "segment."),
+    ParamSpec("outputs.cloud_topic", "/surround_depth/points", "Fused sensor_msgs/PointCloud2 topic."),
+    ParamSpec("cloud.enabled", True, "Publish the fused point cloud."),
+    ParamSpec("cloud.frame_id", "base_link",
+              "Frame of the fused cloud (REP 105 vehicle frame); with extrinsics.source=calibration it "
+              "must equal the calibration's base_frame."),
+    ParamSpec("cloud.stride", 4, "Use every stride-th depth pixel in each direction for the cloud.",
+              int_range=(1, 64)),
+    ParamSpec("cloud.max_range", 80.0, "Drop cloud points farther than this from their camera [m].",
+              float_range=(0.01, 10000.0)),
+    ParamSpec("cloud.min_range", 0.0, "Drop cloud points closer than this to their camera [m].",
+              float_range=(0.0, 10000.0)),
+    ParamSpec("cloud.max_points", 200000,
+              "Upper bound on cloud size; excess points are subsampled with a fixed pattern.",
+              int_range=(1, 50_000_000)),
+    ParamSpec("cloud.colour", True, "Add the packed rgb field (camera colour of each point)."),
+    ParamSpec("extrinsics.source", "tf",
+              "tf: camera poses from TF (cloud.frame_id <- image frame_id; needs tf2_ros); "
+              "calibration: from extrinsics.calibration_file.", choices=("tf", "calibration")),
+    ParamSpec("extrinsics.calibration_file", "",
+              "Rig calibration YAML (config/rig_*.yaml). Required with extrinsics.source=calibration; "
+              "optional with tf, where it still provides fallback intrinsics and ego masks."),
+    ParamSpec("qos.input_reliability", "best_effort",
+              "Reliability of the image/camera_info subscriptions; best_effort matches both reliable and "
+              "best-effort publishers.", read_only=True, choices=("best_effort", "reliable")),
+    ParamSpec("qos.input_depth", 5, "History depth of the input subscriptions.", read_only=True,
+              int_range=(1, 1000)),
+    ParamSpec("qos.output_depth", 5, "History depth of the (reliable, keep-last) output publishers.",
+              read_only=True, int_range=(1, 1000)),
+    ParamSpec("diagnostics.period_s", 1.0, "Period of /diagnostics reports [s] (steady clock).",
+              float_range=(0.05, 3600.0)),
+    ParamSpec("autostart", True,
+              "Configure and activate on start (ros2 run without a lifecycle manager). false: wait for "
+              "lifecycle transitions.", read_only=True),
+)
+
+#: Parameters applied immediately when set on a running node (the rest at the next configure).
+LIVE_PARAMETERS: frozenset[str] = frozenset(
+    {"cloud.stride", "cloud.max_range", "cloud.min_range", "cloud.max_points", "cloud.colour"}
+)
+
+
+def camera_parameter_specs(name: str) -> tuple[ParamSpec, ...]:
+    """The per-camera parameters of camera ``name``."""
+    return (
+        ParamSpec(f"cameras.{name}.image_topic", f"/cameras/{name}/image_raw",
+                  f"Image topic of camera {name!r} (raw; compressed adds /compressed).", read_only=True),
+        ParamSpec(f"cameras.{name}.info_topic", f"/cameras/{name}/camera_info",
+                  f"sensor_msgs/CameraInfo topic of camera {name!r}.", read_only=True),
+    )
+
+
+def known_parameter_names(camera_names: Sequence[str]) -> set[str]:
+    """Every parameter the node declares for these cameras (besides ROS's own, e.g. use_sim_time)."""
+    names = {spec.name for spec in PARAMETERS}
+    for cam in camera_names:
+        names |= {spec.name for spec in camera_parameter_specs(cam)}
+    return names
+
+
+# ------------------------------------------------------------- settings types
+@dataclass(frozen=True)
+class CameraSettings:
+    """Topics of one camera."""
+
+    name: str
+    image_topic: str
+    info_topic: str
+    subscribe_topic: str  # image_topic, or image_topic + "/compressed"
+    depth_topic: str
+    depth_info_topic: str
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    slop_ns: int
+    queue_size: int
+    policy: str
+    timeout_ns: int
+    min_cameras: int
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: Path
+    backend: str  # canonical: torch | onnxruntime | tensorrt (auto resolved)
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    enabled: bool
+    topic: str
+    frame_id: str
+    stride: int
+    max_range: float
+    min_range: float
+    max_points: int
+    colour: bool
+
+
+@dataclass(frozen=True)
+class ExtrinsicsSettings:
+    source: str
+    calibration_file: Path | None
+
+
+@dataclass(frozen=True)
+class QosSettings:
+    input_reliability: str
+    input_depth: int
+    output_depth: int
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything the node needs, validated and typed."""
+
+    cameras: tuple[CameraSettings, ...]
+    image_transport: str
+    sync: SyncSettings
+    model: ModelSettings
+    cloud: CloudSettings
+    extrinsics: ExtrinsicsSettings
+    qos: QosSettings
+    diagnostics_period_s: float
+    autostart: bool
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.cameras)
+
+
+# ------------------------------------------------------------------ validation
+def _spec(name: str) -> ParamSpec:
+    for spec in PARAMETERS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+def _get(values: Mapping[str, Any], name: str, default: Any) -> Any:
+    value = values.get(name, default)
+    return default if value is None else value
+
+
+def _typed(values: Mapping[str, Any], spec: ParamSpec) -> Any:
+    """Value of ``spec`` with its type, choices and range checked."""
+    value = _get(values, spec.name, spec.default)
+    want = type(spec.default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # only reachable from plain dicts; ROS itself refuses ints for doubles
+    ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+    if want is list:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    if not ok:
+        raise ParameterError(
+            f"parameter {spec.name!r} must be {_type_word(spec.default)}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if spec.choices and value not in spec.choices:
+        raise ParameterError(
+            f"parameter {spec.name!r} is {value!r}; expected one of: {', '.join(spec.choices)}"
+        )
+    rng = spec.int_range or spec.float_range
+    if rng and not rng[0] <= value <= rng[1]:
+        raise ParameterError(f"parameter {spec.name!r} is {value!r}; expected {spec.constraints()}")
+    return value
+
+
+def _type_word(default: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a double (write 20.0, not 20)",
+            str: "a string", list: "a list of strings"}[type(default)]
+
+
+def _topic(name: str, value: str) -> str:
+    if not _TOPIC_RE.match(value) or "//" in value:
+        raise ParameterError(
+            f"parameter {name!r} is {value!r}: not a valid ROS topic name (letters, digits, '_' and '/', "
+            f"no empty or digit-leading segments, no trailing '/')"
+        )
+    return value
+
+
+def _camera_names(values: Mapping[str, Any]) -> tuple[str, ...]:
+    names = tuple(_typed(values, _spec("cameras.names")))
+    if not names:
+        raise ParameterError("parameter 'cameras.names' is empty; list at least one camera")
+    for name in names:
+        if not _NAME_RE.match(name):
+            raise ParameterError(
+                f"parameter 'cameras.names' has {name!r}: camera names must start with a letter and contain "
+                f"only letters, digits and '_' (they become parameter and topic names)"
+            )
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ParameterError(f"parameter 'cameras.names' lists {dup} more than once")
+    return names
+
+
+def _cameras(values: Mapping[str, Any], names: tuple[str, ...], transport: str,
+             depth_suffix: str) -> tuple[CameraSettings, ...]:
+    cams = []
+    for name in names:
+        image_spec, info_spec = camera_parameter_specs(name)
+        image = _topic(image_spec.name, _typed(values, image_spec))
+        info = _topic(info_spec.name, _typed(values, info_spec))
+        namespace = posixpath.dirname(image)
+        depth = posixpath.join(namespace, depth_suffix) if namespace else depth_suffix
+        cams.append(CameraSettings(
+            name=name, image_topic=image, info_topic=info,
+            subscribe_topic=image + "/compressed" if transport == "compressed" else image,
+            depth_topic=depth, depth_info_topic=depth + "/camera_info",
+        ))
+    topics = [c.depth_topic for c in cams]
+    dup = sorted({t for t in topics if topics.count(t) > 1})
+    if dup:
+        raise ParameterError(
+            f"cameras share the depth topic(s) {dup}: each image_topic must live in its own namespace "
+            f"(depth goes to <namespace>/{depth_suffix})"
+        )
+    return tuple(cams)
+
+
+def _model(values: Mapping[str, Any]) -> ModelSettings:
+    raw_path = _typed(values, _spec("model.path")).strip()
+    if not raw_path:
+        raise ParameterError(
+            "parameter 'model.path' is required: a student run directory or student.safetensors (torch), "
+            "a .onnx or a .engine file (e.g. -p model.path:=/path/to/run)"
+        )
+    path = Path(raw_path).expanduser()
+    if not path.exists():
+        raise ParameterError(f"parameter 'model.path': {str(path)!r} does not exist")
+    backend = _typed(values, _spec("model.backend"))
+    if backend == "auto":
+        backend = "torch" if path.is_dir() else _MODEL_SUFFIXES.get(path.suffix.lower(), "")
+        if not backend:
+            raise ParameterError(
+                f"parameter 'model.path': cannot tell the backend of {str(path)!r} from its extension; "
+                f"use a run directory, {', '.join(_MODEL_SUFFIXES)}, or set model.backend"
+            )
+    device = _typed(values, _spec("model.device")).strip()
+    if not (device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ParameterError(f"parameter 'model.device' is {device!r}; expected cpu, cuda or cuda:<index>")
+    precision = _typed(values, _spec("model.precision"))
+    if precision == "fp16" and device == "cpu":
+        raise ParameterError("parameter 'model.precision' is fp16 but model.device is cpu; fp16 needs cuda")
+    return ModelSettings(path=path, backend=backend, device=device, precision=precision)
+
+
+def _cloud(values: Mapping[str, Any]) -> CloudSettings:
+    frame = _typed(values, _spec("cloud.frame_id")).strip()
+    if not _FRAME_RE.match(frame):
+        raise ParameterError(
+            f"parameter 'cloud.frame_id' is {frame!r}: a TF frame id is non-empty and has no leading '/'"
+        )
+    min_range = _typed(values, _spec("cloud.min_range"))
+    max_range = _typed(values, _spec("cloud.max_range"))
+    if min_range >= max_range:
+        raise ParameterError(
+            f"parameter 'cloud.min_range' ({min_range}) must be smaller than 'cloud.max_range' ({max_range})"
+        )
+    return CloudSettings(
+        enabled=_typed(values, _spec("cloud.enabled")),
+        topic=_topic("outputs.cloud_topic", _typed(values, _spec("outputs.cloud_topic"))),
+        frame_id=frame,
+        stride=_typed(values, _spec("cloud.stride")),
+        max_range=max_range,
+        min_range=min_range,
+        max_points=_typed(values, _spec("cloud.max_points")),
+        colour=_typed(values, _spec("cloud.colour")),
+    )
+
+
+def _extrinsics(values: Mapping[str, Any]) -> ExtrinsicsSettings:
+    source = _typed(values, _spec("extrinsics.source"))
+    raw = _typed(values, _spec("extrinsics.calibration_file")).strip()
+    path = Path(raw).expanduser() if raw else None
+    if source == "calibration" and path is None:
+        raise ParameterError(
+            "parameter 'extrinsics.calibration_file' is required with extrinsics.source=calibration "
+            "(a rig YAML such as config/rig_ddad.yaml)"
+        )
+    if path is not None and not path.is_file():
+        raise ParameterError(f"parameter 'extrinsics.calibration_file': {str(path)!r} is not a file")
+    return ExtrinsicsSettings(source=source, calibration_file=path)
+
+
+def _sync(values: Mapping[str, Any], n_cameras: int) -> SyncSettings:
+    min_cameras = _typed(values, _spec("sync.min_cameras"))
+    if min_cameras > n_cameras:
+        raise ParameterError(
+            f"parameter 'sync.min_cameras' is {min_cameras} but only {n_cameras} cameras are configured"
+        )
+    return SyncSettings(
+        slop_ns=round(_typed(values, _spec("sync.slop_ms")) * 1e6),
+        queue_size=_typed(values, _spec("sync.queue_size")),
+        policy=_typed(values, _spec("sync.policy")),
+        timeout_ns=round(_typed(values, _spec("sync.timeout_ms")) * 1e6),
+        min_cameras=min_cameras,
+    )
+
+
+def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
+    """Validate raw parameter values (missing ones take their defaults) into :class:`NodeSettings`.
+
+    Raises:
+        ParameterError: the first problem found, naming the parameter.
+    """
+    names = _camera_names(values)
+    transport = _typed(values, _spec("image_transport"))
+    suffix = _typed(values, _spec("outputs.depth_suffix")).strip().strip("/")
+    if not suffix or not _TOPIC_RE.match(suffix):
+        raise ParameterError(
+            f"parameter 'outputs.depth_suffix' is {suffix!r}: not a valid relative topic name"
+        )
+    cameras = _cameras(values, names, transport, suffix)
+    return NodeSettings(
+        cameras=cameras,
+        image_transport=transport,
+        sync=_sync(values, len(names)),
+        model=_model(values),
+        cloud=_cloud(values),
+        extrinsics=_extrinsics(values),
+        qos=QosSettings(
+            input_reliability=_typed(values, _spec("qos.input_reliability")),
+            input_depth=_typed(values, _spec("qos.input_depth")),
+            output_depth=_typed(values, _spec("qos.output_depth")),
+        ),
+        diagnostics_period_s=_typed(values, _spec("diagnostics.period_s")),
+        autostart=_typed(values, _spec("autostart")),
+    )
+
+
+# ------------------------------------------------------------- ROS glue
+def _descriptor(spec: ParamSpec) -> Any:
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    desc = ParameterDescriptor(
+        name=spec.name, description=spec.description, read_only=spec.read_only,
+        additional_constraints=spec.constraints(),
+    )
+    if spec.int_range:
+        desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=1)]
+    if spec.float_range:
+        desc.floating_point_range = [
+            FloatingPointRange(from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)
+        ]
+    return desc
+
+
+def _declare(node: Any, spec: ParamSpec) -> None:
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+    try:
+        node.declare_parameter(spec.name, spec.default, _descriptor(spec))
+    except InvalidParameterTypeException as exc:
+        raise ParameterError(
+            f"parameter {spec.name!r} must be {_type_word(spec.default)} ({exc})"
+        ) from None
+    except InvalidParameterValueException as exc:
+        raise ParameterError(f"parameter {spec.name!r}: {exc}; expected {spec.constraints()}") from None
+
+
+def declare_parameters(node: Any) -> None:
+    """Declare every parameter (and the per-camera ones for ``cameras.names``) on ``node``.
+
+    Raises:
+        ParameterError: an override from the command line / params file has the wrong type or range.
+    """
+    for spec in PARAMETERS:
+        _declare(node, spec)
+    for name in _camera_names({"cameras.names": node.get_parameter("cameras.names").value}):
+        for spec in camera_parameter_specs(name):
+            _declare(node, spec)
+
+
+def _current_values(node: Any) -> dict[str, Any]:
+    names = list(node.get_parameter("cameras.names").value or [])
+    values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
+    for cam in names:
+        for spec in camera_parameter_specs(cam):
+            if node.has_parameter(spec.name):
+                values[spec.name] = node.get_parameter(spec.name).value
+    return values
+
+
+def load_settings(node: Any) -> NodeSettings:
+    """Read the declared parameters of ``node`` and validate them (raises :class:`ParameterError`)."""
+    return settings_from_values(_current_values(node))
+
+
+def make_set_parameters_check(node: Any, on_live_change: Callable[[NodeSettings], None]) -> Callable:
+    """``add_on_set_parameters_callback`` hook: refuse bad values with the reason; apply live ones.
+
+    The candidate values are validated together with the current ones, so a
+    ``ros2 param set`` that would make the configuration invalid is rejected
+    with the same message the node would log at configure.
+    """
+    from rcl_interfaces.msg import SetParametersResult
+
+    def check(params: list[Any]) -> SetParametersResult:
+        values = _current_values(node)
+        values.update({p.name: p.value for p in params})
+        try:
+            settings = settings_from_values(values)
+        except ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        if any(p.name in LIVE_PARAMETERS for p in params):
+            on_live_change(settings)
+        return SetParametersResult(successful=True)
+
+    return check

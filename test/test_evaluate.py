@@ -1,0 +1,348 @@
+"""Evaluation: Eigen metrics and alignment modes on hand-computed arrays, the
+cross-view consistency metric on an analytic ground plane, and ``fsmde eval``
+end to end on a tiny synthetic bag (student checkpoint and synthetic teacher)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fsmde_core.evaluate import (
+    METRIC_KEYS,
+    EvalError,
+    add_eval_arguments,
+    affine_fit,
+    align_depth,
+    cross_view_consistency,
+    depth_metrics,
+    evaluate,
+    median_scale,
+    parse_teacher_options,
+    run_eval,
+)
+from fsmde_core.rig import Rig, preset
+
+
+# ------------------------------------------------------------------ metrics
+def test_metrics_known_answer_by_hand() -> None:
+    gt = np.array([[1.0, 2.0], [4.0, 10.0]])
+    pred = np.array([[1.0, 3.0], [2.0, 10.0]])
+    m = depth_metrics(pred, gt, cap=80.0)
+    # |d|/g = 0, .5, .5, 0 ; d²/g = 0, .5, 1, 0 ; d² = 0, 1, 4, 0 ; ratio = 1, 1.5, 2, 1
+    assert m["abs_rel"] == pytest.approx(0.25)
+    assert m["sq_rel"] == pytest.approx(0.375)
+    assert m["rmse"] == pytest.approx(math.sqrt(1.25))
+    assert m["rmse_log"] == pytest.approx(math.sqrt((math.log(1.5) ** 2 + math.log(2) ** 2) / 4))
+    assert m["a1"] == pytest.approx(0.5)  # 1, 1 pass; 1.5, 2 fail
+    assert m["a2"] == pytest.approx(0.75)  # 1.5 < 1.5625
+    assert m["a3"] == pytest.approx(0.75)  # 2 >= 1.953125
+    assert m["count"] == 4
+
+
+def test_perfect_prediction_scores_perfectly() -> None:
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(1, 70, size=(3, 8, 12))
+    m = depth_metrics(gt.copy(), gt, cap=80.0)
+    for key in ("abs_rel", "sq_rel", "rmse", "rmse_log"):
+        np.testing.assert_allclose(m[key], 0.0, atol=1e-12)
+    for key in ("a1", "a2", "a3"):
+        np.testing.assert_allclose(m[key], 1.0)
+    assert m["abs_rel"].shape == (3,)
+
+
+def test_invalid_gt_masked_and_capped_pixels_are_not_scored() -> None:
+    gt = np.array([[5.0, np.nan, np.inf, 0.0, 120.0, 5.0]])
+    pred = np.array([[5.0, 1.0, 1.0, 1.0, 1.0, 50.0]])
+    valid = np.array([[True, True, True, True, True, False]])  # last pixel is ego
+    m = depth_metrics(pred, gt, valid, cap=80.0)
+    assert m["count"] == 1 and m["abs_rel"] == 0.0
+
+
+def test_prediction_is_clipped_to_cap_and_min_depth() -> None:
+    gt = np.array([[50.0, 0.5]])
+    pred = np.array([[np.inf, 1e-6]])
+    m = depth_metrics(pred, gt, cap=60.0, min_depth=0.5)
+    # inf -> 60 (|10|/50 = 0.2); 1e-6 -> 0.5 (exact)
+    assert m["abs_rel"] == pytest.approx(0.1)
+
+
+def test_image_without_valid_gt_gives_nan() -> None:
+    m = depth_metrics(np.ones((2, 2, 2)), np.stack([np.full((2, 2), np.nan), np.ones((2, 2))]), cap=80.0)
+    assert math.isnan(m["abs_rel"][0]) and m["abs_rel"][1] == 0.0
+
+
+def test_median_mode_recovers_a_uniform_scale_error() -> None:
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(2, 35, size=(2, 10, 16))
+    pred = 2.0 * gt  # stays below the cap: clipping would change the answer
+    assert depth_metrics(pred, gt, cap=80.0)["abs_rel"] == pytest.approx([1.0, 1.0])
+    np.testing.assert_allclose(median_scale(pred, gt, np.ones_like(gt, bool)), 0.5)
+    aligned = align_depth(pred, gt, None, "median", cap=80.0)
+    m = depth_metrics(aligned, gt, cap=80.0)
+    np.testing.assert_allclose(m["abs_rel"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(m["a1"], 1.0)
+
+
+def test_metric_mode_is_the_identity() -> None:
+    pred = np.array([[3.0, 4.0]])
+    np.testing.assert_array_equal(align_depth(pred, np.array([[1.0, 2.0]]), None, "metric", 80.0), pred)
+
+
+def test_affine_mode_recovers_an_inverse_depth_affine_distortion() -> None:
+    rng = np.random.default_rng(2)
+    gt = rng.uniform(1, 70, size=(2, 12, 20))
+    # A relative-depth model: unknown per-image scale and shift of inverse depth.
+    rel_inv = np.stack([3.0 / gt[0] + 0.2, 0.5 / gt[1] + 1.0])
+    aligned = align_depth(rel_inv, gt, None, "affine", cap=80.0, pred_is_inverse=True)
+    np.testing.assert_allclose(aligned, gt, rtol=1e-9)
+    # The same distortion given as "depth" (1 / rel_inv) is aligned identically.
+    aligned_d = align_depth(1.0 / rel_inv, gt, None, "affine", cap=80.0)
+    np.testing.assert_allclose(aligned_d, gt, rtol=1e-9)
+    # Median scaling cannot undo a shift in inverse depth.
+    med = align_depth(1.0 / rel_inv, gt, None, "median", cap=80.0)
+    assert depth_metrics(med, gt, cap=80.0)["abs_rel"].min() > 0.05
+
+
+def test_affine_fit_known_answer_and_degenerate_guards() -> None:
+    x = np.array([[1.0, 2.0, 3.0, 4.0]])
+    s, t = affine_fit(x, 2 * x + 1, np.ones_like(x, bool))
+    assert s[0] == pytest.approx(2.0) and t[0] == pytest.approx(1.0)
+    # constant prediction: best constant, no division by zero
+    s, t = affine_fit(np.full((1, 4), 5.0), x, np.ones_like(x, bool))
+    assert s[0] == 0.0 and t[0] == pytest.approx(2.5)
+    # fewer than two points: no fit
+    s, t = affine_fit(x, x, np.array([[True, False, False, False]]))
+    assert math.isnan(s[0]) and math.isnan(t[0])
+
+
+def test_affine_alignment_never_produces_negative_or_infinite_depth() -> None:
+    # Anti-correlated inverse depth: the fit has s < 0 and some aligned inverse depths <= 0.
+    gt = np.array([[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]])
+    pred_inv = np.array([[0.0, 0.1, 0.2, 0.3, 0.4, 5.0]])
+    out = align_depth(pred_inv, gt, None, "affine", cap=80.0, pred_is_inverse=True)
+    assert np.all(np.isfinite(out)) and np.all(out > 0) and np.all(out <= 80.0)
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="alignment mode"):
+        align_depth(np.ones((2, 2)), np.ones((2, 2)), None, "scale", 80.0)
+
+
+# --------------------------------------------------------------- cross-view
+def ground_plane_depths(rig: Rig, max_depth: float = 60.0) -> np.ndarray:
+    """Exact optical-Z depth of the plane z = 0 (base frame) in every camera; NaN above the horizon."""
+    out = []
+    for cam in rig.cameras:
+        rays = cam.model.pixel_rays().astype(np.float64)  # unit optical Z
+        rays_base = rays @ cam.T_base_cam[:3, :3].T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = -cam.T_base_cam[2, 3] / rays_base[..., 2]
+        out.append(np.where((rays_base[..., 2] < 0) & (d <= max_depth), d, np.nan))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def plane_rig() -> tuple[Rig, np.ndarray]:
+    rig = preset("ddad", 320, 192)
+    return rig, ground_plane_depths(rig)
+
+
+def test_cross_view_of_consistent_geometry_is_near_zero(plane_rig) -> None:
+    rig, depths = plane_rig
+    res = cross_view_consistency(depths, rig)
+    assert set(res.pairs) == set(rig.adjacent_pairs()) and len(res.pairs) == 6
+    assert all(np.isfinite(v) for v in res.pairs.values())  # every adjacent pair overlaps on the road
+    # Only nearest-pixel sampling of a slanted plane remains (shrinks with resolution).
+    assert res.mean < 0.02
+    assert all(v == 1.0 for v in res.inliers.values())
+
+
+def test_cross_view_detects_a_per_camera_scale_error(plane_rig) -> None:
+    rig, depths = plane_rig
+    scaled = depths.copy()
+    k = rig.index("front_left")
+    scaled[k] *= 1.2
+    res = cross_view_consistency(scaled, rig)
+    # i -> j: |z - 1.2 z| / 1.2 z = 1/6 ; j -> i: 0.2 ; mean of both directions 0.1833
+    for pair, err in res.pairs.items():
+        if k in pair:
+            assert err == pytest.approx((1 / 6 + 0.2) / 2, abs=0.01)
+        else:
+            assert err < 0.03
+    assert res.mean > cross_view_consistency(depths, rig).mean + 0.05
+
+
+def test_cross_view_ignores_masked_pixels_and_occlusions(plane_rig) -> None:
+    rig, depths = plane_rig
+    k = rig.index("front")
+    bottom = slice(depths.shape[1] - 40, None)
+    broken = depths.copy()
+    broken[k][bottom] *= 5.0  # the bottom rows wildly wrong (the hood, say)
+    masks = np.zeros(depths.shape, bool)
+    masks[k][bottom] = True
+    clean = cross_view_consistency(depths, rig)
+    res = cross_view_consistency(broken, rig, masks)
+    for pair in res.pairs:
+        assert res.pairs[pair] == pytest.approx(clean.pairs[pair], abs=0.01)
+        assert res.inliers[pair] == 1.0
+    # unmasked, the 5x pixels are dropped as occlusions: the error stays low, the inlier fraction falls
+    unmasked = cross_view_consistency(broken, rig)
+    touched = [p for p in res.pairs if k in p]
+    assert all(unmasked.inliers[p] < 0.95 for p in touched)
+    assert all(unmasked.pairs[p] < 0.05 for p in touched)
+
+
+# -------------------------------------------------------------- end to end
+CAMERAS = ["front", "front_left", "back_left", "back", "back_right", "front_right"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bag(tmp_path_factory) -> Path:
+    from fsmde_core.synthetic.writer import generate_bag
+
+    out = tmp_path_factory.mktemp("bag") / "tiny"
+    generate_bag("ddad", frames=3, seed=0, out=out, width=160, height=96, progress=False, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_student(tmp_path_factory) -> Path:
+    from fsmde_core.checkpoint import save_student
+    from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
+
+    torch.manual_seed(0)
+    cfg = StudentConfig(num_bins=16, decoder_channels=(16, 16, 16, 16), input_height=96, input_width=160,
+                        max_depth=80.0)
+    run = tmp_path_factory.mktemp("run")
+    save_student(run, SurroundDepthStudent(cfg), {"student": cfg.to_dict(), "camera_names": CAMERAS})
+    return run
+
+
+def _png_is_nontrivial(path: Path) -> bool:
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float64)
+    return path.stat().st_size > 5_000 and arr.shape[0] > 100 and arr.std() > 10
+
+
+@pytest.fixture(scope="module")
+def student_report(tiny_bag, random_student, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("report")
+    return evaluate(random_student, tiny_bag, out, gt="synthetic", progress=False), out
+
+
+def test_student_eval_writes_the_metrics_schema(student_report) -> None:
+    result, out = student_report
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == result
+    assert {"mode", "gt", "cap", "frames", "mean", "per_camera", "source"} <= set(on_disk)
+    assert on_disk["mode"] == "metric" and on_disk["gt"] == "synthetic"
+    assert on_disk["cap"] == 80.0  # the student's max_depth
+    assert on_disk["frames"] == 3
+    assert set(on_disk["mean"]) == {*METRIC_KEYS, "cross_view"}
+    assert list(on_disk["per_camera"]) == CAMERAS  # the checkpoint's camera order
+    for name in CAMERAS:
+        assert set(on_disk["per_camera"][name]) == set(METRIC_KEYS)
+        assert all(np.isfinite(v) for v in on_disk["per_camera"][name].values())
+    assert len(on_disk["cross_view_pairs"]) == 6
+    assert on_disk["mean"]["cross_view"] > 0
+    assert on_disk["cross_view_gt"] is not None
+    assert on_disk["source"].startswith("checkpoint:")
+    # mean = mean of cameras
+    assert on_disk["mean"]["abs_rel"] == pytest.approx(
+        np.mean([on_disk["per_camera"][n]["abs_rel"] for n in CAMERAS]))
+
+
+def test_student_eval_writes_the_report_and_pictures(student_report) -> None:
+    result, out = student_report
+    for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png"):
+        assert _png_is_nontrivial(out / name), name
+    md = (out / "report.md").read_text()
+    for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png", "| **mean** |", *CAMERAS):
+        assert name in md
+
+
+def test_dense_gt_is_far_more_cross_view_consistent_than_a_random_student(student_report) -> None:
+    result, _ = student_report
+    assert result["cross_view_gt"] < 0.5 * result["mean"]["cross_view"]
+
+
+def test_synthetic_teacher_in_affine_mode_beats_a_random_student(tiny_bag, student_report, tmp_path) -> None:
+    from fsmde_core.models.teachers import build_teacher
+
+    student, _ = student_report
+    result = evaluate(build_teacher("synthetic", quality=0.8), tiny_bag, tmp_path, gt="synthetic",
+                      progress=False)
+    assert result["mode"] == "affine" and result["source"].startswith("teacher:synthetic")
+    assert result["mean"]["abs_rel"] < 0.25 * student["mean"]["abs_rel"]
+    assert result["mean"]["a1"] > student["mean"]["a1"] + 0.3
+
+
+def test_lidar_gt_and_max_frames(tiny_bag, random_student, tmp_path) -> None:
+    result = evaluate(random_student, tiny_bag, tmp_path, gt="lidar", mode="median", max_frames=2,
+                      cap=50.0, progress=False)
+    assert result["frames"] == 2 and result["gt"] == "lidar" and result["cap"] == 50.0
+    assert np.isfinite(result["mean"]["abs_rel"])
+
+
+# ---------------------------------------------------------------------- CLI
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_cli_teacher_run(tiny_bag, tmp_path, capsys) -> None:
+    out = tmp_path / "rep"
+    rc = run_eval(_args("--teacher", "synthetic", "--teacher-option", "quality=0.9", "--bag", str(tiny_bag),
+                        "--out", str(out), "--gt", "synthetic", "--max-frames", "1", "--no-progress"))
+    assert rc == 0
+    assert json.loads((out / "metrics.json").read_text())["frames"] == 1
+    assert "abs_rel" in capsys.readouterr().out
+
+
+def test_cli_missing_checkpoint_exits_2(tiny_bag, tmp_path, capsys) -> None:
+    rc = run_eval(_args("--checkpoint", str(tmp_path / "nope"), "--bag", str(tiny_bag), "--out", str(tmp_path)))
+    assert rc == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_cli_needs_exactly_one_of_checkpoint_or_teacher(tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        _args("--bag", "b", "--out", "o")
+    with pytest.raises(SystemExit):
+        _args("--checkpoint", "c", "--teacher", "synthetic", "--bag", "b", "--out", "o")
+
+
+def test_missing_synthetic_gt_is_a_clear_error(tmp_path, random_student, capsys) -> None:
+    from bagfactory import BagSpec, write_bag
+
+    bag = write_bag(tmp_path / "nogt", BagSpec(width=64, height=48, n_frames=2, with_gt=False)).path
+    rc = run_eval(_args("--checkpoint", str(random_student), "--bag", str(bag), "--out", str(tmp_path / "r"),
+                        "--gt", "synthetic", "--no-progress"))
+    assert rc == 2
+    assert "no dense synthetic ground truth" in capsys.readouterr().err
+
+
+def test_bag_without_a_checkpoint_camera_is_a_clear_error(tmp_path, tiny_bag) -> None:
+    from fsmde_core.checkpoint import save_student
+    from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
+
+    cfg = StudentConfig(num_bins=4, decoder_channels=(8, 8, 8, 8), input_height=32, input_width=64)
+    save_student(tmp_path / "run", SurroundDepthStudent(cfg),
+                 {"student": cfg.to_dict(), "camera_names": [*CAMERAS[:5], "roof"]})
+    with pytest.raises(EvalError, match=r"lacks camera\(s\) \['roof'\]"):
+        evaluate(tmp_path / "run", tiny_bag, tmp_path / "r", gt="synthetic", progress=False)
+
+
+def test_teacher_options_are_parsed_as_yaml_values() -> None:
+    opts = parse_teacher_options(["quality=0.5", "input_size=[378, 644]", "path_or_id=/m/da2", "fp16=false"])
+    assert opts == {"quality": 0.5, "input_size": (378, 644), "path_or_id": "/m/da2", "fp16": False}
+    with pytest.raises(EvalError, match="key=value"):
+        parse_teacher_options(["quality"])
