@@ -34,8 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "loss": {},
     "optim": {
         "epochs": 10, "batch_size": 1, "lr": 2e-4, "weight_decay": 1e-2, "warmup_steps": 50,
-        "grad_clip": 1.0, "amp": True, "checkpoint_every": 100, "num_workers": 0,
-        "max_steps": None,
+        "grad_clip": 1.0, "amp": True, "checkpoint_every": 100,
+        "max_steps": None, "kd_warmup_steps": 0,
     },
     "log": {"tensorboard": True, "image_every": 100, "scalar_every": 10},
     "eval": {"cap": None},

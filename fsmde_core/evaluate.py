@@ -567,7 +567,7 @@ def _evaluate_frame(
         acc.cross_view_gt.append(cross_view_consistency(dense, rig, sample.masks))
     if not acc.pair_names:
         acc.ring = rig.ring_order()
-        acc.pair_names = {(i, j): f"{acc.names[i]}|{acc.names[j]}" for i, j in rig.adjacent_pairs()}
+        acc.pair_names = {(i, j): f"{acc.names[i]}/{acc.names[j]}" for i, j in rig.adjacent_pairs()}
     mask = eval_mask(gt_depth, valid, cap) & np.isfinite(aligned)
     err = acc.add_error_map(aligned, gt_depth, mask, cap, min_depth)
     if len(acc.mosaic) < MOSAIC_FRAMES:
@@ -609,7 +609,7 @@ def evaluate(
         {"mode", "gt", "cap", "frames",
          "mean": {abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3, cross_view},
          "per_camera": {name: {abs_rel, ..., a3}},
-         "cross_view_pairs": {"a|b": {"pred", "pred_inliers", "gt"}},
+         "cross_view_pairs": {"a/b": {"pred", "pred_inliers", "gt"}},   # adjacent pairs
          "cross_view_gt": float | null,   # dense-GT floor, null without dense GT
          "source": "checkpoint:<path>" | "teacher:<identity>"}
 

@@ -216,6 +216,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return "n/a" if v is None or not np.isfinite(float(v)) else f"{float(v):.{digits}f}"
 
 
+def _md(text: str) -> str:
+    """Escape a name for a markdown table cell (a '|' would split the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence[Path],
                     pictures: Sequence[str]) -> str:
     """The report.md text: what was evaluated, the metric table, cross-view, pictures."""
@@ -231,7 +236,8 @@ def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence
         "| camera | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 1) + "|",
     ]
-    lines += [f"| {n} | " + " | ".join(_fmt(result["per_camera"][n][k]) for k in keys) + " |" for n in names]
+    lines += [f"| {_md(n)} | " + " | ".join(_fmt(result["per_camera"][n][k]) for k in keys) + " |"
+              for n in names]
     lines.append("| **mean** | " + " | ".join(f"**{_fmt(result['mean'][k])}**" for k in keys) + " |")
     lines += [
         "",
@@ -248,7 +254,7 @@ def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence
         "| pair | prediction | inlier fraction | ground truth |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {p} | {_fmt(v['pred'])} | {_fmt(v['pred_inliers'], 3)} | {_fmt(v['gt'])} |"
+    lines += [f"| {_md(p)} | {_fmt(v['pred'])} | {_fmt(v['pred_inliers'], 3)} | {_fmt(v['gt'])} |"
               for p, v in result["cross_view_pairs"].items()]
     lines += ["", "Correspondences with a relative difference above 0.5 count as occlusions and are left out "
               "(inlier fraction).", "", "## Pictures", ""]

@@ -15,6 +15,7 @@ from the last checkpoint, losing at most ``optim.checkpoint_every`` steps.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -45,7 +46,7 @@ from fsmde_core.rig import Rig, RigCamera
 
 # Config keys that may change between a run and its resumption without
 # changing what is being trained.
-_RESUME_FREE_KEYS = {("log",), ("optim", "num_workers"), ("data", "cache_dir")}
+_RESUME_FREE_KEYS = {("log",), ("data", "cache_dir")}
 
 
 # ------------------------------------------------------------------ helpers
@@ -87,6 +88,19 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
         return base_lr * (step + 1) / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def kd_ramped(cfg: DistillLossConfig, step: int, warmup: int) -> DistillLossConfig:
+    """Ramp the KD weights linearly from 0 over ``warmup`` steps.
+
+    CKD maps the bins with the student's own depth statistics; a freshly
+    initialised, nearly flat student would put all teacher mass on its median
+    bin and stay flat. Letting SILog + bins shape the depth first avoids that.
+    """
+    if warmup <= 0 or step >= warmup:
+        return cfg
+    f = step / warmup
+    return dataclasses.replace(cfg, w_ckd=cfg.w_ckd * f, w_vrkd=cfg.w_vrkd * f)
 
 
 def config_differences(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
@@ -320,7 +334,8 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out = ddp_model(batch["images"])
             out = type(out)(*(x.float() for x in out))
-            losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, loss_cfg)
+            step_cfg = kd_ramped(loss_cfg, step, int(o.get("kd_warmup_steps") or 0))
+            losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
             scaler.unscale_(optimizer)

@@ -260,7 +260,7 @@ def test_student_eval_writes_the_metrics_schema(student_report) -> None:
 
 
 def test_student_eval_writes_the_report_and_pictures(student_report) -> None:
-    result, out = student_report
+    _, out = student_report
     for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png"):
         assert _png_is_nontrivial(out / name), name
     md = (out / "report.md").read_text()
@@ -308,7 +308,8 @@ def test_cli_teacher_run(tiny_bag, tmp_path, capsys) -> None:
 
 
 def test_cli_missing_checkpoint_exits_2(tiny_bag, tmp_path, capsys) -> None:
-    rc = run_eval(_args("--checkpoint", str(tmp_path / "nope"), "--bag", str(tiny_bag), "--out", str(tmp_path)))
+    rc = run_eval(_args("--checkpoint", str(tmp_path / "nope"), "--bag", str(tiny_bag),
+                        "--out", str(tmp_path / "r")))
     assert rc == 2
     assert "checkpoint not found" in capsys.readouterr().err
 

@@ -79,8 +79,12 @@ class RayGrid:
         xn, yn = rays[..., 0].astype(np.float64), rays[..., 1].astype(np.float64)
         return cls(
             dirs=np.ascontiguousarray(np.moveaxis(rays, -1, 0)).astype(np.float32),
-            spherical=False, pixel_angle=1.0 / min(model.fx, model.fy),
-            col_lo=xn.min(axis=0), col_hi=xn.max(axis=0), row_lo=yn.min(axis=1), row_hi=yn.max(axis=1),
+            spherical=False,
+            pixel_angle=1.0 / min(model.fx, model.fy),
+            col_lo=xn.min(axis=0),
+            col_hi=xn.max(axis=0),
+            row_lo=yn.min(axis=1),
+            row_hi=yn.max(axis=1),
         )
 
     @classmethod
@@ -89,10 +93,20 @@ class RayGrid:
         el = np.radians(np.asarray(elevations_deg, dtype=np.float64))
         step = -2 * np.pi / n_azimuth
         az = np.radians(az0_deg) + step * np.arange(n_azimuth)
-        d = np.stack([np.cos(el)[:, None] * np.cos(az)[None], np.cos(el)[:, None] * np.sin(az)[None],
-                      np.repeat(np.sin(el)[:, None], n_azimuth, axis=1)])
-        return cls(dirs=d.astype(np.float32), spherical=True, pixel_angle=abs(step),
-                   az0=float(np.radians(az0_deg)), az_step=step)
+        d = np.stack(
+            [
+                np.cos(el)[:, None] * np.cos(az)[None],
+                np.cos(el)[:, None] * np.sin(az)[None],
+                np.repeat(np.sin(el)[:, None], n_azimuth, axis=1),
+            ]
+        )
+        return cls(
+            dirs=d.astype(np.float32),
+            spherical=True,
+            pixel_angle=abs(step),
+            az0=float(np.radians(az0_deg)),
+            az_step=step,
+        )
 
     # ----------------------------------------------------------- culling
     def cull(self, corners: np.ndarray, hull_dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,7 +151,9 @@ class RayGrid:
         rects[:, 0, 3] = W - cols[:, ::-1].argmax(1)
         return rects, lower, visible
 
-    def _cull_spherical(self, P: np.ndarray, hull_dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _cull_spherical(
+        self, P: np.ndarray, hull_dist: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = P.shape[0]
         H, W = self.shape
         centre = P.mean(axis=1)
@@ -296,8 +312,14 @@ def ground_hits(road: Road, origin: np.ndarray, D: np.ndarray) -> tuple[np.ndarr
     return t, obj
 
 
-def cast(grid: RayGrid, T_world_sensor: np.ndarray, prims: Primitives, road: Road,
-         max_t: float = DRAW_DISTANCE, clip: bool = False) -> Hits:
+def cast(
+    grid: RayGrid,
+    T_world_sensor: np.ndarray,
+    prims: Primitives,
+    road: Road,
+    max_t: float = DRAW_DISTANCE,
+    clip: bool = False,
+) -> Hits:
     """Nearest surface along every ray of ``grid`` at pose ``T_world_sensor``.
 
     Primitives farther than ``max_t`` are not drawn (the ground always is: its
@@ -342,25 +364,52 @@ def _draw(k, rects, lower, prims, origin, t, obj, Dx, Dy, Dz, iDz, DD, Dxy2) -> 
         if k < nb:
             p = origin - prims.box_c[k]
             hx, hy, hz = prims.box_h[k]
-            th = hit_box(Dx[sl], Dy[sl], Dz[sl], iDz[sl], f32(p[0]), f32(p[1]), f32(p[2]),
-                         f32(hx), f32(hy), f32(hz), f32(np.cos(prims.box_yaw[k])), f32(np.sin(prims.box_yaw[k])))
+            th = hit_box(
+                Dx[sl],
+                Dy[sl],
+                Dz[sl],
+                iDz[sl],
+                f32(p[0]),
+                f32(p[1]),
+                f32(p[2]),
+                f32(hx),
+                f32(hy),
+                f32(hz),
+                f32(np.cos(prims.box_yaw[k])),
+                f32(np.sin(prims.box_yaw[k])),
+            )
         elif k < nb + nc:
             j = k - nb
             p = origin[:2] - prims.cyl_xy[j]
             z0, z1 = prims.cyl_z[j]
-            th = hit_cylinder(Dx[sl], Dy[sl], Dz[sl], iDz[sl], Dxy2[sl], f32(p[0]), f32(p[1]), f32(origin[2]),
-                              f32(z0), f32(z1), f32(prims.cyl_r[j]))
+            th = hit_cylinder(
+                Dx[sl],
+                Dy[sl],
+                Dz[sl],
+                iDz[sl],
+                Dxy2[sl],
+                f32(p[0]),
+                f32(p[1]),
+                f32(origin[2]),
+                f32(z0),
+                f32(z1),
+                f32(prims.cyl_r[j]),
+            )
         else:
             j = k - nb - nc
             p = origin - prims.sph_c[j]
-            th = hit_sphere(Dx[sl], Dy[sl], Dz[sl], DD[sl], f32(p[0]), f32(p[1]), f32(p[2]), f32(prims.sph_r[j]))
+            th = hit_sphere(
+                Dx[sl], Dy[sl], Dz[sl], DD[sl], f32(p[0]), f32(p[1]), f32(p[2]), f32(prims.sph_r[j])
+            )
         closer = th < zb
         np.copyto(zb, th, where=closer)
         np.copyto(obj[sl], np.int32(FIRST_OBJECT + k), where=closer)
 
 
 # ---------------------------------------------------------------- shadows
-def shadow_mask(grid: RayGrid, hits: Hits, T_world_sensor: np.ndarray, sun: np.ndarray, road: Road) -> np.ndarray:
+def shadow_mask(
+    grid: RayGrid, hits: Hits, T_world_sensor: np.ndarray, sun: np.ndarray, road: Road
+) -> np.ndarray:
     """(H, W) bool: ground/kerb pixels whose path to the sun is blocked by a primitive.
 
     Only the ground receives cast shadows (objects shade themselves through
@@ -383,9 +432,13 @@ def shadow_mask(grid: RayGrid, hits: Hits, T_world_sensor: np.ndarray, sun: np.n
     u, v = cy * rel[..., 0] + sy * rel[..., 1], -sy * rel[..., 0] + cy * rel[..., 1]
     u0, u1 = np.minimum(u.min(1), -h[:, 0]), np.maximum(u.max(1), h[:, 0])
     v0, v1 = np.minimum(v.min(1), -h[:, 1]), np.maximum(v.max(1), h[:, 1])
-    sc = np.column_stack([c[:, 0] + cy[:, 0] * (u0 + u1) / 2 - sy[:, 0] * (v0 + v1) / 2,
-                          c[:, 1] + sy[:, 0] * (u0 + u1) / 2 + cy[:, 0] * (v0 + v1) / 2,
-                          np.full(len(c), 0.5 * road.kerb_height)])
+    sc = np.column_stack(
+        [
+            c[:, 0] + cy[:, 0] * (u0 + u1) / 2 - sy[:, 0] * (v0 + v1) / 2,
+            c[:, 1] + sy[:, 0] * (u0 + u1) / 2 + cy[:, 0] * (v0 + v1) / 2,
+            np.full(len(c), 0.5 * road.kerb_height),
+        ]
+    )
     sh = np.column_stack([(u1 - u0) / 2, (v1 - v0) / 2, np.full(len(c), 0.5 * road.kerb_height + 0.05)])
     R, origin = T_world_sensor[:3, :3], hits.origin
     region = box_corners(sc, sh, yaw)
@@ -407,20 +460,55 @@ def shadow_mask(grid: RayGrid, hits: Hits, T_world_sensor: np.ndarray, sun: np.n
             if k < nb:
                 d = origin - prims.box_c[k]
                 hx, hy, hz = prims.box_h[k]
-                blocked = hit_box_any(S[0], S[1], S[2], iSz, Px + f32(d[0]), Py + f32(d[1]), Pz + f32(d[2]),
-                                      f32(hx), f32(hy), f32(hz), f32(np.cos(prims.box_yaw[k])),
-                                      f32(np.sin(prims.box_yaw[k])))
+                blocked = hit_box_any(
+                    S[0],
+                    S[1],
+                    S[2],
+                    iSz,
+                    Px + f32(d[0]),
+                    Py + f32(d[1]),
+                    Pz + f32(d[2]),
+                    f32(hx),
+                    f32(hy),
+                    f32(hz),
+                    f32(np.cos(prims.box_yaw[k])),
+                    f32(np.sin(prims.box_yaw[k])),
+                )
             elif k < nb + nc:
                 j = k - nb
                 d = origin[:2] - prims.cyl_xy[j]
                 z0, z1 = prims.cyl_z[j]
-                blocked = np.isfinite(hit_cylinder(S[0], S[1], S[2], iSz, Dxy2, Px + f32(d[0]), Py + f32(d[1]),
-                                                   Pz + f32(origin[2]), f32(z0), f32(z1), f32(prims.cyl_r[j]),
-                                                   t_min=1e-3))
+                blocked = np.isfinite(
+                    hit_cylinder(
+                        S[0],
+                        S[1],
+                        S[2],
+                        iSz,
+                        Dxy2,
+                        Px + f32(d[0]),
+                        Py + f32(d[1]),
+                        Pz + f32(origin[2]),
+                        f32(z0),
+                        f32(z1),
+                        f32(prims.cyl_r[j]),
+                        t_min=1e-3,
+                    )
+                )
             else:
                 j = k - nb - nc
                 d = origin - prims.sph_c[j]
-                blocked = np.isfinite(hit_sphere(S[0], S[1], S[2], f32(1.0), Px + f32(d[0]), Py + f32(d[1]),
-                                                 Pz + f32(d[2]), f32(prims.sph_r[j]), t_min=1e-3))
+                blocked = np.isfinite(
+                    hit_sphere(
+                        S[0],
+                        S[1],
+                        S[2],
+                        f32(1.0),
+                        Px + f32(d[0]),
+                        Py + f32(d[1]),
+                        Pz + f32(d[2]),
+                        f32(prims.sph_r[j]),
+                        t_min=1e-3,
+                    )
+                )
             shadow[sl] |= blocked & rec
     return shadow

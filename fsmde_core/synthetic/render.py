@@ -37,7 +37,9 @@ class CameraFrame:
 class CameraRenderer:
     """Renders one rig camera; rays, vignetting and exposure are fixed at construction."""
 
-    def __init__(self, cam: RigCamera, index: int, world: World, textures: Textures, shadows: bool = True) -> None:
+    def __init__(
+        self, cam: RigCamera, index: int, world: World, textures: Textures, shadows: bool = True
+    ) -> None:
         self.cam = cam
         self.index = index
         self.world = world
@@ -67,8 +69,13 @@ class CameraRenderer:
             shadow = np.zeros(H * W, dtype=bool)
         rad = np.empty((3, H * W), dtype=np.float32)
         sky = np.flatnonzero(hits.obj.ravel() == SKY)
-        rad[:, sky] = sky_colour(self.world.lighting, np.take(hits.D.reshape(3, -1), sky, axis=1), hits.origin,
-                                 self.textures, self.grid.pixel_angle)
+        rad[:, sky] = sky_colour(
+            self.world.lighting,
+            np.take(hits.D.reshape(3, -1), sky, axis=1),
+            hits.origin,
+            self.textures,
+            self.grid.pixel_angle,
+        )
         rad[:, surf.index] = radiance(self.world, surf, np.take(shadow, surf.index))
         rgb = tonemap(rad * self.vignette, self.exposure) * f32(255.0)
         noise = np.random.default_rng(np.random.SeedSequence([self.world.seed, frame, self.index, 0x4015E]))
@@ -78,12 +85,14 @@ class CameraRenderer:
 
 
 # ------------------------------------------------------------------ LiDAR
-POINT_DTYPE = np.dtype({
-    "names": ["x", "y", "z", "intensity", "ring", "t"],
-    "formats": ["<f4", "<f4", "<f4", "<f4", "<u2", "<f4"],
-    "offsets": [0, 4, 8, 12, 16, 20],
-    "itemsize": 24,
-})
+POINT_DTYPE = np.dtype(
+    {
+        "names": ["x", "y", "z", "intensity", "ring", "t"],
+        "formats": ["<f4", "<f4", "<f4", "<f4", "<u2", "<f4"],
+        "offsets": [0, 4, 8, 12, 16, 20],
+        "itemsize": 24,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -127,8 +136,10 @@ class LidarRenderer:
         self.elevations = np.linspace(sp.elevation_deg[0], sp.elevation_deg[1], sp.beams)
         self.grid = RayGrid.lidar(self.elevations, sp.azimuth_steps)
         self.ring = np.repeat(np.arange(sp.beams, dtype=np.uint16)[:, None], sp.azimuth_steps, axis=1)
-        self.t_col = np.broadcast_to((np.arange(sp.azimuth_steps) * (sp.period_s / sp.azimuth_steps))
-                                     .astype(np.float32)[None], (sp.beams, sp.azimuth_steps))
+        self.t_col = np.broadcast_to(
+            (np.arange(sp.azimuth_steps) * (sp.period_s / sp.azimuth_steps)).astype(np.float32)[None],
+            (sp.beams, sp.azimuth_steps),
+        )
 
     def sweep(self, T_odom_base: np.ndarray, prims: Primitives, frame: int) -> np.ndarray:
         """(beams, azimuth_steps) structured array of :data:`POINT_DTYPE`."""
@@ -144,7 +155,9 @@ class LidarRenderer:
         cos_i = np.abs(d[0] * surf.normal[0] + d[1] * surf.normal[1] + d[2] * surf.normal[2])
         refl = surf.albedo.mean(0)
         intensity[surf.index] = np.clip(f32(255.0) * refl * (f32(0.3) + f32(0.7) * cos_i) * f32(1.6), 0, 255)
-        rng_m[surf.index] = surf.rng + rng.standard_normal(surf.index.size, dtype=np.float32) * f32(sp.range_noise)
+        rng_m[surf.index] = surf.rng + rng.standard_normal(surf.index.size, dtype=np.float32) * f32(
+            sp.range_noise
+        )
         lost = rng.random(H * W) < sp.dropout
         rng_m[lost] = np.nan
         intensity[lost | ~np.isfinite(rng_m)] = 0.0

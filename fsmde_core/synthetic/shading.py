@@ -190,8 +190,11 @@ def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float) -> Surf
     prims = hits.prims
     mats = prims.materials()
     k_all = obj - FIRST_OBJECT
-    kind_base = np.select([obj == GROUND, obj == KERB, k_all < prims.n_box, k_all < prims.n_box + prims.n_cyl],
-                          [_K_GROUND, _K_KERB, _K_BOX, _K_CYL], _K_SPH)
+    kind_base = np.select(
+        [obj == GROUND, obj == KERB, k_all < prims.n_box, k_all < prims.n_box + prims.n_cyl],
+        [_K_GROUND, _K_KERB, _K_BOX, _K_CYL],
+        _K_SPH,
+    )
     mat = np.take(mats, np.maximum(k_all, 0)) if mats.size else np.zeros_like(k_all)
     key = (kind_base + np.where(obj >= FIRST_OBJECT, mat, 0)).astype(np.uint8)
     order = np.argsort(key, kind="stable")
@@ -218,7 +221,7 @@ def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float) -> Surf
 
     run(bounds[_K_GROUND], bounds[_K_GROUND + 1], _ground)
     run(bounds[_K_KERB], bounds[_K_KERB + 1], _kerb)
-    run(bounds[_K_BOX], bounds[_K_CYL], lambda g: _boxes(g, bounds[_K_BOX:_K_CYL + 1] - bounds[_K_BOX]))
+    run(bounds[_K_BOX], bounds[_K_CYL], lambda g: _boxes(g, bounds[_K_BOX : _K_CYL + 1] - bounds[_K_BOX]))
     run(bounds[_K_CYL], bounds[_K_SPH], _cylinders)
     run(bounds[_K_SPH], bounds[_N_KEYS], _spheres)
     return Surface(index=index, P=P, rng=rng, normal=normal, albedo=albedo, gloss=gloss)
@@ -241,7 +244,9 @@ def _ground(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     grain = g.tex.fine.sample(x * f32(20.0), y * f32(20.0), fws * f32(20.0))  # 5 cm texels
     patch = g.tex.coarse.sample(x * f32(0.8) + f32(37.0), y * f32(0.8), fws * f32(0.8))
     # three zones by lateral offset: road, sidewalk, verge (each computed on its pixels only)
-    zone = np.where(al < f32(road.half_width), 0, np.where(al < f32(road.half_width + road.sidewalk_width), 1, 2))
+    zone = np.where(
+        al < f32(road.half_width), 0, np.where(al < f32(road.half_width + road.sidewalk_width), 1, 2)
+    )
     order = np.argsort(zone.astype(np.uint8), kind="stable")
     b = np.concatenate([[0], np.cumsum(np.bincount(zone, minlength=3))])
     s, l, al, grain, patch, fws = (np.take(a, order) for a in (s, l, al, grain, patch, fws))
@@ -263,7 +268,9 @@ def _asphalt(road: Road, s, l, grain, patch, fw) -> np.ndarray:
     white = np.zeros_like(al)
     yellow = band(al, f32(0.06), f32(0.18), fw)  # double centre line
     for k in range(1, lanes):  # dashed dividers between same-direction lanes: 3 m on, 6 m off
-        white = np.maximum(white, band(al, k * lw - f32(0.07), k * lw + f32(0.07), fw) * pulse(s, 9.0, 1 / 3, fw))
+        white = np.maximum(
+            white, band(al, k * lw - f32(0.07), k * lw + f32(0.07), fw) * pulse(s, 9.0, 1 / 3, fw)
+        )
     edge = lanes * lw - (f32(0.0) if road.parking_width > 0 else f32(0.35))
     white = np.maximum(white, band(al, edge - f32(0.08), edge + f32(0.08), fw))
     if road.crosswalks.size:
@@ -321,14 +328,29 @@ def _boxes(g: _Group, mat_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     albedo = col.copy()
     gloss = np.zeros(k.size, np.float32)
     gloss_of = {Material.METAL: 0.1}
-    for m, fn in ((Material.BUILDING, _facade), (Material.CAR_PAINT, _paint), (Material.CAR_GLASS, _glass),
-                  (Material.SIGN, _sign)):
+    for m, fn in (
+        (Material.BUILDING, _facade),
+        (Material.CAR_PAINT, _paint),
+        (Material.CAR_GLASS, _glass),
+        (Material.SIGN, _sign),
+    ):
         sl = slice(mat_bounds[m], mat_bounds[m + 1])
         if sl.stop > sl.start:
-            albedo[:, sl], gloss[sl] = fn(g, col[:, sl], par[:, sl], axis[sl], u[sl], half_u[sl],
-                                          g.W[2, sl], local[:, sl], h[:, sl], g.fw[sl], k[sl])
+            albedo[:, sl], gloss[sl] = fn(
+                g,
+                col[:, sl],
+                par[:, sl],
+                axis[sl],
+                u[sl],
+                half_u[sl],
+                g.W[2, sl],
+                local[:, sl],
+                h[:, sl],
+                g.fw[sl],
+                k[sl],
+            )
     for m, v in gloss_of.items():
-        gloss[mat_bounds[m]:mat_bounds[m + 1]] = f32(v)
+        gloss[mat_bounds[m] : mat_bounds[m + 1]] = f32(v)
     return normal, albedo, gloss
 
 
@@ -344,7 +366,9 @@ def _facade(g, col, par, axis, u, half_u, z, local, h, fw, k):
     width = f32(2.0) * half_u
     win_u = pulse(u - f32(0.5) * (width - np.floor(width / period) * period), period, fu, fw)
     win_v = pulse(z - f32(0.9), floor_h, fv, fw) * band(z, floor_h, 2 * h[2] - f32(0.6), fw)
-    shop = band(z, f32(0.5), floor_h - f32(0.5), fw) * pulse(u, period * f32(2.0), f32(0.8), fw) * (period < 2.6)
+    shop = (
+        band(z, f32(0.5), floor_h - f32(0.5), fw) * pulse(u, period * f32(2.0), f32(0.8), fw) * (period < 2.6)
+    )
     window = np.maximum(win_u * win_v, shop) * side
     cell = hash01(np.floor(u / period), np.floor(z / floor_h), k)
     glass = rgb(0.03, 0.035, 0.05) + rgb(0.05, 0.05, 0.06) * cell
@@ -376,7 +400,9 @@ def _glass(g, col, par, axis, u, half_u, z, local, h, fw, k):
 
 def _sign(g, col, par, axis, u, half_u, z, local, h, fw, k):
     face = (axis == 0).astype(np.float32)
-    inner = band(u, f32(0.06), 2 * half_u - f32(0.06), fw) * band(local[2], -h[2] + f32(0.06), h[2] - f32(0.06), fw)
+    inner = band(u, f32(0.06), 2 * half_u - f32(0.06), fw) * band(
+        local[2], -h[2] + f32(0.06), h[2] - f32(0.06), fw
+    )
     out = mix(rgb(0.3, 0.3, 0.3), mix(rgb(0.75, 0.75, 0.75), col, inner), face)
     return out, np.zeros(k.size, np.float32)
 
@@ -384,8 +410,14 @@ def _sign(g, col, par, axis, u, half_u, z, local, h, fw, k):
 def _cylinders(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     prims = g.hits.prims
     j = g.k - prims.n_box
-    x, y = np.take(prims.cyl_xy[:, 0].astype(np.float32), j), np.take(prims.cyl_xy[:, 1].astype(np.float32), j)
-    z0, z1 = np.take(prims.cyl_z[:, 0].astype(np.float32), j), np.take(prims.cyl_z[:, 1].astype(np.float32), j)
+    x, y = (
+        np.take(prims.cyl_xy[:, 0].astype(np.float32), j),
+        np.take(prims.cyl_xy[:, 1].astype(np.float32), j),
+    )
+    z0, z1 = (
+        np.take(prims.cyl_z[:, 0].astype(np.float32), j),
+        np.take(prims.cyl_z[:, 1].astype(np.float32), j),
+    )
     r = np.take(prims.cyl_r.astype(np.float32), j)
     dx, dy = g.W[0] - x, g.W[1] - y
     cap = (g.W[2] >= z1 - f32(1e-3)).astype(np.float32)
@@ -393,8 +425,9 @@ def _cylinders(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mat = np.take(prims.cyl_mat, j)
     col = np.take(prims.cyl_col.T.astype(np.float32), j, axis=1)
     ang = np.arctan2(dy, dx) * r
-    grain = g.tex.fine.sample(ang * f32(30.0), g.W[2] * f32(4.0) + j.astype(np.float32) * f32(13.0),
-                              g.fw * f32(30.0))
+    grain = g.tex.fine.sample(
+        ang * f32(30.0), g.W[2] * f32(4.0) + j.astype(np.float32) * f32(13.0), g.fw * f32(30.0)
+    )
     albedo = col * (f32(0.75) + f32(0.5) * grain)
     legs = band(g.W[2] - z0, f32(-1.0), f32(0.45) * (z1 - z0), g.fw) * (mat == Material.CLOTH)
     albedo = mix(albedo, albedo[::-1] * f32(0.5) + f32(0.02), legs)
@@ -423,15 +456,21 @@ def _spheres(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- lighting
-def sky_colour(lighting: Lighting, D: np.ndarray, origin: np.ndarray, tex: Textures,
-               pixel_angle: float) -> np.ndarray:
+def sky_colour(
+    lighting: Lighting, D: np.ndarray, origin: np.ndarray, tex: Textures, pixel_angle: float
+) -> np.ndarray:
     """(3, N) linear sky radiance for world ray directions ``D`` (3, N): gradient, sun glow, clouds."""
     d = D / np.sqrt(dot3(D, D))
     e = np.clip(d[2], 0.0, 1.0)
-    sky = mix(lighting.horizon_rgb.astype(np.float32)[:, None], lighting.zenith_rgb.astype(np.float32)[:, None],
-              e ** f32(0.55))
+    sky = mix(
+        lighting.horizon_rgb.astype(np.float32)[:, None],
+        lighting.zenith_rgb.astype(np.float32)[:, None],
+        e ** f32(0.55),
+    )
     cos_sun = dot3(d, lighting.sun_dir.astype(np.float32))
-    glow = np.exp((cos_sun - f32(1.0)) * f32(40.0)) * f32(0.35) + np.exp((cos_sun - f32(1.0)) * f32(2000.0)) * 3
+    glow = (
+        np.exp((cos_sun - f32(1.0)) * f32(40.0)) * f32(0.35) + np.exp((cos_sun - f32(1.0)) * f32(2000.0)) * 3
+    )
     sky = sky + glow * (lighting.sun_rgb.astype(np.float32)[:, None] / f32(3.0))
     if lighting.cloud_cover > 0.02:  # a cloud deck 1.5 km up
         ez = np.maximum(d[2], f32(0.02))

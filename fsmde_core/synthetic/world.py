@@ -207,8 +207,9 @@ class Primitives:
         return self.n_box + self.n_cyl + self.n_sph
 
     def concat(self, other: Primitives) -> Primitives:
-        return Primitives(**{f.name: np.concatenate([getattr(self, f.name), getattr(other, f.name)])
-                             for f in fields(self)})
+        return Primitives(
+            **{f.name: np.concatenate([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self)}
+        )
 
     def select(self, box: np.ndarray, cyl: np.ndarray, sph: np.ndarray) -> Primitives:
         """Subset by per-kind index arrays (or boolean masks)."""
@@ -228,8 +229,11 @@ class Primitives:
         Returns centre (N, 3), half extents (N, 3), yaw (N,).
         """
         cyl_c = np.column_stack([self.cyl_xy, self.cyl_z.mean(axis=1)]) if self.n_cyl else np.zeros((0, 3))
-        cyl_h = np.column_stack([self.cyl_r, self.cyl_r, 0.5 * (self.cyl_z[:, 1] - self.cyl_z[:, 0])]) \
-            if self.n_cyl else np.zeros((0, 3))
+        cyl_h = (
+            np.column_stack([self.cyl_r, self.cyl_r, 0.5 * (self.cyl_z[:, 1] - self.cyl_z[:, 0])])
+            if self.n_cyl
+            else np.zeros((0, 3))
+        )
         sph_h = np.repeat(self.sph_r[:, None], 3, axis=1)
         c = np.concatenate([self.box_c, cyl_c, self.sph_c])
         h = np.concatenate([self.box_h, cyl_h, sph_h])
@@ -276,14 +280,23 @@ class _Builder:
 
         nb, nc, ns = len(self.box), len(self.cyl), len(self.sph)
         return Primitives(
-            box_c=col(self.box, 0, (nb, 3)), box_h=col(self.box, 1, (nb, 3)), box_yaw=col(self.box, 2, (nb,)),
-            box_mat=col(self.box, 3, (nb,)).astype(np.int32), box_col=col(self.box, 4, (nb, 3)),
-            box_par=col(self.box, 5, (nb, 4)), box_s=col(self.box, 6, (nb,)),
-            cyl_xy=col(self.cyl, 0, (nc, 2)), cyl_z=col(self.cyl, 1, (nc, 2)), cyl_r=col(self.cyl, 2, (nc,)),
-            cyl_mat=col(self.cyl, 3, (nc,)).astype(np.int32), cyl_col=col(self.cyl, 4, (nc, 3)),
+            box_c=col(self.box, 0, (nb, 3)),
+            box_h=col(self.box, 1, (nb, 3)),
+            box_yaw=col(self.box, 2, (nb,)),
+            box_mat=col(self.box, 3, (nb,)).astype(np.int32),
+            box_col=col(self.box, 4, (nb, 3)),
+            box_par=col(self.box, 5, (nb, 4)),
+            box_s=col(self.box, 6, (nb,)),
+            cyl_xy=col(self.cyl, 0, (nc, 2)),
+            cyl_z=col(self.cyl, 1, (nc, 2)),
+            cyl_r=col(self.cyl, 2, (nc,)),
+            cyl_mat=col(self.cyl, 3, (nc,)).astype(np.int32),
+            cyl_col=col(self.cyl, 4, (nc, 3)),
             cyl_s=col(self.cyl, 5, (nc,)),
-            sph_c=col(self.sph, 0, (ns, 3)), sph_r=col(self.sph, 1, (ns,)),
-            sph_mat=col(self.sph, 2, (ns,)).astype(np.int32), sph_col=col(self.sph, 3, (ns, 3)),
+            sph_c=col(self.sph, 0, (ns, 3)),
+            sph_r=col(self.sph, 1, (ns,)),
+            sph_mat=col(self.sph, 2, (ns,)).astype(np.int32),
+            sph_col=col(self.sph, 3, (ns, 3)),
             sph_s=col(self.sph, 4, (ns,)),
         )
 
@@ -316,7 +329,11 @@ class Traffic:
         return Primitives(
             box_c=np.column_stack([xy, zc]),
             box_h=np.column_stack([self.half_len, self.half_wid, 0.5 * (self.z[:, 1] - self.z[:, 0])]),
-            box_yaw=road.heading(s), box_mat=self.mat, box_col=self.col, box_par=self.par, box_s=s,
+            box_yaw=road.heading(s),
+            box_mat=self.mat,
+            box_col=self.col,
+            box_par=self.par,
+            box_s=s,
         )
 
 
@@ -358,16 +375,44 @@ class World:
 
 
 # ------------------------------------------------------------- generation
-_FACADES = np.array([
-    [0.55, 0.47, 0.36], [0.45, 0.20, 0.14], [0.40, 0.40, 0.42], [0.70, 0.68, 0.64], [0.22, 0.22, 0.24],
-    [0.60, 0.50, 0.25], [0.30, 0.35, 0.42], [0.60, 0.42, 0.40], [0.35, 0.42, 0.32], [0.52, 0.30, 0.20],
-])
-_PAINTS = np.array([
-    [0.70, 0.70, 0.70], [0.05, 0.05, 0.05], [0.35, 0.36, 0.38], [0.55, 0.05, 0.04], [0.05, 0.12, 0.40],
-    [0.75, 0.75, 0.72], [0.10, 0.25, 0.12], [0.60, 0.45, 0.08], [0.25, 0.10, 0.05], [0.20, 0.35, 0.55],
-])
-_CLOTHES = np.array([[0.05, 0.05, 0.08], [0.30, 0.05, 0.05], [0.08, 0.12, 0.30], [0.45, 0.42, 0.35],
-                     [0.50, 0.50, 0.50], [0.10, 0.25, 0.10]])
+_FACADES = np.array(
+    [
+        [0.55, 0.47, 0.36],
+        [0.45, 0.20, 0.14],
+        [0.40, 0.40, 0.42],
+        [0.70, 0.68, 0.64],
+        [0.22, 0.22, 0.24],
+        [0.60, 0.50, 0.25],
+        [0.30, 0.35, 0.42],
+        [0.60, 0.42, 0.40],
+        [0.35, 0.42, 0.32],
+        [0.52, 0.30, 0.20],
+    ]
+)
+_PAINTS = np.array(
+    [
+        [0.70, 0.70, 0.70],
+        [0.05, 0.05, 0.05],
+        [0.35, 0.36, 0.38],
+        [0.55, 0.05, 0.04],
+        [0.05, 0.12, 0.40],
+        [0.75, 0.75, 0.72],
+        [0.10, 0.25, 0.12],
+        [0.60, 0.45, 0.08],
+        [0.25, 0.10, 0.05],
+        [0.20, 0.35, 0.55],
+    ]
+)
+_CLOTHES = np.array(
+    [
+        [0.05, 0.05, 0.08],
+        [0.30, 0.05, 0.05],
+        [0.08, 0.12, 0.30],
+        [0.45, 0.42, 0.35],
+        [0.50, 0.50, 0.50],
+        [0.10, 0.25, 0.10],
+    ]
+)
 _SIGNS = np.array([[0.60, 0.04, 0.03], [0.03, 0.12, 0.55], [0.75, 0.75, 0.72], [0.70, 0.55, 0.02]])
 
 
@@ -387,9 +432,14 @@ def _make_road(rng: np.random.Generator, s_span: float) -> Road:
         kappa = float(rng.choice([-1, 1]) * min(rng.uniform(1 / 2500, 1 / 350), 2.4 / s_span))
     lanes = int(rng.choice([1, 2]))
     parking = float(rng.uniform(2.0, 2.5)) if rng.random() < 0.65 else 0.0
-    return Road(kappa=kappa, lanes_per_dir=lanes, lane_width=float(rng.uniform(3.2, 3.7)),
-                parking_width=parking, sidewalk_width=float(rng.uniform(2.2, 4.5)),
-                kerb_height=float(rng.uniform(0.12, 0.18)))
+    return Road(
+        kappa=kappa,
+        lanes_per_dir=lanes,
+        lane_width=float(rng.uniform(3.2, 3.7)),
+        parking_width=parking,
+        sidewalk_width=float(rng.uniform(2.2, 4.5)),
+        kerb_height=float(rng.uniform(0.12, 0.18)),
+    )
 
 
 def _crosswalks(seed: int, s_lo: float, s_hi: float) -> np.ndarray:
@@ -407,10 +457,14 @@ def _make_ego(rng: np.random.Generator, road: Road) -> EgoMotion:
     amp = float(rng.uniform(0.0, min(2.0, v0 - 5.2, 11.8 - v0)))
     return EgoMotion(
         lane_l=-road.lane_width * (lane + 0.5),  # lane 0 is next to the centre line
-        v0=v0, amp=amp, omega=2 * np.pi / float(rng.uniform(8.0, 20.0)),
-        sway_amp=float(rng.uniform(0.0, 0.2)), sway_omega=2 * np.pi / float(rng.uniform(6.0, 15.0)),
+        v0=v0,
+        amp=amp,
+        omega=2 * np.pi / float(rng.uniform(8.0, 20.0)),
+        sway_amp=float(rng.uniform(0.0, 0.2)),
+        sway_omega=2 * np.pi / float(rng.uniform(6.0, 15.0)),
         sway_phase=float(rng.uniform(0, 2 * np.pi)),
-        pitch_amp=float(np.radians(rng.uniform(0.1, 0.5))), roll_amp=float(np.radians(rng.uniform(0.1, 0.4))),
+        pitch_amp=float(np.radians(rng.uniform(0.1, 0.5))),
+        roll_amp=float(np.radians(rng.uniform(0.1, 0.4))),
         bounce_omega=2 * np.pi * float(rng.uniform(0.6, 1.4)),
     )
 
@@ -426,9 +480,14 @@ def _make_lighting(rng: np.random.Generator) -> Lighting:
     zenith = np.array([0.18, 0.32, 0.65]) * (1 - overcast) + np.array([0.55, 0.57, 0.6]) * overcast
     horizon = np.array([0.68, 0.75, 0.85]) * (1 - overcast) + np.array([0.75, 0.76, 0.78]) * overcast
     return Lighting(
-        sun_dir=sun, sun_rgb=sun_rgb, sky_rgb=np.array([0.42, 0.48, 0.6]) * (0.8 + 0.6 * overcast),
-        zenith_rgb=zenith, horizon_rgb=horizon, haze_rgb=horizon * rng.uniform(0.85, 1.0),
-        fog_distance=float(rng.uniform(500.0, 1600.0)), cloud_cover=float(np.clip(overcast + rng.uniform(0, 0.4), 0, 1)),
+        sun_dir=sun,
+        sun_rgb=sun_rgb,
+        sky_rgb=np.array([0.42, 0.48, 0.6]) * (0.8 + 0.6 * overcast),
+        zenith_rgb=zenith,
+        horizon_rgb=horizon,
+        haze_rgb=horizon * rng.uniform(0.85, 1.0),
+        fog_distance=float(rng.uniform(500.0, 1600.0)),
+        cloud_cover=float(np.clip(overcast + rng.uniform(0, 0.4), 0, 1)),
     )
 
 
@@ -440,17 +499,23 @@ def _vehicle_parts(rng: np.random.Generator, kind: str) -> list[tuple]:
         L, W = rng.uniform(3.9, 4.9), rng.uniform(1.7, 1.9)
         z_body, z_top = rng.uniform(0.95, 1.05), rng.uniform(1.40, 1.60)
         cab_len = L * rng.uniform(0.45, 0.6)
-        return [(0.0, L / 2, W / 2, 0.22, z_body, Material.CAR_PAINT, paint, par),
-                (-L * 0.08, cab_len / 2, W / 2 * 0.9, z_body, z_top, Material.CAR_GLASS, paint, par)]
+        return [
+            (0.0, L / 2, W / 2, 0.22, z_body, Material.CAR_PAINT, paint, par),
+            (-L * 0.08, cab_len / 2, W / 2 * 0.9, z_body, z_top, Material.CAR_GLASS, paint, par),
+        ]
     if kind == "van":
         L, W, H = rng.uniform(4.8, 6.0), rng.uniform(1.9, 2.1), rng.uniform(2.2, 2.7)
-        return [(0.0, L / 2, W / 2, 0.3, 1.2, Material.CAR_PAINT, paint, par),
-                (-L * 0.1, L * 0.4, W / 2 * 0.97, 1.2, H, Material.CAR_PAINT, paint, (par[0], 1.0, 0.0, 0.0)),
-                (L * 0.38, L * 0.1, W / 2 * 0.95, 1.2, H * 0.85, Material.CAR_GLASS, paint, par)]
+        return [
+            (0.0, L / 2, W / 2, 0.3, 1.2, Material.CAR_PAINT, paint, par),
+            (-L * 0.1, L * 0.4, W / 2 * 0.97, 1.2, H, Material.CAR_PAINT, paint, (par[0], 1.0, 0.0, 0.0)),
+            (L * 0.38, L * 0.1, W / 2 * 0.95, 1.2, H * 0.85, Material.CAR_GLASS, paint, par),
+        ]
     L, W, H = rng.uniform(8.0, 12.0), rng.uniform(2.4, 2.55), rng.uniform(3.0, 3.5)
-    return [(0.0, L / 2, W / 2, 0.35, 1.1, Material.CAR_PAINT, paint, par),
-            (-0.6, L / 2 - 0.6, W / 2, 1.1, H, Material.CAR_PAINT, paint, (par[0], 1.0, 0.0, 0.0)),
-            (L / 2 - 0.6, 0.6, W / 2, 1.1, H * 0.9, Material.CAR_GLASS, paint, par)]
+    return [
+        (0.0, L / 2, W / 2, 0.35, 1.1, Material.CAR_PAINT, paint, par),
+        (-0.6, L / 2 - 0.6, W / 2, 1.1, H, Material.CAR_PAINT, paint, (par[0], 1.0, 0.0, 0.0)),
+        (L / 2 - 0.6, 0.6, W / 2, 1.1, H * 0.9, Material.CAR_GLASS, paint, par),
+    ]
 
 
 def _vehicle_kind(rng: np.random.Generator, heavy: float = 0.08) -> str:
@@ -476,10 +541,22 @@ def _buildings(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: float) -> 
             sc = s + width / 2
             l_c = side * (road.half_width + road.sidewalk_width + setback + depth / 2)
             xy = road.point(sc, l_c)
-            par = (rng.uniform(2.8, 3.8), rng.uniform(1.8, 3.6), rng.uniform(0.3, 0.75), rng.uniform(0.35, 0.7))
+            par = (
+                rng.uniform(2.8, 3.8),
+                rng.uniform(1.8, 3.6),
+                rng.uniform(0.3, 0.75),
+                rng.uniform(0.35, 0.7),
+            )
             colour = _pick(rng, _FACADES)
-            b.add_box((xy[0], xy[1], height / 2), (width / 2, depth / 2, height / 2),
-                      float(road.heading(sc)) + rng.uniform(-0.03, 0.03), Material.BUILDING, colour, par, sc)
+            b.add_box(
+                (xy[0], xy[1], height / 2),
+                (width / 2, depth / 2, height / 2),
+                float(road.heading(sc)) + rng.uniform(-0.03, 0.03),
+                Material.BUILDING,
+                colour,
+                par,
+                sc,
+            )
             gap = rng.uniform(2.0, 15.0) if rng.random() < 0.55 - 0.45 * density else rng.uniform(0.0, 0.6)
             s += width + gap
 
@@ -514,10 +591,18 @@ def _street_furniture(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: flo
             b.add_cyl(xy, kh, kh + h, 0.09, Material.METAL, grey, s)
             arm_xy = road.point(s, l - side * arm / 2)
             yaw = float(road.heading(s))
-            b.add_box((arm_xy[0], arm_xy[1], kh + h - 0.05), (0.06, arm / 2, 0.05), yaw, Material.METAL, grey, s=s)
+            b.add_box(
+                (arm_xy[0], arm_xy[1], kh + h - 0.05), (0.06, arm / 2, 0.05), yaw, Material.METAL, grey, s=s
+            )
             head_xy = road.point(s, l - side * (arm - 0.3))
-            b.add_box((head_xy[0], head_xy[1], kh + h - 0.15), (0.25, 0.35, 0.08), yaw, Material.METAL,
-                      grey * 0.6, s=s)
+            b.add_box(
+                (head_xy[0], head_xy[1], kh + h - 0.15),
+                (0.25, 0.35, 0.08),
+                yaw,
+                Material.METAL,
+                grey * 0.6,
+                s=s,
+            )
             s += rng.uniform(20.0, 40.0)
         rng = _stream(seed, 0xF0A1, int(side > 0), 3)
         s = s_lo + rng.uniform(0, 40)
@@ -528,8 +613,14 @@ def _street_furniture(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: flo
             b.add_cyl(xy, kh, kh + h, 0.04, Material.METAL, grey, s)
             yaw = float(road.heading(s))
             off = road.point(s + 0.06 * side, l)
-            b.add_box((off[0], off[1], kh + h - 0.3), (0.02, 0.35, 0.35), yaw, Material.SIGN,
-                      _pick(rng, _SIGNS, 0.05), s=s)
+            b.add_box(
+                (off[0], off[1], kh + h - 0.3),
+                (0.02, 0.35, 0.35),
+                yaw,
+                Material.SIGN,
+                _pick(rng, _SIGNS, 0.05),
+                s=s,
+            )
             s += rng.uniform(30.0, 90.0)
         rng = _stream(seed, 0xF0A1, int(side > 0), 4)
         s = s_lo + rng.uniform(0, 8)
@@ -560,8 +651,15 @@ def _parked_cars(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: float) -
                 flip = 1.0 if side < 0 else -1.0  # parked in the direction of traffic
                 for dx, hl, hw, z0, z1, mat, col, par in parts:
                     xy = road.point(sc + flip * dx, l)
-                    b.add_box((xy[0], xy[1], (z0 + z1) / 2), (hl, hw, (z1 - z0) / 2),
-                              float(road.heading(sc + flip * dx)), mat, col, par, sc)
+                    b.add_box(
+                        (xy[0], xy[1], (z0 + z1) / 2),
+                        (hl, hw, (z1 - z0) / 2),
+                        float(road.heading(sc + flip * dx)),
+                        mat,
+                        col,
+                        par,
+                        sc,
+                    )
             s += length + rng.uniform(0.8, 2.5) + (rng.uniform(4, 12) if rng.random() < 0.2 else 0.0)
 
 
@@ -591,7 +689,9 @@ def _traffic(seed: int, road: Road, ego: EgoMotion, s_lo: float, s_hi: float, du
                 while (s < limit) if step > 0 else (s > limit):
                     parts = _vehicle_parts(walk, _vehicle_kind(walk))
                     add(parts, s, v, False, l, direction)
-                    s += step * (_vehicle_length(parts) + walk.uniform(8.0, 25.0) + walk.exponential(60.0 / busy))
+                    s += step * (
+                        _vehicle_length(parts) + walk.uniform(8.0, 25.0) + walk.exponential(60.0 / busy)
+                    )
     for sign, p in ((1.0, 0.55), (-1.0, 0.35)):  # a car ahead / behind in the ego lane
         if rng.random() < p:
             parts = _vehicle_parts(rng, _vehicle_kind(rng, heavy=0.1))
@@ -599,14 +699,32 @@ def _traffic(seed: int, road: Road, ego: EgoMotion, s_lo: float, s_hi: float, du
             add(parts, sign * gap, 0.0, True, ego.lane_l, 1.0)
     if not rows:
         z = np.zeros(0)
-        return Traffic(z, z, z.astype(bool), z, z, z, z, np.zeros((0, 2)), z.astype(np.int32),
-                       np.zeros((0, 3)), np.zeros((0, 4)))
+        return Traffic(
+            z,
+            z,
+            z.astype(bool),
+            z,
+            z,
+            z,
+            z,
+            np.zeros((0, 2)),
+            z.astype(np.int32),
+            np.zeros((0, 3)),
+            np.zeros((0, 4)),
+        )
     cols = list(zip(*rows, strict=True))
     return Traffic(
-        s0=np.array(cols[0]), v=np.array(cols[1]), follow=np.array(cols[2], bool), l=np.array(cols[3]),
-        dx=np.array(cols[4]), half_len=np.array(cols[5]), half_wid=np.array(cols[6]),
-        z=np.column_stack([cols[7], cols[8]]), mat=np.array(cols[9], np.int32),
-        col=np.array(cols[10], np.float64), par=np.array(cols[11], np.float64),
+        s0=np.array(cols[0]),
+        v=np.array(cols[1]),
+        follow=np.array(cols[2], bool),
+        l=np.array(cols[3]),
+        dx=np.array(cols[4]),
+        half_len=np.array(cols[5]),
+        half_wid=np.array(cols[6]),
+        z=np.column_stack([cols[7], cols[8]]),
+        mat=np.array(cols[9], np.int32),
+        col=np.array(cols[10], np.float64),
+        par=np.array(cols[11], np.float64),
     )
 
 
@@ -630,9 +748,27 @@ def make_world(seed: int, duration_s: float) -> World:
     _street_furniture(b, seed, road, s_lo, s_hi)
     _parked_cars(b, seed, road, s_lo, s_hi)
     traffic = _traffic(seed, road, ego, s_lo, s_hi, duration_s)
-    return World(seed=int(seed), road=road, ego=ego, lighting=lighting, static=b.build(), traffic=traffic,
-                 duration_s=float(duration_s))
+    return World(
+        seed=int(seed),
+        road=road,
+        ego=ego,
+        lighting=lighting,
+        static=b.build(),
+        traffic=traffic,
+        duration_s=float(duration_s),
+    )
 
 
-__all__ = ["DRAW_DISTANCE", "FRAME_PERIOD_S", "EgoMotion", "Lighting", "Material", "Primitives", "Road",
-           "Traffic", "World", "box_corners", "make_world"]
+__all__ = [
+    "DRAW_DISTANCE",
+    "FRAME_PERIOD_S",
+    "EgoMotion",
+    "Lighting",
+    "Material",
+    "Primitives",
+    "Road",
+    "Traffic",
+    "World",
+    "box_corners",
+    "make_world",
+]

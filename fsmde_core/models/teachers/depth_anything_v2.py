@@ -298,6 +298,40 @@ def tiny_depth_anything_v2_config() -> Any:
     )
 
 
+def small_depth_anything_v2_config() -> Any:
+    """The published Depth Anything V2-Small architecture (24.8 M parameters).
+
+    Same values as the ``depth-anything/Depth-Anything-V2-Small-hf`` config:
+    DINOv2-S/14 backbone (384 wide, 12 layers, 6 heads) feeding layers
+    3/6/9/12 into the DPT neck. Used to time the real teacher architecture
+    where its weights cannot be downloaded (random weights, same cost).
+    """
+    from transformers import DepthAnythingConfig
+
+    backbone = {
+        "model_type": "dinov2",
+        "image_size": 518,
+        "patch_size": 14,
+        "hidden_size": 384,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 6,
+        "intermediate_size": 1536,
+        "out_indices": [3, 6, 9, 12],
+        "reshape_hidden_states": False,
+        "layerscale_value": 1.0,
+    }
+    return DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=384,
+        reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=[48, 96, 192, 384],
+        fusion_hidden_size=64,
+        head_hidden_size=32,
+        depth_estimation_type="relative",
+    )
+
+
 def _reinit_for_signal(model: nn.Module, generator: torch.Generator) -> None:
     """He-initialise conv/linear weights and bias the last conv positive.
 

@@ -1,0 +1,632 @@
+"""The surround depth node end to end: parameters, lifecycle start, outputs, bad input, replay.
+
+The node always runs as a subprocess started with the very params file the
+launch file uses (``config/surround_depth.yaml``) plus ``-p`` overrides, and
+talks to this process over real DDS (loopback only, own domain IDs). The
+student is a tiny random ResNet-18 (64x96) whose bin logits are sharpened so
+its depth varies strongly across pixels: comparing the node's output with the
+offline prediction of the same backend then checks every pixel's path
+(decode -> resize -> batch order -> publish), not a constant.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy wheels) is not installed")
+torch = pytest.importorskip("torch", reason="torch is needed for the student")
+
+from node_harness import (  # noqa: E402
+    REPO,
+    Driver,
+    NodeProcess,
+    header,
+    image_msg,
+    jpeg_msg,
+    ros_env,
+    run_node_to_exit,
+    start_node,
+    stamp_ns,
+)
+from PIL import Image as PILImage  # noqa: E402
+
+from fsmde_core.checkpoint import save_student  # noqa: E402
+from fsmde_core.geometry import RayCache  # noqa: E402
+from fsmde_core.models.student import StudentConfig, SurroundDepthStudent  # noqa: E402
+from fsmde_core.rig import Rig, RigCamera, preset  # noqa: E402
+from fsmde_core.runtime import build_backend, resize_batch, resize_depth_nearest  # noqa: E402
+from fsmde_ros.conversions import (  # noqa: E402
+    cloud_to_points,
+    compressed_to_rgb,
+    image_to_depth,
+    model_to_camera_info,
+)
+from fsmde_ros.node import Mailbox, Throttle  # noqa: E402
+from fsmde_ros.params import (  # noqa: E402
+    DEFAULT_CAMERAS,
+    PARAMETERS,
+    ParameterError,
+    known_parameter_names,
+    settings_from_values,
+)
+
+# Three consecutive DDS domains of our own (main node, partial node, replay / exit checks);
+# 10..138 stays clear of test_player's 140..229.
+DOMAIN = 10 + 3 * (os.getpid() % 43)
+H, W = 64, 96  # student input (depth output size)
+IMG_H, IMG_W = 96, 160  # published camera images: other size and aspect than the model
+CAMERAS = DEFAULT_CAMERAS
+RIG_FILE = REPO / "config" / "rig_ddad.yaml"
+LAUNCH_FILE = REPO / "launch" / "surround_depth.launch.py"
+STRIDE, MAX_RANGE = 4, 80.0  # the params file's cloud defaults
+T0 = 1_700_000_000 * 1_000_000_000
+_ticks = itertools.count()
+
+
+def next_tick() -> int:
+    """Frame times increase across the whole module: the synchronizer drops stamps that go back."""
+    return T0 + next(_ticks) * 100_000_000
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def ros_env_vars() -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        yield
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = StudentConfig(encoder="resnet18", num_bins=16, min_depth=0.5, max_depth=80.0,
+                        decoder_channels=(32, 16, 16, 8), input_height=H, input_width=W)
+    torch.manual_seed(0)
+    model = SurroundDepthStudent(cfg)
+    with torch.no_grad():  # peaky bin probabilities: depth varies from ~7 to ~70 m
+        model.logit_head.weight.mul_(30.0)
+        model.logit_head.bias.normal_(0.0, 2.0)
+    run = tmp_path_factory.mktemp("student")
+    save_student(run, model, {"student": cfg.to_dict(), "camera_names": list(CAMERAS), "rig": "ddad"})
+    return run
+
+
+@pytest.fixture(scope="module")
+def backend(student_dir: Path):
+    return build_backend("torch", student_dir)
+
+
+@pytest.fixture(scope="module")
+def rig() -> Rig:
+    return Rig.load(RIG_FILE)
+
+
+@pytest.fixture(scope="module")
+def masked_calibration(tmp_path_factory: pytest.TempPathFactory, rig: Rig) -> tuple[Path, np.ndarray]:
+    """rig_ddad.yaml + an ego mask (hood and a mirror strip) on the front camera."""
+    out = tmp_path_factory.mktemp("calib")
+    m = rig.camera("front").model
+    mask = np.zeros((m.height, m.width), dtype=np.uint8)
+    mask[int(0.8 * m.height):, :] = 255
+    mask[:, : m.width // 10] = 255
+    PILImage.fromarray(mask).save(out / "front_mask.png")
+    masked = Rig.load(RIG_FILE)
+    masked.camera("front").mask = "front_mask.png"  # relative to the YAML, as users write it
+    masked.save(out / "rig_masked.yaml")
+    return out / "rig_masked.yaml", mask != 0
+
+
+def _start(params: dict[str, str], log: Path, domain: int, driver: Driver) -> NodeProcess:
+    node = start_node(params, log, domain)
+    if not driver.wait_until(driver.node_ready, 60.0):
+        node.stop()
+        driver.close()
+        pytest.fail(f"node did not become ready; log:\n{node.log()}")
+    return node
+
+
+@pytest.fixture(scope="module")
+def main_node(ros_env_vars, student_dir: Path, masked_calibration, tmp_path_factory):
+    calib, _ = masked_calibration
+    driver = Driver(DOMAIN, CAMERAS)
+    node = _start({"model.path": str(student_dir), "extrinsics.source": "calibration",
+                   "extrinsics.calibration_file": str(calib), "diagnostics.period_s": "0.5"},
+                  tmp_path_factory.mktemp("main") / "node.log", DOMAIN, driver)
+    yield node, driver
+    driver.close()
+    rc = node.stop()
+    assert rc == 0, f"node did not exit cleanly on SIGINT (rc {rc}); log:\n{node.log()}"
+
+
+@pytest.fixture(scope="module")
+def partial_node(ros_env_vars, student_dir: Path, tmp_path_factory):
+    driver = Driver(DOMAIN + 1, CAMERAS, compressed=True)
+    node = _start({"model.path": str(student_dir), "extrinsics.source": "calibration",
+                   "extrinsics.calibration_file": str(RIG_FILE), "image_transport": "compressed",
+                   "sync.policy": "partial", "sync.timeout_ms": "100.0", "diagnostics.period_s": "0.5"},
+                  tmp_path_factory.mktemp("partial") / "node.log", DOMAIN + 1, driver)
+    yield node, driver
+    driver.close()
+    assert node.stop() == 0, node.log()
+
+
+# ------------------------------------------------------------------ helpers
+def make_images(tick: int) -> dict[str, np.ndarray]:
+    """Textured, distinct images per camera and frame."""
+    rng = np.random.default_rng(tick % 2**32)
+    yy, xx = np.mgrid[0:IMG_H, 0:IMG_W].astype(np.float32)
+    out = {}
+    for k, name in enumerate(CAMERAS):
+        base = np.stack([np.sin(xx / (5 + k) + c) * np.cos(yy / (7 + c) - k) for c in range(3)], axis=-1)
+        noisy = 128 + 90 * base + rng.normal(0, 12, base.shape)
+        out[name] = np.clip(noisy, 0, 255).astype(np.uint8)
+    return out
+
+
+def camera_stamps(tick: int, cameras: tuple[str, ...]) -> dict[str, int]:
+    """Each camera triggered 3 ms after the previous one (spread 15 ms < slop 30 ms)."""
+    return {c: tick + 3_000_000 * CAMERAS.index(c) for c in cameras}
+
+
+def publish_set(driver: Driver, rig: Rig, images: dict[str, np.ndarray], stamps: dict[str, int], *,
+                no_info: tuple[str, ...] = (), compressed: bool = False,
+                bad: dict[str, str] | None = None) -> None:
+    """Publish camera_info + image for every camera in ``stamps``; ``bad`` breaks a camera:
+    "encoding" (Bayer), "size" (image smaller than camera_info) or "corrupt" (truncated jpeg)."""
+    bad = bad or {}
+    for name, ns in stamps.items():
+        cam = rig.camera(name)
+        hdr = header(ns, cam.frame_id)
+        info = None if name in no_info else model_to_camera_info(cam.model.scaled_to(IMG_W, IMG_H), hdr)
+        rgb = images[name]
+        if compressed:
+            msg = jpeg_msg(rgb, hdr, corrupt=bad.get(name) == "corrupt")
+        elif bad.get(name) == "encoding":
+            msg = image_msg(rgb[..., 0], hdr, encoding="bayer_rggb8")
+        elif bad.get(name) == "size":
+            msg = image_msg(np.ascontiguousarray(rgb[: IMG_H - 6, : IMG_W - 10]), hdr)
+        else:
+            msg = image_msg(rgb, hdr)
+        driver.publish(name, msg, info)
+
+
+def offline_depth(backend, images: list[np.ndarray]) -> np.ndarray:
+    return backend.infer(resize_batch(images, (H, W)))
+
+
+def expected_cloud(rig: Rig, cameras: tuple[str, ...], depth: np.ndarray, colours: np.ndarray,
+                   info_size: tuple[int, int] = (IMG_W, IMG_H)) -> tuple[np.ndarray, np.ndarray]:
+    """Cloud from the offline depth: calibration extrinsics, intrinsics rescaled image -> depth size."""
+    xyz, rgb = [], []
+    for k, name in enumerate(cameras):
+        cam = rig.camera(name)
+        model = cam.model.scaled_to(*info_size).scaled_to(W, H)
+        rays = RayCache(Rig(name, [RigCamera(name, cam.frame_id, model, cam.T_base_cam)]), STRIDE)
+        p, c = rays.fuse(depth[k][None], colours=colours[k][None], max_range=MAX_RANGE)
+        xyz.append(p)
+        rgb.append(c)
+    return np.concatenate(xyz), np.concatenate(rgb)
+
+
+def received_depth(driver: Driver, name: str, ns: int) -> np.ndarray:
+    return image_to_depth(driver.depth[name][ns][0])
+
+
+# ======================================================= pure (no ROS graph)
+def test_settings_defaults_and_derived_topics(student_dir: Path) -> None:
+    s = settings_from_values({"model.path": str(student_dir)})
+    assert s.camera_names == CAMERAS and s.model.backend == "torch"  # auto: a run directory
+    front = s.cameras[0]
+    assert (front.image_topic, front.subscribe_topic) == ("/cameras/front/image_raw",) * 2
+    assert (front.depth_topic, front.depth_info_topic) == ("/cameras/front/depth", "/cameras/front/depth/camera_info")
+    s = settings_from_values({"model.path": str(student_dir), "image_transport": "compressed",
+                              "outputs.depth_suffix": "surround/depth", "sync.slop_ms": 12.5})
+    assert s.cameras[3].subscribe_topic == "/cameras/back/image_raw/compressed"
+    assert s.cameras[3].depth_topic == "/cameras/back/surround/depth" and s.sync.slop_ns == 12_500_000
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("sync.policy", "foo", "expected one of: wait, partial"),
+    ("cameras.names", [], "at least one camera"),
+    ("cameras.names", ["front", "front"], "more than once"),
+    ("cameras.names", ["front-left"], "letters, digits"),
+    ("cloud.min_range", 90.0, "smaller than 'cloud.max_range'"),
+    ("sync.min_cameras", 7, "only 6 cameras"),
+    ("model.precision", "fp16", "needs cuda"),
+    ("model.device", "gpu", "cpu, cuda or cuda:<index>"),
+    ("model.path", "/nonexistent/run", "does not exist"),
+    ("extrinsics.source", "calibration", "calibration_file' is required"),
+    ("cameras.front.image_topic", "/cam//image", "not a valid ROS topic"),
+    ("cloud.stride", 0, "integer in [1, 64]"),
+    ("sync.slop_ms", "20", "must be a double"),
+])
+def test_invalid_values_are_refused_with_the_reason(student_dir: Path, name: str, value, message: str) -> None:
+    values = {"model.path": str(student_dir), name: value}
+    with pytest.raises(ParameterError, match=name.replace(".", r"\.")) as err:
+        settings_from_values(values)
+    assert message in str(err.value)
+
+
+def test_mailbox_keeps_only_the_newest_set() -> None:
+    box = Mailbox()
+    assert box.put("a") is False and box.put("b") is True  # "a" replaced while the worker was busy
+    assert box.take(0.1) == "b" and box.take(0.01) is None
+    box.put("c")
+    box.close()
+    assert box.take(0.01) is None  # closed: the worker stops even with an item waiting
+
+
+def test_throttle_is_per_key() -> None:
+    throttle = Throttle(period_s=0.2)
+    assert throttle(("front", "decode")) == 0 and throttle(("back", "decode")) == 0
+    assert throttle(("front", "decode")) is None and throttle(("front", "decode")) is None
+    time.sleep(0.25)
+    assert throttle(("front", "decode")) == 2  # two suppressed messages are reported with the next one
+
+
+# =========================================================== running node
+@pytest.mark.ros
+def test_every_set_gives_six_depths_and_one_cloud_equal_to_offline(
+    main_node, backend, rig: Rig, masked_calibration
+) -> None:
+    _, driver = main_node
+    _, mask_full = masked_calibration
+    mask = resize_depth_nearest(mask_full, (H, W))
+    for _ in range(3):
+        tick = next_tick()
+        images, stamps = make_images(tick), camera_stamps(tick, CAMERAS)
+        reference = max(stamps.values())
+        publish_set(driver, rig, images, stamps)
+        assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), 15.0), \
+            f"no complete output for set {tick}; log:\n{main_node[0].log()}"
+        time.sleep(0.1)  # any duplicate would arrive now
+        offline = offline_depth(backend, [images[c] for c in CAMERAS])
+        depth = np.stack([received_depth(driver, c, stamps[c]) for c in CAMERAS])
+        for k, name in enumerate(CAMERAS):
+            msgs, infos = driver.depth[name][stamps[name]], driver.info[name][stamps[name]]
+            assert len(msgs) == 1 and len(infos) == 1
+            d, info = msgs[0], infos[0]
+            assert (d.header.frame_id, stamp_ns(d.header.stamp)) == (rig.camera(name).frame_id, stamps[name])
+            assert (d.encoding, d.height, d.width) == ("32FC1", H, W)
+            # camera_info: same header, K/P for the depth size (pixel-centre exact rescale)
+            assert info.header == d.header and (info.width, info.height) == (W, H)
+            m = rig.camera(name).model.scaled_to(IMG_W, IMG_H)
+            sx, sy = W / IMG_W, H / IMG_H
+            K = np.array([[m.fx * sx, 0, (m.cx + 0.5) * sx - 0.5], [0, m.fy * sy, (m.cy + 0.5) * sy - 0.5],
+                          [0, 0, 1]])
+            np.testing.assert_allclose(np.reshape(info.k, (3, 3)), K, rtol=1e-12)
+            np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], K, rtol=1e-12)
+            valid = ~mask if name == "front" else np.ones((H, W), dtype=bool)
+            np.testing.assert_allclose(depth[k][valid], offline[k][valid], rtol=0, atol=1e-4)
+            assert np.isnan(depth[k][~valid]).all()  # ego mask -> NaN (REP 117: never 0)
+        # one cloud, base_link, the set's reference stamp (= latest camera stamp)
+        clouds = driver.clouds[reference]
+        assert len(clouds) == 1 and clouds[0].header.frame_id == "base_link" and clouds[0].height == 1
+        assert [f.name for f in clouds[0].fields] == ["x", "y", "z", "rgb"]
+        xyz, rgb = cloud_to_points(clouds[0])
+        colours = resize_batch([images[c] for c in CAMERAS], (H, W))
+        unmasked = expected_cloud(rig, CAMERAS[:1], offline[:1].copy(), colours[:1])[0].shape[0]
+        offline[0][mask] = np.nan
+        want_xyz, want_rgb = expected_cloud(rig, CAMERAS, offline, colours)
+        assert xyz.shape == want_xyz.shape and want_xyz.shape[0] > 0
+        np.testing.assert_allclose(xyz, want_xyz, atol=2e-3)
+        np.testing.assert_array_equal(rgb, want_rgb)
+        masked = expected_cloud(rig, CAMERAS[:1], offline[:1], colours[:1])[0].shape[0]
+        assert masked < unmasked  # masked pixels are absent from the cloud
+
+
+@pytest.mark.ros
+def test_bad_input_is_reported_and_the_node_keeps_producing(main_node, rig: Rig) -> None:
+    node, driver = main_node
+    broken = []
+    for bad in ({"back": "encoding"}, {"front_left": "size"}):
+        tick = next_tick()
+        stamps = camera_stamps(tick, CAMERAS)
+        publish_set(driver, rig, make_images(tick), stamps, bad=bad)
+        broken.append(stamps)
+        time.sleep(0.6)  # the worker has seen (and dropped) it
+    tick = next_tick()
+    stamps = camera_stamps(tick, CAMERAS)
+    publish_set(driver, rig, make_images(tick), stamps)
+    assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
+    for dropped in broken:  # a bad camera drops its whole set under policy "wait"
+        assert not any(driver.depth[c].get(s) for c, s in dropped.items())
+        assert not driver.clouds.get(max(dropped.values()))
+    assert node.alive()
+    log = node.log()
+    assert "camera 'back'" in log and "bayer_rggb8" in log
+    assert "camera 'front_left'" in log and f"camera_info says {IMG_W}x{IMG_H}" in log
+
+    def reported() -> bool:
+        back, pipeline = driver.latest_status("camera back"), driver.latest_status("pipeline")
+        values = {kv.key: kv.value for kv in back.values} if back else {}
+        p_values = {kv.key: kv.value for kv in pipeline.values} if pipeline else {}
+        return values.get("bad_input_decode") == "1" and int(p_values.get("sets_dropped", 0)) >= 2
+
+    assert driver.wait_until(reported, 5.0), "diagnostics do not count the bad input"
+
+
+@pytest.mark.ros
+def test_diagnostics_report_rate_latency_model_and_skew(main_node, rig: Rig) -> None:
+    node, driver = main_node
+    tick = next_tick()
+    stamps = camera_stamps(tick, CAMERAS)
+    publish_set(driver, rig, make_images(tick), stamps)
+    assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
+    n_before = len(driver.diagnostics)
+    assert driver.wait_until(lambda: len(driver.diagnostics) > n_before, 5.0)
+    status = driver.latest_status("pipeline")
+    values = {kv.key: kv.value for kv in status.values}
+    for key in ("output_rate_hz", "latency_mean_ms", "latency_max_ms", "model_time_mean_ms",
+                "sets_replaced_while_busy", "sync_skew_max_ms", "outputs_total"):
+        assert key in values
+    assert json.loads(values["backend"])["backend"] == "torch"
+    assert float(values["sync_skew_max_ms"]) == pytest.approx(15.0)  # our 3 ms trigger offsets
+    assert int(values["outputs_total"]) >= 1
+    cameras = [s for s in driver.diagnostics[-1].status if "camera " in s.name]
+    assert sorted(s.name.rsplit(" ", 1)[-1] for s in cameras) == sorted(CAMERAS)
+
+
+@pytest.mark.ros
+def test_partial_policy_dead_camera_compressed_and_fallback_intrinsics(partial_node, backend, rig: Rig) -> None:
+    node, driver = partial_node
+    alive = tuple(c for c in CAMERAS if c != "back")
+    for _ in range(2):
+        tick = next_tick()
+        images, stamps = make_images(tick), camera_stamps(tick, alive)
+        # back is dead; front_right sends no camera_info: intrinsics come from the calibration file
+        publish_set(driver, rig, images, stamps, compressed=True, no_info=("front_right",))
+        reference = max(stamps.values())
+        assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), 15.0), node.log()
+    time.sleep(0.3)
+    assert not driver.depth["back"] and not driver.info["back"]  # missing camera: no output
+    decoded = [compressed_to_rgb(jpeg_msg(images[c], header(0, ""))) for c in alive]
+    offline = offline_depth(backend, decoded)
+    for k, name in enumerate(alive):
+        np.testing.assert_allclose(received_depth(driver, name, stamps[name]), offline[k], rtol=0, atol=1e-4)
+    K = rig.camera("front_right").model.scaled_to(IMG_W, IMG_H).scaled_to(W, H).K
+    np.testing.assert_allclose(np.reshape(driver.info["front_right"][stamps["front_right"]][0].k, (3, 3)), K)
+    cloud = driver.clouds[reference][0]
+    assert stamp_ns(cloud.header.stamp) == reference
+    xyz, _ = cloud_to_points(cloud)
+    want, _ = expected_cloud(rig, alive, offline, resize_batch(decoded, (H, W)))
+    np.testing.assert_allclose(xyz, want, atol=2e-3)  # the five present cameras, nothing else
+
+    # a corrupt jpeg drops only that camera under "partial"
+    tick = next_tick()
+    stamps = camera_stamps(tick, alive)
+    publish_set(driver, rig, make_images(tick), stamps, compressed=True, bad={"front": "corrupt"})
+    rest = {c: s for c, s in stamps.items() if c != "front"}
+    assert driver.wait_until(lambda: driver.outputs_at(rest, max(stamps.values())), 15.0), node.log()
+    assert not driver.depth["front"].get(stamps["front"])
+    assert "camera 'front'" in node.log() and "cannot decode CompressedImage" in node.log()
+
+    def back_silent() -> bool:
+        status = driver.latest_status("camera back")
+        return status is not None and status.level == b"\x01" and "silent" in status.message
+
+    assert driver.wait_until(back_silent, 5.0)
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize(("overrides", "code", "message"), [
+    ({"sync.policy": "foo"}, 2, "parameter 'sync.policy' is 'foo'; expected one of: wait, partial"),
+    ({}, 2, "parameter 'model.path' is required"),
+    ({"cloud.stride": "0"}, 2, "cloud.stride"),
+    ({"model.path": "<empty>", "extrinsics.source": "calibration",
+      "extrinsics.calibration_file": str(RIG_FILE)}, 1, "cannot load model"),
+    ({"model.path": "<student>"}, 1, "use the rig calibration instead"),  # tf2_ros missing here
+])
+def test_bad_parameters_or_model_refuse_to_start(
+    ros_env_vars, tmp_path: Path, student_dir: Path, overrides: dict, code: int, message: str
+) -> None:
+    if overrides.get("model.path") == "<student>" and importlib.util.find_spec("tf2_ros") is not None:
+        pytest.skip("tf2_ros is installed: the TF path is available")
+    (tmp_path / "empty").mkdir()
+    params = {k: {"<empty>": str(tmp_path / "empty"), "<student>": str(student_dir)}.get(v, v)
+              for k, v in overrides.items()}
+    rc, output = run_node_to_exit(params, DOMAIN + 2)
+    assert rc == code, output
+    assert message in output
+
+
+# ====================================================== real bag replay
+def _read_bag(path: Path) -> tuple[dict, dict]:
+    """Per camera: {stamp: rgb} and {stamp: ground-truth depth} from the synthetic bag."""
+    from rosbags.highlevel import AnyReader
+
+    images: dict[str, dict[int, np.ndarray]] = {c: {} for c in CAMERAS}
+    gt: dict[str, dict[int, np.ndarray]] = {c: {} for c in CAMERAS}
+    with AnyReader([path]) as reader:
+        wanted = [c for c in reader.connections
+                  if c.topic.endswith("/image_raw") or c.topic.startswith("/synthetic_gt/")]
+        for conn, _, raw in reader.messages(connections=wanted):
+            msg = reader.deserialize(raw, conn.msgtype)
+            name = conn.topic.split("/")[2]
+            ns = stamp_ns(msg.header.stamp)
+            if conn.topic.endswith("/image_raw"):
+                images[name][ns] = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+            else:
+                gt[name][ns] = np.frombuffer(bytes(msg.data), "<f4").reshape(msg.height, msg.width)
+    return images, gt
+
+
+def _assign_to_pixels(xyz: np.ndarray, rgb: np.ndarray, rig: Rig, images: list[np.ndarray]):
+    """Find, for every cloud point, the camera pixel whose ray it lies on (independent geometry:
+    plain pinhole projection with T_cam_base). Returns (camera index, v, u) per point."""
+    best = np.full(xyz.shape[0], np.inf)
+    cam_of = np.full(xyz.shape[0], -1)
+    uv = np.zeros((xyz.shape[0], 2), dtype=np.int64)
+    for k, name in enumerate(CAMERAS):
+        cam = rig.camera(name)
+        T = np.linalg.inv(cam.T_base_cam)
+        q = xyz.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = cam.model.fx * q[:, 0] / q[:, 2] + cam.model.cx
+            v = cam.model.fy * q[:, 1] / q[:, 2] + cam.model.cy
+        ui, vi = np.rint(u), np.rint(v)
+        resid = np.abs(u - ui) + np.abs(v - vi)
+        inside = (q[:, 2] > 0) & (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
+        ok = inside & (resid < 0.02) & (resid < best)
+        ok[ok] &= (ui[ok] % STRIDE == 0) & (vi[ok] % STRIDE == 0)
+        ok[ok] &= (images[k][vi[ok].astype(int), ui[ok].astype(int)] == rgb[ok]).all(axis=1)
+        best[ok], cam_of[ok] = resid[ok], k
+        uv[ok] = np.stack([vi[ok], ui[ok]], axis=1).astype(np.int64)
+    return cam_of, uv[:, 0], uv[:, 1]
+
+
+@pytest.mark.ros
+def test_replayed_bag_cloud_lies_on_ground_truth_within_model_error(
+    ros_env_vars, tmp_path: Path, student_dir: Path, backend
+) -> None:
+    from fsmde_core.synthetic.writer import generate_bag
+
+    bag = tmp_path / "drive"
+    generate_bag("ddad", frames=4, seed=3, out=bag, storage="sqlite3", width=W, height=H, progress=False,
+                 workers=1)
+    rig = preset("ddad", W, H)  # the bag's rig (generate_bag renders the preset at this size)
+    rig.save(tmp_path / "rig.yaml")
+    images, gt = _read_bag(bag)
+    frames = list(zip(*[sorted(images[c]) for c in CAMERAS], strict=True))  # per frame: six stamps
+    assert len(frames) == 4
+
+    driver = Driver(DOMAIN + 2, CAMERAS, publish=False)
+    node = start_node({"model.path": str(student_dir), "extrinsics.source": "calibration",
+                       "extrinsics.calibration_file": str(tmp_path / "rig.yaml"), "use_sim_time": "true"},
+                      tmp_path / "node.log", DOMAIN + 2)
+    image_topics = [f"/cameras/{c}/image_raw" for c in CAMERAS]
+    player = None
+    try:
+        assert driver.wait_until(lambda: driver.node_ready() and driver.graph_has(image_topics, True), 60.0), \
+            node.log()
+        with open(tmp_path / "player.log", "w") as player_log:
+            player = subprocess.Popen(
+                [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--start-paused",
+                 "--rate", "0.5"], cwd=REPO, env=ros_env(DOMAIN + 2), stdout=player_log, stderr=subprocess.STDOUT)
+        assert driver.wait_until(lambda: driver.graph_has(image_topics, False), 30.0), \
+            (tmp_path / "player.log").read_text()
+        time.sleep(1.0)  # both ends have matched each other (best-effort data before that is lost)
+        player.send_signal(signal.SIGUSR1)  # resume
+        stamps = [dict(zip(CAMERAS, f, strict=True)) for f in frames]
+        assert driver.wait_until(lambda: all(driver.outputs_at(s, max(s.values())) for s in stamps), 30.0), \
+            f"node log:\n{node.log()}\nplayer log:\n{(tmp_path / 'player.log').read_text()}"
+        assert player.wait(30) == 0
+    finally:
+        if player is not None and player.poll() is None:
+            player.kill()
+        driver.close()
+        rc = node.stop()
+    assert rc == 0, node.log()
+
+    for frame in stamps:
+        for name, ns in frame.items():
+            d = driver.depth[name][ns]
+            assert len(d) == 1 and d[0].header.frame_id == rig.camera(name).frame_id
+        cloud = driver.clouds[max(frame.values())][0]
+        assert cloud.header.frame_id == "base_link"
+        rgb_in = [images[c][frame[c]] for c in CAMERAS]
+        offline = backend.infer(np.stack(rgb_in))
+        truth = np.stack([gt[c][frame[c]] for c in CAMERAS])
+        with np.errstate(invalid="ignore"):
+            rel_err_offline = offline / truth - 1.0  # the model's measured error per pixel (NaN: sky)
+        xyz, rgb = cloud_to_points(cloud)
+        cam, v, u = _assign_to_pixels(xyz, rgb, rig, rgb_in)
+        assert (cam >= 0).all(), f"{(cam < 0).sum()} cloud points lie on no camera ray"
+        # complete: one point per stride pixel whose predicted range is within the cloud limits
+        norms = [np.linalg.norm(rig.camera(c).model.pixel_rays(), axis=-1) for c in CAMERAS]
+        expected = sum(int((offline[k] * norms[k] <= MAX_RANGE)[::STRIDE, ::STRIDE].sum()) for k in range(6))
+        assert xyz.shape[0] == expected
+        # each point's range error against the ground truth along its ray = the model's error there
+        T = [np.linalg.inv(rig.camera(c).T_base_cam) for c in CAMERAS]
+        z = np.array([(T[k][:3, :3] @ p + T[k][:3, 3])[2] for k, p in zip(cam, xyz.astype(np.float64),
+                                                                             strict=True)])
+        z_true = truth[cam, v, u]
+        on_surface = np.isfinite(z_true)
+        assert on_surface.mean() > 0.5
+        rel_err_cloud = z[on_surface] / z_true[on_surface] - 1.0
+        want = rel_err_offline[cam, v, u][on_surface]
+        assert np.abs(rel_err_cloud - want).max() < 1e-4 * (1 + np.abs(want).max()), (
+            f"cloud vs ground truth differs from the model's own error (offline AbsRel "
+            f"{np.nanmean(np.abs(rel_err_offline)):.3f})"
+        )
+
+
+# ============================================================ launch files
+def _launch_constants() -> tuple[ast.Module, dict]:
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    consts = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            try:
+                consts[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+            except ValueError:
+                pass
+    return tree, consts
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+LAUNCH_ARGUMENTS = {"params_file", "model", "backend", "device", "bag", "use_sim_time", "rviz", "namespace"}
+
+
+def test_launch_defaults_point_to_a_valid_params_file_and_rviz_config(student_dir: Path) -> None:
+    tree, consts = _launch_constants()
+    assert "get_package_share_directory" in LAUNCH_FILE.read_text() and consts["PACKAGE"] == "fsmde_ros"
+    declared = {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
+    assert declared == LAUNCH_ARGUMENTS
+    params_file = REPO.joinpath(*consts["PARAMS_FILE"])
+    data = yaml.safe_load(params_file.read_text())
+    (key,) = data
+    assert key.rsplit("/", 1)[-1] == consts["NODE_NAME"] == "surround_depth_node"
+    flat = _flatten(data[key]["ros__parameters"])
+    known = known_parameter_names(flat["cameras.names"])
+    assert set(flat) == known  # every parameter is in the file, and nothing unknown
+    with pytest.raises(ParameterError, match="model.path' is required"):
+        settings_from_values(flat)  # the model is given per launch (model:=...)
+    settings = settings_from_values({**flat, "model.path": str(student_dir)})
+    # every default in the file equals the node's own default: the file documents the node
+    for spec in PARAMETERS:
+        if spec.name != "model.path":
+            assert flat[spec.name] == spec.default, spec.name
+    # RViz config: base_link, the cloud in RGB8, one image display per depth topic
+    rviz = yaml.safe_load(REPO.joinpath(*consts["RVIZ_FILE"]).read_text())["Visualization Manager"]
+    assert rviz["Global Options"]["Fixed Frame"] == settings.cloud.frame_id
+    displays = rviz["Displays"]
+    clouds = [d for d in displays if d["Class"] == "rviz_default_plugins/PointCloud2"]
+    assert clouds[0]["Topic"]["Value"] == settings.cloud.topic and clouds[0]["Color Transformer"] == "RGB8"
+    images = {d["Topic"]["Value"] for d in displays if d["Class"] == "rviz_default_plugins/Image"}
+    assert images == {c.depth_topic for c in settings.cameras}
+    assert any(d["Class"] == "rviz_default_plugins/TF" for d in displays)
+    setup = (REPO / "setup.py").read_text()
+    assert 'glob("config/*.rviz")' in setup and 'glob("launch/*.launch.py")' in setup
+
+
+def test_launch_description_builds() -> None:
+    pytest.importorskip("launch_ros", reason="launch_ros is not installed (no ROS 2 launch stack here)")
+    spec = importlib.util.spec_from_file_location("surround_depth_launch", LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    assert {a.name for a in description.get_launch_arguments()} == LAUNCH_ARGUMENTS
