@@ -9,6 +9,7 @@ at start instead of silently training the wrong thing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,8 @@ def apply_override(cfg: dict, override: str) -> None:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
     if isinstance(value, str):
         # YAML 1.1 reads "1e-3" (no dot) as a string; users mean a number.
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     node = cfg
     for k in keys[:-1]:
         if not isinstance(node.get(k), dict):

@@ -136,8 +136,9 @@ def data_config_from(cfg: dict):
     from fsmde_core.data.config import DataConfig
 
     d = dict(cfg["data"])
-    keep = {k: d[k] for k in ("width", "height", "rig_yaml", "sync_tolerance_ms", "lidar_tolerance_ms",
-                              "cameras", "lidar_topic", "base_frame", "extrinsics", "max_depth") if d.get(k) is not None}
+    passed = ("width", "height", "rig_yaml", "sync_tolerance_ms", "lidar_tolerance_ms", "cameras", "lidar_topic",
+              "base_frame", "extrinsics", "max_depth")
+    keep = {k: d[k] for k in passed if d.get(k) is not None}
     return DataConfig.from_dict(keep)
 
 

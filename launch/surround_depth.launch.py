@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
+
+from launch import LaunchContext, LaunchDescription
 
 PACKAGE = "fsmde_ros"
 EXECUTABLE = "surround_depth_node"

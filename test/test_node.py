@@ -38,8 +38,8 @@ from node_harness import (  # noqa: E402
     jpeg_msg,
     ros_env,
     run_node_to_exit,
-    start_node,
     stamp_ns,
+    start_node,
 )
 from PIL import Image as PILImage  # noqa: E402
 
@@ -521,6 +521,7 @@ def test_replayed_bag_cloud_lies_on_ground_truth_within_model_error(
         player.send_signal(signal.SIGUSR1)  # resume
         stamps = [dict(zip(CAMERAS, f, strict=True)) for f in frames]
         assert driver.wait_until(lambda: all(driver.outputs_at(s, max(s.values())) for s in stamps), 30.0), \
+            f"outputs per frame: {[sum(bool(driver.depth[c].get(t)) for c, t in s.items()) for s in stamps]}; " \
             f"node log:\n{node.log()}\nplayer log:\n{(tmp_path / 'player.log').read_text()}"
         assert player.wait(30) == 0
     finally:

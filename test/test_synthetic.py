@@ -251,14 +251,14 @@ def test_lidar_cloud_layout(ddad):
     elev = np.degrees(np.arcsin(xyz[finite][:, 2] / rng))
     rows = np.broadcast_to(np.arange(32)[:, None], finite.shape)[finite]
     assert np.all(np.diff([np.median(elev[rows == r]) for r in (0, 10, 20, 31)]) > 0), "ring 0 = lowest beam"
-    assert -25.5 < elev.min() and elev.max() < 10.5
+    assert elev.min() > -25.5 and elev.max() < 10.5
 
 
 def test_ego_motion(ddad):
     odo = Odometry(ddad["/tf"])
     assert np.all(np.diff(odo.stamps) == 20_000_000), "odometry at 50 Hz"
     speed = np.linalg.norm(np.diff(odo.poses[:, :3, 3], axis=0), axis=1) / 0.02
-    assert 5.0 <= speed.min() and speed.max() <= 12.0
+    assert speed.min() >= 5.0 and speed.max() <= 12.0
     assert all(
         t.header.frame_id == "odom" and t.child_frame_id == "base_link"
         for _, m in ddad["/tf"]
@@ -286,7 +286,7 @@ def _inverse_depth_discontinuities(depth: np.ndarray) -> np.ndarray:
 def _sample_inverse_depth(
     depth: np.ndarray, bad: np.ndarray, uv: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear interpolation of inverse depth (exact on planes) at sub-pixel points; ok = all 4 taps usable."""
+    """Bilinear inverse depth (exact on planes) at sub-pixel points; ok = all 4 taps usable."""
     H, W = depth.shape
     u0 = np.floor(uv[:, 0]).astype(int)
     v0 = np.floor(uv[:, 1]).astype(int)

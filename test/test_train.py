@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bagfactory import BagSpec, write_bag
 from safetensors.torch import load_file
 
-from bagfactory import BagSpec, write_bag
 from fsmde_core.config import ConfigError, load_config
 from fsmde_core.train import config_differences, lr_at, pairs_for_batch
 

@@ -47,7 +47,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from fsmde_core.rig import PRESET_NAMES, Rig
 from fsmde_core.rig import preset as rig_preset
-from fsmde_core.synthetic import messages as M
+from fsmde_core.synthetic import messages as msgs
 from fsmde_core.synthetic.render import CameraRenderer, LidarRenderer, LidarSpec
 from fsmde_core.synthetic.shading import Textures
 from fsmde_core.synthetic.world import FRAME_PERIOD_S, World, make_world
@@ -88,7 +88,7 @@ class RigTiming:
         return cls(
             camera_offset_ns=np.round(rng.uniform(0.0, 8e6, n_cam), -3).astype(np.int64),
             camera_delay_ns=rng.uniform(14e6, 24e6, n_cam).astype(np.int64),
-            lidar_period_ns=int(round(lidar_period_s * 1e9)),
+            lidar_period_ns=round(lidar_period_s * 1e9),
         )
 
 
@@ -278,7 +278,7 @@ class BagSink:
 
     def add_topic(self, topic: str, msgtype: str, qos: Qos) -> None:
         self.connections[topic] = self.writer.add_connection(
-            topic, msgtype, typestore=M.TYPESTORE, offered_qos_profiles=[qos]
+            topic, msgtype, typestore=msgs.TYPESTORE, offered_qos_profiles=[qos]
         )
         self.types[topic] = msgtype
         self.counts[topic] = 0
@@ -312,37 +312,39 @@ def _static_transforms(rig: Rig) -> list[tuple[int, str, str, np.ndarray]]:
 
 
 def _declare_topics(sink: BagSink, rig: Rig, image_format: str) -> None:
-    sink.add_topic("/tf_static", M.TF_MESSAGE, QOS_LATCHED)
-    sink.add_topic("/tf", M.TF_MESSAGE, QOS_RELIABLE)
+    sink.add_topic("/tf_static", msgs.TF_MESSAGE, QOS_LATCHED)
+    sink.add_topic("/tf", msgs.TF_MESSAGE, QOS_RELIABLE)
     for cam in rig.cameras:
         if image_format == "jpeg":
-            sink.add_topic(cam.image_topic + "/compressed", M.COMPRESSED_IMAGE, QOS_SENSOR)
+            sink.add_topic(cam.image_topic + "/compressed", msgs.COMPRESSED_IMAGE, QOS_SENSOR)
         else:
-            sink.add_topic(cam.image_topic, M.IMAGE, QOS_SENSOR)
-        sink.add_topic(cam.info_topic, M.CAMERA_INFO, QOS_SENSOR)
-        sink.add_topic(GT_TOPIC.format(name=cam.name), M.IMAGE, QOS_RELIABLE)
-    sink.add_topic(rig.lidar_topic, M.POINT_CLOUD2, QOS_SENSOR)
+            sink.add_topic(cam.image_topic, msgs.IMAGE, QOS_SENSOR)
+        sink.add_topic(cam.info_topic, msgs.CAMERA_INFO, QOS_SENSOR)
+        sink.add_topic(GT_TOPIC.format(name=cam.name), msgs.IMAGE, QOS_RELIABLE)
+    sink.add_topic(rig.lidar_topic, msgs.POINT_CLOUD2, QOS_SENSOR)
 
 
 def _push_frame(sink: BagSink, rig: Rig, world: World, fr: RenderedFrame, image_format: str) -> None:
     ft = fr.times
     for j, stamp in enumerate(ft.tf_stamps):
         T = world.ego_pose(seconds(stamp))
-        sink.push("/tf", ft.tf_log[j], M.tf_message([(int(stamp), ODOM_FRAME, rig.base_frame, T)]))
+        sink.push("/tf", ft.tf_log[j], msgs.tf_message([(int(stamp), ODOM_FRAME, rig.base_frame, T)]))
     for i, cam in enumerate(rig.cameras):
         stamp, log = int(ft.camera_stamp[i]), int(ft.camera_log[i])
         if image_format == "jpeg":
             sink.push(
-                cam.image_topic + "/compressed", log, M.compressed_image(stamp, cam.frame_id, fr.images[i])
+                cam.image_topic + "/compressed", log, msgs.compressed_image(stamp, cam.frame_id, fr.images[i])
             )
         else:
-            sink.push(cam.image_topic, log, M.image_rgb8(stamp, cam.frame_id, fr.images[i]))
-        sink.push(cam.info_topic, ft.info_log[i], M.camera_info(stamp, cam.frame_id, cam.model))
+            sink.push(cam.image_topic, log, msgs.image_rgb8(stamp, cam.frame_id, fr.images[i]))
+        sink.push(cam.info_topic, ft.info_log[i], msgs.camera_info(stamp, cam.frame_id, cam.model))
         sink.push(
-            GT_TOPIC.format(name=cam.name), ft.gt_log[i], M.image_depth(stamp, cam.frame_id, fr.depths[i])
+            GT_TOPIC.format(name=cam.name), ft.gt_log[i], msgs.image_depth(stamp, cam.frame_id, fr.depths[i])
         )
     dense = bool(np.isfinite(fr.cloud["x"]).all())
-    sink.push(rig.lidar_topic, ft.lidar_log, M.point_cloud2(ft.lidar_stamp, rig.lidar_frame, fr.cloud, dense))
+    sink.push(
+        rig.lidar_topic, ft.lidar_log, msgs.point_cloud2(ft.lidar_stamp, rig.lidar_frame, fr.cloud, dense)
+    )
 
 
 def default_workers() -> int:
@@ -418,7 +420,7 @@ def generate_bag(
             f"size={rig.cameras[0].model.width}x{rig.cameras[0].model.height}",
         )
         _declare_topics(sink, rig, image_format)
-        sink.push("/tf_static", START_NS, M.tf_message(_static_transforms(rig)))
+        sink.push("/tf_static", START_NS, msgs.tf_message(_static_transforms(rig)))
         bar = tqdm(total=frames, unit="frame", desc=f"synth {preset}", disable=not progress, file=sys.stderr)
         for fr in _render_frames(spec, len(rig.cameras), timing, frames, n_workers):
             _push_frame(sink, rig, world, fr, image_format)
