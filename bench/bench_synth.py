@@ -49,9 +49,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
-        f"{platform.machine()}, {cpu}, {cores} usable cores, Python {platform.python_version()}, "
-        f"numpy {_version('numpy')}, torch {_version('torch')}, rosbags {_version('rosbags')}"
+        f"{platform.machine()}, {cpu}, {cores} usable cores (load average at start: {load}), "
+        f"Python {platform.python_version()}, numpy {_version('numpy')}, torch {_version('torch')}, "
+        f"rosbags {_version('rosbags')}"
     )
 
 
@@ -62,8 +64,14 @@ def run(args: argparse.Namespace) -> list[dict]:
             for fmt in args.formats:
                 out = Path(tmp) / f"{preset}_{fmt}"
                 s = generate_bag(
-                    preset, args.frames, seed=args.seed, out=out, storage=args.storage,
-                    image_format=fmt, progress=not args.quiet, workers=args.workers,
+                    preset,
+                    args.frames,
+                    seed=args.seed,
+                    out=out,
+                    storage=args.storage,
+                    image_format=fmt,
+                    progress=not args.quiet,
+                    workers=args.workers,
                 )
                 rows.append(s)
                 print(f"  {preset:<9} {fmt:<5} {s['frames_per_s']:6.2f} frames/s", file=sys.stderr)
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS}")
     args = p.parse_args(argv)
 
+    where = machine()  # before the runs: the load average says whether the machine was shared
     rows = run(args)
     text = table(rows)
     print(text)
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     "32-beam LiDAR, /tf, /tf_static), appended by `bench/bench_synth.py`. The time "
                     "includes world generation, worker start-up, rendering, encoding and writing to disk.\n"
                 )
-            f.write(f"\n## {stamp}\n\n- machine: {machine()}\n- command: `{command.strip()}`\n\n{text}")
+            f.write(f"\n## {stamp}\n\n- machine: {where}\n- command: `{command.strip()}`\n\n{text}")
         print(f"appended to {RESULTS}", file=sys.stderr)
     return 0
 

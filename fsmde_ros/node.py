@@ -48,7 +48,8 @@ import rclpy
 import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType, JumpThreshold, TimeJump
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -162,6 +163,7 @@ class _Window:
     model_sum_s: float = 0.0
     model_max_s: float = 0.0
     sets_in: int = 0
+    replaced: int = 0
     dropped_sets: int = 0
     received: Counter = field(default_factory=Counter)
 
@@ -192,6 +194,7 @@ class PipelineStats:
     def set_in(self, replaced: bool) -> None:
         with self._lock:
             self.window.sets_in += 1
+            self.window.replaced += int(replaced)
             self.replaced += int(replaced)
 
     def problem(self, camera: str, kind: str) -> None:
@@ -327,6 +330,7 @@ class SurroundDepthNode(LifecycleNode):
         self._diag_pub: Any = None
         self._subs: list[Any] = []
         self._timers: list[Any] = []
+        self._jump_handle: Any = None
         self._sync: ApproximateTimeSynchronizer | None = None
         self._mailbox: Mailbox | None = None
         self._worker: threading.Thread | None = None
@@ -532,6 +536,10 @@ class SurroundDepthNode(LifecycleNode):
             self._timers.append(self.create_timer(period, self._poll_sync, timer_group, clock=steady))
         self._timers.append(self.create_timer(s.diagnostics_period_s, self._publish_diagnostics, timer_group,
                                               clock=steady))
+        # /clock going back (ros2 bag play --loop --clock) restarts the time order of the synchronizer
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=False),
+            post_callback=self._on_clock_jump)
         self._worker = threading.Thread(target=self._worker_loop, args=(self._mailbox,),
                                         name="surround-depth-inference", daemon=True)
         self._worker.start()
@@ -542,6 +550,9 @@ class SurroundDepthNode(LifecycleNode):
         for timer in self._timers:
             self.destroy_timer(timer)
         self._subs, self._timers = [], []
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
         self._sync = None
         if self._mailbox is not None:
             self._mailbox.close()
@@ -583,6 +594,15 @@ class SurroundDepthNode(LifecycleNode):
                 self._newest_stamp = stamp
             elif newest is None or stamp > newest:
                 self._newest_stamp = stamp
+
+    def _on_clock_jump(self, jump: TimeJump) -> None:
+        sync = self._sync
+        if sync is not None and jump.delta.nanoseconds < 0:
+            self.get_logger().info(
+                f"clock jumped back by {-jump.delta.nanoseconds / 1e9:.2f} s; resetting the synchronizer")
+            sync.reset()
+            with self._lock:
+                self._newest_stamp = None
 
     def _poll_sync(self) -> None:
         sync = self._sync
@@ -827,20 +847,8 @@ class SurroundDepthNode(LifecycleNode):
                          cams: list[DiagnosticStatus]) -> DiagnosticStatus:
         out_rate, in_rate = w.outputs / span, w.sets_in / span
         silent = [s.name.rsplit(" ", 1)[-1] for s in cams if s.level != DiagnosticStatus.OK]
-        level, message = DiagnosticStatus.OK, f"{out_rate:.1f} Hz"
-        if len(silent) == len(cams):
-            level, message = DiagnosticStatus.ERROR, "no input images"
-        elif sum(w.received.values()) and w.outputs == 0 and (w.sets_in or w.dropped_sets):
-            level, message = DiagnosticStatus.ERROR, "input arrives but no output (see the log)"
-        elif silent:
-            level = DiagnosticStatus.WARN
-            message = f"{out_rate:.1f} Hz; silent camera(s): {', '.join(silent)}"
-        elif in_rate > 0 and out_rate < 0.5 * in_rate:
-            level, message = DiagnosticStatus.WARN, (
-                f"output {out_rate:.1f} Hz < half the synchronized input rate {in_rate:.1f} Hz "
-                f"(inference too slow: sets replaced while busy)")
-        elif w.dropped_sets:
-            level, message = DiagnosticStatus.WARN, f"{out_rate:.1f} Hz; {w.dropped_sets} set(s) dropped"
+        camera_rates = {c: w.received.get(c, 0) / span for c in self.stats.cameras if c not in silent}
+        level, message = pipeline_health(out_rate, camera_rates, silent, w.dropped_sets, w.replaced)
         values = {
             "output_rate_hz": f"{out_rate:.2f}",
             "synchronized_input_rate_hz": f"{in_rate:.2f}",
@@ -888,6 +896,30 @@ class SurroundDepthNode(LifecycleNode):
         if bad and level == DiagnosticStatus.OK and sum(bad.values()):
             message += f"; {sum(bad.values())} bad input(s) so far"
         return _status(f"{self.get_name()}: camera {name}", level, message, values, name)
+
+
+def pipeline_health(out_rate: float, camera_rates: dict[str, float], silent: Sequence[str], dropped: int,
+                    replaced: int) -> tuple[bytes, str]:
+    """Level and message of the pipeline status for one diagnostics period.
+
+    ERROR: no camera sends anything, or every set of the period was dropped. WARN: some camera
+    is silent, the output rate is below half the slowest live camera's rate (inference slower
+    than the cameras, or sets failing to synchronize), or some sets were dropped.
+    """
+    if not camera_rates:
+        return DiagnosticStatus.ERROR, "no input images"
+    if dropped and out_rate == 0:
+        return DiagnosticStatus.ERROR, f"every set dropped ({dropped}): bad input or inference errors, see the log"
+    if silent:
+        return DiagnosticStatus.WARN, f"{out_rate:.1f} Hz; silent camera(s): {', '.join(silent)}"
+    slowest = min(camera_rates.values())
+    if slowest > 0 and out_rate < 0.5 * slowest:
+        why = (f"{replaced} set(s) replaced while busy: inference is slower than the cameras" if replaced
+               else "images fail to synchronize: check sync.slop_ms and the camera stamps")
+        return DiagnosticStatus.WARN, f"output {out_rate:.1f} Hz < half the camera rate {slowest:.1f} Hz; {why}"
+    if dropped:
+        return DiagnosticStatus.WARN, f"{out_rate:.1f} Hz; {dropped} set(s) dropped (bad input, see the log)"
+    return DiagnosticStatus.OK, f"{out_rate:.1f} Hz"
 
 
 class _ConfigureError(RuntimeError):

@@ -10,6 +10,7 @@ it publishes camera sets and records every output of the node.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import signal
 import subprocess
@@ -132,7 +133,8 @@ class Driver:
         self.cameras = tuple(cameras)
         self.ctx = Context()
         rclpy.init(context=self.ctx, domain_id=domain_id)
-        self.node = rclpy.create_node("node_test_driver", context=self.ctx, start_parameter_services=False)
+        self.node = rclpy.create_node(f"node_test_driver_{domain_id}", context=self.ctx,
+                                       start_parameter_services=False)
         self._lock = threading.Lock()
         self.depth: dict[str, dict[int, list[Image]]] = {c: defaultdict(list) for c in self.cameras}
         self.info: dict[str, dict[int, list[CameraInfo]]] = {c: defaultdict(list) for c in self.cameras}
@@ -164,10 +166,8 @@ class Driver:
         self._thread.start()
 
     def _spin(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the context is shut down by close()
             self.executor.spin()
-        except Exception:  # context shut down by close()
-            pass
 
     def _keep(self, store: dict[int, list], msg: object) -> None:
         with self._lock:

@@ -12,11 +12,11 @@ offline prediction of the same backend then checks every pixel's path
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +29,7 @@ import yaml
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy wheels) is not installed")
 torch = pytest.importorskip("torch", reason="torch is needed for the student")
 
+from geometry_msgs.msg import TransformStamped  # noqa: E402
 from node_harness import (  # noqa: E402
     REPO,
     Driver,
@@ -42,11 +43,12 @@ from node_harness import (  # noqa: E402
     start_node,
 )
 from PIL import Image as PILImage  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 
 from fsmde_core.checkpoint import save_student  # noqa: E402
 from fsmde_core.geometry import RayCache  # noqa: E402
 from fsmde_core.models.student import StudentConfig, SurroundDepthStudent  # noqa: E402
-from fsmde_core.rig import Rig, RigCamera, preset  # noqa: E402
+from fsmde_core.rig import Rig, RigCamera, matrix_to_quaternion, preset  # noqa: E402
 from fsmde_core.runtime import build_backend, resize_batch, resize_depth_nearest  # noqa: E402
 from fsmde_ros.conversions import (  # noqa: E402
     cloud_to_points,
@@ -54,7 +56,7 @@ from fsmde_ros.conversions import (  # noqa: E402
     image_to_depth,
     model_to_camera_info,
 )
-from fsmde_ros.node import Mailbox, Throttle  # noqa: E402
+from fsmde_ros.node import Mailbox, SurroundDepthNode, Throttle, _Frame, pipeline_health  # noqa: E402
 from fsmde_ros.params import (  # noqa: E402
     DEFAULT_CAMERAS,
     PARAMETERS,
@@ -137,7 +139,7 @@ def _start(params: dict[str, str], log: Path, domain: int, driver: Driver) -> No
     return node
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def main_node(ros_env_vars, student_dir: Path, masked_calibration, tmp_path_factory):
     calib, _ = masked_calibration
     driver = Driver(DOMAIN, CAMERAS)
@@ -150,7 +152,7 @@ def main_node(ros_env_vars, student_dir: Path, masked_calibration, tmp_path_fact
     assert rc == 0, f"node did not exit cleanly on SIGINT (rc {rc}); log:\n{node.log()}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def partial_node(ros_env_vars, student_dir: Path, tmp_path_factory):
     driver = Driver(DOMAIN + 1, CAMERAS, compressed=True)
     node = _start({"model.path": str(student_dir), "extrinsics.source": "calibration",
@@ -276,148 +278,262 @@ def test_throttle_is_per_key() -> None:
     assert throttle(("front", "decode")) == 2  # two suppressed messages are reported with the next one
 
 
+@pytest.mark.parametrize(("out", "rates", "silent", "dropped", "replaced", "level", "words"), [
+    (10.0, {"a": 10.0, "b": 10.0}, [], 0, 0, b"\x00", "10.0 Hz"),
+    (0.0, {}, ["a", "b"], 0, 0, b"\x02", "no input images"),
+    (0.0, {"a": 10.0, "b": 10.0}, [], 7, 0, b"\x02", "every set dropped"),
+    (5.0, {"a": 10.0}, ["b"], 0, 0, b"\x01", "silent camera(s): b"),
+    (3.0, {"a": 10.0, "b": 9.0}, [], 0, 6, b"\x01", "replaced while busy"),
+    (3.0, {"a": 10.0, "b": 9.0}, [], 0, 0, b"\x01", "fail to synchronize"),
+    (9.0, {"a": 10.0, "b": 10.0}, [], 1, 0, b"\x01", "1 set(s) dropped"),
+])
+def test_pipeline_health_levels(out, rates, silent, dropped, replaced, level: bytes, words: str) -> None:
+    got_level, message = pipeline_health(out, rates, silent, dropped, replaced)
+    assert got_level == level and words in message
+
+
+class _StubTfBuffer:
+    """Stands in for tf2_ros.Buffer (not installed here): only ``lookup_transform`` is used."""
+
+    def __init__(self, T: np.ndarray | None) -> None:
+        self.T, self.calls = T, 0
+
+    def lookup_transform(self, target: str, source: str, when: object) -> TransformStamped:
+        self.calls += 1
+        if self.T is None:
+            raise LookupError(f"{target} <- {source}: frame does not exist")
+        q = matrix_to_quaternion(self.T[:3, :3])
+        msg = TransformStamped()
+        msg.header.frame_id, msg.child_frame_id = target, source
+        msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = self.T[:3, 3]
+        msg.transform.rotation.x, msg.transform.rotation.y, msg.transform.rotation.z, msg.transform.rotation.w = q
+        return msg
+
+
+@pytest.fixture
+def ros_context(ros_env_vars):
+    from rclpy.context import Context
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN + 2)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+def _in_process_node(ctx, **params) -> SurroundDepthNode:
+    from rclpy.parameter import Parameter
+
+    return SurroundDepthNode("surround_depth_node_under_test", context=ctx, use_global_arguments=False,
+                             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+@pytest.mark.ros
+def test_lifecycle_transitions_release_and_recover(ros_context, student_dir: Path, tmp_path: Path) -> None:
+    from rclpy.parameter import Parameter
+
+    node = _in_process_node(ros_context, **{"model.path": str(student_dir), "autostart": False,
+                                            "extrinsics.source": "calibration",
+                                            "extrinsics.calibration_file": str(RIG_FILE)})
+    try:
+        def topics(entities) -> set[str]:
+            return {e.topic_name for e in entities}
+
+        assert "/cameras/front/depth" not in topics(node.publishers)  # autostart false: nothing yet
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert {"/cameras/back/depth", "/cameras/back/depth/camera_info", "/surround_depth/points",
+                "/diagnostics"} <= topics(node.publishers)
+        assert "/cameras/back/image_raw" not in topics(node.subscriptions)  # inactive: not subscribed
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert "/cameras/back/image_raw" in topics(node.subscriptions) and node._worker.is_alive()
+        # live cloud limits: applied at once; a value that breaks the configuration is refused
+        assert node.set_parameters([Parameter("cloud.stride", value=2)])[0].successful
+        assert node._cloud_settings.stride == 2
+        refused = node.set_parameters([Parameter("cloud.min_range", value=500.0)])[0]
+        assert not refused.successful and "cloud.min_range" in refused.reason
+        worker = node._worker
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert "/cameras/back/image_raw" not in topics(node.subscriptions) and not worker.is_alive()
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert "/cameras/back/depth" not in topics(node.publishers) and node.backend is None
+        # a broken model fails configure cleanly; the node stays usable
+        (tmp_path / "broken").mkdir()
+        assert node.set_parameters([Parameter("model.path", value=str(tmp_path / "broken"))])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "/cameras/back/depth" not in topics(node.publishers)
+        assert node.set_parameters([Parameter("model.path", value=str(student_dir))])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.release()
+        node.destroy_node()
+
+
+@pytest.mark.ros
+def test_tf_extrinsics_are_converted_cached_and_reported(ros_context, student_dir: Path, rig: Rig) -> None:
+    node = _in_process_node(ros_context, **{"model.path": str(student_dir), "autostart": False})
+    try:
+        cam = rig.camera("front_left")
+        frame = _Frame(name="front_left", header=header(T0, cam.frame_id), rgb=np.zeros((4, 4, 3), np.uint8),
+                       model=cam.model)
+        node._tf_buffer = _StubTfBuffer(cam.T_base_cam)
+        np.testing.assert_allclose(node._extrinsic(frame), cam.T_base_cam, atol=1e-9)
+        np.testing.assert_allclose(node._extrinsic(frame), cam.T_base_cam, atol=1e-9)
+        assert node._tf_buffer.calls == 1  # camera mounts are static: looked up once
+        node._tf_cache.clear()
+        node._tf_buffer = _StubTfBuffer(None)
+        assert node._extrinsic(frame) is None  # no transform yet: camera left out of the cloud
+        assert node.stats.snapshot()["bad_input"]["front_left"] == {"tf": 1}
+    finally:
+        node.release()
+        node.destroy_node()
+
+
 # =========================================================== running node
 @pytest.mark.ros
-def test_every_set_gives_six_depths_and_one_cloud_equal_to_offline(
-    main_node, backend, rig: Rig, masked_calibration
-) -> None:
-    _, driver = main_node
-    _, mask_full = masked_calibration
-    mask = resize_depth_nearest(mask_full, (H, W))
-    for _ in range(3):
-        tick = next_tick()
-        images, stamps = make_images(tick), camera_stamps(tick, CAMERAS)
-        reference = max(stamps.values())
-        publish_set(driver, rig, images, stamps)
-        assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), 15.0), \
-            f"no complete output for set {tick}; log:\n{main_node[0].log()}"
-        time.sleep(0.1)  # any duplicate would arrive now
-        offline = offline_depth(backend, [images[c] for c in CAMERAS])
-        depth = np.stack([received_depth(driver, c, stamps[c]) for c in CAMERAS])
-        for k, name in enumerate(CAMERAS):
-            msgs, infos = driver.depth[name][stamps[name]], driver.info[name][stamps[name]]
-            assert len(msgs) == 1 and len(infos) == 1
-            d, info = msgs[0], infos[0]
-            assert (d.header.frame_id, stamp_ns(d.header.stamp)) == (rig.camera(name).frame_id, stamps[name])
-            assert (d.encoding, d.height, d.width) == ("32FC1", H, W)
-            # camera_info: same header, K/P for the depth size (pixel-centre exact rescale)
-            assert info.header == d.header and (info.width, info.height) == (W, H)
-            m = rig.camera(name).model.scaled_to(IMG_W, IMG_H)
-            sx, sy = W / IMG_W, H / IMG_H
-            K = np.array([[m.fx * sx, 0, (m.cx + 0.5) * sx - 0.5], [0, m.fy * sy, (m.cy + 0.5) * sy - 0.5],
-                          [0, 0, 1]])
-            np.testing.assert_allclose(np.reshape(info.k, (3, 3)), K, rtol=1e-12)
-            np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], K, rtol=1e-12)
-            valid = ~mask if name == "front" else np.ones((H, W), dtype=bool)
-            np.testing.assert_allclose(depth[k][valid], offline[k][valid], rtol=0, atol=1e-4)
-            assert np.isnan(depth[k][~valid]).all()  # ego mask -> NaN (REP 117: never 0)
-        # one cloud, base_link, the set's reference stamp (= latest camera stamp)
-        clouds = driver.clouds[reference]
-        assert len(clouds) == 1 and clouds[0].header.frame_id == "base_link" and clouds[0].height == 1
-        assert [f.name for f in clouds[0].fields] == ["x", "y", "z", "rgb"]
-        xyz, rgb = cloud_to_points(clouds[0])
-        colours = resize_batch([images[c] for c in CAMERAS], (H, W))
-        unmasked = expected_cloud(rig, CAMERAS[:1], offline[:1].copy(), colours[:1])[0].shape[0]
-        offline[0][mask] = np.nan
-        want_xyz, want_rgb = expected_cloud(rig, CAMERAS, offline, colours)
-        assert xyz.shape == want_xyz.shape and want_xyz.shape[0] > 0
-        np.testing.assert_allclose(xyz, want_xyz, atol=2e-3)
-        np.testing.assert_array_equal(rgb, want_rgb)
-        masked = expected_cloud(rig, CAMERAS[:1], offline[:1], colours[:1])[0].shape[0]
-        assert masked < unmasked  # masked pixels are absent from the cloud
+class TestRunningNode:
+    """One node process (raw images, policy wait, masked calibration) for these tests; it is stopped
+    with SIGINT when the class is done and must exit 0."""
+
+    def test_every_set_gives_six_depths_and_one_cloud_equal_to_offline(
+        self, main_node, backend, rig: Rig, masked_calibration
+    ) -> None:
+        _, driver = main_node
+        _, mask_full = masked_calibration
+        mask = resize_depth_nearest(mask_full, (H, W))
+        for _ in range(3):
+            tick = next_tick()
+            images, stamps = make_images(tick), camera_stamps(tick, CAMERAS)
+            reference = max(stamps.values())
+            publish_set(driver, rig, images, stamps)
+            assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), 15.0), \
+                f"no complete output for set {tick}; log:\n{main_node[0].log()}"
+            time.sleep(0.1)  # any duplicate would arrive now
+            offline = offline_depth(backend, [images[c] for c in CAMERAS])
+            depth = np.stack([received_depth(driver, c, stamps[c]) for c in CAMERAS])
+            for k, name in enumerate(CAMERAS):
+                msgs, infos = driver.depth[name][stamps[name]], driver.info[name][stamps[name]]
+                assert len(msgs) == 1 and len(infos) == 1
+                d, info = msgs[0], infos[0]
+                assert (d.header.frame_id, stamp_ns(d.header.stamp)) == (rig.camera(name).frame_id, stamps[name])
+                assert (d.encoding, d.height, d.width) == ("32FC1", H, W)
+                # camera_info: same header, K/P for the depth size (pixel-centre exact rescale)
+                assert info.header == d.header and (info.width, info.height) == (W, H)
+                m = rig.camera(name).model.scaled_to(IMG_W, IMG_H)
+                sx, sy = W / IMG_W, H / IMG_H
+                K = np.array([[m.fx * sx, 0, (m.cx + 0.5) * sx - 0.5], [0, m.fy * sy, (m.cy + 0.5) * sy - 0.5],
+                              [0, 0, 1]])
+                np.testing.assert_allclose(np.reshape(info.k, (3, 3)), K, rtol=1e-12)
+                np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], K, rtol=1e-12)
+                valid = ~mask if name == "front" else np.ones((H, W), dtype=bool)
+                np.testing.assert_allclose(depth[k][valid], offline[k][valid], rtol=0, atol=1e-4)
+                assert np.isnan(depth[k][~valid]).all()  # ego mask -> NaN (REP 117: never 0)
+            # one cloud, base_link, the set's reference stamp (= latest camera stamp)
+            clouds = driver.clouds[reference]
+            assert len(clouds) == 1 and clouds[0].header.frame_id == "base_link" and clouds[0].height == 1
+            assert [f.name for f in clouds[0].fields] == ["x", "y", "z", "rgb"]
+            xyz, rgb = cloud_to_points(clouds[0])
+            colours = resize_batch([images[c] for c in CAMERAS], (H, W))
+            unmasked = expected_cloud(rig, CAMERAS[:1], offline[:1].copy(), colours[:1])[0].shape[0]
+            offline[0][mask] = np.nan
+            want_xyz, want_rgb = expected_cloud(rig, CAMERAS, offline, colours)
+            assert xyz.shape == want_xyz.shape and want_xyz.shape[0] > 0
+            np.testing.assert_allclose(xyz, want_xyz, atol=2e-3)
+            np.testing.assert_array_equal(rgb, want_rgb)
+            masked = expected_cloud(rig, CAMERAS[:1], offline[:1], colours[:1])[0].shape[0]
+            assert masked < unmasked  # masked pixels are absent from the cloud
 
 
-@pytest.mark.ros
-def test_bad_input_is_reported_and_the_node_keeps_producing(main_node, rig: Rig) -> None:
-    node, driver = main_node
-    broken = []
-    for bad in ({"back": "encoding"}, {"front_left": "size"}):
+    def test_bad_input_is_reported_and_the_node_keeps_producing(self, main_node, rig: Rig) -> None:
+        node, driver = main_node
+        broken = []
+        for bad in ({"back": "encoding"}, {"front_left": "size"}):
+            tick = next_tick()
+            stamps = camera_stamps(tick, CAMERAS)
+            publish_set(driver, rig, make_images(tick), stamps, bad=bad)
+            broken.append(stamps)
+            time.sleep(0.6)  # the worker has seen (and dropped) it
         tick = next_tick()
         stamps = camera_stamps(tick, CAMERAS)
-        publish_set(driver, rig, make_images(tick), stamps, bad=bad)
-        broken.append(stamps)
-        time.sleep(0.6)  # the worker has seen (and dropped) it
-    tick = next_tick()
-    stamps = camera_stamps(tick, CAMERAS)
-    publish_set(driver, rig, make_images(tick), stamps)
-    assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
-    for dropped in broken:  # a bad camera drops its whole set under policy "wait"
-        assert not any(driver.depth[c].get(s) for c, s in dropped.items())
-        assert not driver.clouds.get(max(dropped.values()))
-    assert node.alive()
-    log = node.log()
-    assert "camera 'back'" in log and "bayer_rggb8" in log
-    assert "camera 'front_left'" in log and f"camera_info says {IMG_W}x{IMG_H}" in log
+        publish_set(driver, rig, make_images(tick), stamps)
+        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
+        for dropped in broken:  # a bad camera drops its whole set under policy "wait"
+            assert not any(driver.depth[c].get(s) for c, s in dropped.items())
+            assert not driver.clouds.get(max(dropped.values()))
+        assert node.alive()
+        log = node.log()
+        assert "camera 'back'" in log and "bayer_rggb8" in log
+        assert "camera 'front_left'" in log and f"camera_info says {IMG_W}x{IMG_H}" in log
 
-    def reported() -> bool:
-        back, pipeline = driver.latest_status("camera back"), driver.latest_status("pipeline")
-        values = {kv.key: kv.value for kv in back.values} if back else {}
-        p_values = {kv.key: kv.value for kv in pipeline.values} if pipeline else {}
-        return values.get("bad_input_decode") == "1" and int(p_values.get("sets_dropped", 0)) >= 2
+        def reported() -> bool:
+            back, pipeline = driver.latest_status("camera back"), driver.latest_status("pipeline")
+            values = {kv.key: kv.value for kv in back.values} if back else {}
+            p_values = {kv.key: kv.value for kv in pipeline.values} if pipeline else {}
+            return values.get("bad_input_decode") == "1" and int(p_values.get("sets_dropped", 0)) >= 2
 
-    assert driver.wait_until(reported, 5.0), "diagnostics do not count the bad input"
+        assert driver.wait_until(reported, 5.0), "diagnostics do not count the bad input"
 
 
-@pytest.mark.ros
-def test_diagnostics_report_rate_latency_model_and_skew(main_node, rig: Rig) -> None:
-    node, driver = main_node
-    tick = next_tick()
-    stamps = camera_stamps(tick, CAMERAS)
-    publish_set(driver, rig, make_images(tick), stamps)
-    assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
-    n_before = len(driver.diagnostics)
-    assert driver.wait_until(lambda: len(driver.diagnostics) > n_before, 5.0)
-    status = driver.latest_status("pipeline")
-    values = {kv.key: kv.value for kv in status.values}
-    for key in ("output_rate_hz", "latency_mean_ms", "latency_max_ms", "model_time_mean_ms",
-                "sets_replaced_while_busy", "sync_skew_max_ms", "outputs_total"):
-        assert key in values
-    assert json.loads(values["backend"])["backend"] == "torch"
-    assert float(values["sync_skew_max_ms"]) == pytest.approx(15.0)  # our 3 ms trigger offsets
-    assert int(values["outputs_total"]) >= 1
-    cameras = [s for s in driver.diagnostics[-1].status if "camera " in s.name]
-    assert sorted(s.name.rsplit(" ", 1)[-1] for s in cameras) == sorted(CAMERAS)
-
-
-@pytest.mark.ros
-def test_partial_policy_dead_camera_compressed_and_fallback_intrinsics(partial_node, backend, rig: Rig) -> None:
-    node, driver = partial_node
-    alive = tuple(c for c in CAMERAS if c != "back")
-    for _ in range(2):
+    def test_diagnostics_report_rate_latency_model_and_skew(self, main_node, rig: Rig) -> None:
+        node, driver = main_node
         tick = next_tick()
-        images, stamps = make_images(tick), camera_stamps(tick, alive)
-        # back is dead; front_right sends no camera_info: intrinsics come from the calibration file
-        publish_set(driver, rig, images, stamps, compressed=True, no_info=("front_right",))
-        reference = max(stamps.values())
-        assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), 15.0), node.log()
-    time.sleep(0.3)
-    assert not driver.depth["back"] and not driver.info["back"]  # missing camera: no output
-    decoded = [compressed_to_rgb(jpeg_msg(images[c], header(0, ""))) for c in alive]
-    offline = offline_depth(backend, decoded)
-    for k, name in enumerate(alive):
-        np.testing.assert_allclose(received_depth(driver, name, stamps[name]), offline[k], rtol=0, atol=1e-4)
-    K = rig.camera("front_right").model.scaled_to(IMG_W, IMG_H).scaled_to(W, H).K
-    np.testing.assert_allclose(np.reshape(driver.info["front_right"][stamps["front_right"]][0].k, (3, 3)), K)
-    cloud = driver.clouds[reference][0]
-    assert stamp_ns(cloud.header.stamp) == reference
-    xyz, _ = cloud_to_points(cloud)
-    want, _ = expected_cloud(rig, alive, offline, resize_batch(decoded, (H, W)))
-    np.testing.assert_allclose(xyz, want, atol=2e-3)  # the five present cameras, nothing else
+        stamps = camera_stamps(tick, CAMERAS)
+        publish_set(driver, rig, make_images(tick), stamps)
+        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
+        n_before = len(driver.diagnostics)
+        assert driver.wait_until(lambda: len(driver.diagnostics) > n_before, 5.0)
+        status = driver.latest_status("pipeline")
+        values = {kv.key: kv.value for kv in status.values}
+        for key in ("output_rate_hz", "latency_mean_ms", "latency_max_ms", "model_time_mean_ms",
+                    "sets_replaced_while_busy", "sync_skew_max_ms", "outputs_total"):
+            assert key in values
+        assert json.loads(values["backend"])["backend"] == "torch"
+        assert float(values["sync_skew_max_ms"]) == pytest.approx(15.0)  # our 3 ms trigger offsets
+        assert int(values["outputs_total"]) >= 1
+        cameras = [s for s in driver.diagnostics[-1].status if "camera " in s.name]
+        assert sorted(s.name.rsplit(" ", 1)[-1] for s in cameras) == sorted(CAMERAS)
 
-    # a corrupt jpeg drops only that camera under "partial"
-    tick = next_tick()
-    stamps = camera_stamps(tick, alive)
-    publish_set(driver, rig, make_images(tick), stamps, compressed=True, bad={"front": "corrupt"})
-    rest = {c: s for c, s in stamps.items() if c != "front"}
-    assert driver.wait_until(lambda: driver.outputs_at(rest, max(stamps.values())), 15.0), node.log()
-    assert not driver.depth["front"].get(stamps["front"])
-    assert "camera 'front'" in node.log() and "cannot decode CompressedImage" in node.log()
 
-    def back_silent() -> bool:
-        status = driver.latest_status("camera back")
-        return status is not None and status.level == b"\x01" and "silent" in status.message
+@pytest.mark.ros
+class TestPartialPolicy:
+    """A second node: compressed transport, policy partial, plain rig_ddad.yaml calibration."""
 
-    assert driver.wait_until(back_silent, 5.0)
+    def test_dead_camera_compressed_input_and_fallback_intrinsics(self, partial_node, backend, rig: Rig) -> None:
+        node, driver = partial_node
+        alive = tuple(c for c in CAMERAS if c != "back")
+        for _ in range(2):
+            tick = next_tick()
+            images, stamps = make_images(tick), camera_stamps(tick, alive)
+            # back is dead; front_right sends no camera_info: intrinsics come from the calibration file
+            publish_set(driver, rig, images, stamps, compressed=True, no_info=("front_right",))
+            reference = max(stamps.values())
+            assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), 15.0), node.log()
+        time.sleep(0.3)
+        assert not driver.depth["back"] and not driver.info["back"]  # missing camera: no output
+        decoded = [compressed_to_rgb(jpeg_msg(images[c], header(0, ""))) for c in alive]
+        offline = offline_depth(backend, decoded)
+        for k, name in enumerate(alive):
+            np.testing.assert_allclose(received_depth(driver, name, stamps[name]), offline[k], rtol=0, atol=1e-4)
+        K = rig.camera("front_right").model.scaled_to(IMG_W, IMG_H).scaled_to(W, H).K
+        np.testing.assert_allclose(np.reshape(driver.info["front_right"][stamps["front_right"]][0].k, (3, 3)), K)
+        cloud = driver.clouds[reference][0]
+        assert stamp_ns(cloud.header.stamp) == reference
+        xyz, _ = cloud_to_points(cloud)
+        want, _ = expected_cloud(rig, alive, offline, resize_batch(decoded, (H, W)))
+        np.testing.assert_allclose(xyz, want, atol=2e-3)  # the five present cameras, nothing else
+
+        # a corrupt jpeg drops only that camera under "partial"
+        tick = next_tick()
+        stamps = camera_stamps(tick, alive)
+        publish_set(driver, rig, make_images(tick), stamps, compressed=True, bad={"front": "corrupt"})
+        rest = {c: s for c, s in stamps.items() if c != "front"}
+        assert driver.wait_until(lambda: driver.outputs_at(rest, max(stamps.values())), 15.0), node.log()
+        assert not driver.depth["front"].get(stamps["front"])
+        assert "camera 'front'" in node.log() and "cannot decode CompressedImage" in node.log()
+
+        def back_silent() -> bool:
+            status = driver.latest_status("camera back")
+            return status is not None and status.level == b"\x01" and "silent" in status.message
+
+        assert driver.wait_until(back_silent, 5.0)
 
 
 @pytest.mark.ros
@@ -487,6 +603,14 @@ def _assign_to_pixels(xyz: np.ndarray, rgb: np.ndarray, rig: Rig, images: list[n
     return cam_of, uv[:, 0], uv[:, 1]
 
 
+def _diagnostics_text(driver: Driver) -> str:
+    if not driver.diagnostics:
+        return "none"
+    return "; ".join(f"{s.name} [{s.message}] " + ", ".join(f"{kv.key}={kv.value}" for kv in s.values
+                                                            if kv.key != "backend")
+                     for s in driver.diagnostics[-1].status)
+
+
 @pytest.mark.ros
 def test_replayed_bag_cloud_lies_on_ground_truth_within_model_error(
     ros_env_vars, tmp_path: Path, student_dir: Path, backend
@@ -511,17 +635,17 @@ def test_replayed_bag_cloud_lies_on_ground_truth_within_model_error(
     try:
         assert driver.wait_until(lambda: driver.node_ready() and driver.graph_has(image_topics, True), 60.0), \
             node.log()
+        # --wait-for-subscribers: the player's writers have matched the node's readers, so no
+        # best-effort image is lost to discovery (the node subscribes best effort by default)
         with open(tmp_path / "player.log", "w") as player_log:
             player = subprocess.Popen(
-                [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--start-paused",
-                 "--rate", "0.5"], cwd=REPO, env=ros_env(DOMAIN + 2), stdout=player_log, stderr=subprocess.STDOUT)
-        assert driver.wait_until(lambda: driver.graph_has(image_topics, False), 30.0), \
-            (tmp_path / "player.log").read_text()
-        time.sleep(1.0)  # both ends have matched each other (best-effort data before that is lost)
-        player.send_signal(signal.SIGUSR1)  # resume
+                [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
+                 "--wait-for-subscribers", *image_topics, "--wait-timeout", "60"],
+                cwd=REPO, env=ros_env(DOMAIN + 2), stdout=player_log, stderr=subprocess.STDOUT)
         stamps = [dict(zip(CAMERAS, f, strict=True)) for f in frames]
         assert driver.wait_until(lambda: all(driver.outputs_at(s, max(s.values())) for s in stamps), 30.0), \
             f"outputs per frame: {[sum(bool(driver.depth[c].get(t)) for c, t in s.items()) for s in stamps]}; " \
+            f"diagnostics: {_diagnostics_text(driver)}\n" \
             f"node log:\n{node.log()}\nplayer log:\n{(tmp_path / 'player.log').read_text()}"
         assert player.wait(30) == 0
     finally:
@@ -570,10 +694,8 @@ def _launch_constants() -> tuple[ast.Module, dict]:
     consts = {}
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            try:
+            with contextlib.suppress(ValueError):  # not a literal
                 consts[stmt.targets[0].id] = ast.literal_eval(stmt.value)
-            except ValueError:
-                pass
     return tree, consts
 
 
@@ -604,7 +726,7 @@ def test_launch_defaults_point_to_a_valid_params_file_and_rviz_config(student_di
     flat = _flatten(data[key]["ros__parameters"])
     known = known_parameter_names(flat["cameras.names"])
     assert set(flat) == known  # every parameter is in the file, and nothing unknown
-    with pytest.raises(ParameterError, match="model.path' is required"):
+    with pytest.raises(ParameterError, match=r"model\.path' is required"):
         settings_from_values(flat)  # the model is given per launch (model:=...)
     settings = settings_from_values({**flat, "model.path": str(student_dir)})
     # every default in the file equals the node's own default: the file documents the node

@@ -35,12 +35,10 @@ _POINTFIELD_TYPES = {
 }
 
 
-def header(stamp_ns: int, frame_id: str):
+def header(stamp_ns: int, frame_id: str) -> object:
     """``std_msgs/Header`` with the stamp split into sec/nanosec."""
     sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
-    return T["std_msgs/msg/Header"](
-        stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame_id
-    )
+    return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame_id)
 
 
 def serialize(msg, msgtype: str) -> memoryview:
@@ -86,9 +84,7 @@ def image_depth(stamp_ns: int, frame_id: str, depth: np.ndarray) -> memoryview:
 def compressed_image(stamp_ns: int, frame_id: str, payload: bytes, fmt: str = JPEG_FORMAT) -> memoryview:
     """``sensor_msgs/CompressedImage`` carrying an encoded image."""
     return serialize(
-        T[COMPRESSED_IMAGE](
-            header=header(stamp_ns, frame_id), format=fmt, data=np.frombuffer(payload, dtype=np.uint8)
-        ),
+        T[COMPRESSED_IMAGE](header=header(stamp_ns, frame_id), format=fmt, data=np.frombuffer(payload, dtype=np.uint8)),
         COMPRESSED_IMAGE,
     )
 
@@ -144,16 +140,10 @@ def tf_message(transforms: list[tuple[int, str, str, np.ndarray]]) -> memoryview
     for stamp_ns, parent, child, Tpc in transforms:
         q = matrix_to_quaternion(Tpc[:3, :3])
         tr = T["geometry_msgs/msg/Transform"](
-            translation=T["geometry_msgs/msg/Vector3"](
-                x=float(Tpc[0, 3]), y=float(Tpc[1, 3]), z=float(Tpc[2, 3])
-            ),
-            rotation=T["geometry_msgs/msg/Quaternion"](
-                x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])
-            ),
+            translation=T["geometry_msgs/msg/Vector3"](x=float(Tpc[0, 3]), y=float(Tpc[1, 3]), z=float(Tpc[2, 3])),
+            rotation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
         )
         out.append(
-            T["geometry_msgs/msg/TransformStamped"](
-                header=header(stamp_ns, parent), child_frame_id=child, transform=tr
-            )
+            T["geometry_msgs/msg/TransformStamped"](header=header(stamp_ns, parent), child_frame_id=child, transform=tr)
         )
     return serialize(T[TF_MESSAGE](transforms=out), TF_MESSAGE)

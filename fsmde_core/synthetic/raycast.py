@@ -140,6 +140,10 @@ class RayGrid:
         inf = np.inf
         X0, X1 = np.where(valid, xn, inf).min(1), np.where(valid, xn, -inf).max(1)
         Y0, Y1 = np.where(valid, yn, inf).min(1), np.where(valid, yn, -inf).max(1)
+        # one pixel of margin: a hull thinner than a pixel may fall between two rays whose float32
+        # hits still graze it
+        m = self.pixel_angle
+        X0, X1, Y0, Y1 = X0 - m, X1 + m, Y0 - m, Y1 + m
         lower = np.where(valid, pts[..., 2], inf).min(1)
         cols = (self.col_hi[None] >= X0[:, None]) & (self.col_lo[None] <= X1[:, None])
         rows = (self.row_hi[None] >= Y0[:, None]) & (self.row_lo[None] <= Y1[:, None])
@@ -151,9 +155,7 @@ class RayGrid:
         rects[:, 0, 3] = W - cols[:, ::-1].argmax(1)
         return rects, lower, visible
 
-    def _cull_spherical(
-        self, P: np.ndarray, hull_dist: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _cull_spherical(self, P: np.ndarray, hull_dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = P.shape[0]
         H, W = self.shape
         centre = P.mean(axis=1)
@@ -189,10 +191,27 @@ def hull_distance(origin: np.ndarray, c: np.ndarray, h: np.ndarray, yaw: np.ndar
 
 
 # ------------------------------------------------------------ intersections
+Arr = np.ndarray | np.float32  # a per-ray array, or one float32 shared by all rays
+
+
 # Origins and directions broadcast: primary rays share one origin (scalars)
 # and vary in direction; shadow rays vary in origin and share the sun
 # direction. Every function returns the ray parameter, +inf on a miss.
-def hit_box(Dx, Dy, Dz, iDz, px, py, pz, hx, hy, hz, cyaw, syaw, t_min=0.0):
+def hit_box(
+    Dx: Arr,
+    Dy: Arr,
+    Dz: Arr,
+    iDz: Arr,
+    px: Arr,
+    py: Arr,
+    pz: Arr,
+    hx: Arr,
+    hy: Arr,
+    hz: Arr,
+    cyaw: Arr,
+    syaw: Arr,
+    t_min: float = 0.0,
+) -> np.ndarray:
     """Slab test in the box frame; ``p`` = ray origin minus box centre (world axes)."""
     lx = cyaw * px + syaw * py
     ly = cyaw * py - syaw * px
@@ -209,7 +228,21 @@ def hit_box(Dx, Dy, Dz, iDz, px, py, pz, hx, hy, hz, cyaw, syaw, t_min=0.0):
         return np.where((tn <= tf) & (tn > t_min), tn, f32(np.inf))
 
 
-def hit_box_any(Dx, Dy, Dz, iDz, px, py, pz, hx, hy, hz, cyaw, syaw, t_min=1e-3):
+def hit_box_any(
+    Dx: Arr,
+    Dy: Arr,
+    Dz: Arr,
+    iDz: Arr,
+    px: Arr,
+    py: Arr,
+    pz: Arr,
+    hx: Arr,
+    hy: Arr,
+    hz: Arr,
+    cyaw: Arr,
+    syaw: Arr,
+    t_min: float = 1e-3,
+) -> np.ndarray:
     """Shadow test: does the ray meet the box anywhere ahead (origin inside counts)?"""
     lx = cyaw * px + syaw * py
     ly = cyaw * py - syaw * px
@@ -226,29 +259,47 @@ def hit_box_any(Dx, Dy, Dz, iDz, px, py, pz, hx, hy, hz, cyaw, syaw, t_min=1e-3)
         return (tn <= tf) & (tf > t_min)
 
 
-def hit_cylinder(Dx, Dy, Dz, iDz, Dxy2, px, py, pz, z0, z1, r, t_min=0.0):
-    """Vertical cylinder (side + top cap); ``p`` = origin minus axis point (x, y), origin z."""
+def hit_cylinder(
+    Dx: Arr,
+    Dy: Arr,
+    Dz: Arr,
+    iDz: Arr,
+    Dxy2: Arr,
+    px: Arr,
+    py: Arr,
+    pz: Arr,
+    z0: Arr,
+    z1: Arr,
+    r: Arr,
+    t_min: float = 0.0,
+) -> np.ndarray:
+    """Vertical cylinder (side + top cap); ``p`` = origin minus axis point (x, y), origin z.
+
+    The discriminant is formed from the axis's perpendicular distance to the
+    ray (a cross product) rather than ``b^2 - a c``, which cancels
+    catastrophically in float32 for thin, distant poles.
+    """
     b = px * Dx + py * Dy
-    cc = px * px + py * py - r * r
+    cross = px * Dy - py * Dx
     with np.errstate(divide="ignore", invalid="ignore"):
-        disc = b * b - Dxy2 * cc
-        t = (-b - np.sqrt(np.maximum(disc, f32(0.0)))) / Dxy2
+        h2 = r * r - cross * cross / Dxy2  # r^2 - (distance of the axis from the ray)^2
+        t = (-b - np.sqrt(np.maximum(h2 * Dxy2, f32(0.0)))) / Dxy2
         z = pz + t * Dz
-        side = np.where((disc >= 0) & (t > t_min) & (z >= z0) & (z <= z1), t, f32(np.inf))
+        side = np.where((h2 >= 0) & (t > t_min) & (z >= z0) & (z <= z1), t, f32(np.inf))
         tc = (z1 - pz) * iDz
         xc, yc = px + tc * Dx, py + tc * Dy
         cap = np.where((tc > t_min) & (xc * xc + yc * yc <= r * r), tc, f32(np.inf))
     return np.minimum(side, cap)
 
 
-def hit_sphere(Dx, Dy, Dz, DD, px, py, pz, r, t_min=0.0):
-    """Sphere; ``p`` = origin minus centre, ``DD`` = |D|^2."""
+def hit_sphere(Dx: Arr, Dy: Arr, Dz: Arr, DD: Arr, px: Arr, py: Arr, pz: Arr, r: Arr, t_min: float = 0.0) -> np.ndarray:
+    """Sphere; ``p`` = origin minus centre, ``DD`` = |D|^2 (cross-product discriminant, as above)."""
     b = px * Dx + py * Dy + pz * Dz
-    cc = px * px + py * py + pz * pz - r * r
+    cx, cy, cz = py * Dz - pz * Dy, pz * Dx - px * Dz, px * Dy - py * Dx
     with np.errstate(invalid="ignore"):
-        disc = b * b - DD * cc
-        t = (-b - np.sqrt(np.maximum(disc, f32(0.0)))) / DD
-    return np.where((disc >= 0) & (t > t_min), t, f32(np.inf))
+        h2 = r * r - (cx * cx + cy * cy + cz * cz) / DD
+        t = (-b - np.sqrt(np.maximum(h2 * DD, f32(0.0)))) / DD
+    return np.where((h2 >= 0) & (t > t_min), t, f32(np.inf))
 
 
 # ---------------------------------------------------------------- casting
@@ -290,7 +341,7 @@ def ground_hits(road: Road, origin: np.ndarray, D: np.ndarray) -> tuple[np.ndarr
         base = (f32(origin[0] - c[0]), f32(origin[1] - c[1]))
     R = f32(road.radius) if road.kappa != 0.0 else None
 
-    def lateral_abs(t):
+    def lateral_abs(t: np.ndarray) -> np.ndarray:
         if R is None:
             return np.abs(base[0] + t * Dy)
         vx, vy = base[0] + t * Dx, base[1] + t * Dy
@@ -398,18 +449,14 @@ def _draw(k, rects, lower, prims, origin, t, obj, Dx, Dy, Dz, iDz, DD, Dxy2) -> 
         else:
             j = k - nb - nc
             p = origin - prims.sph_c[j]
-            th = hit_sphere(
-                Dx[sl], Dy[sl], Dz[sl], DD[sl], f32(p[0]), f32(p[1]), f32(p[2]), f32(prims.sph_r[j])
-            )
+            th = hit_sphere(Dx[sl], Dy[sl], Dz[sl], DD[sl], f32(p[0]), f32(p[1]), f32(p[2]), f32(prims.sph_r[j]))
         closer = th < zb
         np.copyto(zb, th, where=closer)
         np.copyto(obj[sl], np.int32(FIRST_OBJECT + k), where=closer)
 
 
 # ---------------------------------------------------------------- shadows
-def shadow_mask(
-    grid: RayGrid, hits: Hits, T_world_sensor: np.ndarray, sun: np.ndarray, road: Road
-) -> np.ndarray:
+def shadow_mask(grid: RayGrid, hits: Hits, T_world_sensor: np.ndarray, sun: np.ndarray, road: Road) -> np.ndarray:
     """(H, W) bool: ground/kerb pixels whose path to the sun is blocked by a primitive.
 
     Only the ground receives cast shadows (objects shade themselves through

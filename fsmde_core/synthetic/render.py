@@ -38,9 +38,7 @@ class CameraFrame:
 class CameraRenderer:
     """Renders one rig camera; rays, vignetting and exposure are fixed at construction."""
 
-    def __init__(
-        self, cam: RigCamera, index: int, world: World, textures: Textures, shadows: bool = True
-    ) -> None:
+    def __init__(self, cam: RigCamera, index: int, world: World, textures: Textures, shadows: bool = True) -> None:
         self.cam = cam
         self.index = index
         self.world = world
@@ -160,9 +158,7 @@ class LidarRenderer:
         cos_i = np.abs(d[0] * surf.normal[0] + d[1] * surf.normal[1] + d[2] * surf.normal[2])
         refl = surf.albedo.mean(0)
         intensity[surf.index] = np.clip(f32(255.0) * refl * (f32(0.3) + f32(0.7) * cos_i) * f32(1.6), 0, 255)
-        rng_m[surf.index] = surf.rng + rng.standard_normal(surf.index.size, dtype=np.float32) * f32(
-            sp.range_noise
-        )
+        rng_m[surf.index] = surf.rng + rng.standard_normal(surf.index.size, dtype=np.float32) * f32(sp.range_noise)
         lost = rng.random(H * W) < sp.dropout
         rng_m[lost] = np.nan
         intensity[lost | ~np.isfinite(rng_m)] = 0.0

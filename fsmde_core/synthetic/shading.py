@@ -88,7 +88,7 @@ def pulse(x: np.ndarray, period: float | np.ndarray, duty: float | np.ndarray, f
     x = np.mod(x, p * f32(64.0))  # periodic: keeps float32 precision for the difference below
     w = np.maximum(fw, p * f32(1e-3))
 
-    def integral(y):
+    def integral(y: np.ndarray) -> np.ndarray:
         k = np.floor(y / p)
         return k * on + np.minimum(y - k * p, on)
 
@@ -244,9 +244,7 @@ def _ground(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     grain = g.tex.fine.sample(x * f32(20.0), y * f32(20.0), fws * f32(20.0))  # 5 cm texels
     patch = g.tex.coarse.sample(x * f32(0.8) + f32(37.0), y * f32(0.8), fws * f32(0.8))
     # three zones by lateral offset: road, sidewalk, verge (each computed on its pixels only)
-    zone = np.where(
-        al < f32(road.half_width), 0, np.where(al < f32(road.half_width + road.sidewalk_width), 1, 2)
-    )
+    zone = np.where(al < f32(road.half_width), 0, np.where(al < f32(road.half_width + road.sidewalk_width), 1, 2))
     order = np.argsort(zone.astype(np.uint8), kind="stable")
     b = np.concatenate([[0], np.cumsum(np.bincount(zone, minlength=3))])
     s, l, al, grain, patch, fws = (np.take(a, order) for a in (s, l, al, grain, patch, fws))
@@ -268,9 +266,7 @@ def _asphalt(road: Road, s, l, grain, patch, fw) -> np.ndarray:
     white = np.zeros_like(al)
     yellow = band(al, f32(0.06), f32(0.18), fw)  # double centre line
     for k in range(1, lanes):  # dashed dividers between same-direction lanes: 3 m on, 6 m off
-        white = np.maximum(
-            white, band(al, k * lw - f32(0.07), k * lw + f32(0.07), fw) * pulse(s, 9.0, 1 / 3, fw)
-        )
+        white = np.maximum(white, band(al, k * lw - f32(0.07), k * lw + f32(0.07), fw) * pulse(s, 9.0, 1 / 3, fw))
     edge = lanes * lw - (f32(0.0) if road.parking_width > 0 else f32(0.35))
     white = np.maximum(white, band(al, edge - f32(0.08), edge + f32(0.08), fw))
     if road.crosswalks.size:
@@ -354,7 +350,22 @@ def _boxes(g: _Group, mat_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return normal, albedo, gloss
 
 
-def _facade(g, col, par, axis, u, half_u, z, local, h, fw, k):
+# Box materials share one signature: colours/params (3|4, n), face axis (0/1 = side, 2 = top),
+# face coordinate u and its half width, height z, box-local hit point and half extents, footprint,
+# primitive index. Each returns (albedo (3, n), gloss (n,)).
+def _facade(
+    g: _Group,
+    col: np.ndarray,
+    par: np.ndarray,
+    axis: np.ndarray,
+    u: np.ndarray,
+    half_u: np.ndarray,
+    z: np.ndarray,
+    local: np.ndarray,
+    h: np.ndarray,
+    fw: np.ndarray,
+    k: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     floor_h, period, fu, fv = par
     side = axis != 2
     kf = k.astype(np.float32)
@@ -366,9 +377,7 @@ def _facade(g, col, par, axis, u, half_u, z, local, h, fw, k):
     width = f32(2.0) * half_u
     win_u = pulse(u - f32(0.5) * (width - np.floor(width / period) * period), period, fu, fw)
     win_v = pulse(z - f32(0.9), floor_h, fv, fw) * band(z, floor_h, 2 * h[2] - f32(0.6), fw)
-    shop = (
-        band(z, f32(0.5), floor_h - f32(0.5), fw) * pulse(u, period * f32(2.0), f32(0.8), fw) * (period < 2.6)
-    )
+    shop = band(z, f32(0.5), floor_h - f32(0.5), fw) * pulse(u, period * f32(2.0), f32(0.8), fw) * (period < 2.6)
     window = np.maximum(win_u * win_v, shop) * side
     cell = hash01(np.floor(u / period), np.floor(z / floor_h), k)
     glass = rgb(0.03, 0.035, 0.05) + rgb(0.05, 0.05, 0.06) * cell
@@ -380,7 +389,19 @@ def _facade(g, col, par, axis, u, half_u, z, local, h, fw, k):
     return mix(wall, glass, window), f32(0.35) * window
 
 
-def _paint(g, col, par, axis, u, half_u, z, local, h, fw, k):
+def _paint(
+    g: _Group,
+    col: np.ndarray,
+    par: np.ndarray,
+    axis: np.ndarray,
+    u: np.ndarray,
+    half_u: np.ndarray,
+    z: np.ndarray,
+    local: np.ndarray,
+    h: np.ndarray,
+    fw: np.ndarray,
+    k: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     dark = band(z, f32(-1.0), f32(0.42), fw)  # bumpers, sills
     out = mix(col, col * f32(0.25), dark)
     # wheels on the long sides: tyres are dark discs near the ends of the body
@@ -391,18 +412,40 @@ def _paint(g, col, par, axis, u, half_u, z, local, h, fw, k):
     return out, f32(0.12) * (1 - tyre)
 
 
-def _glass(g, col, par, axis, u, half_u, z, local, h, fw, k):
+def _glass(
+    g: _Group,
+    col: np.ndarray,
+    par: np.ndarray,
+    axis: np.ndarray,
+    u: np.ndarray,
+    half_u: np.ndarray,
+    z: np.ndarray,
+    local: np.ndarray,
+    h: np.ndarray,
+    fw: np.ndarray,
+    k: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     roof = (axis == 2).astype(np.float32)
     pillar = 1 - band(u, f32(0.12), 2 * half_u - f32(0.12), fw)
     out = mix(rgb(0.03, 0.035, 0.045), col, np.maximum(pillar, roof))
     return out, np.where(roof > 0, f32(0.1), f32(0.45) * (1 - pillar))
 
 
-def _sign(g, col, par, axis, u, half_u, z, local, h, fw, k):
+def _sign(
+    g: _Group,
+    col: np.ndarray,
+    par: np.ndarray,
+    axis: np.ndarray,
+    u: np.ndarray,
+    half_u: np.ndarray,
+    z: np.ndarray,
+    local: np.ndarray,
+    h: np.ndarray,
+    fw: np.ndarray,
+    k: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     face = (axis == 0).astype(np.float32)
-    inner = band(u, f32(0.06), 2 * half_u - f32(0.06), fw) * band(
-        local[2], -h[2] + f32(0.06), h[2] - f32(0.06), fw
-    )
+    inner = band(u, f32(0.06), 2 * half_u - f32(0.06), fw) * band(local[2], -h[2] + f32(0.06), h[2] - f32(0.06), fw)
     out = mix(rgb(0.3, 0.3, 0.3), mix(rgb(0.75, 0.75, 0.75), col, inner), face)
     return out, np.zeros(k.size, np.float32)
 
@@ -425,9 +468,7 @@ def _cylinders(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mat = np.take(prims.cyl_mat, j)
     col = np.take(prims.cyl_col.T.astype(np.float32), j, axis=1)
     ang = np.arctan2(dy, dx) * r
-    grain = g.tex.fine.sample(
-        ang * f32(30.0), g.W[2] * f32(4.0) + j.astype(np.float32) * f32(13.0), g.fw * f32(30.0)
-    )
+    grain = g.tex.fine.sample(ang * f32(30.0), g.W[2] * f32(4.0) + j.astype(np.float32) * f32(13.0), g.fw * f32(30.0))
     albedo = col * (f32(0.75) + f32(0.5) * grain)
     legs = band(g.W[2] - z0, f32(-1.0), f32(0.45) * (z1 - z0), g.fw) * (mat == Material.CLOTH)
     albedo = mix(albedo, albedo[::-1] * f32(0.5) + f32(0.02), legs)
@@ -456,9 +497,7 @@ def _spheres(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- lighting
-def sky_colour(
-    lighting: Lighting, D: np.ndarray, origin: np.ndarray, tex: Textures, pixel_angle: float
-) -> np.ndarray:
+def sky_colour(lighting: Lighting, D: np.ndarray, origin: np.ndarray, tex: Textures, pixel_angle: float) -> np.ndarray:
     """(3, N) linear sky radiance for world ray directions ``D`` (3, N): gradient, sun glow, clouds."""
     d = D / np.sqrt(dot3(D, D))
     e = np.clip(d[2], 0.0, 1.0)
@@ -468,9 +507,7 @@ def sky_colour(
         e ** f32(0.55),
     )
     cos_sun = dot3(d, lighting.sun_dir.astype(np.float32))
-    glow = (
-        np.exp((cos_sun - f32(1.0)) * f32(40.0)) * f32(0.35) + np.exp((cos_sun - f32(1.0)) * f32(2000.0)) * 3
-    )
+    glow = np.exp((cos_sun - f32(1.0)) * f32(40.0)) * f32(0.35) + np.exp((cos_sun - f32(1.0)) * f32(2000.0)) * 3
     sky = sky + glow * (lighting.sun_rgb.astype(np.float32)[:, None] / f32(3.0))
     if lighting.cloud_cover > 0.02:  # a cloud deck 1.5 km up
         ez = np.maximum(d[2], f32(0.02))

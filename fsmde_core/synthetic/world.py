@@ -1,7 +1,8 @@
 """The procedural street: road geometry, ego trajectory, objects and lighting.
 
-Everything is drawn from one ``numpy.random.Generator`` seeded with the
-user's seed, so a seed names one world exactly (bitwise-identical renders).
+Everything is drawn from ``numpy.random.Generator`` streams keyed on the
+user's seed (one per category of object), so a seed names one world exactly
+(bitwise-identical renders) and a longer drive only appends to it.
 
 World frame = ``odom`` (REP 105): z up, the ground at z = 0, the road starts
 at the origin heading +x and curves with a constant signed curvature (0 =
@@ -591,9 +592,7 @@ def _street_furniture(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: flo
             b.add_cyl(xy, kh, kh + h, 0.09, Material.METAL, grey, s)
             arm_xy = road.point(s, l - side * arm / 2)
             yaw = float(road.heading(s))
-            b.add_box(
-                (arm_xy[0], arm_xy[1], kh + h - 0.05), (0.06, arm / 2, 0.05), yaw, Material.METAL, grey, s=s
-            )
+            b.add_box((arm_xy[0], arm_xy[1], kh + h - 0.05), (0.06, arm / 2, 0.05), yaw, Material.METAL, grey, s=s)
             head_xy = road.point(s, l - side * (arm - 0.3))
             b.add_box(
                 (head_xy[0], head_xy[1], kh + h - 0.15),
@@ -666,7 +665,7 @@ def _parked_cars(b: _Builder, seed: int, road: Road, s_lo: float, s_hi: float) -
 def _traffic(seed: int, road: Road, ego: EgoMotion, s_lo: float, s_hi: float, duration: float) -> Traffic:
     rows: list[tuple] = []
 
-    def add(parts, s0, v, follow, l, direction):
+    def add(parts: list[tuple], s0: float, v: float, follow: bool, l: float, direction: float) -> None:
         for dx, hl, hw, z0, z1, mat, col, par in parts:
             rows.append((s0, v, follow, l, direction * dx, hl, hw, z0, z1, int(mat), tuple(col), tuple(par)))
 
@@ -689,9 +688,7 @@ def _traffic(seed: int, road: Road, ego: EgoMotion, s_lo: float, s_hi: float, du
                 while (s < limit) if step > 0 else (s > limit):
                     parts = _vehicle_parts(walk, _vehicle_kind(walk))
                     add(parts, s, v, False, l, direction)
-                    s += step * (
-                        _vehicle_length(parts) + walk.uniform(8.0, 25.0) + walk.exponential(60.0 / busy)
-                    )
+                    s += step * (_vehicle_length(parts) + walk.uniform(8.0, 25.0) + walk.exponential(60.0 / busy))
     for sign, p in ((1.0, 0.55), (-1.0, 0.35)):  # a car ahead / behind in the ego lane
         if rng.random() < p:
             parts = _vehicle_parts(rng, _vehicle_kind(rng, heavy=0.1))

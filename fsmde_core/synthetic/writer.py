@@ -63,9 +63,7 @@ _INF = QosTime(9223372036, 854775807)
 
 
 def _qos(reliability: QosReliability, durability: QosDurability) -> Qos:
-    return Qos(
-        QosHistory.UNKNOWN, 0, reliability, durability, _INF, _INF, QosLiveliness.AUTOMATIC, _INF, False
-    )
+    return Qos(QosHistory.UNKNOWN, 0, reliability, durability, _INF, _INF, QosLiveliness.AUTOMATIC, _INF, False)
 
 
 QOS_SENSOR = _qos(QosReliability.BEST_EFFORT, QosDurability.VOLATILE)  # camera / LiDAR drivers
@@ -114,9 +112,7 @@ def frame_times(seed: int, frame: int, timing: RigTiming, last: bool) -> FrameTi
     tick = START_NS + frame * int(FRAME_PERIOD_S * 1e9)
     stamp = tick + timing.camera_offset_ns + rng.integers(-40_000, 40_000, n)
     log = stamp + timing.camera_delay_ns + rng.integers(-4_000_000, 9_000_000, n)
-    n_tf = int(FRAME_PERIOD_S * 1e9) // TF_PERIOD_NS + (
-        1 if last else 0
-    )  # the last frame closes the interval
+    n_tf = int(FRAME_PERIOD_S * 1e9) // TF_PERIOD_NS + int(last)  # the last frame closes the interval
     tf_stamps = tick + TF_PERIOD_NS * np.arange(n_tf, dtype=np.int64)
     return FrameTimes(
         tick=tick,
@@ -205,11 +201,11 @@ def _worker_init(spec: SceneSpec, own_process: bool = True) -> None:
     _WORKER_SCENE = Scene(spec)
 
 
-def _worker_camera(index: int, stamp_ns: int, frame: int):
+def _worker_camera(index: int, stamp_ns: int, frame: int) -> tuple[bytes | np.ndarray, np.ndarray]:
     return _WORKER_SCENE.render_camera(index, stamp_ns, frame)
 
 
-def _worker_lidar(stamp_ns: int, frame: int):
+def _worker_lidar(stamp_ns: int, frame: int) -> np.ndarray:
     return _WORKER_SCENE.render_lidar(stamp_ns, frame)
 
 
@@ -223,6 +219,10 @@ class _InlineExecutor(Executor):
         fut: Future = Future()
         fut.set_result(fn(*args, **kwargs))
         return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        global _WORKER_SCENE
+        _WORKER_SCENE = None  # release the renderers held in this process
 
 
 @dataclass
@@ -332,19 +332,13 @@ def _push_frame(sink: BagSink, rig: Rig, world: World, fr: RenderedFrame, image_
     for i, cam in enumerate(rig.cameras):
         stamp, log = int(ft.camera_stamp[i]), int(ft.camera_log[i])
         if image_format == "jpeg":
-            sink.push(
-                cam.image_topic + "/compressed", log, msgs.compressed_image(stamp, cam.frame_id, fr.images[i])
-            )
+            sink.push(cam.image_topic + "/compressed", log, msgs.compressed_image(stamp, cam.frame_id, fr.images[i]))
         else:
             sink.push(cam.image_topic, log, msgs.image_rgb8(stamp, cam.frame_id, fr.images[i]))
         sink.push(cam.info_topic, ft.info_log[i], msgs.camera_info(stamp, cam.frame_id, cam.model))
-        sink.push(
-            GT_TOPIC.format(name=cam.name), ft.gt_log[i], msgs.image_depth(stamp, cam.frame_id, fr.depths[i])
-        )
+        sink.push(GT_TOPIC.format(name=cam.name), ft.gt_log[i], msgs.image_depth(stamp, cam.frame_id, fr.depths[i]))
     dense = bool(np.isfinite(fr.cloud["x"]).all())
-    sink.push(
-        rig.lidar_topic, ft.lidar_log, msgs.point_cloud2(ft.lidar_stamp, rig.lidar_frame, fr.cloud, dense)
-    )
+    sink.push(rig.lidar_topic, ft.lidar_log, msgs.point_cloud2(ft.lidar_stamp, rig.lidar_frame, fr.cloud, dense))
 
 
 def default_workers() -> int:
@@ -455,9 +449,7 @@ def generate_bag(
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``fsmde synth``."""
     parser.add_argument("--preset", choices=PRESET_NAMES, default="ddad", help="rig layout (default: ddad)")
-    parser.add_argument(
-        "--frames", type=int, default=100, help="number of 10 Hz surround frames (default: 100)"
-    )
+    parser.add_argument("--frames", type=int, default=100, help="number of 10 Hz surround frames (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="bag directory to create (must not exist)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage")
@@ -467,12 +459,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         default="raw",
         help="raw = sensor_msgs/Image rgb8; jpeg = CompressedImage on <topic>/compressed",
     )
-    parser.add_argument(
-        "--width", type=int, default=None, help="image width (with --height; default: preset)"
-    )
-    parser.add_argument(
-        "--height", type=int, default=None, help="image height (with --width; default: preset)"
-    )
+    parser.add_argument("--width", type=int, default=None, help="image width (with --height; default: preset)")
+    parser.add_argument("--height", type=int, default=None, help="image height (with --width; default: preset)")
     parser.add_argument(
         "--workers",
         type=int,
