@@ -209,15 +209,12 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def depth_grid_image(depth: torch.Tensor, max_depth: float) -> np.ndarray:
-    """(N,1,H,W) depth -> (3, H, N*W) float image in [0,1], inverse-depth colour map."""
-    import matplotlib
+    """(N,1,H,W) depth -> (3, H, N*W) image for TensorBoard, coloured like the eval report."""
+    from fsmde_core.report import colour_inverse_depth
 
-    cmap = matplotlib.colormaps["magma"]
     d = depth.detach().float().cpu().numpy()[:, 0]
-    inv = np.clip(1.0 / np.clip(d, 1e-3, None) / (1.0 / 1.0), 0, None)
-    inv = inv / max(1e-6, np.nanpercentile(inv, 99))
-    row = np.concatenate(list(np.clip(inv, 0, 1)), axis=1)
-    return cmap(row)[..., :3].transpose(2, 0, 1)
+    row = np.concatenate(list(d), axis=1)
+    return colour_inverse_depth(row, near=1.0, far=max_depth).transpose(2, 0, 1)
 
 
 def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | None = None) -> Path:
