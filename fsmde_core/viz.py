@@ -30,8 +30,15 @@ def birds_eye_view(
     Each cell shows its highest point (what a viewer looking down sees), in the
     point's colour or, without colour, coloured by height. Vectorised: one sort.
     """
-    img = np.full((pixels, pixels, 3), 24, dtype=np.uint8)
     scale = pixels / (2 * extent_m)
+    cx = cy = pixels / 2
+    base = Image.new("RGB", (pixels, pixels), (24, 24, 24))
+    grid = ImageDraw.Draw(base)
+    for ring_m in (10, 20, 30, 40, 60, 80):  # range rings under the points
+        if ring_m < extent_m:
+            rr = ring_m * scale
+            grid.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], outline=(70, 70, 70))
+    img = np.array(base)
     pts = np.asarray(xyz, dtype=np.float32)
     ok = np.isfinite(pts).all(axis=1)
     col = -pts[ok, 1] * scale + pixels / 2  # y left -> image left
@@ -55,13 +62,8 @@ def birds_eye_view(
     pil = Image.fromarray(img)
     draw = ImageDraw.Draw(pil)
     hl, hw = ego_length_m / 2 * scale, ego_width_m / 2 * scale
-    cx = cy = pixels / 2
     draw.rectangle([cx - hw, cy - hl, cx + hw, cy + hl], outline=(255, 255, 255), width=2)
     draw.line([cx, cy - hl, cx, cy - hl - 0.8 * hl], fill=(255, 80, 80), width=2)  # heading
-    for ring_m in (10, 20, 30, 40, 60, 80):
-        if ring_m < extent_m:
-            rr = ring_m * scale
-            draw.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], outline=(70, 70, 70))
     draw.text((6, 6), f"bird's-eye view, {2 * extent_m:.0f} m x {2 * extent_m:.0f} m, rings every 10 m",
               fill=(220, 220, 220))
     return np.asarray(pil)

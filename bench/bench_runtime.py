@@ -1,0 +1,588 @@
+"""Runtime benchmark of the surround depth node: model time, end-to-end latency, pipeline overhead.
+
+The question it answers (product issue): how much does the ROS pipeline add to
+the network itself? Target on CPU: overhead at most 15 % of the model time and
+never more than 20 ms per set.
+
+Workload: six cameras at the default size, 640x384 rgb8 images, the default
+student (ResNet-18, 64 bins, input 384x640) with random weights, saved with
+``save_student`` and exported with ``export_onnx`` (fixed batch of 6).
+
+Rows of the printed table:
+
+* **model only** - ``build_backend(kind, ...).infer`` on one ``(6, 384, 640, 3)``
+  uint8 batch, torch and ONNX Runtime, in this process, after a warm-up.
+* **end to end** - a real ``python -m fsmde_ros.node`` subprocess (the params
+  file ``config/surround_depth.yaml``, calibration extrinsics from
+  ``config/rig_ddad.yaml``, the ONNX model) fed over DDS by this process: six
+  rgb8 images + camera_info per set. Latency = wall time from just before the
+  *last* image of a set is handed to ``publish()`` until its cloud (stamped
+  with the set's reference stamp) is received here. Only one set is in flight
+  at a time (the next one is sent after the cloud and the node's diagnostics
+  window for it came back), so nothing queues and the latency is the
+  pipeline's, not a backlog's. This process also subscribes to the six depth
+  images and their camera_info, as RViz or any consumer would.
+* **node model time** - the node's *own* measurement of ``backend.infer`` for
+  the same set, read from ``/diagnostics`` (``model_time_max_ms`` of a window;
+  ``diagnostics.period_s`` is 0.2 s and a set is only sent once the window that
+  holds the previous one has been published, so every window holds at most one
+  set and the value is that set's model time).
+* **pipeline overhead** = end-to-end latency minus the node's model time, per
+  set: DDS transport in and out (serialisation included), synchronizer,
+  decoding, batching, REP 117 masking, depth / camera_info / cloud building
+  and publishing, and this consumer's deserialisation of the cloud.
+* **parts** - synchronizer cost per message (``ApproximateTimeSynchronizer.add``,
+  six cameras), cloud build (``RayCache.fuse`` of 6x384x640 at stride 4 with
+  colour) and per-set conversions (6 x ``depth_to_image``, ``points_to_cloud``,
+  6 x ``image_to_rgb``).
+
+Numbers, not pass/fail. Run it on a quiet machine: the script samples /proc
+for other busy processes at the start and records them with the results.
+
+    python bench/bench_runtime.py [--model-runs 10] [--sets 20] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import contextlib
+import datetime as dt
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a source checkout, not installed
+from fsmde_core.geometry import RayCache  # noqa: E402
+from fsmde_core.rig import Rig  # noqa: E402
+from fsmde_core.sync import ApproximateTimeSynchronizer  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "runtime.md"
+PARAMS_FILE = REPO / "config" / "surround_depth.yaml"
+RIG_FILE = REPO / "config" / "rig_ddad.yaml"
+CAMERAS = ("front", "front_left", "back_left", "back", "back_right", "front_right")
+IMG_W, IMG_H = 640, 384  # published camera images
+NET_H, NET_W = 384, 640  # student input = depth output
+STRIDE, MAX_RANGE = 4, 80.0  # the params file's cloud defaults
+CAMERA_OFFSET_NS = 3_000_000  # trigger offset between consecutive cameras (15 ms spread < 30 ms slop)
+DIAG_PERIOD_S = 0.2
+TARGET_RATIO, TARGET_MS = 0.15, 20.0
+
+
+# ------------------------------------------------------------------ statistics
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), NaN for no values."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+@dataclass
+class Row:
+    """One line of the table: a measured quantity and its distribution (milliseconds)."""
+
+    section: str
+    what: str
+    values_ms: list[float]
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values_ms) if self.values_ms else float("nan")
+
+    @property
+    def p90(self) -> float:
+        return percentile(self.values_ms, 90)
+
+
+def timed(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    """Wall times of ``runs`` calls of ``fn`` after ``warmup`` untimed ones, in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+# ------------------------------------------------------------------ the model
+def make_model(work: Path) -> tuple[Path, Path, dict]:
+    """Default student with seeded random weights -> run dir (safetensors) + ONNX (batch 6)."""
+    import torch
+
+    from fsmde_core.checkpoint import save_student
+    from fsmde_core.export import export_onnx
+    from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
+
+    cfg = StudentConfig()  # resnet18, 64 bins, 384x640: the shipped default
+    torch.manual_seed(0)
+    model = SurroundDepthStudent(cfg)
+    run = work / "student"
+    save_student(run, model, {"student": cfg.to_dict(), "camera_names": list(CAMERAS), "rig": "ddad"})
+    report = export_onnx(run, run / "student.onnx", num_cameras=len(CAMERAS))
+    if not report["passed"]:
+        raise SystemExit(f"ONNX export check failed: max |ORT - torch| = {report['max_abs_diff_m']} m")
+    return run, run / "student.onnx", cfg.to_dict()
+
+
+def make_images(n_sets: int, seed: int = 0) -> np.ndarray:
+    """(n_sets, 6, H, W, 3) uint8 image-like frames (ramps, edges, noise), distinct per set."""
+    from fsmde_core.export import structured_images, to_uint8_nhwc
+
+    rng = np.random.default_rng(seed)
+    base = to_uint8_nhwc(structured_images(len(CAMERAS), IMG_H, IMG_W, seed=seed)).astype(np.int16)
+    sets = np.empty((n_sets, len(CAMERAS), IMG_H, IMG_W, 3), dtype=np.uint8)
+    for s in range(n_sets):  # one vectorised op per set
+        sets[s] = np.clip(base + rng.integers(-20, 21, base.shape, dtype=np.int16), 0, 255)
+    return sets
+
+
+def model_rows(run: Path, onnx: Path, batch: np.ndarray, warmup: int, runs: int) -> tuple[list[Row], np.ndarray]:
+    """Model-only time per set for torch and ONNX Runtime; also returns ORT's depth for the parts."""
+    from fsmde_core.runtime import build_backend
+
+    rows = []
+    depth = None
+    for kind, path in (("torch", run), ("onnxruntime", onnx)):
+        backend = build_backend(kind, path)
+        times = timed(lambda b=backend: b.infer(batch), warmup, runs)
+        if kind == "onnxruntime":
+            depth = backend.infer(batch)
+        rows.append(Row("model only", f"{kind} infer (6x384x640)", times,
+                        f"warm-up {warmup}, {runs} runs"))
+        del backend  # free its threads / arena before the next measurement
+    return rows, depth
+
+
+# ------------------------------------------------------------------ the parts
+def sync_row(n_sets: int, seed: int = 0) -> Row:
+    """``add`` cost per message: six cameras, shuffled arrival order, jittered stamps."""
+    rng = np.random.default_rng(seed)
+    period = 100_000_000
+    msgs: list[tuple[str, int]] = []
+    for s in range(n_sets):
+        order = rng.permutation(len(CAMERAS))
+        jitter = rng.integers(0, 5_000_000, len(CAMERAS))
+        msgs += [(CAMERAS[k], s * period + k * CAMERA_OFFSET_NS + int(jitter[k])) for k in order]
+    per_message_ms = []
+    for _ in range(5):  # five passes over a fresh synchronizer: the spread between passes
+        sync = ApproximateTimeSynchronizer(CAMERAS, slop_ns=30_000_000, queue_size=10)
+        emitted = 0
+        t = time.perf_counter()
+        for cam, stamp in msgs:
+            emitted += len(sync.add(cam, stamp, None))
+        per_message_ms.append((time.perf_counter() - t) * 1e3 / len(msgs))
+        if emitted != n_sets:
+            raise SystemExit(f"synchronizer emitted {emitted} sets out of {n_sets}")
+    return Row("parts", "sync add, per message (6 cams)", per_message_ms,
+               f"{len(msgs)} messages x 5 passes; value in ms (x1000 = us)")
+
+
+def parts_rows(depth: np.ndarray, batch: np.ndarray, warmup: int, runs: int) -> tuple[list[Row], int]:
+    """Cloud build and per-set message conversions on the model's real depth output."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from fsmde_ros.conversions import depth_to_image, image_to_rgb, points_to_cloud
+
+    rig = Rig.load(RIG_FILE).scaled(NET_W, NET_H)
+    rig = Rig(rig.name, [rig.camera(c) for c in CAMERAS], base_frame=rig.base_frame)
+    cache = RayCache(rig, STRIDE)
+    xyz, rgb = cache.fuse(depth, colours=batch, max_range=MAX_RANGE)
+    header = Header(frame_id="base_link")
+    msgs = []
+    for k in range(len(CAMERAS)):
+        data = array.array("B")
+        data.frombytes(batch[k].tobytes())
+        msgs.append(Image(header=header, height=IMG_H, width=IMG_W, encoding="rgb8", step=IMG_W * 3, data=data))
+    cases = [
+        (f"RayCache.fuse 6x{NET_H}x{NET_W} stride {STRIDE} + colour",
+         lambda: cache.fuse(depth, colours=batch, max_range=MAX_RANGE), f"{xyz.shape[0]} points"),
+        ("6 x depth_to_image", lambda: [depth_to_image(d, header) for d in depth], "32FC1 384x640"),
+        ("points_to_cloud xyz+rgb", lambda: points_to_cloud(xyz, rgb, header), f"{xyz.shape[0]} points"),
+        ("6 x image_to_rgb (rgb8)", lambda: [image_to_rgb(m) for m in msgs], "zero-copy view"),
+    ]
+    return [Row("parts", what, timed(fn, warmup, runs), note) for what, fn, note in cases], xyz.shape[0]
+
+
+# ------------------------------------------------------------------ end to end
+@dataclass
+class _Recorder:
+    """Receive times (perf_counter, s) of the node's outputs, keyed by stamp (ns)."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    cloud_at: dict[int, float] = field(default_factory=dict)
+    cloud_points: dict[int, int] = field(default_factory=dict)
+    depth_at: dict[int, list[float]] = field(default_factory=dict)
+    model_ms: list[float] = field(default_factory=list)  # one per diagnostics window with an output
+    node_latency_ms: list[float] = field(default_factory=list)
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class Feeder:
+    """This process's ROS participant: camera publishers and recorders of the node's outputs."""
+
+    def __init__(self, domain_id: int, rig: Rig) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+        self.rig = rig
+        self.rec = _Recorder()
+        self.ctx = Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id)
+        self.node = rclpy.create_node("bench_runtime_feeder", context=self.ctx, start_parameter_services=False)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pubs = {c: self.node.create_publisher(Image, f"/cameras/{c}/image_raw", reliable) for c in CAMERAS}
+        self.info_pubs = {c: self.node.create_publisher(CameraInfo, f"/cameras/{c}/camera_info", reliable)
+                          for c in CAMERAS}
+        self.subs = [self.node.create_subscription(PointCloud2, "/surround_depth/points", self._on_cloud, reliable)]
+        for c in CAMERAS:
+            self.subs.append(self.node.create_subscription(Image, f"/cameras/{c}/depth", self._on_depth, reliable))
+            self.subs.append(self.node.create_subscription(CameraInfo, f"/cameras/{c}/depth/camera_info",
+                                                           lambda m: None, reliable))
+        self.subs.append(self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag,
+                                                       QoSProfile(depth=50)))
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        with contextlib.suppress(Exception):  # the context is shut down by close()
+            self.executor.spin()
+
+    def _on_cloud(self, msg) -> None:
+        now = time.perf_counter()
+        with self.rec.cond:
+            self.rec.cloud_at[_stamp_ns(msg.header.stamp)] = now
+            self.rec.cloud_points[_stamp_ns(msg.header.stamp)] = int(msg.width)
+            self.rec.cond.notify_all()
+
+    def _on_depth(self, msg) -> None:
+        now = time.perf_counter()
+        with self.rec.cond:
+            self.rec.depth_at.setdefault(_stamp_ns(msg.header.stamp), []).append(now)
+
+    def _on_diag(self, msg) -> None:
+        for status in msg.status:
+            if not status.name.endswith(": pipeline"):
+                continue
+            values = {kv.key: kv.value for kv in status.values}
+            if values.get("model_time_max_ms", "n/a") == "n/a":
+                return
+            with self.rec.cond:
+                self.rec.model_ms.append(float(values["model_time_max_ms"]))
+                if values.get("latency_max_ms", "n/a") != "n/a":
+                    self.rec.node_latency_ms.append(float(values["latency_max_ms"]))
+                self.rec.cond.notify_all()
+
+    def ready(self) -> bool:
+        """The node subscribes to every camera and publishes the cloud."""
+        return (all(p.get_subscription_count() > 0 for p in self.image_pubs.values())
+                and all(p.get_subscription_count() > 0 for p in self.info_pubs.values())
+                and self.subs[0].get_publisher_count() > 0)
+
+    def wait(self, cond: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.rec.cond:
+            while not cond():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.rec.cond.wait(min(left, 0.1))
+            return True
+
+    def messages(self, images: np.ndarray, stamps: Sequence[int]) -> list[tuple[str, object, object]]:
+        """(camera, Image, CameraInfo) for one set, built before the clock starts."""
+        from builtin_interfaces.msg import Time
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Header
+
+        from fsmde_ros.conversions import model_to_camera_info
+
+        out = []
+        for k, cam in enumerate(CAMERAS):
+            rc = self.rig.camera(cam)
+            hdr = Header(stamp=Time(sec=stamps[k] // 1_000_000_000, nanosec=stamps[k] % 1_000_000_000),
+                         frame_id=rc.frame_id)
+            data = array.array("B")
+            data.frombytes(images[k].tobytes())
+            img = Image(header=hdr, height=IMG_H, width=IMG_W, encoding="rgb8", is_bigendian=0,
+                        step=IMG_W * 3, data=data)
+            out.append((cam, img, model_to_camera_info(rc.model, hdr)))
+        return out
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+        self._thread.join(2.0)
+
+
+def ros_env(domain_id: int) -> dict[str, str]:
+    return {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+
+
+def node_command(onnx: Path) -> list[str]:
+    params = {"model.path": str(onnx), "model.backend": "onnxruntime", "extrinsics.source": "calibration",
+              "extrinsics.calibration_file": str(RIG_FILE), "diagnostics.period_s": str(DIAG_PERIOD_S)}
+    cmd = [sys.executable, "-m", "fsmde_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE)]
+    for name, value in params.items():
+        cmd += ["-p", f"{name}:={value}"]
+    return cmd
+
+
+@dataclass
+class EndToEnd:
+    latency_ms: list[float]
+    model_ms: list[float]
+    depth_ms: list[float]
+    points: int
+    lost: int
+    node_latency_ms: list[float]
+
+    @property
+    def overhead_ms(self) -> list[float]:
+        return [e - m for e, m in zip(self.latency_ms, self.model_ms, strict=True)]
+
+
+def end_to_end(onnx: Path, images: np.ndarray, warmup_sets: int, domain_id: int, work: Path) -> EndToEnd:
+    """Run the node as a subprocess and feed it one set at a time (module doc)."""
+    os.environ.update({"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
+    log_path = work / "node.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(node_command(onnx), cwd=REPO, env=ros_env(domain_id), stdout=log,
+                                stderr=subprocess.STDOUT)
+    feeder = Feeder(domain_id, Rig.load(RIG_FILE))
+    try:
+        deadline = time.monotonic() + 180.0
+        while not feeder.ready():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"node did not come up (rc {proc.poll()}); log:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        return _feed(feeder, images, warmup_sets, proc, log_path)
+    finally:
+        feeder.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _feed(feeder: Feeder, images: np.ndarray, warmup_sets: int, proc: subprocess.Popen,
+          log_path: Path) -> EndToEnd:
+    rec = feeder.rec
+    latency, model, depth_lat = [], [], []
+    lost, points = 0, 0
+    for s in range(images.shape[0]):
+        now = time.time_ns()  # stamps as a driver would set them: capture times, the last ~ now
+        stamps = [now - (len(CAMERAS) - 1 - k) * CAMERA_OFFSET_NS for k in range(len(CAMERAS))]
+        ref = max(stamps)
+        msgs = feeder.messages(images[s], stamps)
+        with rec.cond:
+            windows_before = len(rec.model_ms)
+        for cam, _, info in msgs:
+            feeder.info_pubs[cam].publish(info)
+        for cam, img, _ in msgs[:-1]:
+            feeder.image_pubs[cam].publish(img)
+        cam, img, _ = msgs[-1]
+        t_last = time.perf_counter()
+        feeder.image_pubs[cam].publish(img)
+        got = feeder.wait(lambda r=ref: r in rec.cloud_at, 30.0)
+        got_diag = got and feeder.wait(lambda n=windows_before: len(rec.model_ms) > n, 5.0)
+        if proc.poll() is not None:
+            raise SystemExit(f"node exited (rc {proc.returncode}); log:\n{log_path.read_text()}")
+        if not (got and got_diag):
+            lost += 1  # a best-effort image lost in transport: no set; resynchronise the windows
+            time.sleep(2 * DIAG_PERIOD_S)
+            continue
+        with rec.cond:
+            if len(rec.model_ms) != windows_before + 1:
+                raise SystemExit("a diagnostics window held more than one set; cannot pair model times")
+            if s < warmup_sets:
+                continue
+            latency.append((rec.cloud_at[ref] - t_last) * 1e3)
+            model.append(rec.model_ms[-1])
+            depth_lat.append((max(rec.depth_at.get(ref, [float("nan")])) - t_last) * 1e3)
+            points = rec.cloud_points[ref]
+    return EndToEnd(latency, model, depth_lat, points, lost, list(rec.node_latency_ms[warmup_sets:]))
+
+
+# ------------------------------------------------------------------ machine
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_ticks() -> dict[int, tuple[str, int]]:
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(d.name)] = (cmd or stat[stat.index("(") + 1: stat.rindex(")")], int(fields[11]) + int(fields[12]))
+    return out
+
+
+def busy_processes(window_s: float = 2.0, threshold: float = 0.1) -> list[str]:
+    """Other processes that used more than ``threshold`` of a core over ``window_s`` (from /proc)."""
+    before = _cpu_ticks()
+    time.sleep(window_s)
+    after = _cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (cmd, ticks) in after.items():
+        if pid == os.getpid() or pid not in before:
+            continue
+        share = (ticks - before[pid][1]) / hz / window_s
+        if share > threshold:
+            busy.append(f"{share:.0%} {cmd[:90]}")
+    return busy
+
+
+def machine_lines() -> list[str]:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return [
+        f"machine: `uname -m` {platform.machine()}, `nproc` {nproc}, {cpu}",
+        f"software: Python {platform.python_version()}, torch {torch.__version__} "
+        f"(intra-op threads {torch.get_num_threads()}), onnxruntime {onnxruntime.__version__}, "
+        f"numpy {np.__version__}, rclpy (ros-kilted) {_version('ros-kilted-rclpy')}, "
+        f"RMW {os.environ.get('RMW_IMPLEMENTATION', 'default (rmw_fastrtps_cpp)')}",
+    ]
+
+
+# ------------------------------------------------------------------ output
+def table(rows: list[Row]) -> str:
+    lines = ["| section | what | median ms | p90 ms | n | note |", "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r.section} | {r.what} | {r.median:.3f} | {r.p90:.3f} | {len(r.values_ms)} | {r.note} |")
+    return "\n".join(lines)
+
+
+def verdict(e2e: EndToEnd) -> str:
+    over, model = statistics.median(e2e.overhead_ms), statistics.median(e2e.model_ms)
+    worst = max(e2e.overhead_ms)
+    ratio = over / model
+    ok = ratio <= TARGET_RATIO and worst <= TARGET_MS
+    return (f"overhead median {over:.1f} ms = {100 * ratio:.1f} % of the node's median model time "
+            f"{model:.1f} ms; max {worst:.1f} ms over {len(e2e.overhead_ms)} sets "
+            f"(target: <= {100 * TARGET_RATIO:.0f} % and never > {TARGET_MS:.0f} ms): "
+            f"{'MET' if ok else 'MISSED'}")
+
+
+def record(text: str) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "# Runtime benchmark: model time, end-to-end latency, pipeline overhead\n\n"
+            "Appended by `bench/bench_runtime.py` (its docstring defines every row). Six cameras, "
+            "640x384 rgb8 images, default student (ResNet-18, 64 bins, 384x640, random weights), "
+            "node on the ONNX Runtime CPU backend.\n"
+        )
+    with RESULTS.open("a") as f:
+        f.write("\n" + text + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-runs", type=int, default=10, help="timed model-only runs per backend")
+    p.add_argument("--model-warmup", type=int, default=2)
+    p.add_argument("--sets", type=int, default=20, help="end-to-end sets measured (after the warm-up sets)")
+    p.add_argument("--warmup-sets", type=int, default=2)
+    p.add_argument("--part-runs", type=int, default=30, help="timed runs of each part")
+    p.add_argument("--domain-id", type=int, default=231, help="ROS_DOMAIN_ID of the node and the feeder")
+    p.add_argument("--note", default="", help="free text recorded with the results")
+    p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(REPO)}")
+    args = p.parse_args(argv)
+
+    started = time.monotonic()
+    load_start = os.getloadavg()
+    busy = busy_processes()
+    print(f"other busy processes at start: {busy or 'none'}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="fsmde_bench_runtime_") as tmp:
+        work = Path(tmp)
+        run, onnx, cfg = make_model(work)
+        images = make_images(args.warmup_sets + args.sets)
+        batch = np.ascontiguousarray(images[0])
+        print("parts ...", flush=True)
+        rows = [sync_row(500)]
+        print("model only ...", flush=True)
+        m_rows, depth = model_rows(run, onnx, batch, args.model_warmup, args.model_runs)
+        part_rows, _ = parts_rows(depth, batch, 3, args.part_runs)
+        rows = m_rows + rows + part_rows
+        print("end to end (node subprocess) ...", flush=True)
+        e2e = end_to_end(onnx, images, args.warmup_sets, args.domain_id, work)
+    n = f"{len(e2e.latency_ms)} sets"
+    rows[2:2] = [
+        Row("end to end", "last image in -> cloud out", e2e.latency_ms, f"{n}, {e2e.points} points, {e2e.lost} lost"),
+        Row("end to end", "last image in -> last depth image out", e2e.depth_ms, n),
+        Row("end to end", "node model time (its /diagnostics)", e2e.model_ms, "same sets"),
+        Row("end to end", "pipeline overhead = e2e - node model", e2e.overhead_ms, "per set, then stats"),
+    ]
+    out = table(rows)
+    summary = verdict(e2e)
+    load_end = os.getloadavg()
+    print("\n" + out + "\n\n" + summary)
+    print(f"total {time.monotonic() - started:.0f} s")
+    if args.no_record:
+        return
+    quiet = "quiet (no other process above 10 % of a core)" if not busy else "NOT quiet: " + "; ".join(busy)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## {stamp}", "", *[f"- {m}" for m in machine_lines()],
+             f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
+             f"- machine state at start: {quiet}; load average 1/5/15 min at start "
+             f"{'/'.join(f'{x:.2f}' for x in load_start)}, at end {'/'.join(f'{x:.2f}' for x in load_end)}",
+             f"- model: {cfg['encoder']}, {cfg['num_bins']} bins, input {cfg['input_height']}x{cfg['input_width']}, "
+             "random weights (seed 0), ONNX fixed batch 6",
+             f"- total run time {time.monotonic() - started:.0f} s"]
+    if args.note:
+        lines.append(f"- note: {args.note}")
+    record("\n".join([*lines, "", out, "", f"**Target**: {summary}"]))
+    print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
