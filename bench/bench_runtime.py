@@ -81,6 +81,41 @@ STRIDE, MAX_RANGE = 4, 80.0  # the params file's cloud defaults
 CAMERA_OFFSET_NS = 3_000_000  # trigger offset between consecutive cameras (15 ms spread < 30 ms slop)
 DIAG_PERIOD_S = 0.2
 TARGET_RATIO, TARGET_MS = 0.15, 20.0
+# Fast DDS participant profile for large samples on one host. Fast DDS' built-in shared-memory
+# transport has 512 KB segments: a 737 KB rgb8 640x384 image does not fit, goes out as
+# fragments that overrun the segment, and is then never delivered to a best-effort reader
+# (measured here: 0 of 10 at 737 KB, 2 of 10 at 600 KB, 10 of 10 at 400 KB) and only after the
+# writer's next heartbeat (seconds) to a reliable one. A 16 MB segment carries whole images;
+# UDP stays for discovery, on the loopback interface only.
+LARGE_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
+<dds xmlns="http://www.eprosima.com">
+  <profiles>
+    <transport_descriptors>
+      <transport_descriptor>
+        <transport_id>shm_large</transport_id>
+        <type>SHM</type>
+        <segment_size>16777216</segment_size>
+      </transport_descriptor>
+      <transport_descriptor>
+        <transport_id>udp_loopback</transport_id>
+        <type>UDPv4</type>
+        <interfaceWhiteList><address>127.0.0.1</address></interfaceWhiteList>
+      </transport_descriptor>
+    </transport_descriptors>
+    <participant profile_name="bench_runtime_large_shm" is_default_profile="true">
+      <rtps>
+        <userTransports>
+          <transport_id>shm_large</transport_id>
+          <transport_id>udp_loopback</transport_id>
+        </userTransports>
+        <useBuiltinTransports>false</useBuiltinTransports>
+      </rtps>
+    </participant>
+  </profiles>
+</dds>
+"""
+VERBOSE = False
+WAIT_S = 30.0
 
 
 # ------------------------------------------------------------------ statistics
@@ -222,14 +257,14 @@ def parts_rows(depth: np.ndarray, batch: np.ndarray, warmup: int, runs: int) -> 
 # ------------------------------------------------------------------ end to end
 @dataclass
 class _Recorder:
-    """Receive times (perf_counter, s) of the node's outputs, keyed by stamp (ns)."""
+    """Receive times (perf_counter, s) of the node's outputs, keyed by stamp (ns), and the
+    node's diagnostics windows that held an output: (model_time_max_ms, latency_max_ms)."""
 
     cond: threading.Condition = field(default_factory=threading.Condition)
     cloud_at: dict[int, float] = field(default_factory=dict)
     cloud_points: dict[int, int] = field(default_factory=dict)
     depth_at: dict[int, list[float]] = field(default_factory=dict)
-    model_ms: list[float] = field(default_factory=list)  # one per diagnostics window with an output
-    node_latency_ms: list[float] = field(default_factory=list)
+    windows: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _stamp_ns(stamp) -> int:
@@ -291,10 +326,10 @@ class Feeder:
             values = {kv.key: kv.value for kv in status.values}
             if values.get("model_time_max_ms", "n/a") == "n/a":
                 return
+            latency = values.get("latency_max_ms", "n/a")
             with self.rec.cond:
-                self.rec.model_ms.append(float(values["model_time_max_ms"]))
-                if values.get("latency_max_ms", "n/a") != "n/a":
-                    self.rec.node_latency_ms.append(float(values["latency_max_ms"]))
+                self.rec.windows.append((float(values["model_time_max_ms"]),
+                                         float(latency) if latency != "n/a" else float("nan")))
                 self.rec.cond.notify_all()
 
     def ready(self) -> bool:
@@ -342,14 +377,20 @@ class Feeder:
         self._thread.join(2.0)
 
 
-def ros_env(domain_id: int) -> dict[str, str]:
-    return {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+def dds_env(domain_id: int, transport: str, work: Path) -> dict[str, str]:
+    """Variables for both participants: own domain, localhost discovery, the transport profile."""
+    env = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    if transport == "large-shm":
+        profile = work / "fastdds_large_shm.xml"
+        profile.write_text(LARGE_SHM_PROFILE)
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+    return env
 
 
-def node_command(onnx: Path) -> list[str]:
+def node_command(onnx: Path, input_reliability: str) -> list[str]:
     params = {"model.path": str(onnx), "model.backend": "onnxruntime", "extrinsics.source": "calibration",
-              "extrinsics.calibration_file": str(RIG_FILE), "diagnostics.period_s": str(DIAG_PERIOD_S)}
+              "extrinsics.calibration_file": str(RIG_FILE), "diagnostics.period_s": str(DIAG_PERIOD_S),
+              "qos.input_reliability": input_reliability}
     cmd = [sys.executable, "-m", "fsmde_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE)]
     for name, value in params.items():
         cmd += ["-p", f"{name}:={value}"]
@@ -358,24 +399,40 @@ def node_command(onnx: Path) -> list[str]:
 
 @dataclass
 class EndToEnd:
-    latency_ms: list[float]
-    model_ms: list[float]
-    depth_ms: list[float]
-    points: int
-    lost: int
-    node_latency_ms: list[float]
+    """Per-set series (ms) of the measured sets, in order."""
+
+    latency_ms: list[float] = field(default_factory=list)  # last image published -> cloud received
+    depth_ms: list[float] = field(default_factory=list)  # last image published -> last depth image received
+    node_done_ms: list[float] = field(default_factory=list)  # last image published -> node finished the set
+    model_ms: list[float] = field(default_factory=list)  # the node's backend.infer time for the set
+    points: int = 0
+    lost: int = 0
 
     @property
     def overhead_ms(self) -> list[float]:
         return [e - m for e, m in zip(self.latency_ms, self.model_ms, strict=True)]
 
+    @property
+    def in_node_overhead_ms(self) -> list[float]:
+        """Input transport + everything the node does besides the model, up to its last publish."""
+        return [d - m for d, m in zip(self.node_done_ms, self.model_ms, strict=True)]
 
-def end_to_end(onnx: Path, images: np.ndarray, warmup_sets: int, domain_id: int, work: Path) -> EndToEnd:
+    @property
+    def out_transport_ms(self) -> list[float]:
+        """Node finished publishing -> cloud received here (DDS out + this consumer's callbacks)."""
+        return [e - d for e, d in zip(self.latency_ms, self.node_done_ms, strict=True)]
+
+
+def end_to_end(onnx: Path, images: np.ndarray, warmup_sets: int, domain_id: int, work: Path,
+               transport: str, input_reliability: str) -> EndToEnd:
     """Run the node as a subprocess and feed it one set at a time (module doc)."""
-    os.environ.update({"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
+    dds = dds_env(domain_id, transport, work)
+    os.environ.update(dds)  # this process's participant (created below) reads them too
+    env = {**os.environ, **dds, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "PYTHONUNBUFFERED": "1"}
     log_path = work / "node.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(node_command(onnx), cwd=REPO, env=ros_env(domain_id), stdout=log,
+        proc = subprocess.Popen(node_command(onnx, input_reliability), cwd=REPO, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
     feeder = Feeder(domain_id, Rig.load(RIG_FILE))
     try:
@@ -398,41 +455,62 @@ def end_to_end(onnx: Path, images: np.ndarray, warmup_sets: int, domain_id: int,
 
 def _feed(feeder: Feeder, images: np.ndarray, warmup_sets: int, proc: subprocess.Popen,
           log_path: Path) -> EndToEnd:
+    """Send one set, wait for its cloud and its diagnostics window, record; repeat."""
     rec = feeder.rec
-    latency, model, depth_lat = [], [], []
-    lost, points = 0, 0
+    out = EndToEnd()
     for s in range(images.shape[0]):
         now = time.time_ns()  # stamps as a driver would set them: capture times, the last ~ now
         stamps = [now - (len(CAMERAS) - 1 - k) * CAMERA_OFFSET_NS for k in range(len(CAMERAS))]
         ref = max(stamps)
         msgs = feeder.messages(images[s], stamps)
         with rec.cond:
-            windows_before = len(rec.model_ms)
+            windows_before = len(rec.windows)
         for cam, _, info in msgs:
             feeder.info_pubs[cam].publish(info)
         for cam, img, _ in msgs[:-1]:
             feeder.image_pubs[cam].publish(img)
         cam, img, _ = msgs[-1]
-        t_last = time.perf_counter()
+        wall_last, t_last = time.time_ns(), time.perf_counter()
         feeder.image_pubs[cam].publish(img)
-        got = feeder.wait(lambda r=ref: r in rec.cloud_at, 30.0)
-        got_diag = got and feeder.wait(lambda n=windows_before: len(rec.model_ms) > n, 5.0)
+        got = feeder.wait(lambda r=ref: r in rec.cloud_at, WAIT_S)
+        got = got and feeder.wait(lambda n=windows_before: len(rec.windows) > n, 5.0)
+        # depth images carry their input image's header, hence each camera's own stamp
+        got = got and feeder.wait(lambda st=stamps: all(t in rec.depth_at for t in st), 5.0)
         if proc.poll() is not None:
             raise SystemExit(f"node exited (rc {proc.returncode}); log:\n{log_path.read_text()}")
-        if not (got and got_diag):
-            lost += 1  # a best-effort image lost in transport: no set; resynchronise the windows
-            time.sleep(2 * DIAG_PERIOD_S)
+        if VERBOSE:
+            print(f"  set {s}: {'ok' if got else 'NO OUTPUT'} after {(time.perf_counter() - t_last) * 1e3:.0f} ms",
+                  flush=True)
+        if not got:
+            out.lost += 1
+            _settle(rec)
             continue
         with rec.cond:
-            if len(rec.model_ms) != windows_before + 1:
+            if len(rec.windows) != windows_before + 1:
                 raise SystemExit("a diagnostics window held more than one set; cannot pair model times")
             if s < warmup_sets:
                 continue
-            latency.append((rec.cloud_at[ref] - t_last) * 1e3)
-            model.append(rec.model_ms[-1])
-            depth_lat.append((max(rec.depth_at.get(ref, [float("nan")])) - t_last) * 1e3)
-            points = rec.cloud_points[ref]
-    return EndToEnd(latency, model, depth_lat, points, lost, list(rec.node_latency_ms[warmup_sets:]))
+            model_ms, node_latency_ms = rec.windows[-1]
+            out.latency_ms.append((rec.cloud_at[ref] - t_last) * 1e3)
+            out.depth_ms.append((max(rec.depth_at[t][0] for t in stamps) - t_last) * 1e3)
+            # The node's latency is (its clock at the end of the set) - ref; both clocks are this
+            # machine's CLOCK_REALTIME (no use_sim_time), so this is "last image -> node done".
+            out.node_done_ms.append((ref - wall_last) / 1e6 + node_latency_ms)
+            out.model_ms.append(model_ms)
+            out.points = rec.cloud_points[ref]
+    return out
+
+
+def _settle(rec: _Recorder, quiet_s: float = 3.0) -> None:
+    """After a set without output: wait until no diagnostics window with an output has come
+    for ``quiet_s``, so a late output cannot be paired with the next set."""
+    while True:
+        with rec.cond:
+            n = len(rec.windows)
+        time.sleep(quiet_s)
+        with rec.cond:
+            if len(rec.windows) == n:
+                return
 
 
 # ------------------------------------------------------------------ machine
@@ -534,6 +612,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--warmup-sets", type=int, default=2)
     p.add_argument("--part-runs", type=int, default=30, help="timed runs of each part")
     p.add_argument("--domain-id", type=int, default=231, help="ROS_DOMAIN_ID of the node and the feeder")
+    p.add_argument("--transport", choices=("large-shm", "default"), default="large-shm",
+                   help="large-shm: Fast DDS profile with 16 MB shared-memory segments (see LARGE_SHM_PROFILE); "
+                        "default: Fast DDS as installed (640x384 rgb8 images are too big for it)")
+    p.add_argument("--input-reliability", choices=("best_effort", "reliable"), default="best_effort",
+                   help="the node's qos.input_reliability (its default: best_effort); the feeder publishes reliable")
     p.add_argument("--note", default="", help="free text recorded with the results")
     p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(REPO)}")
     args = p.parse_args(argv)
@@ -554,13 +637,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         part_rows, _ = parts_rows(depth, batch, 3, args.part_runs)
         rows = m_rows + rows + part_rows
         print("end to end (node subprocess) ...", flush=True)
-        e2e = end_to_end(onnx, images, args.warmup_sets, args.domain_id, work)
+        e2e = end_to_end(onnx, images, args.warmup_sets, args.domain_id, work, args.transport,
+                         args.input_reliability)
     n = f"{len(e2e.latency_ms)} sets"
     rows[2:2] = [
         Row("end to end", "last image in -> cloud out", e2e.latency_ms, f"{n}, {e2e.points} points, {e2e.lost} lost"),
         Row("end to end", "last image in -> last depth image out", e2e.depth_ms, n),
         Row("end to end", "node model time (its /diagnostics)", e2e.model_ms, "same sets"),
-        Row("end to end", "pipeline overhead = e2e - node model", e2e.overhead_ms, "per set, then stats"),
+        Row("end to end", "**pipeline overhead** = e2e - node model", e2e.overhead_ms, "per set"),
+        Row("end to end", "  of which: input + in-node (last image -> node done - model)", e2e.in_node_overhead_ms,
+            "node clock, 0.1 ms resolution"),
+        Row("end to end", "  of which: output (node done -> cloud received)", e2e.out_transport_ms, ""),
     ]
     out = table(rows)
     summary = verdict(e2e)
@@ -575,6 +662,10 @@ def main(argv: Sequence[str] | None = None) -> None:
              f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
              f"- machine state at start: {quiet}; load average 1/5/15 min at start "
              f"{'/'.join(f'{x:.2f}' for x in load_start)}, at end {'/'.join(f'{x:.2f}' for x in load_end)}",
+             f"- DDS: rmw_fastrtps_cpp, domain {args.domain_id}, localhost discovery, transport {args.transport}"
+             f"{' (16 MB shared-memory segments, see LARGE_SHM_PROFILE)' if args.transport == 'large-shm' else ''}, "
+             f"node qos.input_reliability {args.input_reliability}, feeder publishes reliable, "
+             "this process subscribes to the cloud, the six depth images and their camera_info",
              f"- model: {cfg['encoder']}, {cfg['num_bins']} bins, input {cfg['input_height']}x{cfg['input_width']}, "
              "random weights (seed 0), ONNX fixed batch 6",
              f"- total run time {time.monotonic() - started:.0f} s"]

@@ -349,7 +349,7 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
             bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()}, refresh=False)
             if writer is not None and step % int(cfg["log"]["scalar_every"]) == 0:
                 for k, v in losses.items():
-                    writer.add_scalar(f"loss/{k}", float(v), step)
+                    writer.add_scalar(f"loss/{k}", float(v.detach()), step)
                 writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
             if writer is not None and step % int(cfg["log"]["image_every"]) == 0:
                 writer.add_image("depth/pred", depth_grid_image(out.depth[:num_cams], scfg.max_depth), step)
