@@ -956,7 +956,8 @@ def main(args: Sequence[str] | None = None) -> int:
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        node_log = rclpy.logging.get_logger(NODE_NAME)
+        node_log.info("shutting down (interrupt or context shutdown)")
     finally:
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
