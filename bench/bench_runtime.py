@@ -36,10 +36,21 @@ Rows of the printed table:
   colour) and per-set conversions (6 x ``depth_to_image``, ``points_to_cloud``,
   6 x ``image_to_rgb``).
 
+Transport: both participants load a Fast DDS profile with 16 MB shared-memory
+segments (``--transport large-shm``, the default; see :data:`LARGE_SHM_PROFILE`).
+With Fast DDS as installed (``--transport default``) a 737 KB rgb8 image does
+not fit the 512 KB shared-memory segment: the node's default best-effort
+subscription then receives *no* image at all, and a reliable one
+(``--input-reliability reliable``) receives them after retransmissions that
+cost seconds. That is a deployment setting for any ROS 2 node with large
+images on Fast DDS, not a property of this node, so the benchmark measures the
+node with a transport that can carry its input.
+
 Numbers, not pass/fail. Run it on a quiet machine: the script samples /proc
 for other busy processes at the start and records them with the results.
 
-    python bench/bench_runtime.py [--model-runs 10] [--sets 20] [--no-record]
+    python bench/bench_runtime.py [--model-runs 10] [--sets 20] [--transport large-shm]
+                                  [--input-reliability best_effort] [--note TEXT] [--no-record]
 """
 
 from __future__ import annotations

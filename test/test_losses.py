@@ -362,3 +362,38 @@ def test_config_validation_and_from_mapping() -> None:
         DistillLossConfig.from_mapping({"w_silgo": 1.0})
     cfg = DistillLossConfig.from_mapping({"vrkd_grid": [3, 6], "use_vrkd": False})
     assert cfg.vrkd_grid == (3, 6) and cfg.needs_teacher
+
+
+def test_ckd_gt_anchor_gives_metric_target_independent_of_student_scale():
+    """With the GT anchor, the target's expected depth follows the GT scale, not the student's."""
+    from fsmde_core.distill.losses import teacher_bin_log_probs
+
+    torch.manual_seed(0)
+    gt = torch.linspace(2.0, 40.0, 64 * 48).reshape(1, 1, 48, 64)
+    teacher = 3.0 / gt + 0.7  # unknown affine of the true inverse depth
+    sparse = torch.full_like(gt, float("nan"))
+    sparse[..., ::4, ::4] = gt[..., ::4, ::4]
+    centres = torch.quantile(gt.flatten(), torch.linspace(0.01, 0.99, 48))[None]
+    expected = {}
+    for scale in (0.5, 1.0, 3.0):  # the student's current (wrong) scale
+        student = gt * scale
+        for anchor in ("gt", "student"):
+            log_p, _ = teacher_bin_log_probs(centres, student, teacher, None, 1.0, 0.05,
+                                             sparse if anchor == "gt" else None)
+            d = (log_p.exp() * centres[:, :, None, None]).sum(1, keepdim=True)
+            expected[(scale, anchor)] = float(((d - gt).abs() / gt).mean())
+    for scale in (0.5, 1.0, 3.0):
+        assert expected[(scale, "gt")] < 0.05  # metric target whatever the student's scale
+    assert expected[(3.0, "student")] > 0.3  # the student anchor keeps the student's wrong scale
+
+
+def test_ckd_gt_anchor_falls_back_to_student_stats_without_lidar():
+    from fsmde_core.distill.losses import teacher_bin_log_probs
+
+    gt = torch.linspace(2.0, 40.0, 32 * 16).reshape(1, 1, 16, 32)
+    teacher = 1.0 / gt
+    centres = torch.linspace(1.0, 50.0, 16)[None]
+    empty = torch.full_like(gt, float("nan"))
+    a, _ = teacher_bin_log_probs(centres, gt, teacher, None, 1.0, 0.1, empty)
+    b, _ = teacher_bin_log_probs(centres, gt, teacher, None, 1.0, 0.1, None)
+    assert torch.allclose(a, b)

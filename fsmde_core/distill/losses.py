@@ -291,8 +291,28 @@ def teacher_bin_log_probs(
     mask: torch.Tensor | None = None,
     tau: float = 1.0,
     sigma: float = 1.0,
+    gt_depth: torch.Tensor | None = None,
+    min_anchor_points: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CKD target: log p^T over the student's bins, and where it is defined.
+
+    Two ways to put teacher and bins in one scale-invariant space (the
+    "anchor"), chosen per image:
+
+    * **GT anchor** (``gt_depth`` given and the image has at least
+      ``min_anchor_points`` valid LiDAR pixels): median/MAD of the teacher's
+      values *at the LiDAR pixels* normalise the teacher, and median/MAD of
+      the GT inverse depth at the *same* pixels map the metric centres:
+      û_k = (1/c_k − m_GT) / s_GT. The target then carries metric scale from
+      GT and dense structure from the teacher, and does not depend on the
+      student's current (possibly wrong) scale.
+    * **Student anchor** (DESIGN.md §5, and the fallback): the steps below.
+
+    Why the GT anchor is the default: with the student anchor the target
+    preserves the student's own median and spread by construction, so CKD is
+    blind to metric scale while dominating SILog's weak scale term. Measured
+    on held-out synthetic bags (300 steps): CKD improved median-scaled AbsRel
+    by 10 % over supervised-only but worsened metric AbsRel by 44 %.
 
     1. Teacher relative inverse depth -> student resolution (NaN-safe bilinear),
        then u^T = (x - median) / MAD per image.
@@ -333,6 +353,18 @@ def teacher_bin_log_probs(
         valid = _region_mask(mask, depth) & torch.isfinite(teacher) & torch.isfinite(depth) & (depth > 0)
         u_t, _, _ = scale_invariant_normalise(teacher, valid)
         _, m, s = scale_invariant_normalise(1.0 / depth.clamp_min(_EPS), valid)
+        if gt_depth is not None:
+            gt = gt_depth.detach().to(depth.dtype)
+            if tuple(gt.shape[-2:]) != size:
+                raise ValueError(f"gt_depth {tuple(gt.shape)} must match the student's depth size {size}")
+            anchor = valid & torch.isfinite(gt) & (gt > 0)
+            use_gt = anchor.flatten(1).sum(1) >= min_anchor_points  # (B,)
+            _, m_t, s_t = scale_invariant_normalise(teacher, anchor)
+            _, m_g, s_g = scale_invariant_normalise(1.0 / gt.clamp_min(_EPS), anchor)
+            u_gt = (teacher - m_t.view(-1, 1, 1, 1)) / s_t.view(-1, 1, 1, 1)
+            u_t = torch.where(use_gt.view(-1, 1, 1, 1), u_gt, u_t)
+            m = torch.where(use_gt, m_g, m)
+            s = torch.where(use_gt, s_g, s)
         centres = student_centres.detach().to(depth.dtype)
         u_hat = (1.0 / centres.clamp_min(_EPS) - m[:, None]) / s[:, None]  # (B, K)
         u_t = torch.where(valid, u_t, torch.zeros((), dtype=depth.dtype, device=depth.device))
@@ -351,6 +383,7 @@ def ckd_loss(
     mask: torch.Tensor | None = None,
     tau: float = 1.0,
     sigma: float = 1.0,
+    gt_depth: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-interaction KD: tau^2 * KL(p^T || softmax(z / tau)), mean over valid pixels.
 
@@ -373,7 +406,8 @@ def ckd_loss(
         raise ValueError(f"centres {tuple(student_centres.shape)} do not match logits (B={b}, K={k})")
     if student_depth.shape != (b, 1, h, w):
         raise ValueError(f"depth {tuple(student_depth.shape)} must be {(b, 1, h, w)} like the logits")
-    log_p, valid = teacher_bin_log_probs(student_centres, student_depth, teacher_inv_depth, mask, tau, sigma)
+    log_p, valid = teacher_bin_log_probs(student_centres, student_depth, teacher_inv_depth, mask, tau, sigma,
+                                         gt_depth)
     log_q = F.log_softmax(student_logits / tau if tau != 1.0 else student_logits, dim=1)
     kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1, keepdim=True)  # (B,1,H,W)
     zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
@@ -485,6 +519,7 @@ class DistillLossConfig:
     w_vrkd: float = 1.0
     tau_ckd: float = 1.0
     ckd_sigma: float = 0.05
+    ckd_anchor: str = "gt"
     tau_vrkd: float = 0.2
     vrkd_grid: tuple[int, int] = (4, 8)
     variance_focus: float = 0.85
@@ -498,6 +533,8 @@ class DistillLossConfig:
         for name in ("tau_ckd", "ckd_sigma", "tau_vrkd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DistillLossConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.ckd_anchor not in ("gt", "student"):
+            raise ValueError(f"DistillLossConfig.ckd_anchor must be 'gt' or 'student', got {self.ckd_anchor!r}")
         grid = tuple(int(g) for g in self.vrkd_grid)
         if len(grid) != 2 or min(grid) < 1:
             raise ValueError(f"DistillLossConfig.vrkd_grid must be two positive ints, got {self.vrkd_grid}")
@@ -582,9 +619,13 @@ def compute_losses(
     if cfg.use_ckd:
         assert teacher is not None
         logit_size = (out.logits.shape[-2], out.logits.shape[-1])
+        anchor = None
+        if cfg.ckd_anchor == "gt":  # sparse GT: nearest resampling keeps NaN holes as holes
+            anchor = gt_depth if tuple(gt_size) == tuple(logit_size) else F.interpolate(
+                gt_depth, size=logit_size, mode="nearest")
         terms["ckd"] = ckd_loss(
             out.logits, out.centres, _resize_to(out.depth, logit_size), teacher.inv_depth,
-            _resize_mask(mask, logit_size), cfg.tau_ckd, cfg.ckd_sigma,
+            _resize_mask(mask, logit_size), cfg.tau_ckd, cfg.ckd_sigma, anchor,
         )
         weights["ckd"] = cfg.w_ckd
     if cfg.use_vrkd:
