@@ -180,17 +180,26 @@ class RayCache:
             raise ValueError(f"max_points must be >= 0, got {max_points}")
         xyz_parts, rgb_parts = [], []
         for k, cam in enumerate(self._cams):
-            d = depths[k].reshape(-1)[cam.pixel_index]
+            # Hot path of the node (once per camera and set): ``take`` with integer indices
+            # instead of boolean masks on (M, 3) rows, in-place arithmetic, no redundant test.
+            d = depths[k].reshape(-1).take(cam.pixel_index)
             rng = d * cam.ray_norm
-            keep = np.isfinite(d) & (d > 0) & (rng <= max_range) & (rng >= min_range)
+            # NaN fails every comparison and d > 0 rejects 0, negatives and -Inf; +Inf
+            # passes d > 0 and is only rejected by a finite max_range, else test it.
+            keep = (d > 0) & (rng <= max_range) & (rng >= min_range)
+            if not np.isfinite(max_range):
+                keep &= np.isfinite(d)
             if masks is not None:
                 # astype(bool): uint8 masks read from images (non-zero = ego) must
                 # not go through bitwise ``~`` (~1 == 254 would count as "keep").
-                keep &= ~masks[k].reshape(-1)[cam.pixel_index].astype(bool)
-            d_keep = d[keep]
-            xyz_parts.append(d_keep[:, None] * cam.rays_base[keep] + cam.origin)
+                keep &= ~masks[k].reshape(-1).take(cam.pixel_index).astype(bool)
+            idx = np.flatnonzero(keep)
+            xyz = cam.rays_base.take(idx, axis=0)  # a fresh array: safe to scale in place
+            xyz *= d.take(idx)[:, None]
+            xyz += cam.origin
+            xyz_parts.append(xyz)
             if colours is not None:
-                rgb_parts.append(colours[k].reshape(-1, 3)[cam.pixel_index[keep]])
+                rgb_parts.append(colours[k].reshape(-1, 3).take(cam.pixel_index.take(idx), axis=0))
         xyz = np.concatenate(xyz_parts).astype(np.float32, copy=False)
         rgb = np.concatenate(rgb_parts) if colours is not None else None
         if max_points is not None and xyz.shape[0] > max_points:

@@ -341,7 +341,9 @@ def points_to_cloud(xyz: np.ndarray, rgb: np.ndarray | None, header: Header) -> 
     msg.is_bigendian = NATIVE_BIG_ENDIAN
     msg.point_step = _POINT_STEP
     msg.row_step = _POINT_STEP * n
-    msg.is_dense = bool(np.isfinite(buf[:, :3]).all())
+    # The contiguous input is ~15x faster to scan than the strided xyz columns of buf; only a
+    # float64 input must be checked after the cast (a huge value becomes +Inf in float32).
+    msg.is_dense = bool(np.isfinite(pts if pts.dtype == np.float32 else buf[:, :3]).all())
     msg.data = _as_uint8_array(buf)
     return msg
 
