@@ -2,7 +2,7 @@
 
 Data flow (one arrow per thread hand-over)::
 
-    image / camera_info callbacks (executor threads)
+    image / camera_info callbacks (the executor's thread)
       -> ApproximateTimeSynchronizer (header.stamp; arrival on the steady clock)
       -> single-slot mailbox
       -> inference worker thread: decode, resize, ONE batched backend.infer,
@@ -15,6 +15,15 @@ would see stale, overflowing queues. The newest complete set *replaces* a
 waiting one (counted in diagnostics): after a slow frame the node resumes
 with the most recent instant instead of working through a backlog, which is
 what a perception consumer wants (bounded latency, not every frame).
+
+Why a *single-threaded* executor: every callback is short (a synchronizer
+insert, a cached camera_info check, a diagnostics message), and the one heavy
+job has its own thread. rclpy's MultiThreadedExecutor costs Python-level
+dispatch (a thread-pool hand-off and a rebuilt wait set) per message; with six
+images and six camera_infos arriving in one burst per set, the last image of a
+set reached its callback 6 ms (median; 20 ms worst) after it was published,
+against 2 ms with the single-threaded one (``bench/bench_runtime.py``,
+``bench/results/runtime.md``). That wait is pure latency on every set.
 
 Conventions (REP 103/105/117/118): depth is 32FC1 metres along the optical
 Z axis, NaN = invalid or ego-masked, +Inf = beyond range, never 0, published
@@ -50,7 +59,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType, JumpThreshold, TimeJump
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -951,7 +960,7 @@ def main(args: Sequence[str] | None = None) -> int:
     """
     rclpy.init(args=list(args) if args is not None else sys.argv)
     node: SurroundDepthNode | None = None
-    executor: MultiThreadedExecutor | None = None
+    executor: SingleThreadedExecutor | None = None
     try:
         try:
             node = SurroundDepthNode()
@@ -961,7 +970,7 @@ def main(args: Sequence[str] | None = None) -> int:
         if node.autostart and not node.start():
             node.get_logger().fatal("could not configure and activate (see above); exiting")
             return 1
-        executor = MultiThreadedExecutor()
+        executor = SingleThreadedExecutor()  # why single-threaded: module doc
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -23,14 +23,24 @@ from fsmde_ros.conversions import cloud_to_points, image_to_depth, stamp_to_ns
 
 @dataclass
 class Recorded:
-    """Everything received, keyed by header stamp (ns)."""
+    """What was received: per camera its depth images by stamp, clouds by stamp.
 
-    depth: dict[int, dict[str, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
+    Depth images keep their own camera's stamp (REP: same header as the input
+    image), and cameras of one set fire a few ms apart, so sets are not keyed
+    by one stamp: a set is the n-th image of every camera.
+    """
+
+    depth: dict[str, dict[int, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
     depth_frames: dict[str, str] = field(default_factory=dict)
     clouds: dict[int, tuple[np.ndarray, np.ndarray | None, str]] = field(default_factory=dict)
 
-    def complete_stamps(self, names: list[str]) -> list[int]:
-        return sorted(s for s, d in self.depth.items() if all(n in d for n in names))
+    def complete_sets(self, names: list[str]) -> int:
+        return min((len(self.depth.get(n, {})) for n in names), default=0)
+
+    def latest_depths(self, names: list[str]) -> list[np.ndarray] | None:
+        if self.complete_sets(names) == 0:
+            return None
+        return [self.depth[n][max(self.depth[n])] for n in names]
 
 
 class NodeOutputRecorder:
@@ -52,7 +62,7 @@ class NodeOutputRecorder:
         def cb(msg: Image) -> None:
             depth = image_to_depth(msg, copy=True)
             with self._lock:
-                self.data.depth[stamp_to_ns(msg.header.stamp)][name] = depth
+                self.data.depth[name][stamp_to_ns(msg.header.stamp)] = depth
                 self.data.depth_frames[name] = msg.header.frame_id
         return cb
 
@@ -64,7 +74,7 @@ class NodeOutputRecorder:
     def counts(self) -> tuple[int, int]:
         """(complete depth sets, clouds) received so far."""
         with self._lock:
-            return len(self.data.complete_stamps(self.names)), len(self.data.clouds)
+            return self.data.complete_sets(self.names), len(self.data.clouds)
 
     def save_pictures(self, out_dir: Path, ring: list[int], extent_m: float = 40.0) -> list[Path]:
         """Write the latest complete depth set and the latest cloud as PNGs."""
@@ -73,9 +83,8 @@ class NodeOutputRecorder:
         out_dir = Path(out_dir)
         written = []
         with self._lock:
-            stamps = self.data.complete_stamps(self.names)
             latest_cloud = max(self.data.clouds) if self.data.clouds else None
-            depths = [self.data.depth[stamps[-1]][n] for n in self.names] if stamps else None
+            depths = self.data.latest_depths(self.names)
             cloud = self.data.clouds[latest_cloud] if latest_cloud is not None else None
         if depths is not None:
             written.append(save_png(out_dir / "node_depth.png", depth_mosaic(np.stack(depths), self.names, ring)))

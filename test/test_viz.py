@@ -44,3 +44,18 @@ def test_depth_mosaic_tiles_six_cameras():
     # Top row: ring[1], ring[0], ring[5]; nearer cameras are brighter (inverse-depth colours).
     centre = lambda r, c: mosaic[r * 26 + 16, c * 34 + 20].astype(int).sum()  # noqa: E731
     assert centre(0, 1) > centre(0, 0) > centre(0, 2)
+
+
+def test_recorder_groups_depth_sets_per_camera_not_by_one_stamp():
+    """Cameras of one set fire ms apart; each depth keeps its camera's stamp."""
+    from fsmde_ros.snapshot import Recorded
+
+    rec = Recorded()
+    names = ["front", "back"]
+    rec.depth["front"][1_000] = np.zeros((2, 2))
+    assert rec.complete_sets(names) == 0 and rec.latest_depths(names) is None
+    rec.depth["back"][1_004] = np.ones((2, 2))
+    rec.depth["front"][101_000] = np.full((2, 2), 5.0)
+    assert rec.complete_sets(names) == 1
+    latest = rec.latest_depths(names)
+    assert latest[0][0, 0] == 5.0 and latest[1][0, 0] == 1.0
