@@ -69,7 +69,7 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], dom
     executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)
     play_cmd = [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
-                "--wait-for-subscribers", f"/cameras/{names[0]}/image_raw", "--wait-timeout", "120"]
+                "--wait-for-subscribers", *[f"/cameras/{n}/image_raw" for n in names], "--wait-timeout", "120"]
     try:
         print(f"\n$ {' '.join(shlex.quote(c) for c in play_cmd)}", flush=True)
         player = subprocess.Popen(play_cmd, env=env)
@@ -98,9 +98,9 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], dom
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="where everything goes")
-    parser.add_argument("--train-frames", type=int, default=30, help="frames in the training bag")
+    parser.add_argument("--train-frames", type=int, default=40, help="frames in the training bag")
     parser.add_argument("--eval-frames", type=int, default=6, help="frames in the held-out bag")
-    parser.add_argument("--steps", type=int, default=120, help="training steps (tiny CPU config)")
+    parser.add_argument("--steps", type=int, default=200, help="training steps (tiny CPU config)")
     parser.add_argument("--skip-node", action="store_true", help="stop after export (no ROS 2 node)")
     parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", "77")),
                         help="ROS_DOMAIN_ID for the node replay (DDS stays on localhost)")
