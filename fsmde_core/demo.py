@@ -68,7 +68,7 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], dom
     recorder = NodeOutputRecorder(node, names, depth_topics, "/surround_depth/points")
     executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)
-    play_cmd = [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
+    play_cmd = [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.2",
                 "--wait-for-subscribers", *[f"/cameras/{n}/image_raw" for n in names], "--wait-timeout", "120"]
     try:
         print(f"\n$ {' '.join(shlex.quote(c) for c in play_cmd)}", flush=True)
