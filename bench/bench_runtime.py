@@ -50,10 +50,12 @@ images on Fast DDS, not a property of this node, so the benchmark measures the
 node with a transport that can carry its input.
 
 Numbers, not pass/fail. Run it on a quiet machine: the script samples /proc
-for other busy processes at the start and records them with the results.
+for other busy processes at the start and during the whole run and records
+how much CPU they took with the results. About 2.5 minutes on 2 cores.
 
-    python bench/bench_runtime.py [--model-runs 10] [--sets 20] [--transport large-shm]
-                                  [--input-reliability best_effort] [--note TEXT] [--no-record]
+    python bench/bench_runtime.py [--model-runs 8] [--sets 16] [--transport large-shm]
+                                  [--input-reliability best_effort] [--note TEXT] [--verbose]
+                                  [--no-record]
 """
 
 from __future__ import annotations
@@ -128,8 +130,8 @@ LARGE_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
   </profiles>
 </dds>
 """
-VERBOSE = False
-WAIT_S = 30.0
+VERBOSE = False  # --verbose: one line per end-to-end set
+WAIT_S = 30.0  # longest wait for one set's cloud before it counts as lost
 
 
 # ------------------------------------------------------------------ statistics
@@ -684,8 +686,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--input-reliability", choices=("best_effort", "reliable"), default="best_effort",
                    help="the node's qos.input_reliability (its default: best_effort); the feeder publishes reliable")
     p.add_argument("--note", default="", help="free text recorded with the results")
+    p.add_argument("--verbose", action="store_true", help="print one line per end-to-end set")
     p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(REPO)}")
     args = p.parse_args(argv)
+    global VERBOSE
+    VERBOSE = args.verbose
 
     started = time.monotonic()
     load_start = os.getloadavg()

@@ -22,7 +22,7 @@ job has its own thread. rclpy's MultiThreadedExecutor costs Python-level
 dispatch (a thread-pool hand-off and a rebuilt wait set) per message; with six
 images and six camera_infos arriving in one burst per set, the last image of a
 set reached its callback 6 ms (median; 20 ms worst) after it was published,
-against 2 ms with the single-threaded one (``bench/bench_runtime.py``,
+against 2-3 ms (4.5 ms worst) with the single-threaded one (``bench/bench_runtime.py``,
 ``bench/results/runtime.md``). That wait is pure latency on every set.
 
 Conventions (REP 103/105/117/118): depth is 32FC1 metres along the optical
@@ -760,9 +760,7 @@ class SurroundDepthNode(LifecycleNode):
         """
         if depth.dtype != np.float32 or not depth.flags.writeable:
             depth = np.array(depth, dtype=np.float32)
-        invalid = np.greater(depth, 0)
-        np.logical_not(invalid, out=invalid)
-        np.copyto(depth, np.float32(np.nan), where=invalid)
+        np.copyto(depth, np.float32(np.nan), where=~(depth > 0))
         for k, f in enumerate(frames):
             mask = self._depth_mask(f.name, depth.shape[1], depth.shape[2])
             if mask is not None:

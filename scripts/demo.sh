@@ -9,4 +9,6 @@ bash scripts/setup_env.sh
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-77}
 export MPLBACKEND=Agg
+# camera images exceed Fast DDS's default 512 KB shared-memory segment
+export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$PWD/config/fastdds_large_shm.xml}
 fsmde demo --out "${1:-demo_out}" "${@:2}"
