@@ -197,6 +197,23 @@ Arr = np.ndarray | np.float32  # a per-ray array, or one float32 shared by all r
 # Origins and directions broadcast: primary rays share one origin (scalars)
 # and vary in direction; shadow rays vary in origin and share the sun
 # direction. Every function returns the ray parameter, +inf on a miss.
+def _box_slab(
+    Dx: Arr, Dy: Arr, iDz: Arr, px: Arr, py: Arr, pz: Arr, hx: Arr, hy: Arr, hz: Arr, cyaw: Arr, syaw: Arr,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Entry and exit ray parameters (tn, tf) of the slab test in the box frame."""
+    lx = cyaw * px + syaw * py
+    ly = cyaw * py - syaw * px
+    dx = cyaw * Dx + syaw * Dy
+    dy = cyaw * Dy - syaw * Dx
+    ix, iy = f32(1.0) / dx, f32(1.0) / dy
+    a, b = (-hx - lx) * ix, (hx - lx) * ix
+    tn, tf = np.minimum(a, b), np.maximum(a, b)
+    a, b = (-hy - ly) * iy, (hy - ly) * iy
+    tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
+    a, b = (-hz - pz) * iDz, (hz - pz) * iDz
+    return np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
+
+
 def hit_box(
     Dx: Arr,
     Dy: Arr,
@@ -213,18 +230,8 @@ def hit_box(
     t_min: float = 0.0,
 ) -> np.ndarray:
     """Slab test in the box frame; ``p`` = ray origin minus box centre (world axes)."""
-    lx = cyaw * px + syaw * py
-    ly = cyaw * py - syaw * px
-    dx = cyaw * Dx + syaw * Dy
-    dy = cyaw * Dy - syaw * Dx
     with np.errstate(divide="ignore", invalid="ignore"):
-        ix, iy = f32(1.0) / dx, f32(1.0) / dy
-        a, b = (-hx - lx) * ix, (hx - lx) * ix
-        tn, tf = np.minimum(a, b), np.maximum(a, b)
-        a, b = (-hy - ly) * iy, (hy - ly) * iy
-        tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
-        a, b = (-hz - pz) * iDz, (hz - pz) * iDz
-        tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
+        tn, tf = _box_slab(Dx, Dy, iDz, px, py, pz, hx, hy, hz, cyaw, syaw)
         return np.where((tn <= tf) & (tn > t_min), tn, f32(np.inf))
 
 
@@ -244,18 +251,8 @@ def hit_box_any(
     t_min: float = 1e-3,
 ) -> np.ndarray:
     """Shadow test: does the ray meet the box anywhere ahead (origin inside counts)?"""
-    lx = cyaw * px + syaw * py
-    ly = cyaw * py - syaw * px
-    dx = cyaw * Dx + syaw * Dy
-    dy = cyaw * Dy - syaw * Dx
     with np.errstate(divide="ignore", invalid="ignore"):
-        ix, iy = f32(1.0) / dx, f32(1.0) / dy
-        a, b = (-hx - lx) * ix, (hx - lx) * ix
-        tn, tf = np.minimum(a, b), np.maximum(a, b)
-        a, b = (-hy - ly) * iy, (hy - ly) * iy
-        tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
-        a, b = (-hz - pz) * iDz, (hz - pz) * iDz
-        tn, tf = np.maximum(tn, np.minimum(a, b)), np.minimum(tf, np.maximum(a, b))
+        tn, tf = _box_slab(Dx, Dy, iDz, px, py, pz, hx, hy, hz, cyaw, syaw)
         return (tn <= tf) & (tf > t_min)
 
 
