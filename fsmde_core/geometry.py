@@ -244,3 +244,35 @@ def cross_view_projection(
     inside = (z > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] <= cam_dst.model.width - 1) \
         & (uv[:, 1] >= 0) & (uv[:, 1] <= cam_dst.model.height - 1)
     return uv[inside], z[inside]
+
+
+def overlap_band(
+    cam_src: RigCamera, cam_dst: RigCamera, reference_depth: float = 50.0, rows: int = 9
+) -> tuple[float, float] | None:
+    """The column band of ``src`` that ``dst`` also sees, as normalised ``(u0, u1)`` in [0, 1].
+
+    Rays of ``rows`` evenly spaced image rows of src are placed at
+    ``reference_depth`` (metres, z in src's optical frame) and projected into
+    dst; every column with at least one ray landing inside dst's image is in
+    the band. A far reference depth gives (almost) the angular overlap, which is
+    what matters for content seen by both cameras; the baseline between the
+    cameras shrinks it only for near objects. The band spans from its first to
+    its last such column (it is contiguous for cameras side by side on a ring).
+
+    Returns None when the cameras do not overlap.
+    """
+    if reference_depth <= 0 or rows < 1:
+        raise ValueError(f"need reference_depth > 0 and rows >= 1, got {reference_depth}, {rows}")
+    m = cam_src.model
+    row_idx = np.unique(np.linspace(0, m.height - 1, rows).round().astype(np.int64))
+    rays = m.pixel_rays()[row_idx]  # (R, W, 3)
+    pts = transform_points(cam_dst.T_cam_base @ cam_src.T_base_cam, (reference_depth * rays.reshape(-1, 3)).astype(
+        np.float64))
+    uv, z = cam_dst.model.project(pts)
+    with np.errstate(invalid="ignore"):
+        inside = (z > 0.1) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= cam_dst.model.width - 0.5) \
+            & (uv[:, 1] >= -0.5) & (uv[:, 1] <= cam_dst.model.height - 0.5)
+    cols = np.nonzero(inside.reshape(len(row_idx), m.width).any(axis=0))[0]
+    if cols.size == 0:
+        return None
+    return float(cols[0]) / m.width, float(cols[-1] + 1) / m.width

@@ -124,6 +124,22 @@ def pairs_for_batch(base_pairs: list[tuple[int, int]], num_samples: int, num_cam
     return torch.tensor(out, dtype=torch.long).reshape(-1, 2)
 
 
+def overlap_bands_for(rig: Rig, base_pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """(P, 2, 2) normalised column bands each adjacent pair shares (overlap-restricted VRKD).
+
+    Computed once from the calibration; a pair without any overlap keeps whole
+    images (band (0, 1)) so the term stays defined.
+    """
+    from fsmde_core.geometry import overlap_band
+
+    out = []
+    for i, j in base_pairs:
+        bi = overlap_band(rig.cameras[i], rig.cameras[j]) or (0.0, 1.0)
+        bj = overlap_band(rig.cameras[j], rig.cameras[i]) or (0.0, 1.0)
+        out.append([list(bi), list(bj)])
+    return torch.tensor(out, dtype=torch.float64).reshape(-1, 2, 2)
+
+
 def rig_from_item(item: dict, names: list[str]) -> Rig:
     """A Rig from one dataset item's intrinsics/extrinsics (for the adjacency ring)."""
     _, _, h, w = item["images"].shape
@@ -258,7 +274,9 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
     names = list(index.camera_names)
     first = dataset[0]
     num_cams = first["images"].shape[0]
-    base_pairs = rig_from_item(first, names).adjacent_pairs()
+    data_rig = rig_from_item(first, names)
+    base_pairs = data_rig.adjacent_pairs()
+    base_bands = overlap_bands_for(data_rig, base_pairs)
     store = teacher_cache(cfg, dataset, index.key_digest, cache_root, info, progress)
 
     # --- model and optimiser
@@ -327,13 +345,14 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
                     features=torch.cat([x["features"] for x in t]).float().to(device),
                 )
             pairs = pairs_for_batch(base_pairs, len(items), num_cams).to(device)
+            bands = base_bands.repeat(len(items), 1, 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, float(o["lr"]), int(o["warmup_steps"]))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out = ddp_model(batch["images"])
             out = type(out)(*(x.float() for x in out))
             step_cfg = kd_ramped(loss_cfg, step, int(o.get("kd_warmup_steps") or 0))
-            losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg)
+            losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
             scaler.unscale_(optimizer)

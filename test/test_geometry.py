@@ -13,6 +13,7 @@ from fsmde_core.geometry import (
     finite_points,
     fuse_cloud,
     lidar_to_sparse_depth,
+    overlap_band,
     project_to_sparse_depth,
     transform_points,
 )
@@ -326,3 +327,21 @@ def test_cross_view_projection_stride_and_shape_check():
     assert 0 < half_uv.shape[0] < full_uv.shape[0]
     with pytest.raises(ValueError, match="depth_src must be at camera 'front'"):
         cross_view_projection(depths[0, ::2], rig.cameras[0], rig.cameras[1])
+
+
+def test_overlap_band_of_two_coincident_pinhole_cameras_matches_the_angles() -> None:
+    """Same centre, yaw 0 and 40 deg, fx 50 on 64 px: a column u of cam 0 looks
+    atan((32 - u) / 50) to the left; cam 1 sees it when that angle minus 40 deg
+    projects inside its image (u' <= 63.5)."""
+    cam0 = one_camera_rig(0.0, pos=(0.0, 0.0, 1.5)).cameras[0]
+    cam1 = one_camera_rig(40.0, pos=(0.0, 0.0, 1.5)).cameras[0]
+    theta_min = np.radians(40.0) + np.arctan((32.0 - 63.5) / 50.0)  # leftmost angle cam 1 needs
+    last = int(np.floor(32.0 - 50.0 * np.tan(theta_min)))  # last column of cam 0 inside
+    assert overlap_band(cam0, cam1) == pytest.approx((0.0, (last + 1) / W))
+    # and from cam 1: its right-hand columns, those whose angle stays left of cam 0's u = -0.5
+    first = int(np.ceil(32.0 - 50.0 * np.tan(np.arctan(32.5 / 50.0) - np.radians(40.0))))
+    assert overlap_band(cam1, cam0) == pytest.approx((first / W, 1.0))
+    behind = one_camera_rig(180.0, pos=(0.0, 0.0, 1.5)).cameras[0]
+    assert overlap_band(cam0, behind) is None
+    with pytest.raises(ValueError):
+        overlap_band(cam0, cam1, reference_depth=0.0)

@@ -284,6 +284,36 @@ def test_vrkd_pairs_validation_and_empty() -> None:
         vrkd_loss(s, t[:3], [(0, 1)], grid=(2, 2))
 
 
+def test_vrkd_bands_whole_image_equals_unbanded_and_ignores_columns_outside() -> None:
+    g = _gen(12)
+    s = torch.randn(4, 6, 8, 20, generator=g)
+    t = torch.randn(4, 9, 8, 20, generator=g)
+    pairs = [(0, 1), (1, 2), (2, 3), (3, 0)]
+    whole = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]] * 4, dtype=torch.float64)
+    torch.testing.assert_close(vrkd_loss(s, t, pairs, (2, 4), 0.2, whole), vrkd_loss(s, t, pairs, (2, 4), 0.2))
+    # view i keeps its left 30 %, view j its right 30 % (columns [0, 6) and [14, 20) of 20)
+    bands = torch.tensor([[[0.0, 0.3], [0.7, 1.0]]] * 4, dtype=torch.float64)
+    base = vrkd_loss(s, t, pairs, (2, 2), 0.2, bands)
+    outside = s.clone()
+    outside[..., 6:14] = torch.randn(4, 6, 8, 8, generator=g)  # no view's band covers these columns
+    assert vrkd_loss(outside, t, pairs, (2, 2), 0.2, bands).item() == pytest.approx(base.item(), abs=1e-6)
+    inside = s.clone()
+    inside[..., :6] = torch.randn(4, 6, 8, 6, generator=g)
+    assert abs(vrkd_loss(inside, t, pairs, (2, 2), 0.2, bands).item() - base.item()) > 1e-4
+    # the band's own features: identical student and teacher relations -> 0
+    assert vrkd_loss(t, t, pairs, (2, 2), 0.2, bands).item() < 1e-6
+
+
+def test_vrkd_bands_validation() -> None:
+    s, t = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+    with pytest.raises(ValueError, match="bands must be"):
+        vrkd_loss(s, t, [(0, 1)], (2, 2), 0.2, torch.zeros(2, 2, 2))
+    with pytest.raises(ValueError, match="0 <= u0 < u1 <= 1"):
+        vrkd_loss(s, t, [(0, 1)], (2, 2), 0.2, torch.tensor([[[0.5, 0.2], [0.0, 1.0]]]))
+    with pytest.raises(ValueError, match="vrkd_region"):
+        DistillLossConfig(vrkd_region="band")
+
+
 # --------------------------------------------------------------------------- compute_losses
 
 
@@ -397,3 +427,38 @@ def test_ckd_gt_anchor_falls_back_to_student_stats_without_lidar():
     a, _ = teacher_bin_log_probs(centres, gt, teacher, None, 1.0, 0.1, empty)
     b, _ = teacher_bin_log_probs(centres, gt, teacher, None, 1.0, 0.1, None)
     assert torch.allclose(a, b)
+
+
+def test_ckd_linear_target_expectation_is_exactly_the_anchored_teacher_depth():
+    """The 'linear' target splits each pixel between the two centres around the
+    teacher's metric depth, so its expected depth is that depth (clamped to the
+    centres' range) up to the 1e-4 floor; the 'kernel' target is biased far."""
+    gt = torch.linspace(2.0, 40.0, 64 * 48).reshape(1, 1, 48, 64)
+    teacher = 3.0 / gt + 0.7
+    sparse = torch.full_like(gt, float("nan"))
+    sparse[..., ::4, ::4] = gt[..., ::4, ::4]
+    centres = torch.linspace(4.0, 30.0, 12)[None]  # coarse bins, range narrower than the scene
+    log_p, valid = teacher_bin_log_probs(centres, gt * 2.0, teacher, None, 1.0, 0.05, sparse, target="linear")
+    assert valid.all()
+    p = log_p.exp()
+    torch.testing.assert_close(p.sum(1), torch.ones(1, 48, 64))
+    assert int((p > 1e-3).sum(1).max()) <= 2  # two bins per pixel
+    d = (p * centres[:, :, None, None]).sum(1, keepdim=True)
+    torch.testing.assert_close(d, gt.clamp(4.0, 30.0), rtol=2e-3, atol=0.0)
+    log_k, _ = teacher_bin_log_probs(centres, gt * 2.0, teacher, None, 1.0, 0.05, sparse)
+    d_k = (log_k.exp() * centres[:, :, None, None]).sum(1, keepdim=True)
+    inside = (gt > 4.0) & (gt < 30.0)
+    assert float(((d_k - gt) / gt)[inside].mean()) > 0.01  # the kernel target's far bias
+
+
+def test_ckd_linear_target_sends_sky_to_the_last_bin_and_rejects_unknown_targets():
+    centres = torch.linspace(1.0, 50.0, 8)[None]
+    depth = torch.linspace(5.0, 20.0, 16).reshape(1, 1, 4, 4)
+    teacher = 1.0 / depth
+    teacher[..., 1, 1] = -1.0  # beyond infinity once mapped with the student's statistics
+    log_p, _ = teacher_bin_log_probs(centres, depth, teacher, target="linear")
+    assert log_p[0, :, 1, 1].argmax().item() == 7
+    with pytest.raises(ValueError, match="target"):
+        teacher_bin_log_probs(centres, depth, teacher, target="hat")
+    with pytest.raises(ValueError, match="ckd_target"):
+        DistillLossConfig(ckd_target="hat")

@@ -135,15 +135,16 @@ def test_forward_shapes_and_metric_bins(student: SurroundDepthStudent, small_cfg
         out = student(x)
     assert isinstance(out, StudentOutput)
     assert out.depth.shape == (3, 1, H, W)
-    assert out.logits.shape == (3, small_cfg.num_bins, H, W)
+    assert out.logits.shape == (3, small_cfg.num_bins, H // 2, W // 2)  # bins resolved at stride 2
     assert out.centres.shape == (3, small_cfg.num_bins)
     assert out.features.shape == (3, student.feature_channels, H // 16, W // 16)
     c = out.centres
     assert torch.all(c[:, 1:] > c[:, :-1]), "centres must be strictly increasing"
     assert torch.all(c > small_cfg.min_depth) and torch.all(c < small_cfg.max_depth)
     assert torch.all(out.depth >= small_cfg.min_depth) and torch.all(out.depth <= small_cfg.max_depth)
-    # depth is exactly the probability-weighted mean of the centres
-    expected = (torch.softmax(out.logits, 1) * c[:, :, None, None]).sum(1, keepdim=True)
+    # depth is the probability-weighted mean of the centres at stride 2, upsampled
+    half = (torch.softmax(out.logits, 1) * c[:, :, None, None]).sum(1, keepdim=True)
+    expected = torch.nn.functional.interpolate(half, size=(H, W), mode="bilinear", align_corners=False)
     torch.testing.assert_close(out.depth, expected)
 
 

@@ -93,8 +93,10 @@ class StudentOutput(NamedTuple):
     """Everything the losses need from one forward pass.
 
     Attributes:
-        depth: (B, 1, H, W) metric depth in metres, in ``[min_depth, max_depth]``.
-        logits: (B, K, H, W) per-pixel bin logits z (CKD uses ``softmax(z / tau)``).
+        depth: (B, 1, H, W) metric depth in metres, in ``[min_depth, max_depth]``:
+            the bin expectation at stride 2, bilinearly upsampled.
+        logits: (B, K, H/2, W/2) per-pixel bin logits z at stride 2 (CKD uses
+            ``softmax(z / tau)`` at this resolution).
         centres: (B, K) bin centres in metres, strictly increasing per image.
         features: (B, C, H/16, W/16) first decoder stage (bottleneck fused with
             layer3); the student side of view-relational KD.
@@ -179,14 +181,17 @@ class SurroundDepthStudent(nn.Module):
         centres = self.bin_head(f4)
         d16 = self.up16(f4, f3)
         d2 = self.up2(self.up4(self.up8(d16, f2), f1), f0)
-        # Logits are computed at stride 2 (cheap) and upsampled: the bin
-        # probabilities vary smoothly, and the full-res conv would dominate cost.
-        logits = nnf.interpolate(
-            self.logit_head(d2), size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
+        # The bins are resolved at stride 2 and only the 1-channel depth is
+        # upsampled. Upsampling the K-channel logits first (as AdaBins does)
+        # would run the softmax and the expectation on 4x the pixels and resize
+        # K channels instead of one: 2.63 -> 2.22 s per 6x384x640 set on 2 CPU
+        # cores for K = 64 (-16 %), and CKD runs at stride 2 too. Bilinear
+        # upsampling is a convex combination, so depth stays in [min_depth, max_depth].
+        logits = self.logit_head(d2)
         probs = torch.softmax(logits, dim=1)
         # Broadcast-multiply-sum rather than einsum: plainer ONNX for TensorRT.
-        depth = (probs * centres[:, :, None, None]).sum(dim=1, keepdim=True)
+        depth_half = (probs * centres[:, :, None, None]).sum(dim=1, keepdim=True)
+        depth = nnf.interpolate(depth_half, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return StudentOutput(depth=depth, logits=logits, centres=centres, features=d16)
 
 
