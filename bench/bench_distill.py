@@ -62,11 +62,11 @@ EXTRA_VARIANTS = {
 }
 
 
-def run(cmd: list[str], log: list[str]) -> None:
+def run(cmd: list[str], log: list[str], check: bool = True) -> int:
     line = " ".join(shlex.quote(c) for c in cmd)
     print(f"$ {line}", flush=True)
     log.append(line)
-    subprocess.run(cmd, check=True)
+    return subprocess.run(cmd, check=check).returncode
 
 
 def finished_steps(run_dir: Path) -> int | None:
@@ -143,7 +143,8 @@ def main() -> int:
                 log)
 
     eval_bag_args = [a for b in eval_bags for a in ("--bag", str(b))]
-    per_seed: dict[str, list[dict]] = {}
+    per_seed: dict[str, list[dict | None]] = {}
+    failed: list[str] = []
     chosen = {**VARIANTS, **EXTRA_VARIANTS}
     unknown = sorted(set(args.variants) - set(chosen))
     if unknown:
@@ -159,8 +160,12 @@ def main() -> int:
                          f"seed={seed}", *overrides]
             if finished_steps(run_dir) == args.steps:
                 log.append(" ".join(shlex.quote(c) for c in train_cmd) + "   # (finished earlier, reused)")
-            else:
-                run(train_cmd, log)
+            elif run(train_cmd, log, check=False) != 0:
+                # e.g. the trainer stopped a collapsed student: reported, left out of the means
+                log.append(f"# {tag}: training stopped with an error (see its output above)")
+                failed.append(tag)
+                per_seed.setdefault(name, []).append(None)
+                continue
             reports = {}
             for mode in ("metric", "median"):
                 rep = reports[mode] = work / "reports" / (tag if mode == "metric" else f"{tag}_{mode}")
@@ -180,9 +185,11 @@ def main() -> int:
     teacher = metrics(rep)["mean"]
 
     speed = speed_table(args.speed_repeats)
-    mean = {name: {k: statistics.fmean(r[k] for r in rows) for k in COLUMNS} for name, rows in per_seed.items()}
+    ok_rows = {name: [r for r in rows if r is not None] for name, rows in per_seed.items()}
+    ok_rows = {name: rows for name, rows in ok_rows.items() if rows}
+    mean = {name: {k: statistics.fmean(r[k] for r in rows) for k in COLUMNS} for name, rows in ok_rows.items()}
     spread = {name: {k: (statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0) for k in COLUMNS}
-              for name, rows in per_seed.items()}
+              for name, rows in ok_rows.items()}
     base = mean["a_supervised"]["abs_rel"] if "a_supervised" in mean else math.nan
     n_seeds = len(args.seeds)
     lines = [
@@ -204,7 +211,7 @@ def main() -> int:
     def pm(name: str, key: str, digits: int) -> str:
         return f"{mean[name][key]:.{digits}f} ± {spread[name][key]:.{digits}f}"
 
-    for name in per_seed:
+    for name in mean:
         rel = f"{100 * (mean[name]['abs_rel'] - base) / base:+.1f} %"
         lines.append(f"| {name} | {pm(name, 'abs_rel', 4)} | {rel} | {pm(name, 'sq_rel', 3)} | {pm(name, 'rmse', 2)} | "
                      f"{pm(name, 'rmse_log', 4)} | {pm(name, 'a1', 3)} | {pm(name, 'cross_view', 4)} | "
@@ -217,7 +224,10 @@ def main() -> int:
               "|---|" + "---|" * n_seeds]
     for name, rows in per_seed.items():
         lines.append(f"| {name} | " + " | ".join(
+            "stopped (error)" if r is None else
             f"{r['abs_rel']:.4f} / {r['cross_view']:.4f} / {r['cross_view_median']:.4f}" for r in rows) + " |")
+    if failed:
+        lines += ["", f"Runs that stopped with an error and are left out of the means: {', '.join(failed)}."]
     lines += ["", "Speed, one 6-camera forward pass on this CPU (random weights, same architectures):", "",
               "| model | input | params (M) | s / surround set |", "|---|---|---|---|"]
     for name, shape, params, sec in speed:

@@ -130,3 +130,29 @@ def test_ddp_two_cpu_processes_gloo(bag, tmp_path):
     assert (out / "student.safetensors").is_file()
     sd = load_file(out / "student.safetensors")
     assert all(torch.isfinite(v).all() for v in sd.values())
+
+
+def test_a_collapsed_student_stops_the_run_with_a_clear_error(bag, tmp_path):
+    """A far too high learning rate saturates the bin softmax (one bin everywhere,
+    flat depth): the run must stop and say so rather than train on for hours."""
+    env = _env(tmp_path / "cache")
+    res = subprocess.run(_train_cmd(bag, tmp_path / "run", "optim.max_steps=30", "log.scalar_every=1", "optim.lr=0.05",
+                                    "optim.grad_clip=0", "loss.use_ckd=false", "loss.use_vrkd=false",
+                                    "teacher.kind=none"),
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 2, res.stderr
+    assert "collapsed by step" in res.stderr and str(tmp_path / "run") in res.stderr
+
+
+def test_collapse_stats_tell_a_saturated_flat_student_from_a_healthy_one():
+    from fsmde_core.train import COLLAPSE_DEPTH_SPREAD, COLLAPSE_MAX_PROB, collapse_stats
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 32, 24, 40, generator=g)
+    depth = 1.0 + 30.0 * torch.rand(6, 1, 48, 80, generator=g)
+    max_prob, spread = collapse_stats(logits, depth)
+    assert max_prob < COLLAPSE_MAX_PROB and spread > COLLAPSE_DEPTH_SPREAD
+    saturated = torch.zeros(6, 32, 24, 40)
+    saturated[:, 7] = 50.0
+    max_prob, spread = collapse_stats(saturated, torch.full((6, 1, 48, 80), 12.0))
+    assert max_prob > COLLAPSE_MAX_PROB and spread < COLLAPSE_DEPTH_SPREAD

@@ -584,6 +584,14 @@ class DistillLossConfig:
     that is broad in inverse depth overestimates depth), +24..37 % at 0.3,
     +5..23 % at 0.1 and +2..20 % at 0.05. A student trained towards a biased
     target inherits the bias (AbsRel 0.34 vs 0.27 supervised-only at sigma 1).
+    ``ckd_target`` = "linear" removes that bias by construction (the target's
+    expectation *is* the LiDAR-anchored teacher depth; see
+    :func:`teacher_bin_log_probs`): with the kernel at 0.05 the target was
+    still +3.5 % deep (median over training frames, a trained student's
+    centres), and ``ckd_sigma`` then only matters for ``"kernel"``.
+    ``vrkd_region`` = "image" keeps the term self-contained (no calibration
+    needed); the trainer passes the rig's overlap bands and the shipped
+    configs use "overlap" (see :func:`vrkd_loss` for why).
     ``tau_vrkd`` = 0.2: cosine similarities live in [-1, 1], so at tau 1 the
     row-softmax is nearly uniform and VRKD carries almost no signal (loss
     ~0.05); relation-KD work uses 0.1..0.5.
@@ -600,7 +608,7 @@ class DistillLossConfig:
     tau_ckd: float = 1.0
     ckd_sigma: float = 0.05
     ckd_anchor: str = "gt"
-    ckd_target: str = "kernel"
+    ckd_target: str = "linear"
     tau_vrkd: float = 0.2
     vrkd_grid: tuple[int, int] = (4, 8)
     vrkd_region: str = "image"
