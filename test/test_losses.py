@@ -462,3 +462,29 @@ def test_ckd_linear_target_sends_sky_to_the_last_bin_and_rejects_unknown_targets
         teacher_bin_log_probs(centres, depth, teacher, target="hat")
     with pytest.raises(ValueError, match="ckd_target"):
         DistillLossConfig(ckd_target="hat")
+
+
+def test_ckd_gt_fit_anchor_recovers_the_teacher_affine_despite_outliers():
+    """The teacher is an exact affine of the true inverse depth except on 10 % of
+    the LiDAR pixels (parallax at edges, lost structures). The least-squares
+    anchor with its trimmed refit maps the teacher back to metric depth
+    exactly; matching medians/MADs of the two distributions does not."""
+    g = _gen(21)
+    gt = 2.0 + 50.0 * torch.rand(1, 1, 48, 64, generator=g)
+    teacher = 3.0 / gt + 0.7
+    sparse = torch.full_like(gt, NAN)
+    sparse[..., ::3, ::2] = gt[..., ::3, ::2]
+    lidar = torch.isfinite(sparse)
+    outliers = lidar & (torch.rand(gt.shape, generator=g) < 0.1)
+    corrupted = torch.where(outliers, teacher + 2.0, teacher)  # the teacher sees something much nearer there
+    centres = torch.linspace(1.0, 60.0, 200)[None]
+    errors = {}
+    for anchor in ("fit", "moments"):
+        log_p, _ = teacher_bin_log_probs(centres, gt, corrupted, None, 1.0, 0.05, sparse, target="linear",
+                                         gt_anchor=anchor)
+        d = (log_p.exp() * centres[:, :, None, None]).sum(1, keepdim=True)
+        errors[anchor] = float(((d - gt).abs() / gt)[~outliers].mean())
+    assert errors["fit"] < 0.005
+    assert errors["moments"] > 0.05
+    with pytest.raises(ValueError, match="gt_anchor"):
+        teacher_bin_log_probs(centres, gt, teacher, gt_depth=sparse, gt_anchor="median")
