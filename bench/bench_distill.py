@@ -12,7 +12,7 @@ score for reference; then the speed of the student vs the real Depth Anything
 V2-Small architecture on the same 6-camera input, side by side.
 
 Six training scenes of 15 frames rather than two of 40: with two scenes the
-students' metric scale on unseen scenes was off by up to 1.6x per camera for
+students' metric scale on unseen scenes was off by up to 1.7x per camera for
 every variant, and that noise swamped the differences between them.
 
 Each variant is trained with several seeds (student initialisation and data
@@ -20,9 +20,10 @@ order): at this size one run's held-out metric scale moves by more than the
 effects being measured, so the table reports the mean and spread over seeds.
 
 Every step is a ``fsmde`` CLI command, printed and recorded with the results in
-``bench/results/distill.md`` so anyone can re-run them. A run directory that
-already holds a finished run with the same config is resumed (a no-op), so
-re-running the script only evaluates; delete ``--work`` after changing code.
+``bench/results/distill.md`` so anyone can re-run them. A run directory whose
+student.json says it finished the asked number of steps is reused as it is,
+and a report newer than its checkpoint too, so re-running the script only
+fills in what is missing; delete ``--work`` after changing code or settings.
 
     python bench/bench_distill.py [--work /tmp/fsmde_distill] [--steps 300] [--seeds 0,1,2]
 """
@@ -142,6 +143,7 @@ def main() -> int:
             run([*fsmde, "synth", "--preset", "ddad", "--frames", str(frames), "--seed", str(seed), "--out", str(bag)],
                 log)
 
+    bag_args = [a for b in train_bags for a in ("--bag", str(b))]
     eval_bag_args = [a for b in eval_bags for a in ("--bag", str(b))]
     per_seed: dict[str, list[dict | None]] = {}
     failed: list[str] = []
@@ -154,7 +156,6 @@ def main() -> int:
         for seed in args.seeds:
             tag = f"{name}_seed{seed}"
             run_dir = work / "runs" / tag
-            bag_args = [a for b in train_bags for a in ("--bag", str(b))]
             train_cmd = [*fsmde, "train", "--config", str(ROOT / "config" / "train_tiny.yaml"), *bag_args, "--out",
                          str(run_dir), "--no-progress", f"optim.max_steps={args.steps}", "optim.epochs=1000",
                          f"seed={seed}", *overrides]

@@ -237,13 +237,25 @@ def cross_view_projection(
     rays = m.pixel_rays()[::stride, ::stride].reshape(-1, 3)
     d = depth_src[::stride, ::stride].reshape(-1)
     ok = np.isfinite(d) & (d > 0) & np.isfinite(rays).all(axis=1)
-    pts_src = d[ok, None] * rays[ok]
-    T = cam_dst.T_cam_base @ cam_src.T_base_cam
-    pts_dst = transform_points(T, pts_src.astype(np.float64))
-    uv, z = cam_dst.model.project(pts_dst)
-    inside = (z > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] <= cam_dst.model.width - 1) \
-        & (uv[:, 1] >= 0) & (uv[:, 1] <= cam_dst.model.height - 1)
+    uv, z, inside = _project_into(d[ok, None] * rays[ok], cam_src, cam_dst, margin=0.0)
     return uv[inside], z[inside]
+
+
+def _project_into(
+    pts_src: np.ndarray, cam_src: RigCamera, cam_dst: RigCamera, margin: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 3) points in src's optical frame -> dst pixels, dst depth, and which land inside dst.
+
+    ``inside``: in front of dst (z > 0.1 m) and within ``margin`` px beyond the
+    outermost pixel centres (0 = centres only, 0.5 = the image's outer edges).
+    """
+    pts_dst = transform_points(cam_dst.T_cam_base @ cam_src.T_base_cam, pts_src.astype(np.float64))
+    uv, z = cam_dst.model.project(pts_dst)
+    w, h = cam_dst.model.width, cam_dst.model.height
+    with np.errstate(invalid="ignore"):  # NaN uv (behind a distorted camera) is simply outside
+        inside = (z > 0.1) & (uv[:, 0] >= -margin) & (uv[:, 0] <= w - 1 + margin) \
+            & (uv[:, 1] >= -margin) & (uv[:, 1] <= h - 1 + margin)
+    return uv, z, inside
 
 
 def overlap_band(
@@ -266,12 +278,7 @@ def overlap_band(
     m = cam_src.model
     row_idx = np.unique(np.linspace(0, m.height - 1, rows).round().astype(np.int64))
     rays = m.pixel_rays()[row_idx]  # (R, W, 3)
-    pts = transform_points(cam_dst.T_cam_base @ cam_src.T_base_cam, (reference_depth * rays.reshape(-1, 3)).astype(
-        np.float64))
-    uv, z = cam_dst.model.project(pts)
-    with np.errstate(invalid="ignore"):
-        inside = (z > 0.1) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= cam_dst.model.width - 0.5) \
-            & (uv[:, 1] >= -0.5) & (uv[:, 1] <= cam_dst.model.height - 0.5)
+    _, _, inside = _project_into(reference_depth * rays.reshape(-1, 3), cam_src, cam_dst, margin=0.5)
     cols = np.nonzero(inside.reshape(len(row_idx), m.width).any(axis=0))[0]
     if cols.size == 0:
         return None

@@ -390,6 +390,10 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
             bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()}, refresh=False)
             if step % int(cfg["log"]["scalar_every"]) == 0:
                 max_prob, spread = collapse_stats(out.logits, out.depth)
+                if info.world > 1:  # every rank must take the same decision, or the others hang in all-reduce
+                    stats = torch.tensor([max_prob, spread], device=device)
+                    dist.all_reduce(stats)
+                    max_prob, spread = (stats / info.world).tolist()
                 collapsed_checks = collapsed_checks + 1 if (
                     max_prob > COLLAPSE_MAX_PROB and spread < COLLAPSE_DEPTH_SPREAD) else 0
                 if collapsed_checks >= COLLAPSE_PATIENCE:
@@ -429,7 +433,7 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
             "steps": step,
             "teacher": cfg["teacher"].get("kind"),
             "loss": {k: v for k, v in cfg["loss"].items()},
-            "rig": rig_from_item(first, names).to_dict(),
+            "rig": data_rig.to_dict(),
         })
         print(f"student saved to {weights} after {step} steps", file=sys.stderr)
     barrier(info)
