@@ -12,6 +12,7 @@ import torch.nn.functional as F  # noqa: N812
 from fsmde_core.distill.losses import (
     DistillLossConfig,
     bin_centre_chamfer,
+    ckd_centre_loss,
     ckd_loss,
     compute_losses,
     relation_matrix,
@@ -19,8 +20,10 @@ from fsmde_core.distill.losses import (
     scale_invariant_normalise,
     silog_loss,
     teacher_bin_log_probs,
+    teacher_rank_bins,
     vrkd_loss,
 )
+from fsmde_core.models.student import bin_expectation
 from fsmde_core.models.teachers.base import TeacherOutput
 
 NAN = float("nan")
@@ -321,7 +324,7 @@ def _student_like(b: int = 4, k: int = 8, h: int = 16, w: int = 24, seed: int = 
     g = _gen(seed)
     logits = torch.randn(b, k, h, w, generator=g, requires_grad=True)
     centres = torch.sort(1 + 50 * torch.rand(b, k, generator=g), dim=1).values.requires_grad_()
-    depth = (torch.softmax(logits, 1) * centres[:, :, None, None]).sum(1, keepdim=True)
+    depth = bin_expectation(torch.softmax(logits, 1), centres)
     feats = torch.randn(b, 6, h // 4, w // 4, generator=g, requires_grad=True)
     return SimpleNamespace(depth=depth, logits=logits, centres=centres, features=feats)
 
@@ -339,9 +342,9 @@ def _batch(b: int = 4, h: int = 16, w: int = 24, seed: int = 12):
 def test_compute_losses_all_terms_and_total() -> None:
     out = _student_like()
     gt, teacher, pairs = _batch()
-    cfg = DistillLossConfig(w_silog=2.0, w_bins=0.5, w_ckd=3.0, w_vrkd=4.0, vrkd_grid=(2, 3))
+    cfg = DistillLossConfig(w_silog=2.0, w_bins=0.5, w_ckd=3.0, w_vrkd=4.0, vrkd_grid=(2, 3), ckd_target="linear")
     losses = compute_losses(out, gt, None, teacher, pairs, cfg)
-    assert set(losses) == {"silog", "bins", "ckd", "vrkd", "total"}
+    assert set(losses) == {"silog", "bins", "ckd", "vrkd", "total"}  # the rank target adds ckd_centres
     expected = 2 * losses["silog"] + 0.5 * losses["bins"] + 3 * losses["ckd"] + 4 * losses["vrkd"]
     torch.testing.assert_close(losses["total"], expected)
     assert losses["silog"].item() == pytest.approx(silog_loss(out.depth, gt).item())
@@ -410,7 +413,7 @@ def test_ckd_gt_anchor_gives_metric_target_independent_of_student_scale():
         for anchor in ("gt", "student"):
             log_p, _ = teacher_bin_log_probs(centres, student, teacher, None, 1.0, 0.05,
                                              sparse if anchor == "gt" else None)
-            d = (log_p.exp() * centres[:, :, None, None]).sum(1, keepdim=True)
+            d = bin_expectation(log_p.exp(), centres)
             expected[(scale, anchor)] = float(((d - gt).abs() / gt).mean())
     for scale in (0.5, 1.0, 3.0):
         assert expected[(scale, "gt")] < 0.05  # metric target whatever the student's scale
@@ -443,10 +446,10 @@ def test_ckd_linear_target_expectation_is_exactly_the_anchored_teacher_depth():
     p = log_p.exp()
     torch.testing.assert_close(p.sum(1), torch.ones(1, 48, 64))
     assert int((p > 1e-3).sum(1).max()) <= 2  # two bins per pixel
-    d = (p * centres[:, :, None, None]).sum(1, keepdim=True)
+    d = bin_expectation(p, centres)
     torch.testing.assert_close(d, gt.clamp(4.0, 30.0), rtol=2e-3, atol=0.0)
     log_k, _ = teacher_bin_log_probs(centres, gt * 2.0, teacher, None, 1.0, 0.05, sparse)
-    d_k = (log_k.exp() * centres[:, :, None, None]).sum(1, keepdim=True)
+    d_k = bin_expectation(log_k.exp(), centres)
     inside = (gt > 4.0) & (gt < 30.0)
     assert float(((d_k - gt) / gt)[inside].mean()) > 0.01  # the kernel target's far bias
 
@@ -482,9 +485,81 @@ def test_ckd_gt_fit_anchor_recovers_the_teacher_affine_despite_outliers():
     for anchor in ("fit", "moments"):
         log_p, _ = teacher_bin_log_probs(centres, gt, corrupted, None, 1.0, 0.05, sparse, target="linear",
                                          gt_anchor=anchor)
-        d = (log_p.exp() * centres[:, :, None, None]).sum(1, keepdim=True)
+        d = bin_expectation(log_p.exp(), centres)
         errors[anchor] = float(((d - gt).abs() / gt)[~outliers].mean())
     assert errors["fit"] < 0.005
     assert errors["moments"] > 0.05
     with pytest.raises(ValueError, match="gt_anchor"):
         teacher_bin_log_probs(centres, gt, teacher, gt_depth=sparse, gt_anchor="median")
+
+
+# --------------------------------------------------------------------------- CKD, rank target
+
+
+def test_rank_bins_known_answer_ties_and_invalid_pixels():
+    """Eight pixels, K = 4: bin k holds the k-th quarter of the pixels ordered near to far."""
+    inv = torch.tensor([8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]).view(1, 1, 1, 8)
+    valid = torch.ones_like(inv, dtype=torch.bool)
+    lower, w_hi = teacher_rank_bins(inv, valid, 4)
+    pos = (lower + w_hi).flatten()  # continuous bin coordinate: (rank + 0.5) / 8 * 4 - 0.5
+    torch.testing.assert_close(pos, torch.tensor([0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0]))
+    # tied pixels share their mid-rank; invalid pixels take no rank and get weight 0
+    inv2 = torch.tensor([5.0, 0.0, 0.0, 0.0, 9.0, 1.0]).view(1, 1, 1, 6)
+    valid2 = torch.tensor([True, True, True, True, False, True]).view(1, 1, 1, 6)
+    lower2, w2 = teacher_rank_bins(inv2, valid2, 5)
+    pos2 = (lower2 + w2).flatten()
+    assert pos2[1] == pos2[2] == pos2[3] == pytest.approx(3.0)  # mid-rank 3 of 5: (3 + 0.5) / 5 * 5 - 0.5
+    assert pos2[0] == pytest.approx(0.0) and pos2[5] == pytest.approx(1.0)
+    assert w2.flatten()[4] == 0.0
+
+
+def test_rank_target_is_invariant_to_any_increasing_map_of_the_teacher():
+    g = _gen(3)
+    inv = torch.rand(2, 1, 12, 16, generator=g) + 0.01
+    valid = torch.ones_like(inv, dtype=torch.bool)
+    centres = torch.sort(torch.rand(2, 8, generator=g) * 50 + 1, dim=1).values
+    depth = torch.full((2, 1, 12, 16), 10.0)
+    log_p, ok = teacher_bin_log_probs(centres, depth, inv, target="rank")
+    warped = 3.0 * inv.pow(1.7) + 0.4  # unknown scale, shift and a monotone distortion
+    log_p2, _ = teacher_bin_log_probs(centres * 2.0, depth * 5.0, warped, target="rank")
+    assert ok.all()
+    torch.testing.assert_close(log_p, log_p2)
+    # each bin receives 1/K of the probability mass: equal-mass (quantile) bins
+    torch.testing.assert_close(log_p.exp().mean(dim=(2, 3)), torch.full((2, 8), 1 / 8), atol=1e-3, rtol=0)
+    assert torch.equal(teacher_rank_bins(inv, valid, 8)[0], teacher_rank_bins(warped, valid, 8)[0])
+
+
+def test_ckd_centre_loss_zero_for_the_depth_quantiles_and_gradient_only_to_centres():
+    """64 pixels with depths geometric in their rank, K = 8: pixel r sits at bin coordinate
+    (r + 0.5) / 8 - 0.5, and the cross depth interpolates the centres in log depth, so
+    centres equal to the depth at each bin's middle reproduce every GT depth (except
+    the clamped ends): loss ~0. Centres 1.5x too deep give a positive loss whose
+    gradient moves them, whatever affine frame the teacher has."""
+    n = 64
+    depth = 2.0 * 20.0 ** (torch.arange(n) / (n - 1))  # 2 m .. 40 m
+    mid = 8 * torch.arange(8) + 3  # bin k's middle lies between pixels 8k + 3 and 8k + 4
+    centres = (depth[mid] * depth[mid + 1]).sqrt().view(1, 8)
+    gt = depth.clone()
+    gt[:4] = NAN  # below the first centre and above the last, the cross depth is clamped
+    gt[-4:] = NAN
+    inv = (1.0 / depth).view(1, 1, 8, 8)
+    assert ckd_centre_loss(centres.clone().requires_grad_(True), inv, gt.view(1, 1, 8, 8),
+                           variance_focus=0.0).item() < 1e-4
+    wrong = (centres * 1.5).requires_grad_(True)
+    loss = ckd_centre_loss(wrong, inv * 4.0 + 1.0, gt.view(1, 1, 8, 8), variance_focus=0.0)
+    assert loss.item() == pytest.approx(math.log(1.5), rel=1e-3)
+    loss.backward()
+    assert wrong.grad is not None and bool((wrong.grad > 0).all())
+
+
+def test_compute_losses_rank_target_adds_the_centre_term():
+    out = _student_like()
+    gt, teacher, pairs = _batch()
+    cfg = DistillLossConfig(w_ckd=2.0, w_ckd_centres=3.0, ckd_target="rank", vrkd_grid=(2, 3))
+    losses = compute_losses(out, gt, None, teacher, pairs, cfg)
+    assert set(losses) == {"silog", "bins", "ckd", "ckd_centres", "vrkd", "total"}
+    expected = (10 * losses["silog"] + 0.1 * losses["bins"] + 2 * losses["ckd"] + 6 * losses["ckd_centres"]
+                + losses["vrkd"])
+    torch.testing.assert_close(losses["total"], expected)
+    with pytest.raises(ValueError, match="w_ckd_centres"):
+        DistillLossConfig(w_ckd_centres=-1.0)

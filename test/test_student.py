@@ -142,8 +142,8 @@ def test_forward_shapes_and_metric_bins(student: SurroundDepthStudent, small_cfg
     assert torch.all(c[:, 1:] > c[:, :-1]), "centres must be strictly increasing"
     assert torch.all(c > small_cfg.min_depth) and torch.all(c < small_cfg.max_depth)
     assert torch.all(out.depth >= small_cfg.min_depth) and torch.all(out.depth <= small_cfg.max_depth)
-    # depth is the probability-weighted mean of the centres at stride 2, upsampled
-    half = (torch.softmax(out.logits, 1) * c[:, :, None, None]).sum(1, keepdim=True)
+    # depth is the probability-weighted geometric mean of the centres at stride 2, upsampled
+    half = torch.exp((torch.softmax(out.logits, 1) * c.log()[:, :, None, None]).sum(1, keepdim=True))
     expected = torch.nn.functional.interpolate(half, size=(H, W), mode="bilinear", align_corners=False)
     torch.testing.assert_close(out.depth, expected)
 
@@ -341,3 +341,15 @@ def test_onnx_export_matches_torch(student: SurroundDepthStudent, tmp_path: Path
         want = model(x6).numpy()
     assert got.shape == (6, 1, H, W)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_bin_expectation_is_taken_in_log_depth():
+    """Half the mass on 2 m and half on 32 m reads out as 8 m (geometric mean), not 17 m:
+    an uncertain student is not pulled towards the far bins."""
+    from fsmde_core.models.student import bin_expectation
+
+    centres = torch.tensor([[2.0, 8.0, 32.0]])
+    probs = torch.tensor([0.5, 0.0, 0.5]).view(1, 3, 1, 1)
+    torch.testing.assert_close(bin_expectation(probs, centres), torch.full((1, 1, 1, 1), 8.0))
+    one_hot = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(bin_expectation(one_hot, centres), torch.full((1, 1, 1, 1), 8.0))
