@@ -61,10 +61,12 @@ VARIANTS = {
     "b_ckd": ["loss.use_vrkd=false"],
     "c_ckd_vrkd": [],
 }
-#: Ablations run only when asked for (--variants): VRKD over whole images, the CKD kernel target.
+#: Ablations run only when asked for (--variants): VRKD over whole images, the CKD kernel target,
+#: supervised-only with AdaBins' arithmetic bin readout (the baseline's best readout).
 EXTRA_VARIANTS = {
     "c_vrkd_whole_image": ["loss.vrkd_region=image", "loss.vrkd_grid=[4,8]"],
     "b_ckd_kernel_target": ["loss.use_vrkd=false", "loss.ckd_target=kernel"],
+    "a_supervised_linear_readout": [*VARIANTS["a_supervised"], "student.readout=linear"],
 }
 
 

@@ -306,6 +306,7 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
         encoder=cfg["student"]["encoder"], num_bins=int(cfg["student"]["num_bins"]),
         min_depth=float(cfg["student"]["min_depth"]), max_depth=float(cfg["student"]["max_depth"]),
         input_height=int(cfg["data"]["height"]), input_width=int(cfg["data"]["width"]),
+        readout=str(cfg["student"].get("readout", "log")),
     )
     model = SurroundDepthStudent(scfg)
     if cfg["student"].get("pretrained"):

@@ -353,3 +353,7 @@ def test_bin_expectation_is_taken_in_log_depth():
     torch.testing.assert_close(bin_expectation(probs, centres), torch.full((1, 1, 1, 1), 8.0))
     one_hot = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
     torch.testing.assert_close(bin_expectation(one_hot, centres), torch.full((1, 1, 1, 1), 8.0))
+    # AdaBins' arithmetic readout, kept as StudentConfig(readout="linear")
+    torch.testing.assert_close(bin_expectation(probs, centres, log_space=False), torch.full((1, 1, 1, 1), 17.0))
+    with pytest.raises(ValueError, match="readout"):
+        StudentConfig(readout="median")

@@ -45,6 +45,9 @@ class StudentConfig:
             8, 4, 2).
         input_height, input_width: the resolution the network is trained and
             exported at (multiples of 32).
+        readout: how depth is read out of the bins: ``"log"`` (geometric
+            mean of the centres, the default) or ``"linear"`` (AdaBins'
+            arithmetic mean); see :func:`bin_expectation`.
     """
 
     encoder: str = "resnet18"
@@ -54,12 +57,15 @@ class StudentConfig:
     decoder_channels: tuple[int, int, int, int] = (256, 128, 64, 32)
     input_height: int = 384
     input_width: int = 640
+    readout: str = "log"
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise before validating.
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         if self.encoder not in RESNET_LAYERS:
             raise ValueError(f"encoder must be one of {sorted(RESNET_LAYERS)}, got {self.encoder!r}")
+        if self.readout not in ("log", "linear"):
+            raise ValueError(f"readout must be 'log' or 'linear', got {self.readout!r}")
         if int(self.num_bins) != self.num_bins or self.num_bins < 2:
             raise ValueError(f"num_bins must be an integer >= 2, got {self.num_bins!r}")
         if not 0.0 < self.min_depth < self.max_depth:
@@ -206,13 +212,17 @@ class SurroundDepthStudent(nn.Module):
         # upsampling is a convex combination, so depth stays in [min_depth, max_depth].
         logits = self.logit_head(d2)
         probs = torch.softmax(logits, dim=1)
-        depth_half = bin_expectation(probs, centres)
+        depth_half = bin_expectation(probs, centres, log_space=self.config.readout == "log")
         depth = nnf.interpolate(depth_half, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return StudentOutput(depth=depth, logits=logits, centres=centres, features=d16)
 
 
-def bin_expectation(probs: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def bin_expectation(probs: torch.Tensor, centres: torch.Tensor, log_space: bool = True) -> torch.Tensor:
     """Depth read out of bin probabilities (B,K,h,w) and centres (B,K): exp(sum_k p_k log c_k).
+
+    ``log_space=False`` gives AdaBins' sum_k p_k c_k (``StudentConfig.readout = "linear"``,
+    kept as an ablation: a supervised-only student scored better with it — see
+    bench/results/distill.md — while distilled ones scored better in log depth).
 
     The expectation is taken in log depth, not in depth (AdaBins' sum_k p_k c_k).
     Why: the centres of a driving scene grow roughly geometrically with k (a
@@ -225,6 +235,8 @@ def bin_expectation(probs: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     [c_0, c_K-1] (a weighted geometric mean).
     Broadcast-multiply-sum rather than einsum: plainer ONNX for TensorRT.
     """
+    if not log_space:
+        return (probs * centres[:, :, None, None]).sum(dim=1, keepdim=True)
     return torch.exp((probs * torch.log(centres)[:, :, None, None]).sum(dim=1, keepdim=True))
 
 
