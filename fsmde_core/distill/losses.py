@@ -580,7 +580,7 @@ def ckd_centre_loss(
     teacher_inv_depth: torch.Tensor,
     gt_depth: torch.Tensor,
     mask: torch.Tensor | None = None,
-    variance_focus: float = 0.85,
+    variance_focus: float = 0.0,
 ) -> torch.Tensor:
     """The other half of cross-interaction KD (``ckd_target="rank"``): metric centres from GT.
 
@@ -598,7 +598,9 @@ def ckd_centre_loss(
         teacher_inv_depth: (B, 1, h, w) relative inverse depth (resized NaN-safe to the GT).
         gt_depth: (B, 1, H, W) sparse metric GT (NaN / Inf / <= 0 invalid).
         mask: optional (B, 1, H, W) bool region mask.
-        variance_focus: SILog's lambda (see :func:`silog_loss`).
+        variance_focus: SILog's lambda (see :func:`silog_loss`); 0 (plain log-RMSE) by
+            default, because the structure of this depth map is the teacher's and only
+            the scale is left to learn (``DistillLossConfig.ckd_centres_variance_focus``).
     """
     size = (gt_depth.shape[-2], gt_depth.shape[-1])
     with torch.no_grad():
