@@ -115,9 +115,12 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
 def kd_ramped(cfg: DistillLossConfig, step: int, warmup: int) -> DistillLossConfig:
     """Ramp the KD weights linearly from 0 over ``warmup`` steps.
 
-    CKD maps the bins with the student's own depth statistics; a freshly
-    initialised, nearly flat student would put all teacher mass on its median
-    bin and stay flat. Letting SILog + bins shape the depth first avoids that.
+    The CKD targets that are placed on the student's own bins (``ckd_target``
+    linear/kernel, and the ``student`` anchor) would, on a freshly
+    initialised, nearly flat student, put all teacher mass on one bin and keep
+    it flat; letting SILog + bins shape the depth first avoids that. With the
+    default rank target the ramp also lets the centres become metric before
+    the centre term (weighted by ``w_ckd`` too) and the KL pull on them.
     """
     if warmup <= 0 or step >= warmup:
         return cfg
