@@ -118,9 +118,9 @@ def kd_ramped(cfg: DistillLossConfig, step: int, warmup: int) -> DistillLossConf
     The CKD targets that are placed on the student's own bins (``ckd_target``
     linear/kernel, and the ``student`` anchor) would, on a freshly
     initialised, nearly flat student, put all teacher mass on one bin and keep
-    it flat; letting SILog + bins shape the depth first avoids that. With the
-    default rank target the ramp also lets the centres become metric before
-    the centre term (weighted by ``w_ckd`` too) and the KL pull on them.
+    it flat; letting SILog + bins shape the depth first avoids that. The rank
+    target does not depend on the student, and keeps the ramp only because the
+    benchmarked runs used it.
     """
     if warmup <= 0 or step >= warmup:
         return cfg
