@@ -899,7 +899,9 @@ def compute_losses(
         assert teacher is not None
         logit_size = (out.logits.shape[-2], out.logits.shape[-1])
         anchor = None
-        if cfg.ckd_anchor in ("gt", "gt_fit"):  # sparse GT: nearest resampling keeps NaN holes as holes
+        # the rank target needs no anchor; the others resample the sparse GT to the logits
+        # (nearest, so NaN holes stay holes)
+        if cfg.ckd_target != "rank" and cfg.ckd_anchor in ("gt", "gt_fit"):
             anchor = gt_depth if tuple(gt_size) == tuple(logit_size) else F.interpolate(
                 gt_depth, size=logit_size, mode="nearest")
         terms["ckd"] = ckd_loss(
