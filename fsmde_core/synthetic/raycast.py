@@ -68,6 +68,30 @@ class RayGrid:
     row_hi: np.ndarray | None = None
     az0: float = 0.0
     az_step: float = 0.0
+    col0: int = 0
+    full_width: int = 0
+
+    def columns(self, c0: int, c1: int) -> RayGrid:
+        """Columns ``[c0, c1)`` of a spinning-LiDAR grid as a grid of their own.
+
+        A rolling sweep casts each azimuth chunk from its own pose; the sub-grid
+        culls in the full grid's column numbering (``col0``, ``full_width``) so a
+        primitive is only drawn on the chunk's columns it can cover.
+        """
+        if not self.spherical:
+            raise ValueError("column chunks are only defined for spinning-LiDAR grids")
+        W = self.full_width or self.shape[1]
+        if not 0 <= c0 < c1 <= self.shape[1]:
+            raise ValueError(f"column chunk [{c0}, {c1}) outside 0..{self.shape[1]}")
+        return RayGrid(
+            dirs=np.ascontiguousarray(self.dirs[:, :, c0:c1]),
+            spherical=True,
+            pixel_angle=self.pixel_angle,
+            az0=self.az0 + c0 * self.az_step,
+            az_step=self.az_step,
+            col0=self.col0 + c0,
+            full_width=W,
+        )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -157,14 +181,16 @@ class RayGrid:
 
     def _cull_spherical(self, P: np.ndarray, hull_dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = P.shape[0]
-        H, W = self.shape
+        H, w_own = self.shape
+        W = self.full_width or w_own
+        az0 = self.az0 - self.col0 * self.az_step  # column 0 of the full grid
         centre = P.mean(axis=1)
         az_c = np.arctan2(centre[:, 1], centre[:, 0])
         rel = np.angle(np.exp(1j * (np.arctan2(P[..., 1], P[..., 0]) - az_c[:, None])))
         lo, hi = az_c + rel.min(1), az_c + rel.max(1)
         # columns c have azimuth az0 + c * step (step < 0): larger azimuth = smaller column
-        c_start = np.floor((hi - self.az0) / self.az_step).astype(np.int64) - 1
-        c_stop = np.ceil((lo - self.az0) / self.az_step).astype(np.int64) + 2
+        c_start = np.floor((hi - az0) / self.az_step).astype(np.int64) - 1
+        c_stop = np.ceil((lo - az0) / self.az_step).astype(np.int64) + 2
         # a hull containing the sensor's vertical axis surrounds it: every column
         full = (hull_dist <= 0.0) | (rel.max(1) - rel.min(1) > np.pi * 0.95) | (c_stop - c_start >= W)
         c_start = np.where(full, 0, c_start)
@@ -178,6 +204,10 @@ class RayGrid:
         wrap = stop > W
         rects[:, 1, 2] = 0
         rects[:, 1, 3] = np.where(wrap, stop - W, 0)
+        if self.full_width:  # a chunk: keep the part of each rectangle on its columns, in its numbering
+            lo_c = np.clip(rects[:, :, 2], self.col0, self.col0 + w_own) - self.col0
+            hi_c = np.clip(rects[:, :, 3], self.col0, self.col0 + w_own) - self.col0
+            rects[:, :, 2], rects[:, :, 3] = lo_c, np.maximum(hi_c, lo_c)
         return rects, np.maximum(hull_dist, 0.0), np.ones(n, dtype=bool)
 
 
@@ -389,7 +419,9 @@ def cast(
         corners_sensor = (corners - origin) @ R  # row-vector form of R^T (p - o)
         dist = hull_distance(origin, c, h, yaw)
         rects, lower, visible = grid.cull(corners_sensor, dist)
-        keep = visible & (lower < max_t)
+        # empty rectangles (a LiDAR chunk's columns miss the hull) would draw nothing: skip them early
+        covers = ((rects[:, :, 1] > rects[:, :, 0]) & (rects[:, :, 3] > rects[:, :, 2])).any(axis=1)
+        keep = visible & (lower < max_t) & covers
         for k in np.nonzero(keep)[0][np.argsort(lower[keep], kind="stable")]:
             _draw(int(k), rects[k], float(lower[k]), prims, origin, t, obj, Dx, Dy, Dz, iDz, DD, Dxy2)
     if clip:

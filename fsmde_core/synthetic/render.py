@@ -15,13 +15,14 @@ generator keyed on (seed, frame, camera), so renders are reproducible.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
 from fsmde_core.rig import Rig, RigCamera
 from fsmde_core.synthetic.raycast import SKY, RayGrid, cast, shadow_mask
-from fsmde_core.synthetic.shading import Textures, radiance, sky_colour, surface, tonemap
-from fsmde_core.synthetic.world import Primitives, World
+from fsmde_core.synthetic.shading import Surface, Textures, radiance, sky_colour, surface, tonemap
+from fsmde_core.synthetic.world import WORLD_MARGIN, Primitives, World
 
 f32 = np.float32
 _NOISE_SLACK = 65536
@@ -110,6 +111,11 @@ class LidarSpec:
         max_range: no return beyond this range (m).
         range_noise: 1-sigma range noise (m).
         dropout: probability that a return is lost.
+        start_azimuth_deg: azimuth (sensor frame, CCW from +x) of column 0; the
+            beam turns clockwise from there, as Velodyne/Hesai heads do.
+        rolling_chunks: 0 = the whole sweep from the pose at its stamp (a
+            deskewed cloud); K > 0 = a raw rolling sweep cast in K azimuth
+            chunks, each from the pose at its own firing time.
     """
 
     beams: int = 32
@@ -119,15 +125,47 @@ class LidarSpec:
     max_range: float = 120.0
     range_noise: float = 0.01
     dropout: float = 0.005
+    start_azimuth_deg: float = 180.0
+    rolling_chunks: int = 0
+
+
+def camera_azimuths(rig: Rig) -> np.ndarray:
+    """(n_cam,) azimuth (rad, LiDAR frame, CCW from +x) of each camera's optical axis."""
+    R_lidar_base = rig.T_base_lidar[:3, :3].T
+    z = np.stack([R_lidar_base @ c.T_base_cam[:3, 2] for c in rig.cameras])
+    return np.arctan2(z[:, 1], z[:, 0])
+
+
+def sweep_start_azimuth_deg(azimuths: np.ndarray) -> float:
+    """Where a triggering LiDAR's sweep starts: the middle of the widest gap between camera axes.
+
+    No camera then fires right at the start or end of a revolution, so each
+    camera's trigger falls inside the sweep that carries its stamp (the
+    published one) and the rig's stamps spread over (n-1)/n of a revolution.
+    """
+    a = np.sort(np.mod(azimuths, 2 * np.pi))
+    gaps = np.diff(np.concatenate([a, a[:1] + 2 * np.pi]))
+    k = int(np.argmax(gaps))
+    return float(np.degrees(np.mod(a[k] + gaps[k] / 2, 2 * np.pi)))
+
+
+def trigger_phases_s(azimuths: np.ndarray, spec: LidarSpec) -> np.ndarray:
+    """(n_cam,) seconds after the sweep start at which the clockwise beam passes each camera's axis."""
+    turn = np.mod(np.radians(spec.start_azimuth_deg) - azimuths, 2 * np.pi)
+    return turn / (2 * np.pi) * spec.period_s
 
 
 class LidarRenderer:
-    """Casts one sweep from the pose at its stamp.
+    """Casts one sweep of a spinning LiDAR.
 
-    The sweep is delivered *motion-compensated to header.stamp*: every point is
-    where the surface is in the sensor frame at the stamp (as DDAD/nuScenes
-    clouds are); ``t`` still carries each column's nominal firing time, as
-    drivers keep it after deskewing. No-return beams are NaN (organised cloud).
+    With ``rolling_chunks == 0`` the sweep is delivered *motion-compensated to
+    header.stamp*: every point is where the surface is in the sensor frame at
+    the stamp (as DDAD/nuScenes clouds are), and ``t`` is 0 for every point (the
+    time the geometry refers to). With ``rolling_chunks = K`` it is a raw sweep:
+    the columns are cast in K azimuth chunks, each from the ego pose (and
+    traffic) at the chunk's mid firing time, and ``t`` is each column's firing
+    time after the stamp (so ``t`` and the geometry agree within half a chunk,
+    0.5 ms at 20 Hz and K = 50). No-return beams are NaN (organised cloud).
     """
 
     def __init__(self, rig: Rig, world: World, textures: Textures, spec: LidarSpec | None = None) -> None:
@@ -137,15 +175,24 @@ class LidarRenderer:
         self.spec = spec or LidarSpec(max_range=min(float(rig.max_depth), 120.0))
         sp = self.spec
         self.elevations = np.linspace(sp.elevation_deg[0], sp.elevation_deg[1], sp.beams)
-        self.grid = RayGrid.lidar(self.elevations, sp.azimuth_steps)
+        self.grid = RayGrid.lidar(self.elevations, sp.azimuth_steps, az0_deg=sp.start_azimuth_deg)
         self.ring = np.repeat(np.arange(sp.beams, dtype=np.uint16)[:, None], sp.azimuth_steps, axis=1)
+        # firing time of each column after the stamp; a deskewed sweep refers every point to the stamp
+        firing = np.arange(sp.azimuth_steps) * (sp.period_s / sp.azimuth_steps)
+        self.firing_s = firing
         self.t_col = np.broadcast_to(
-            (np.arange(sp.azimuth_steps) * (sp.period_s / sp.azimuth_steps)).astype(np.float32)[None],
+            (firing if sp.rolling_chunks else np.zeros_like(firing)).astype(np.float32)[None],
             (sp.beams, sp.azimuth_steps),
         )
 
+    def sweep_at(self, t0: float, frame: int) -> np.ndarray:
+        """The sweep that starts at world time ``t0`` (s), deskewed or rolling as the spec says."""
+        if not self.spec.rolling_chunks:
+            return self.sweep(self.world.ego_pose(t0), self.world.primitives_at(t0), frame)
+        return self._rolling_sweep(t0, frame)
+
     def sweep(self, T_odom_base: np.ndarray, prims: Primitives, frame: int) -> np.ndarray:
-        """(beams, azimuth_steps) structured array of :data:`POINT_DTYPE`."""
+        """(beams, azimuth_steps) structured array of :data:`POINT_DTYPE`, all from one pose."""
         sp = self.spec
         T = T_odom_base @ self.rig.T_base_lidar
         hits = cast(self.grid, T, prims, self.world.road, max_t=sp.max_range, clip=True)
@@ -154,12 +201,43 @@ class LidarRenderer:
         H, W = self.grid.shape
         rng_m = np.full(H * W, np.nan, dtype=np.float32)
         intensity = np.zeros(H * W, dtype=np.float32)
-        d = surf.P / surf.rng
-        cos_i = np.abs(d[0] * surf.normal[0] + d[1] * surf.normal[1] + d[2] * surf.normal[2])
-        refl = surf.albedo.mean(0)
-        intensity[surf.index] = np.clip(f32(255.0) * refl * (f32(0.3) + f32(0.7) * cos_i) * f32(1.6), 0, 255)
+        intensity[surf.index] = _intensity(surf)
         rng_m[surf.index] = surf.rng + rng.standard_normal(surf.index.size, dtype=np.float32) * f32(sp.range_noise)
         lost = rng.random(H * W) < sp.dropout
+        return self._points(rng_m, intensity, lost)
+
+    def _rolling_sweep(self, t0: float, frame: int) -> np.ndarray:
+        """A raw sweep: azimuth chunk k is cast from the ego pose and traffic at its own mid firing time."""
+        sp, world = self.spec, self.world
+        H, W = self.grid.shape
+        rng_m = np.full((H, W), np.nan, dtype=np.float32)
+        intensity = np.zeros((H, W), dtype=np.float32)
+        edges = np.linspace(0, W, sp.rolling_chunks + 1).round().astype(np.int64)
+        # static objects do not move during the sweep: select them once over the distance it covers
+        lo = float(world.ego.s(t0)) - WORLD_MARGIN
+        hi = float(world.ego.s(t0 + sp.period_s)) + WORLD_MARGIN
+        static = world.static.near(lo, hi)
+        for c0, c1 in pairwise(edges.tolist()):
+            t = t0 + 0.5 * (self.firing_s[c0] + self.firing_s[c1 - 1])
+            prims = static.concat(world.traffic.at(world.road, world.ego, t).near(lo, hi))
+            sub = self.grid.columns(c0, c1)
+            hits = cast(sub, world.ego_pose(t) @ self.rig.T_base_lidar, prims, world.road,
+                        max_t=sp.max_range, clip=True)
+            surf = surface(world, hits, self.textures, sub.pixel_angle)
+            r_chunk = np.full(H * (c1 - c0), np.nan, dtype=np.float32)
+            i_chunk = np.zeros(H * (c1 - c0), dtype=np.float32)
+            r_chunk[surf.index] = surf.rng
+            i_chunk[surf.index] = _intensity(surf)
+            rng_m[:, c0:c1] = r_chunk.reshape(H, -1)
+            intensity[:, c0:c1] = i_chunk.reshape(H, -1)
+        rng = np.random.default_rng(np.random.SeedSequence([world.seed, frame, 0x11DA2, 0x2011]))
+        rng_m += rng.standard_normal((H, W), dtype=np.float32) * f32(sp.range_noise)  # NaN stays NaN
+        lost = rng.random((H, W)) < sp.dropout
+        return self._points(rng_m.ravel(), intensity.ravel(), lost.ravel())
+
+    def _points(self, rng_m: np.ndarray, intensity: np.ndarray, lost: np.ndarray) -> np.ndarray:
+        """Ranges and intensities (flat, NaN = no return) -> the organised cloud."""
+        H, W = self.grid.shape
         rng_m[lost] = np.nan
         intensity[lost | ~np.isfinite(rng_m)] = 0.0
         rng_m = rng_m.reshape(H, W)
@@ -170,3 +248,11 @@ class LidarRenderer:
         out["ring"] = self.ring
         out["t"] = self.t_col
         return out
+
+
+def _intensity(surf: Surface) -> np.ndarray:
+    """LiDAR return intensity (0-255) from albedo and incidence angle."""
+    d = surf.P / surf.rng
+    cos_i = np.abs(d[0] * surf.normal[0] + d[1] * surf.normal[1] + d[2] * surf.normal[2])
+    refl = surf.albedo.mean(0)
+    return np.clip(f32(255.0) * refl * (f32(0.3) + f32(0.7) * cos_i) * f32(1.6), 0, 255)

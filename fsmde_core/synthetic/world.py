@@ -25,6 +25,7 @@ from enum import IntEnum
 import numpy as np
 
 FRAME_PERIOD_S = 0.1  # 10 Hz rig, like DDAD and nuScenes keyframes
+MAX_SPEED = 40.0  # m/s; a constant-speed drive (``make_world(speed=...)``) must stay on the generated road
 DRAW_DISTANCE = 350.0  # objects farther than this from a sensor are not drawn (m)
 WORLD_MARGIN = DRAW_DISTANCE + 50.0  # road length generated before/after the drive (m)
 
@@ -725,18 +726,34 @@ def _traffic(seed: int, road: Road, ego: EgoMotion, s_lo: float, s_hi: float, du
     )
 
 
-def make_world(seed: int, duration_s: float) -> World:
+def with_constant_speed(ego: EgoMotion, speed: float) -> EgoMotion:
+    """The same drive at a constant ``speed`` (m/s); 0 = a parked car (no sway, the suspension still bounces).
+
+    Tests of motion compensation need a known, often higher speed than the
+    seed's 5-12 m/s; everything else about the world stays as the seed made it.
+    """
+    if not (np.isfinite(speed) and 0.0 <= speed <= MAX_SPEED):
+        raise ValueError(f"speed must be in [0, {MAX_SPEED:g}] m/s, got {speed}")
+    return replace(ego, v0=float(speed), amp=0.0, sway_amp=ego.sway_amp if speed > 0 else 0.0)
+
+
+def make_world(seed: int, duration_s: float, speed: float | None = None) -> World:
     """Generate the street for a drive of ``duration_s`` seconds, deterministically from ``seed``.
 
     Every category of object has its own random stream and is laid out by
     walking along the road from a fixed start, so drives of different
     lengths with one seed share their beginning (up to one minute of driving;
     longer drives get a gentler curve so that the road never turns back).
+    ``speed`` (m/s) replaces the seed's varying 5-12 m/s by a constant speed
+    (the random draws are unchanged, so the street is the same).
     """
     rng = _stream(seed, 0x5EED)
     s_lo = -WORLD_MARGIN
-    road = _make_road(rng, s_span=12.0 * max(duration_s, 60.0) + 2 * WORLD_MARGIN)
+    span_speed = 12.0 if speed is None else max(12.0, float(speed))
+    road = _make_road(rng, s_span=span_speed * max(duration_s, 60.0) + 2 * WORLD_MARGIN)
     ego = _make_ego(rng, road)
+    if speed is not None:
+        ego = with_constant_speed(ego, speed)
     lighting = _make_lighting(rng)
     s_hi = float(ego.s(duration_s)) + WORLD_MARGIN
     road = replace(road, crosswalks=_crosswalks(seed, s_lo, s_hi))
@@ -768,4 +785,5 @@ __all__ = [
     "World",
     "box_corners",
     "make_world",
+    "with_constant_speed",
 ]

@@ -13,12 +13,23 @@ recording of a six-camera rig with a spinning LiDAR:
 * dense ground-truth depth per camera on ``/synthetic_gt/<name>/depth``
   (32FC1, metres along optical Z, +Inf = sky), same header as the image.
 
-Timing is that of a real rig: frames at 10 Hz, each camera triggered with
-its own fixed offset (0-8 ms) plus jitter, rendered from the vehicle pose at
-*its own* stamp (as is the LiDAR). The bag's log time is the stamp plus a
-varying transport delay (the LiDAR is published after its 100 ms sweep), so
-consumers must pair messages on ``header.stamp``, not on log time. Messages
-are written in log-time order, as a recorder receives them.
+Timing is that of a real rig, in one of two modes (``--camera-timing``):
+
+* ``synchronous`` (default): frames at 10 Hz, each camera triggered with its
+  own fixed offset (0-8 ms) plus jitter; the LiDAR (10 Hz) sweep is delivered
+  deskewed to its stamp (every point's ``t`` = 0).
+* ``sweep``: a nuScenes-style rig. The LiDAR spins at 20 Hz and each camera
+  fires when the beam passes its optical axis (phase = the axis' azimuth in
+  the rotation, ~42 ms spread for six cameras) plus +-1 ms jitter; the frame
+  rate stays 10 Hz (the bag keeps the revolution that starts at each frame
+  tick). The sweep is raw: each azimuth chunk is cast from the pose at its own
+  firing time, ``t`` = firing time after the stamp (= the sweep's start).
+
+Every camera is rendered from the vehicle pose at *its own* stamp. The bag's
+log time is the stamp plus a varying transport delay (the LiDAR is published
+after its sweep), so consumers must pair messages on ``header.stamp``, not on
+log time. Messages are written in log-time order, as a recorder receives them.
+``--speed`` replaces the seed's 5-12 m/s drive by a constant speed.
 
 Rendering runs in worker processes (numpy's many small operations hold the
 GIL, so threads do not scale); results are identical for any worker count.
@@ -48,15 +59,27 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from fsmde_core.rig import PRESET_NAMES, Rig
 from fsmde_core.rig import preset as rig_preset
 from fsmde_core.synthetic import messages as msgs
-from fsmde_core.synthetic.render import CameraRenderer, LidarRenderer, LidarSpec
+from fsmde_core.synthetic.render import (
+    CameraRenderer,
+    LidarRenderer,
+    LidarSpec,
+    camera_azimuths,
+    sweep_start_azimuth_deg,
+    trigger_phases_s,
+)
 from fsmde_core.synthetic.shading import Textures
-from fsmde_core.synthetic.world import FRAME_PERIOD_S, World, make_world
+from fsmde_core.synthetic.world import FRAME_PERIOD_S, MAX_SPEED, World, make_world
 
 START_NS = 1_735_732_800 * 1_000_000_000  # 2025-01-01 12:00:00 UTC: realistic, large epoch stamps
 TF_PERIOD_NS = 20_000_000  # odometry at 50 Hz
 GT_TOPIC = "/synthetic_gt/{name}/depth"
 ODOM_FRAME = "odom"
 JPEG_QUALITY = 90
+CAMERA_TIMINGS = ("synchronous", "sweep")
+SWEEP_LIDAR_PERIOD_S = 0.05  # 20 Hz spinning LiDAR of the triggered (nuScenes-style) rig
+SWEEP_CHUNKS = 50  # rolling sweep: 1 ms of rotation per chunk -> t and geometry agree within 0.5 ms
+SWEEP_JITTER_NS = 1_000_000  # trigger jitter of the triggered rig (+-1 ms)
+SYNC_JITTER_NS = 40_000  # +-40 us around the synchronous rig's fixed offsets
 
 # rosbag2 stores what the publisher offered; history/depth are not visible over DDS ("unknown", 0)
 _INF = QosTime(9223372036, 854775807)
@@ -76,17 +99,30 @@ QOS_LATCHED = _qos(QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL)  # /t
 class RigTiming:
     """Trigger offsets and delays of the rig, fixed per seed."""
 
-    camera_offset_ns: np.ndarray  # (n_cam,) fixed trigger offset after the frame tick, 0-8 ms
+    camera_offset_ns: np.ndarray  # (n_cam,) fixed trigger offset after the frame tick
     camera_delay_ns: np.ndarray  # (n_cam,) mean transport delay of each camera driver
     lidar_period_ns: int
+    jitter_ns: int = SYNC_JITTER_NS  # triggers vary uniformly in [-jitter, jitter) per frame
 
     @classmethod
     def for_seed(cls, seed: int, n_cam: int, lidar_period_s: float) -> RigTiming:
+        """The synchronous rig: fixed offsets of 0-8 ms after the frame tick."""
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x71AE]))
         return cls(
             camera_offset_ns=np.round(rng.uniform(0.0, 8e6, n_cam), -3).astype(np.int64),
             camera_delay_ns=rng.uniform(14e6, 24e6, n_cam).astype(np.int64),
             lidar_period_ns=round(lidar_period_s * 1e9),
+        )
+
+    @classmethod
+    def triggered(cls, seed: int, phases_s: np.ndarray, lidar_period_s: float) -> RigTiming:
+        """The sweep-triggered rig: each camera fires at its phase in the LiDAR's revolution."""
+        base = cls.for_seed(seed, len(phases_s), lidar_period_s)
+        return cls(
+            camera_offset_ns=np.round(np.asarray(phases_s) * 1e9, -3).astype(np.int64),
+            camera_delay_ns=base.camera_delay_ns,
+            lidar_period_ns=base.lidar_period_ns,
+            jitter_ns=SWEEP_JITTER_NS,
         )
 
 
@@ -110,7 +146,7 @@ def frame_times(seed: int, frame: int, timing: RigTiming, last: bool) -> FrameTi
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x71AE, frame]))
     n = timing.camera_offset_ns.size
     tick = START_NS + frame * int(FRAME_PERIOD_S * 1e9)
-    stamp = tick + timing.camera_offset_ns + rng.integers(-40_000, 40_000, n)
+    stamp = tick + timing.camera_offset_ns + rng.integers(-timing.jitter_ns, timing.jitter_ns, n)
     log = stamp + timing.camera_delay_ns + rng.integers(-4_000_000, 9_000_000, n)
     n_tf = int(FRAME_PERIOD_S * 1e9) // TF_PERIOD_NS + int(last)  # the last frame closes the interval
     tf_stamps = tick + TF_PERIOD_NS * np.arange(n_tf, dtype=np.int64)
@@ -143,6 +179,29 @@ class SceneSpec:
     seed: int
     duration_s: float
     image_format: str
+    camera_timing: str = "synchronous"
+    speed: float | None = None
+
+
+def lidar_spec(rig: Rig, camera_timing: str) -> LidarSpec:
+    """The LiDAR of the rig: 10 Hz deskewed (synchronous) or 20 Hz raw and rolling (sweep)."""
+    max_range = min(float(rig.max_depth), 120.0)
+    if camera_timing == "synchronous":
+        return LidarSpec(max_range=max_range)
+    return LidarSpec(
+        max_range=max_range,
+        period_s=SWEEP_LIDAR_PERIOD_S,
+        start_azimuth_deg=sweep_start_azimuth_deg(camera_azimuths(rig)),
+        rolling_chunks=SWEEP_CHUNKS,
+    )
+
+
+def rig_timing(seed: int, rig: Rig, camera_timing: str) -> RigTiming:
+    """Trigger offsets and delays of the rig for ``camera_timing``, fixed per seed."""
+    spec = lidar_spec(rig, camera_timing)
+    if camera_timing == "synchronous":
+        return RigTiming.for_seed(seed, len(rig.cameras), spec.period_s)
+    return RigTiming.triggered(seed, trigger_phases_s(camera_azimuths(rig), spec), spec.period_s)
 
 
 class Scene:
@@ -151,10 +210,10 @@ class Scene:
     def __init__(self, spec: SceneSpec) -> None:
         self.spec = spec
         self.rig: Rig = rig_preset(spec.preset, spec.width, spec.height)
-        self.world: World = make_world(spec.seed, spec.duration_s)
+        self.world: World = make_world(spec.seed, spec.duration_s, spec.speed)
         textures = Textures.for_world(self.world)
         self.cameras = [CameraRenderer(c, i, self.world, textures) for i, c in enumerate(self.rig.cameras)]
-        self.lidar = LidarRenderer(self.rig, self.world, textures)
+        self.lidar = LidarRenderer(self.rig, self.world, textures, lidar_spec(self.rig, spec.camera_timing))
 
     def render_camera(self, index: int, stamp_ns: int, frame: int) -> tuple[bytes | np.ndarray, np.ndarray]:
         """(image: rgb array or JPEG bytes, depth) of camera ``index`` at its own stamp."""
@@ -167,8 +226,7 @@ class Scene:
         return out.rgb, out.depth
 
     def render_lidar(self, stamp_ns: int, frame: int) -> np.ndarray:
-        t = seconds(stamp_ns)
-        return self.lidar.sweep(self.world.ego_pose(t), self.world.primitives_at(t), frame)
+        return self.lidar.sweep_at(seconds(stamp_ns), frame)
 
 
 _WORKER_SCENE: Scene | None = None
@@ -361,6 +419,8 @@ def generate_bag(
     height: int | None = None,
     progress: bool = True,
     workers: int | None = None,
+    camera_timing: str = "synchronous",
+    speed: float | None = None,
 ) -> dict:
     """Render ``frames`` surround frames of the procedural street into a new rosbag2 at ``out``.
 
@@ -375,6 +435,9 @@ def generate_bag(
         progress: show a progress bar (rate, ETA) on stderr.
         workers: rendering processes; default = usable cores (max 6); 1 renders in-process.
             The bag is bitwise identical for any value.
+        camera_timing: ``synchronous`` (cameras 0-8 ms after the tick, deskewed 10 Hz LiDAR) or
+            ``sweep`` (cameras triggered by a 20 Hz LiDAR's beam, raw rolling sweep); see the module.
+        speed: constant ego speed (m/s, 0 = parked); None = the seed's varying 5-12 m/s.
 
     Returns:
         Summary: path, preset, seed, frames, storage, image_format, width, height,
@@ -394,15 +457,20 @@ def generate_bag(
         raise ValueError("give both width and height, or neither")
     if width is not None and (width < 16 or height < 16):
         raise ValueError(f"image size must be at least 16x16, got {width}x{height}")
+    if camera_timing not in CAMERA_TIMINGS:
+        raise ValueError(f"camera_timing must be one of {', '.join(CAMERA_TIMINGS)}, got {camera_timing!r}")
+    if speed is not None and not (np.isfinite(speed) and 0.0 <= speed <= MAX_SPEED):
+        raise ValueError(f"speed must be in [0, {MAX_SPEED:g}] m/s, got {speed}")
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists already; rosbag2 output directories are never overwritten")
 
     t0 = time.perf_counter()
-    spec = SceneSpec(preset, width, height, int(seed), frames * FRAME_PERIOD_S + 0.5, image_format)
+    spec = SceneSpec(preset, width, height, int(seed), frames * FRAME_PERIOD_S + 0.5, image_format,
+                     camera_timing, None if speed is None else float(speed))
     rig = rig_preset(preset, width, height)
-    world = make_world(spec.seed, spec.duration_s)  # cheap; this process only needs the ego poses
-    timing = RigTiming.for_seed(spec.seed, len(rig.cameras), LidarSpec().period_s)
+    world = make_world(spec.seed, spec.duration_s, spec.speed)  # cheap; this process only needs the ego poses
+    timing = rig_timing(spec.seed, rig, camera_timing)
     n_workers = default_workers() if workers is None else max(1, int(workers))
     n_workers = 1 if frames < 3 else n_workers
 
@@ -411,7 +479,9 @@ def generate_bag(
         sink.writer.set_custom_data(
             "fsmde.synthetic",
             f"preset={preset} seed={seed} frames={frames} "
-            f"size={rig.cameras[0].model.width}x{rig.cameras[0].model.height}",
+            f"size={rig.cameras[0].model.width}x{rig.cameras[0].model.height}"
+            + (f" camera_timing={camera_timing}" if camera_timing != "synchronous" else "")
+            + (f" speed={speed:g}" if speed is not None else ""),
         )
         _declare_topics(sink, rig, image_format)
         sink.push("/tf_static", START_NS, msgs.tf_message(_static_transforms(rig)))
@@ -442,6 +512,8 @@ def generate_bag(
         "seconds": elapsed,
         "frames_per_s": frames / elapsed,
         "workers": n_workers,
+        "camera_timing": camera_timing,
+        "speed": speed,
     }
 
 
@@ -467,6 +539,20 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="rendering processes (default: usable cores, max 6; output is identical)",
     )
+    parser.add_argument(
+        "--camera-timing",
+        choices=CAMERA_TIMINGS,
+        default="synchronous",
+        help="synchronous = cameras 0-8 ms after each 10 Hz tick, deskewed 10 Hz LiDAR (default); "
+        "sweep = each camera fires when a 20 Hz LiDAR's beam passes its axis (~42 ms spread), raw rolling sweep",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        metavar="M_PER_S",
+        help="constant ego speed in m/s (0 = parked; default: the seed's varying 5-12 m/s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -484,6 +570,8 @@ def run_synth(args: argparse.Namespace) -> int:
             height=args.height,
             progress=not args.no_progress,
             workers=args.workers,
+            camera_timing=args.camera_timing,
+            speed=args.speed,
         )
     except (ValueError, FileExistsError) as exc:
         print(f"fsmde synth: error: {exc}", file=sys.stderr)
