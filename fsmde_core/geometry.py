@@ -82,15 +82,35 @@ def lidar_to_sparse_depth(
     All cameras must share one image size (the training/inference size).
     """
     T_bl = rig.T_base_lidar if T_base_lidar is None else T_base_lidar
+    pts_base = transform_points(T_bl, finite_points(points_lidar).astype(np.float64))
+    return points_to_sparse_depth(pts_base, rig, None, min_depth, max_depth)
+
+
+def points_to_sparse_depth(
+    points_base: np.ndarray,
+    rig: Rig,
+    T_base_now_base_then: np.ndarray | None = None,
+    min_depth: float = 0.1,
+    max_depth: float | None = None,
+) -> np.ndarray:
+    """Project (N, 3) base-frame points into every camera of ``rig``: (N_cam, H, W) float32.
+
+    ``T_base_now_base_then`` (N_cam, 4, 4), optional: per camera, the motion of
+    the vehicle between the moment the points are expressed at and that
+    camera's exposure (identity = a rig that does not move), so a moving
+    rig's images each see the points where the vehicle was at their stamp.
+    All cameras must share one image size (the training/inference size).
+    """
     sizes = {(c.model.width, c.model.height) for c in rig.cameras}
     if len(sizes) != 1:
-        raise ValueError(f"lidar_to_sparse_depth needs one image size for all cameras, got {sorted(sizes)}")
-    pts_base = transform_points(T_bl, finite_points(points_lidar).astype(np.float64))
+        raise ValueError(f"sparse depth needs one image size for all cameras, got {sorted(sizes)}")
+    pts = finite_points(points_base).astype(np.float64)
     cap = rig.max_depth if max_depth is None else max_depth
-    return np.stack([
-        project_to_sparse_depth(transform_points(c.T_cam_base, pts_base), c.model, min_depth, cap)
-        for c in rig.cameras
-    ])
+    out = []
+    for k, c in enumerate(rig.cameras):
+        T = c.T_cam_base if T_base_now_base_then is None else c.T_cam_base @ T_base_now_base_then[k]
+        out.append(project_to_sparse_depth(transform_points(T, pts), c.model, min_depth, cap))
+    return np.stack(out)
 
 
 def depth_to_points(depth: np.ndarray, rays: np.ndarray) -> np.ndarray:

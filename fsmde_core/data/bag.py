@@ -39,6 +39,7 @@ from fsmde_core.data.decode import (
 from fsmde_core.data.errors import BagError, MalformedMessageError, UnsupportedEncodingError
 from fsmde_core.data.grouping import Stamped, StampGrouper
 from fsmde_core.data.layout import BagLayout, discover_layout
+from fsmde_core.data.motion import compensated_sparse_depth, decode_point_times, stamp_sparse_depth
 from fsmde_core.data.reader import check_bag_path, deserialize, iter_raw, open_bag
 from fsmde_core.data.sample import SampleSource, SurroundSample, load_mask, resize_nearest, resize_rgb
 from fsmde_core.geometry import lidar_to_sparse_depth
@@ -59,6 +60,7 @@ class ReadStats:
     no_lidar: int = 0  # sets without a sweep within tolerance (dropped if require_lidar)
     missing_gt: int = 0  # camera images whose GT depth was missing (NaN-filled)
     skipped_messages: int = 0  # malformed messages skipped (their set is dropped)
+    uncompensated: int = 0  # samples whose LiDAR projection ignores ego motion (no /tf, or outside it)
 
     def add(self, other: ReadStats) -> None:
         for f in fields(self):
@@ -125,6 +127,7 @@ class SampleBuilder:
         ])
         self.has_gt = any(c.gt_topic for c in layout.cameras)
         self.max_depth = config.max_depth if config.max_depth is not None else self.rig.max_depth
+        self._warned_uncompensated = False
 
     def _image(self, k: int, raw: bytes) -> np.ndarray:
         cam = self.layout.cameras[k]
@@ -141,19 +144,48 @@ class SampleBuilder:
                            f"camera_info ({cam.info_topic}) says {w}x{h}")
         return resize_rgb(img, self.width, self.height)
 
-    def _sparse(self, lidar: Stamped[bytes] | None) -> np.ndarray:
+    def _sparse(self, lidar: Stamped[bytes] | None, camera_stamps_ns: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(sparse depth, motion compensated?) of the set's sweep; see :mod:`fsmde_core.data.motion`."""
         if lidar is None:
-            return np.full((len(self.models), self.height, self.width), np.nan, dtype=np.float32)
+            return np.full((len(self.models), self.height, self.width), np.nan, dtype=np.float32), False
         topic = self.layout.lidar_topic
         msg = deserialize(self.reader, lidar.item, "sensor_msgs/msg/PointCloud2", topic)
         try:
             pts = decode_cloud_xyz(msg)
+            times = decode_point_times(msg, lidar.stamp_ns) if self.config.motion_compensation == "auto" else None
         except UnsupportedEncodingError as exc:
             raise BagError(self.layout.bag, topic, str(exc)) from exc
         except MalformedMessageError as exc:
             raise MalformedMessageError(f"topic {topic}: {exc}") from exc
-        return lidar_to_sparse_depth(pts, self.rig, self.layout.T_base_lidar, self.config.min_depth,
-                                     self.max_depth).astype(np.float32)
+        depth = self._compensated(pts, times, lidar.stamp_ns, camera_stamps_ns)
+        if depth is not None:
+            return depth.astype(np.float32), True
+        self.stats.uncompensated += 1
+        depth = lidar_to_sparse_depth(pts, self.rig, self.layout.T_base_lidar, self.config.min_depth,
+                                      self.max_depth)
+        return depth.astype(np.float32), False
+
+    def _compensated(self, pts: np.ndarray, times: np.ndarray | None, stamp_ns: int,
+                     camera_stamps_ns: np.ndarray) -> np.ndarray | None:
+        """Motion-compensated sparse depth, or None (logged once per bag) when it cannot be had."""
+        motion, why = self.layout.motion, ""
+        if self.config.motion_compensation == "off":
+            return None
+        if motion is None:
+            why = f"no odom|map -> {self.layout.config.base_frame} chain on {self.config.tf_topic}"
+        else:
+            args = (camera_stamps_ns, self.rig, self.layout.T_base_lidar, motion, self.config.min_depth,
+                    self.max_depth)
+            depth = (compensated_sparse_depth(pts, times, *args) if times is not None
+                     else stamp_sparse_depth(pts, stamp_ns, *args))
+            if depth is not None:
+                return depth
+            why = f"sweep or image stamps outside {self.config.tf_topic} (first at sweep stamp {stamp_ns})"
+        if not self._warned_uncompensated:
+            log.warning("bag %s: LiDAR ground truth is NOT motion compensated (%s); counted in "
+                        "ReadStats.uncompensated", self.layout.bag, why)
+            self._warned_uncompensated = True
+        return None
 
     def _gt(self, gts: list[Stamped[bytes] | None]) -> np.ndarray | None:
         if not self.has_gt:
@@ -176,6 +208,7 @@ class SampleBuilder:
     def build(self, m: Moment) -> SurroundSample:
         images = np.stack([self._image(k, s.item) for k, s in enumerate(m.images)])
         stamps = np.array([s.stamp_ns for s in m.images], dtype=np.int64)
+        sparse, compensated = self._sparse(m.lidar, stamps)
         return SurroundSample(
             stamp_ns=int(stamps.min()),
             camera_names=[c.name for c in self.layout.cameras],
@@ -183,12 +216,13 @@ class SampleBuilder:
             camera_stamps_ns=stamps,
             models=list(self.models),
             T_base_cam=self.T_base_cam.copy(),
-            sparse_depth=self._sparse(m.lidar),
+            sparse_depth=sparse,
             gt_depth=self._gt(m.gt),
             masks=self.masks.copy(),
             source=m.source,
             lidar_stamp_ns=None if m.lidar is None else m.lidar.stamp_ns,
             base_frame=self.layout.config.base_frame,
+            motion_compensated=compensated,
         )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 EXTRINSICS_SOURCES = ("auto", "tf", "yaml")
+MOTION_COMPENSATION = ("auto", "stamp", "off")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class DataConfig:
         gt_topic_pattern: synthetic dense ground truth, ``{name}`` = camera.
         horizon_s: how far (in log time) a message may lag the rest of its set;
             bounds the reader's memory when a camera stops publishing.
+        tf_topic: odometry (``tf2_msgs/TFMessage``) for motion compensation.
+        motion_compensation: ``auto`` (with a /tf chain odom|map -> base: each
+            LiDAR point moved from its firing time, the sweep stamp + the
+            cloud's ``t``/``time``/``timestamp`` field, to each image's stamp),
+            ``stamp`` (the same, but every point at the sweep's stamp: for
+            clouds deskewed by the driver that kept firing times) or ``off``.
     """
 
     cameras: list[CameraTopics] | None = None
@@ -79,6 +86,8 @@ class DataConfig:
     max_depth: float | None = None
     gt_topic_pattern: str = "/synthetic_gt/{name}/depth"
     horizon_s: float = 1.0
+    tf_topic: str = "/tf"
+    motion_compensation: str = "auto"
 
     def __post_init__(self) -> None:
         if self.cameras is not None:
@@ -95,6 +104,9 @@ class DataConfig:
         if self.extrinsics not in EXTRINSICS_SOURCES:
             raise ValueError(
                 f"DataConfig.extrinsics must be one of {EXTRINSICS_SOURCES}, got {self.extrinsics!r}")
+        if self.motion_compensation not in MOTION_COMPENSATION:
+            raise ValueError(f"DataConfig.motion_compensation must be one of {MOTION_COMPENSATION}, "
+                             f"got {self.motion_compensation!r}")
         if self.extrinsics == "yaml" and self.rig_yaml is None:
             raise ValueError("DataConfig.extrinsics='yaml' needs DataConfig.rig_yaml")
         for name in ("sync_tolerance_ms", "lidar_tolerance_ms", "horizon_s"):

@@ -32,8 +32,9 @@ from fsmde_core.data.decode import (
     decode_image,
 )
 from fsmde_core.data.errors import BagError, MalformedMessageError, UnsupportedEncodingError
+from fsmde_core.data.motion import EgoTrajectory
 from fsmde_core.data.reader import TopicSummary, deserialize, iter_raw, topic_table
-from fsmde_core.data.tf import TfLookupError, TfTree, normalise_frame
+from fsmde_core.data.tf import TfLookupError, TfTree, TransformBuffer, normalise_frame
 from fsmde_core.rig import Rig, RigCamera, RigError
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class BagLayout:
     lidar_frame: str | None = None
     T_base_lidar: np.ndarray | None = None
     tf: TfTree | None = None
+    motion: EgoTrajectory | None = None  # /tf ego trajectory for motion-compensated LiDAR ground truth
     extrinsics_from: str = ""
     rig_name: str = "bag"
     max_depth: float = 80.0
@@ -256,6 +258,37 @@ def _read_tf(reader: AnyReader, layout: BagLayout) -> None:
         except MalformedMessageError as exc:
             layout.notes.append(f"skipped a malformed {topic} message: {exc}")
     layout.tf = tree if len(tree) else None
+
+
+def _read_motion(reader: AnyReader, layout: BagLayout) -> None:
+    """The ego trajectory from /tf (all of it: 50 Hz odometry is small), and a note on what it allows."""
+    cfg = layout.config
+    if layout.lidar_topic is None or cfg.motion_compensation == "off":
+        return
+    info = layout.topics.get(cfg.tf_topic)
+    if info is None or info.count == 0 or info.msgtype != TF_TYPE:
+        layout.notes.append(f"LiDAR ground truth is NOT motion compensated: no {cfg.tf_topic} "
+                            "(tf2_msgs/msg/TFMessage) odometry in the bag")
+        return
+    buf = TransformBuffer()
+    for t, msgtype, _, raw in iter_raw(reader, layout.bag, [cfg.tf_topic]):
+        try:
+            buf.add_message(deserialize(reader, raw, msgtype, t))
+        except MalformedMessageError as exc:
+            layout.notes.append(f"skipped a malformed {cfg.tf_topic} message: {exc}")
+    chain = buf.chain_to_fixed(cfg.base_frame, layout.tf) if len(buf) else None
+    if chain is None:
+        layout.notes.append(f"LiDAR ground truth is NOT motion compensated: {cfg.tf_topic} has no chain from "
+                            f"odom or map to {cfg.base_frame} (edges: {sorted(buf.tracks)})")
+        return
+    layout.motion = EgoTrajectory(buf, chain, layout.tf)
+    moving = [buf.tracks[(p, c)] for p, c, dynamic in chain if dynamic]
+    n = min(tr.stamps.size for tr in moving)
+    span = min(tr.span_ns[1] - tr.span_ns[0] for tr in moving) / 1e9
+    rate = f", ~{(n - 1) / span:.0f} Hz" if span > 0 else ""
+    layout.notes.append(f"LiDAR ground truth is motion compensated ({cfg.motion_compensation}) with "
+                        f"{cfg.tf_topic}: {' -> '.join([chain[0][0], *[c for _, c, _ in chain]])} "
+                        f"({n} poses over {span:.1f} s{rate})")
 
 
 @dataclass
@@ -460,6 +493,7 @@ def discover_layout(reader: AnyReader, bag: Path, config: DataConfig) -> BagLayo
         for cam in layout.cameras:
             _resolve_extrinsics(layout, cam, source, rig_yaml)
         _resolve_lidar(layout, firsts, source, rig_yaml)
+    _read_motion(reader, layout)
     if config.cameras is None and all(c.T_base_cam is not None for c in layout.cameras):
         # Discovered cameras: ring order by yaw (front first, counter-clockwise), stable across bags.
         layout.cameras.sort(key=lambda c: (np.mod(c.yaw_deg + 1e-9, 360.0), c.name))

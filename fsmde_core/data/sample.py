@@ -53,6 +53,9 @@ class SurroundSample:
         source: bag and set ordinal.
         lidar_stamp_ns: stamp of the sweep used, None if no sweep matched.
         base_frame: the vehicle frame of ``T_base_cam``.
+        motion_compensated: True when ``sparse_depth`` follows the ego motion
+            from each point's firing time to each image's stamp (/tf odometry);
+            False when it projects the sweep as if the rig stood still.
     """
 
     stamp_ns: int
@@ -67,6 +70,7 @@ class SurroundSample:
     source: SampleSource
     lidar_stamp_ns: int | None = None
     base_frame: str = "base_link"
+    motion_compensated: bool = False
 
     @property
     def num_cameras(self) -> int:

@@ -22,8 +22,13 @@ Timing is that of a real rig, in one of two modes (``--camera-timing``):
   fires when the beam passes its optical axis (phase = the axis' azimuth in
   the rotation, ~42 ms spread for six cameras) plus +-1 ms jitter; the frame
   rate stays 10 Hz (the bag keeps the revolution that starts at each frame
-  tick). The sweep is raw: each azimuth chunk is cast from the pose at its own
-  firing time, ``t`` = firing time after the stamp (= the sweep's start).
+  tick).
+
+``--lidar-sweep`` says how the sweep is delivered: ``raw`` (default with
+``sweep`` timing) = each azimuth chunk cast from the pose at its own firing
+time, ``t`` = firing time after the stamp (= the sweep's start); ``deskewed``
+(default with ``synchronous`` timing) = every point where it is at the stamp,
+``t`` = 0, as DDAD/nuScenes clouds come.
 
 Every camera is rendered from the vehicle pose at *its own* stamp. The bag's
 log time is the stamp plus a varying transport delay (the LiDAR is published
@@ -76,6 +81,7 @@ GT_TOPIC = "/synthetic_gt/{name}/depth"
 ODOM_FRAME = "odom"
 JPEG_QUALITY = 90
 CAMERA_TIMINGS = ("synchronous", "sweep")
+LIDAR_SWEEPS = ("raw", "deskewed")
 SWEEP_LIDAR_PERIOD_S = 0.05  # 20 Hz spinning LiDAR of the triggered (nuScenes-style) rig
 SWEEP_CHUNKS = 50  # rolling sweep: 1 ms of rotation per chunk -> t and geometry agree within 0.5 ms
 SWEEP_JITTER_NS = 1_000_000  # trigger jitter of the triggered rig (+-1 ms)
@@ -181,18 +187,26 @@ class SceneSpec:
     image_format: str
     camera_timing: str = "synchronous"
     speed: float | None = None
+    lidar_sweep: str | None = None
 
 
-def lidar_spec(rig: Rig, camera_timing: str) -> LidarSpec:
-    """The LiDAR of the rig: 10 Hz deskewed (synchronous) or 20 Hz raw and rolling (sweep)."""
+def default_lidar_sweep(camera_timing: str, lidar_sweep: str | None) -> str:
+    """``raw`` for the triggered rig, ``deskewed`` for the synchronous one, unless chosen."""
+    return lidar_sweep or ("deskewed" if camera_timing == "synchronous" else "raw")
+
+
+def lidar_spec(rig: Rig, camera_timing: str, lidar_sweep: str | None = None) -> LidarSpec:
+    """The LiDAR of the rig: 10 Hz (synchronous) or 20 Hz starting between two cameras (sweep);
+    deskewed (one pose) or raw (rolling, one pose per azimuth chunk)."""
     max_range = min(float(rig.max_depth), 120.0)
+    chunks = SWEEP_CHUNKS if default_lidar_sweep(camera_timing, lidar_sweep) == "raw" else 0
     if camera_timing == "synchronous":
-        return LidarSpec(max_range=max_range)
+        return LidarSpec(max_range=max_range, rolling_chunks=chunks)
     return LidarSpec(
         max_range=max_range,
         period_s=SWEEP_LIDAR_PERIOD_S,
         start_azimuth_deg=sweep_start_azimuth_deg(camera_azimuths(rig)),
-        rolling_chunks=SWEEP_CHUNKS,
+        rolling_chunks=chunks,
     )
 
 
@@ -213,7 +227,9 @@ class Scene:
         self.world: World = make_world(spec.seed, spec.duration_s, spec.speed)
         textures = Textures.for_world(self.world)
         self.cameras = [CameraRenderer(c, i, self.world, textures) for i, c in enumerate(self.rig.cameras)]
-        self.lidar = LidarRenderer(self.rig, self.world, textures, lidar_spec(self.rig, spec.camera_timing))
+        self.lidar = LidarRenderer(
+            self.rig, self.world, textures, lidar_spec(self.rig, spec.camera_timing, spec.lidar_sweep)
+        )
 
     def render_camera(self, index: int, stamp_ns: int, frame: int) -> tuple[bytes | np.ndarray, np.ndarray]:
         """(image: rgb array or JPEG bytes, depth) of camera ``index`` at its own stamp."""
@@ -421,6 +437,7 @@ def generate_bag(
     workers: int | None = None,
     camera_timing: str = "synchronous",
     speed: float | None = None,
+    lidar_sweep: str | None = None,
 ) -> dict:
     """Render ``frames`` surround frames of the procedural street into a new rosbag2 at ``out``.
 
@@ -438,6 +455,8 @@ def generate_bag(
         camera_timing: ``synchronous`` (cameras 0-8 ms after the tick, deskewed 10 Hz LiDAR) or
             ``sweep`` (cameras triggered by a 20 Hz LiDAR's beam, raw rolling sweep); see the module.
         speed: constant ego speed (m/s, 0 = parked); None = the seed's varying 5-12 m/s.
+        lidar_sweep: ``raw`` (rolling, per-point ``t``) or ``deskewed`` (all points at the stamp,
+            ``t`` = 0); None = raw with ``sweep`` timing, deskewed with ``synchronous``.
 
     Returns:
         Summary: path, preset, seed, frames, storage, image_format, width, height,
@@ -461,13 +480,16 @@ def generate_bag(
         raise ValueError(f"camera_timing must be one of {', '.join(CAMERA_TIMINGS)}, got {camera_timing!r}")
     if speed is not None and not (np.isfinite(speed) and 0.0 <= speed <= MAX_SPEED):
         raise ValueError(f"speed must be in [0, {MAX_SPEED:g}] m/s, got {speed}")
+    if lidar_sweep is not None and lidar_sweep not in LIDAR_SWEEPS:
+        raise ValueError(f"lidar_sweep must be one of {', '.join(LIDAR_SWEEPS)}, got {lidar_sweep!r}")
+    sweep_kind = default_lidar_sweep(camera_timing, lidar_sweep)
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists already; rosbag2 output directories are never overwritten")
 
     t0 = time.perf_counter()
     spec = SceneSpec(preset, width, height, int(seed), frames * FRAME_PERIOD_S + 0.5, image_format,
-                     camera_timing, None if speed is None else float(speed))
+                     camera_timing, None if speed is None else float(speed), sweep_kind)
     rig = rig_preset(preset, width, height)
     world = make_world(spec.seed, spec.duration_s, spec.speed)  # cheap; this process only needs the ego poses
     timing = rig_timing(spec.seed, rig, camera_timing)
@@ -481,7 +503,8 @@ def generate_bag(
             f"preset={preset} seed={seed} frames={frames} "
             f"size={rig.cameras[0].model.width}x{rig.cameras[0].model.height}"
             + (f" camera_timing={camera_timing}" if camera_timing != "synchronous" else "")
-            + (f" speed={speed:g}" if speed is not None else ""),
+            + (f" speed={speed:g}" if speed is not None else "")
+            + (f" lidar_sweep={sweep_kind}" if sweep_kind != default_lidar_sweep(camera_timing, None) else ""),
         )
         _declare_topics(sink, rig, image_format)
         sink.push("/tf_static", START_NS, msgs.tf_message(_static_transforms(rig)))
@@ -514,6 +537,7 @@ def generate_bag(
         "workers": n_workers,
         "camera_timing": camera_timing,
         "speed": speed,
+        "lidar_sweep": sweep_kind,
     }
 
 
@@ -553,6 +577,13 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="M_PER_S",
         help="constant ego speed in m/s (0 = parked; default: the seed's varying 5-12 m/s)",
     )
+    parser.add_argument(
+        "--lidar-sweep",
+        choices=LIDAR_SWEEPS,
+        default=None,
+        help="raw = rolling sweep, per-point t = firing time; deskewed = all points at the stamp, t = 0 "
+        "(default: raw with --camera-timing sweep, deskewed with synchronous)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -572,6 +603,7 @@ def run_synth(args: argparse.Namespace) -> int:
             workers=args.workers,
             camera_timing=args.camera_timing,
             speed=args.speed,
+            lidar_sweep=args.lidar_sweep,
         )
     except (ValueError, FileExistsError) as exc:
         print(f"fsmde synth: error: {exc}", file=sys.stderr)
