@@ -505,3 +505,205 @@ def test_inspect_with_rig_yaml_resolves_missing_tf(tmp_path: Path) -> None:
     assert "no /tf_static" in inspect_bag(wb.path)
     assert _inspect_cli(str(wb.path), "--rig", str(tmp_path / "rig.yaml")) == 0
 
+
+
+# ------------------------------------------------------------------ motion compensation (/tf, per-point times)
+def _quat_z(yaw: float) -> np.ndarray:
+    return np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)])
+
+
+def _odom_buffer(stamps_ms: list[float], xs: list[float], yaws: list[float]):
+    from fsmde_core.data.tf import TransformBuffer
+
+    buf = TransformBuffer()
+    for t, x, yaw in zip(stamps_ms, xs, yaws, strict=True):
+        buf.add("odom", "base_link", T0 + round(t * 1e6), [x, 0.0, 0.0], _quat_z(yaw))
+    return buf
+
+
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+def test_transform_buffer_interpolates_translation_linearly_and_rotation_by_slerp() -> None:
+    # added out of order, with a repeated stamp (the later sample wins, as in tf2)
+    buf = _odom_buffer([20.0, 0.0, 40.0, 20.0], [5.0, 0.0, 99.0, 2.0], [0.3, 0.0, 0.0, np.pi / 2])
+    track = buf.tracks[("odom", "base_link")]
+    assert track.stamps.tolist() == [T0, T0 + 20_000_000, T0 + 40_000_000]
+    T, ok = track.interpolate(np.array([T0 + 5_000_000, T0 + 20_000_000, T0 + 30_000_000]))
+    assert ok.all()
+    np.testing.assert_allclose(T[:, 0, 3], [0.5, 2.0, 2.0 + 0.5 * 97.0])
+    yaw = np.arctan2(T[:, 1, 0], T[:, 0, 0])
+    np.testing.assert_allclose(yaw, [np.pi / 8, np.pi / 2, np.pi / 4], atol=1e-12)  # constant angular rate
+    np.testing.assert_allclose(T[:, :3, :3] @ T[:, :3, :3].transpose(0, 2, 1), np.tile(np.eye(3), (3, 1, 1)),
+                               atol=1e-12)
+
+
+def test_slerp_takes_the_short_way_and_handles_nearly_equal_rotations() -> None:
+    from fsmde_core.data.tf import quaternion_slerp, quaternions_to_matrices
+
+    q0, q1 = _quat_z(0.0), -_quat_z(np.radians(100.0))  # -q is the same rotation: go 50 deg, not 130
+    mid = quaternions_to_matrices(quaternion_slerp(q0[None], q1[None], np.array([0.5])))[0]
+    assert np.degrees(np.arctan2(mid[1, 0], mid[0, 0])) == pytest.approx(50.0)
+    tiny = quaternion_slerp(q0[None], _quat_z(1e-9)[None], np.array([0.5]))
+    assert np.isfinite(tiny).all() and np.linalg.norm(tiny) == pytest.approx(1.0)
+
+
+def test_transform_buffer_clamps_near_its_span_and_refuses_far_outside_and_across_gaps() -> None:
+    buf = _odom_buffer([0.0, 20.0, 1020.0], [0.0, 1.0, 2.0], [0.0, 0.0, 0.0])
+    track = buf.tracks[("odom", "base_link")]
+    ms = np.array([-10.0, -30.0, 1030.0, 1050.0, 10.0, 500.0])
+    T, ok = track.interpolate(T0 + np.round(ms * 1e6).astype(np.int64), tolerance_ns=20_000_000,
+                              max_gap_ns=500_000_000)
+    assert ok.tolist() == [True, False, True, False, True, False]  # 1 s hole in /tf: not interpolated
+    np.testing.assert_allclose(T[[0, 2, 4], 0, 3], [0.0, 2.0, 0.5])  # clamped to the first / last pose
+
+
+def test_chain_to_fixed_frame_goes_through_static_hops() -> None:
+    from fsmde_core.data.motion import EgoTrajectory
+
+    buf = _odom_buffer([0.0, 100.0], [0.0, 1.0], [0.0, 0.0])
+    static = TfTree()
+    static.add("base_link", "base_footprint", make_transform(np.eye(3), [0.0, 0.0, -0.3]))
+    assert buf.chain_to_fixed("base_footprint", static) == [("odom", "base_link", True),
+                                                           ("base_link", "base_footprint", False)]
+    T, ok = EgoTrajectory(buf, buf.chain_to_fixed("base_footprint", static), static).poses(
+        np.array([T0 + 50_000_000]))
+    np.testing.assert_allclose(T[0, :3, 3], [0.5, 0.0, -0.3])
+    assert ok.all()
+    assert buf.chain_to_fixed("camera_front", static) is None  # not connected to odom/map
+    lonely = TfTree()
+    lonely.add("odom", "base_link", np.eye(4))
+    from fsmde_core.data.tf import TransformBuffer
+
+    assert TransformBuffer().chain_to_fixed("base_link", lonely) is None  # nothing moves: nothing to compensate
+
+
+def _time_cloud(datatype: int, values: np.ndarray, name: str = "t"):
+    """A 2x2 organised cloud: x/y/z float32 then one time field of ``datatype`` at offset 16 (bagfactory types)."""
+    from bagfactory import TS
+
+    PF = TS.types["sensor_msgs/msg/PointField"]
+    kind = {5: "<i4", 6: "<u4", 7: "<f4", 8: "<f8"}.get(datatype, "<u2")
+    step = 24
+    rec = np.zeros((4, step), dtype=np.uint8)
+    rec[:, 0:12] = np.arange(12, dtype="<f4").view(np.uint8).reshape(4, 12)
+    raw = np.asarray(values).astype(kind).view(np.uint8).reshape(4, -1)
+    rec[:, 16:16 + raw.shape[1]] = raw
+    fields = [PF(name=n, offset=o, datatype=7, count=1) for n, o in (("x", 0), ("y", 4), ("z", 8))]
+    fields.append(PF(name=name, offset=16, datatype=datatype, count=1))
+    hdr = TS.types["std_msgs/msg/Header"](stamp=TS.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                          frame_id="lidar")
+    return TS.types["sensor_msgs/msg/PointCloud2"](
+        header=hdr, height=2, width=2, fields=fields, is_bigendian=False, point_step=step, row_step=2 * step,
+        data=rec.reshape(-1), is_dense=True)
+
+
+@pytest.mark.parametrize("datatype, name, values, offsets_ns", [
+    (7, "t", [0.0, 0.0125, 0.025, 0.0499], [0, 12_500_000, 25_000_000, 49_900_000]),  # float32 s, relative
+    (7, "time", [0.0, 0.0125, 0.025, 0.0499], [0, 12_500_000, 25_000_000, 49_900_000]),  # Velodyne
+    (6, "t", [0, 12_500_000, 25_000_000, 49_900_000], [0, 12_500_000, 25_000_000, 49_900_000]),  # Ouster u32 ns
+    (8, "timestamp", [1_700_000_000.0, 1_700_000_000.0125, 1_700_000_000.025, 1_700_000_000.0499],
+     [0, 12_500_000, 25_000_000, 49_900_000]),  # Hesai: absolute epoch seconds
+    (8, "timestamp", [1.7e18, 1.7e18 + 12_500_000, 1.7e18 + 25_000_000, 1.7e18 + 49_900_000],
+     [0, 12_500_000, 25_000_000, 49_900_000]),  # Livox: absolute epoch nanoseconds as float64
+    (8, "t", [0.0, 0.0125, 0.025, 0.0499], [0, 12_500_000, 25_000_000, 49_900_000]),  # float64 s, relative
+])
+def test_point_time_fields_of_common_drivers(datatype: int, name: str, values, offsets_ns) -> None:
+    from fsmde_core.data.motion import decode_point_times
+
+    got = decode_point_times(_time_cloud(datatype, np.array(values), name), T0)
+    # float32 seconds are exact to ~4 ns at 50 ms; float64 epoch seconds to ~0.2 us
+    np.testing.assert_allclose(got - T0, offsets_ns, atol=300 if datatype == 8 and values[0] > 1e6 else 10)
+
+
+def test_point_time_fields_that_cannot_be_read() -> None:
+    from fsmde_core.data.motion import decode_point_times
+
+    assert decode_point_times(_time_cloud(7, np.zeros(4), name="intensity2"), T0) is None
+    with pytest.raises(UnsupportedEncodingError, match="datatype 4"):
+        decode_point_times(_time_cloud(4, np.zeros(4)), T0)  # uint16: no driver writes time like this
+    with pytest.raises(UnsupportedEncodingError, match="FLOAT32"):
+        decode_point_times(_time_cloud(7, np.full(4, 1.7e9)), T0)  # absolute seconds in float32: 2 min steps
+
+
+def _sparse_vs_dense(samples) -> tuple[float, float, int]:
+    """(median |sparse - dense| / dense, fraction beyond 5 %, pixels) over every camera and sample."""
+    rel = []
+    for s in samples:
+        ok = np.isfinite(s.sparse_depth) & np.isfinite(s.gt_depth) & (s.gt_depth > 0)
+        rel.append(np.abs(s.sparse_depth[ok] - s.gt_depth[ok]) / s.gt_depth[ok])
+    r = np.concatenate(rel)
+    return float(np.median(r)), float((r > 0.05).mean()), int(r.size)
+
+
+@pytest.fixture(scope="module")
+def motion_bags(tmp_path_factory) -> dict[str, Path]:
+    """Small nuScenes-rig drives of one street: a parked synchronous rig, and a LiDAR-triggered rig at
+    12 m/s with a raw rolling sweep and with a sweep deskewed to its stamp."""
+    from fsmde_core.synthetic.writer import generate_bag
+
+    root = tmp_path_factory.mktemp("motion")
+    kinds = {"static": dict(speed=0.0), "raw": dict(camera_timing="sweep", speed=12.0),
+             "deskewed": dict(camera_timing="sweep", speed=12.0, lidar_sweep="deskewed")}
+    for name, kw in kinds.items():
+        generate_bag("nuscenes", 3, seed=4, out=root / name, width=160, height=96, progress=False, workers=1, **kw)
+    return {name: root / name for name in kinds}
+
+
+def _read_motion(bag: Path, mode: str) -> tuple[list, BagSource]:
+    src = BagSource([bag], DataConfig(sync_tolerance_ms=50.0, motion_compensation=mode))
+    return list(src), src
+
+
+def test_motion_compensated_lidar_matches_dense_gt_as_on_a_static_rig(motion_bags) -> None:
+    """Sweep-triggered cameras at 12 m/s: the compensated sparse depth agrees with the depth rendered
+    at each camera's stamp as well as a parked rig's does; ignoring the motion (or the points' own
+    firing times) is clearly worse."""
+    static, _ = _read_motion(motion_bags["static"], "auto")
+    ref_med, ref_far, _ = _sparse_vs_dense(static)
+    for kind, wrong_mode in (("raw", "stamp"), ("deskewed", "off")):
+        good, src = _read_motion(motion_bags[kind], "auto")
+        assert len(good) == 3 and all(s.motion_compensated for s in good) and src.stats.uncompensated == 0
+        spread = max(int(np.ptp(s.camera_stamps_ns)) for s in good)
+        assert 30e6 < spread < 50e6, "cameras fire as the beam passes them (~42 ms for six cameras)"
+        med, far, n = _sparse_vs_dense(good)
+        assert n > 50_000
+        assert med <= 1.25 * ref_med + 5e-4, (kind, med, ref_med)
+        assert far <= ref_far + 0.01, (kind, far, ref_far)
+        bad, bad_src = _read_motion(motion_bags[kind], wrong_mode)
+        bad_med, bad_far, _ = _sparse_vs_dense(bad)
+        assert bad_med > 1.25 * med and bad_far > 1.4 * far, (kind, wrong_mode, med, bad_med, far, bad_far)
+        assert all(s.motion_compensated == (wrong_mode == "stamp") for s in bad)
+        assert bad_src.stats.uncompensated == (3 if wrong_mode == "off" else 0)
+
+
+def test_bags_without_odometry_are_read_uncompensated_and_say_so(tmp_path: Path, caplog) -> None:
+    path = _write(tmp_path, "no_tf", n_frames=2)
+    src = BagSource([path])
+    with caplog.at_level(logging.WARNING):
+        samples = list(src)
+    assert len(samples) == 2 and not any(s.motion_compensated for s in samples)
+    assert src.stats.uncompensated == 2
+    assert sum("NOT motion compensated" in r.getMessage() for r in caplog.records) == 1, "logged once per bag"
+    assert "LiDAR ground truth is NOT motion compensated: no /tf" in inspect_bag(path)
+
+
+def test_inspect_reports_the_odometry_used_for_compensation(motion_bags) -> None:
+    report = inspect_bag(motion_bags["raw"], DataConfig(sync_tolerance_ms=50.0))
+    assert "LiDAR ground truth is motion compensated (auto) with /tf: odom -> base_link" in report
+
+
+def test_compensation_refuses_stamps_outside_the_odometry() -> None:
+    from bagfactory import make_rig
+
+    from fsmde_core.data.motion import EgoTrajectory, compensated_sparse_depth
+
+    buf = _odom_buffer([0.0, 20.0, 40.0], [0.0, 0.24, 0.48], [0.0, 0.0, 0.0])
+    motion = EgoTrajectory(buf, buf.chain_to_fixed("base_link"))
+    rig = make_rig(64, 48)
+    pts = np.array([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
+    cams = np.full(len(rig.cameras), T0 + 30_000_000, dtype=np.int64)
+    inside = np.array([T0 + 10_000_000, T0 + 40_000_000])
+    assert compensated_sparse_depth(pts, inside, cams, rig, np.eye(4), motion, 0.1, 80.0) is not None
+    late = np.array([T0 + 10_000_000, T0 + 100_000_000])  # 60 ms after the last pose
+    assert compensated_sparse_depth(pts, late, cams, rig, np.eye(4), motion, 0.1, 80.0) is None
