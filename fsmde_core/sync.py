@@ -50,6 +50,9 @@ nuScenes-style spread), so the first sets are not delayed; but nothing is
 dropped or emitted as an "absent for sure" partial set in the warm-up: a set
 that does not form waits in the queue for the phases (partial timeouts still
 apply). A rig spread beyond ``warmup_slop_ns`` thus only delays its first sets.
+Why match at all before the phases are known: a node would otherwise hold its
+first frames back and then release them in one burst, of which its one-slot
+mailbox keeps only the newest. ``warmup_slop_ns=0`` waits instead.
 
 Contract and vocabulary
 -----------------------
@@ -404,7 +407,7 @@ class ApproximateTimeSynchronizer:
         phase_gain: weight of each complete set's residuals in the online
             phase update, in [0, 1] (0 freezes the first estimate).
         warmup_slop_ns: raw-stamp tolerance while the phases are unknown;
-            None = ``max(slop_ns, 50 ms)``.
+            None = ``max(slop_ns, 50 ms)``; 0 = emit nothing until they are.
     """
 
     def __init__(
@@ -445,8 +448,12 @@ class ApproximateTimeSynchronizer:
         if isinstance(phase_gain, bool) or not isinstance(phase_gain, (int, float)) or not 0 <= phase_gain <= 1:
             raise ValueError(f"phase_gain must be a number in [0, 1], got {phase_gain!r}")
         self._gain = float(phase_gain)
-        self._warmup_slop = (max(self._slop, _WARMUP_SLOP_NS) if warmup_slop_ns is None
-                             else _positive_int("warmup_slop_ns", warmup_slop_ns))
+        if warmup_slop_ns is None:
+            self._warmup_slop: int | None = max(self._slop, _WARMUP_SLOP_NS)
+        elif _as_int("warmup_slop_ns", warmup_slop_ns) < 0:
+            raise ValueError(f"warmup_slop_ns must be >= 0, got {warmup_slop_ns}")
+        else:
+            self._warmup_slop = warmup_slop_ns or None  # 0: no set before the phases are known
         self._lock = threading.Lock()
         self._work = 0
         self._stats = _fresh_stats(self._cameras)
@@ -464,6 +471,11 @@ class ApproximateTimeSynchronizer:
     @property
     def policy(self) -> Policy:
         return self._policy
+
+    @property
+    def warmup_slop_ns(self) -> int | None:
+        """Raw-stamp tolerance of the sets formed before the phases are known (None: no such sets)."""
+        return self._warmup_slop if self._correct else None
 
     @property
     def phase_correction(self) -> bool:
@@ -664,6 +676,8 @@ class ApproximateTimeSynchronizer:
             self._stats.dropped[anchor_cam].stale += 1
             return None
         warming = not self._estimated
+        if warming and self._warmup_slop is None:
+            return _WAIT
         hi = t0 + (self._warmup_slop if warming else self._slop)
         present, undecided = self._classify(hi)
         ref = max(self._queues[name].stamps[0] - self._offsets[name] for name in present)
