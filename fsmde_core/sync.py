@@ -302,8 +302,8 @@ class SyncStats:
     ``skew_*``: raw spread of emitted sets. ``attempt_skew_*``: raw spread of
     every decided attempt, dropped anchors' candidate sets included, so a
     misconfigured slop shows the spread it refused instead of 0.
-    ``lost_instants``: capture instants given up (dropped anchors, clustered
-    within slop). ``phases_ns``: the current phase estimate (empty before it
+    ``lost_instants``: capture instants given up (dropped anchors and
+    overflowed messages, clustered within slop). ``phases_ns``: the current phase estimate (empty before it
     is known); ``phase_resets``: estimates forgotten by ``reset()``.
     """
 
@@ -654,8 +654,11 @@ class ApproximateTimeSynchronizer:
         queue.insert(msg)
         self._work += max(1, len(queue.stamps).bit_length())
         if len(queue.stamps) > self._queue_size:
+            oldest = queue.stamps[0]
             queue.pop_oldest()
             self._stats.dropped[camera].overflow += 1
+            if camera in self._offsets:
+                self._note_lost(oldest - self._offsets[camera])
 
     def _drain(self) -> list[SyncedSet]:
         out: list[SyncedSet] = []
@@ -786,7 +789,8 @@ class ApproximateTimeSynchronizer:
         self._stats.attempt_skew_max_ns = max(self._stats.attempt_skew_max_ns, skew)
 
     def _note_lost(self, t0: int) -> None:
-        """Count a lost instant once: anchors dropped within slop of the first belong to it."""
+        """Count a lost instant once: drops (anchors, overflow) within slop after the first one that
+        opened it belong to it; drops come in (nearly) increasing corrected time."""
         if self._lost_from is None or t0 > self._lost_from + self._slop:
             self._stats.lost_instants += 1
             self._lost_from = t0
