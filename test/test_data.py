@@ -32,7 +32,6 @@ from fsmde_core.data import (
 from fsmde_core.data.bag import Moment
 from fsmde_core.data.decode import decode_cloud_xyz, header_stamp_ns
 from fsmde_core.data.errors import UnsupportedEncodingError
-from fsmde_core.data.grouping import StampGrouper
 from fsmde_core.data.inspect import add_inspect_arguments, run_inspect
 from fsmde_core.data.layout import camera_name_from_topic, sibling_info_topic
 from fsmde_core.data.sample import resize_nearest
@@ -61,7 +60,7 @@ def _write(tmp_path: Path, name: str, **kw) -> Path:
     return write_bag(tmp_path / name, BagSpec(n_frames=kw.pop("n_frames", 2), **kw)).path
 
 
-# ------------------------------------------------------------------ naming, TF, grouping units
+# ------------------------------------------------------------------ naming, TF, grouping
 @pytest.mark.parametrize("topic, name, info", [
     ("/cameras/front/image_raw", "front", "/cameras/front/camera_info"),
     ("/cameras/front/image_raw/compressed", "front", "/cameras/front/camera_info"),
@@ -94,29 +93,32 @@ def test_tf_tree_composes_chains_and_refuses_disconnected_frames() -> None:
         tree.lookup("a", "nowhere")
 
 
-def test_grouper_pairs_on_stamps_despite_arrival_order() -> None:
-    ms = 1_000_000
-    g: StampGrouper[str] = StampGrouper(3, tol_ns=20 * ms, horizon_ns=1000 * ms)
-    offsets = [0, 7, 14]  # trigger phase per camera
-    frames = {f: [f * 100 * ms + o * ms for o in offsets] for f in range(4)}
-    # (camera, frame) in arrival order: camera 2 arrives two frames late, camera 1 misses frame 2
-    arrivals = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (2, 0), (0, 3), (2, 1), (1, 3), (2, 2), (2, 3)]
-    sets = []
-    for cam, f in arrivals:
-        sets += g.push(cam, frames[f][cam], 0, f"{cam}@{f}")
-    g.flush()
-    assert [[s.item for s in st] for st in sets] == [["0@0", "1@0", "2@0"], ["0@1", "1@1", "2@1"],
-                                                     ["0@3", "1@3", "2@3"]]
-    assert g.stats.dropped == 2 and g.stats.incomplete_sets(20 * ms) == 1
-    assert g.push(0, frames[0][0], 0, "old") == [] and g.stats.out_of_order == 1
+def test_reader_groups_despite_arrival_order_and_skips_stamps_going_back(tmp_path: Path) -> None:
+    """Grouping is the node's synchronizer (fsmde_core.sync): a camera whose transport lags the
+    others by 2.5 frames, a camera that misses a frame, trigger phases 0-14 ms."""
+    wb = write_bag(tmp_path / "lag", BagSpec(n_frames=6, offsets_ms=[0, 7, 14, 3, 10, 5], drop={("back", 2)},
+                                             camera_latency_ms=[0, 0, 250, 0, 0, 0]))
+    src = BagSource([wb.path], SMALL)
+    samples = list(src)
+    assert [[int(t) for t in s.camera_stamps_ns] for s in samples] == [
+        [wb.camera_stamps[n][f] for n in RING] for f in (0, 1, 3, 4, 5)]
+    assert src.stats.incomplete_sets == 1 and src.stats.dropped_images == 5 and src.stats.out_of_order == 0
 
 
-def test_grouper_memory_is_bounded_when_a_camera_stops() -> None:
-    ms = 1_000_000
-    g: StampGrouper[int] = StampGrouper(2, tol_ns=20 * ms, horizon_ns=500 * ms)
-    for f in range(100):  # camera 1 never publishes: 10 s of camera 0
-        assert g.push(0, f * 100 * ms, 0, f) == []
-    assert len(g._queues[0]) <= 6 and g.stats.dropped >= 94
+@pytest.mark.parametrize("horizon_s", [1.0, 0.2])
+def test_reader_memory_is_bounded_when_a_camera_stops_and_it_recovers(tmp_path: Path, horizon_s: float) -> None:
+    """A camera silent for 19 frames: the others wait in queues of horizon_s x 30 images (30, or
+    6 which overflow), each lost instant is counted once, and sets resume when it is back."""
+    from fsmde_core.data.bag import reader_queue_size
+
+    gap = range(2, 21)
+    wb = write_bag(tmp_path / "stop", BagSpec(n_frames=24, drop={("back", f) for f in gap}))
+    config = DataConfig(width=32, height=24, horizon_s=horizon_s)
+    assert reader_queue_size(config) == round(30 * horizon_s)
+    src = BagSource([wb.path], config)
+    samples = list(src)
+    assert [int(s.camera_stamps_ns[0]) for s in samples] == [wb.camera_stamps[RING[0]][f] for f in (0, 1, 21, 22, 23)]
+    assert src.stats.incomplete_sets == len(gap) and src.stats.dropped_images == 5 * len(gap)
 
 
 def test_header_stamp_shortcut_matches_deserialised_stamp(bags) -> None:
@@ -164,7 +166,7 @@ def test_samples_pair_on_header_stamp(bags, storage: str) -> None:
         want = [wb.camera_stamps[n][f] for n in RING]
         assert s.camera_names == RING
         assert s.camera_stamps_ns.tolist() == want
-        assert s.stamp_ns == min(want)  # the reference stamp is the earliest camera stamp
+        assert s.stamp_ns == max(want)  # the reference stamp is the latest camera stamp (as the node's)
         assert s.lidar_stamp_ns == wb.lidar_stamps[f]
         assert s.source.bag == wb.path and s.source.index == f
         assert s.images.shape == (6, 24, 32, 3) and s.images.dtype == np.uint8
@@ -238,7 +240,7 @@ def test_sets_without_a_lidar_sweep_in_tolerance(tmp_path: Path) -> None:
     kept = list(read_samples([path], DataConfig(width=32, height=24, require_lidar=False)))
     assert len(kept) == 3 and all(s.lidar_stamp_ns is None and np.isnan(s.sparse_depth).all() for s in kept)
     wide = list(read_samples([path], DataConfig(width=32, height=24, lidar_tolerance_ms=100.0)))
-    assert [s.lidar_stamp_ns - s.stamp_ns for s in wide] == [80_000_000] * 3
+    assert [s.lidar_stamp_ns - min(s.camera_stamps_ns) for s in wide] == [80_000_000] * 3  # earliest camera
 
 
 def test_malformed_messages_are_skipped_and_counted(tmp_path: Path, caplog) -> None:
