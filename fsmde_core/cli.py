@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"fsmde {ns.command}", description=help_text)
     getattr(module, add_name)(parser)
-    args = parser.parse_args(argv[1:])
+    # Intermixed: key=value overrides may sit anywhere among the options (fsmde train / eval / inspect).
+    args = parser.parse_intermixed_args(argv[1:])
     try:
         return int(getattr(module, run_name)(args) or 0)
     except KeyboardInterrupt:

@@ -226,8 +226,9 @@ def data_config_from_section(data: dict, source: str = "<config>"):
 
 
 def load_data_config(base: dict | None, config_path: str | Path | None, overrides: list[str],
-                     source: str = "<data>"):
-    """DataConfig from ``base`` (a run's data section) <- a YAML's data section <- ``data.*`` overrides.
+                     source: str = "<data>", explicit: dict | None = None):
+    """DataConfig from ``base`` (a run's data section) <- a YAML's data section <- ``explicit``
+    (command-line flags) <- ``data.*`` overrides.
 
     For ``fsmde eval`` and ``fsmde inspect``: only the data section matters
     there, so any other section in an override is refused with a clear line
@@ -237,6 +238,7 @@ def load_data_config(base: dict | None, config_path: str | Path | None, override
     if config_path is not None:
         data.update(read_config_file(config_path).get("data") or {})
         source = str(config_path)
+    data.update(explicit or {})
     scratch: dict = {"data": data}
     for ov in overrides:
         if not ov.split("=", 1)[0].strip().startswith("data."):
