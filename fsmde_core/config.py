@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "height": 192,
         "rig_yaml": None,
         "cache_dir": None,
-        "sync_tolerance_ms": 20.0,
+        "sync_tolerance_ms": 10.0,  # phase-corrected spread (fsmde_core.data.config.DataConfig)
         "lidar_tolerance_ms": 60.0,
     },
     "student": {"encoder": "resnet18", "num_bins": 64, "min_depth": 0.5, "max_depth": 80.0,

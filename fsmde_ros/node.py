@@ -521,7 +521,7 @@ class SurroundDepthNode(LifecycleNode):
         self._sync = ApproximateTimeSynchronizer(
             s.camera_names, slop_ns=s.sync.slop_ns, queue_size=s.sync.queue_size, policy=s.sync.policy,
             timeout_ns=s.sync.timeout_ns if s.sync.policy == "partial" else None,
-            min_cameras=s.sync.min_cameras,
+            min_cameras=s.sync.min_cameras, phase_correction=s.sync.phase_correction,
         )
         self._mailbox = Mailbox()
         self._newest_stamp = None

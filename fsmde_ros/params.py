@@ -96,9 +96,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "raw: subscribe to sensor_msgs/Image on each image_topic; compressed: "
               "sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed.",
               read_only=True, choices=("raw", "compressed")),
-    ParamSpec("sync.slop_ms", 30.0,
-              "Largest stamp spread (latest - earliest header.stamp) inside one synchronized set [ms]. "
-              "Keep it below half the camera period.", float_range=(0.1, 1000.0)),
+    ParamSpec("sync.slop_ms", 10.0,
+              "Largest spread of the phase-corrected header.stamps inside one synchronized set [ms] (raw "
+              "spread with sync.phase_correction false). Covers the trigger jitter; keep it below half the "
+              "camera period (10 ms < 16.7 ms, half a 30 Hz period).", float_range=(0.1, 1000.0)),
+    ParamSpec("sync.phase_correction", True,
+              "Learn each camera's trigger phase from its stamps (sweep-triggered rigs fire cameras up to "
+              "~45 ms apart) and match on corrected stamps; false: plain stamp matching, for cameras that "
+              "are not triggered together.", read_only=True),
     ParamSpec("sync.queue_size", 10, "Pending images kept per camera while waiting for a set.",
               int_range=(1, 1000)),
     ParamSpec("sync.policy", "wait",
@@ -199,6 +204,7 @@ class SyncSettings:
     policy: str
     timeout_ns: int
     min_cameras: int
+    phase_correction: bool = True
 
 
 @dataclass(frozen=True)
@@ -421,6 +427,7 @@ def _sync(values: Mapping[str, Any], n_cameras: int) -> SyncSettings:
         policy=_typed(values, _spec("sync.policy")),
         timeout_ns=round(_typed(values, _spec("sync.timeout_ms")) * 1e6),
         min_cameras=min_cameras,
+        phase_correction=_typed(values, _spec("sync.phase_correction")),
     )
 
 

@@ -8,18 +8,25 @@ frames per camera, never the bag.
 
 Pairing is on ``header.stamp`` (capture time), never on the reader's log time:
 
-* cameras: :class:`~fsmde_core.data.grouping.StampGrouper` (spread <=
-  ``sync_tolerance_ms``); incomplete sets are dropped and counted.
-* LiDAR: the sweep whose stamp is closest to the set's reference stamp (the
-  earliest camera stamp), within ``lidar_tolerance_ms``. A set waits until a
-  sweep later than ``reference + tolerance`` has been seen (or ``horizon_s`` of
-  log time has passed) so a better sweep cannot arrive afterwards.
+* cameras: :class:`~fsmde_core.sync.ApproximateTimeSynchronizer`, the same
+  one as the node's: each camera's trigger phase is learnt from the stamps and
+  sets are matched on phase-corrected stamps within ``sync_tolerance_ms``
+  (policy ``wait``, the stamp clock as arrival clock); a queue of
+  ``horizon_s`` x 30 images per camera absorbs log-time reordering (a camera
+  whose transport lags the others). Instants with a missing camera are
+  dropped and counted. A set's reference stamp is its LATEST camera stamp.
+* LiDAR: the sweep whose stamp is closest to the set's EARLIEST camera stamp
+  (see :func:`lidar_reference_ns`), within ``lidar_tolerance_ms``. A set waits
+  until a sweep later than ``reference + tolerance`` has been seen (or
+  ``horizon_s`` of log time has passed) so a better sweep cannot arrive
+  afterwards.
 * ground truth: per camera, the GT image closest to that camera's stamp.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -37,11 +44,12 @@ from fsmde_core.data.decode import (
     stamp_to_ns,
 )
 from fsmde_core.data.errors import BagError, MalformedMessageError, UnsupportedEncodingError
-from fsmde_core.data.grouping import Stamped, StampGrouper
+from fsmde_core.data.grouping import Stamped
 from fsmde_core.data.layout import BagLayout, discover_layout
 from fsmde_core.data.reader import check_bag_path, deserialize, iter_raw, open_bag
 from fsmde_core.data.sample import SampleSource, SurroundSample, load_mask, resize_nearest, resize_rgb
 from fsmde_core.geometry import lidar_to_sparse_depth
+from fsmde_core.sync import ApproximateTimeSynchronizer
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +94,8 @@ class Moment:
 
     @property
     def stamp_ns(self) -> int:
-        return min(s.stamp_ns for s in self.images)
+        """The set's reference stamp: the latest camera stamp (as the node's ``SyncedSet.stamp_ns``)."""
+        return max(s.stamp_ns for s in self.images)
 
     def assemble(self) -> SurroundSample:
         """Decode and resize; MalformedMessageError for a broken payload, BagError for a broken topic.
@@ -177,7 +186,7 @@ class SampleBuilder:
         images = np.stack([self._image(k, s.item) for k, s in enumerate(m.images)])
         stamps = np.array([s.stamp_ns for s in m.images], dtype=np.int64)
         return SurroundSample(
-            stamp_ns=int(stamps.min()),
+            stamp_ns=int(stamps.max()),  # the set's reference stamp (latest camera), as Moment.stamp_ns
             camera_names=[c.name for c in self.layout.cameras],
             images=images,
             camera_stamps_ns=stamps,
@@ -201,6 +210,35 @@ def _closest(buf: Iterable[Stamped[bytes]], t: int, tol: int) -> Stamped[bytes] 
     return best
 
 
+#: Fastest camera rate the reader's queues are sized for: ``horizon_s`` x this many images per camera.
+MAX_CAMERA_RATE_HZ = 30
+
+
+def reader_queue_size(config: DataConfig) -> int:
+    """Images kept per camera while a set waits: ``horizon_s`` of a camera up to 30 Hz, >= 4.
+
+    This is how far (in frames) one camera's log time may lag the others'
+    without losing sets, and what bounds memory when a camera stops.
+    """
+    return max(4, math.ceil(config.horizon_s * MAX_CAMERA_RATE_HZ))
+
+
+def lidar_reference_ns(cams: Iterable[Stamped[bytes]]) -> int:
+    """Stamp a camera set's LiDAR sweep is chosen by: its EARLIEST camera stamp.
+
+    Why not the set's reference (latest) stamp: on a sweep-triggered rig the
+    cameras fire one after the other while the sweep passes them, so the sweep
+    that triggered the set starts at or just before the first-firing camera,
+    and the set spreads over ~43 ms. With a 20 Hz LiDAR (50 ms) the latest
+    camera is then nearer to the NEXT sweep (7 ms) than to its own (43 ms);
+    the earliest camera is nearest to its own. On a near-simultaneous rig
+    (spread < 1 ms) both choices agree. Motion between the sweep and each
+    camera is compensated per camera stamp elsewhere, so this only has to pick
+    the right sweep.
+    """
+    return min(s.stamp_ns for s in cams)
+
+
 class _BagStream:
     """The one-pass pairing state machine of one bag (see the module docstring)."""
 
@@ -210,7 +248,10 @@ class _BagStream:
         n = len(layout.cameras)
         self.tol, self.ltol = config.sync_tolerance_ns, config.lidar_tolerance_ns
         self.horizon = config.horizon_ns
-        self.grouper: StampGrouper[bytes] = StampGrouper(n, self.tol, self.horizon)
+        self.names = [c.name for c in layout.cameras]
+        self.sync = ApproximateTimeSynchronizer(
+            self.names, slop_ns=self.tol, queue_size=reader_queue_size(config), policy="wait",
+            phase_correction=config.phase_correction)
         self.roles: dict[str, tuple[str, int]] = {
             c.image_topic: ("cam", k) for k, c in enumerate(layout.cameras)
         }
@@ -221,6 +262,8 @@ class _BagStream:
         self.gt: list[deque[Stamped[bytes]]] = [deque() for _ in range(n)]
         self.lidar_newest: int | None = None
         self.gt_newest: list[int | None] = [None] * n
+        self.cam_last: list[int | None] = [None] * n  # per camera: its latest stamp (order check)
+        self.cam_newest: int | None = None
         self.pending: deque[list[Stamped[bytes]]] = deque()
         self.index = 0
 
@@ -240,7 +283,7 @@ class _BagStream:
                 continue
             role, k = self.roles[topic]
             if role == "cam":
-                self.pending.extend(self.grouper.push(k, stamp, log_ns, raw))
+                self._camera(k, Stamped(stamp, log_ns, raw))
             elif role == "lidar":
                 self.lidar.append(Stamped(stamp, log_ns, raw))
                 self.lidar_newest = stamp if self.lidar_newest is None else max(self.lidar_newest, stamp)
@@ -249,17 +292,30 @@ class _BagStream:
                 self.gt_newest[k] = stamp if self.gt_newest[k] is None else max(self.gt_newest[k], stamp)
             yield from self._finalise(log_ns, end=False)
             self._prune()
-        self.grouper.flush()
+        self._queue_sets(self.sync.flush())  # end of bag: what is still waiting is decided now
         yield from self._finalise(0, end=True)
-        g = self.grouper.stats
-        self.stats.dropped_images += g.dropped
-        self.stats.out_of_order += g.out_of_order
-        self.stats.incomplete_sets += g.incomplete_sets(self.tol)
+        st = self.sync.stats
+        self.stats.dropped_images += st.dropped_total
+        self.stats.incomplete_sets += st.lost_instants
+
+    def _camera(self, k: int, msg: Stamped[bytes]) -> None:
+        """Offer one image to the synchronizer; a stamp that does not rise on its topic is skipped."""
+        last = self.cam_last[k]
+        if last is not None and msg.stamp_ns <= last:
+            self.stats.out_of_order += 1
+            return
+        self.cam_last[k] = msg.stamp_ns
+        self.cam_newest = msg.stamp_ns if self.cam_newest is None else max(self.cam_newest, msg.stamp_ns)
+        self._queue_sets(self.sync.add(self.names[k], msg.stamp_ns, msg))
+
+    def _queue_sets(self, sets: Iterable) -> None:
+        for synced in sets:
+            self.pending.append([synced.messages[name][1] for name in self.names])
 
     def _ready(self, cams: list[Stamped[bytes]], log_ns: int) -> bool:
         if log_ns > max(s.log_ns for s in cams) + self.horizon:
             return True
-        ref = min(s.stamp_ns for s in cams)
+        ref = lidar_reference_ns(cams)
         if self.layout.lidar_topic and (self.lidar_newest is None or self.lidar_newest <= ref + self.ltol):
             return False
         return all(
@@ -271,7 +327,7 @@ class _BagStream:
         while self.pending and (end or self._ready(self.pending[0], log_ns)):
             cams = self.pending.popleft()
             self.stats.sets += 1
-            ref = min(s.stamp_ns for s in cams)
+            ref = lidar_reference_ns(cams)
             lidar = _closest(self.lidar, ref, self.ltol) if self.layout.lidar_topic else None
             if lidar is None:
                 self.stats.no_lidar += 1
@@ -283,10 +339,10 @@ class _BagStream:
 
     def _prune(self) -> None:
         """Forget LiDAR/GT messages no current or future set can match."""
-        if self.grouper.newest_ns is None:
+        if self.cam_newest is None:
             return
-        floor = self.grouper.newest_ns - self.horizon
-        held = self.grouper.oldest_held_ns()
+        floor = self.cam_newest - self.horizon
+        held = self.sync.oldest_pending_ns()
         if held is not None:
             floor = min(floor, held)
         if self.pending:

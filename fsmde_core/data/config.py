@@ -52,7 +52,15 @@ class DataConfig:
         extrinsics: ``auto`` (TF if the bag has /tf_static, else the YAML),
             ``tf`` or ``yaml`` (force one source).
         width, height: sample size; None = native (all cameras must agree).
-        sync_tolerance_ms: max spread of ``header.stamp`` within one set.
+        sync_tolerance_ms: max spread of the phase-corrected ``header.stamp`` s
+            within one set (the raw spread without ``phase_correction``). Each
+            camera's trigger phase is learnt from the bag, so this only has to
+            cover the trigger jitter (~1 ms on nuScenes/DDAD-style rigs); 10 ms
+            leaves margin for that and stays below half the period of a 30 Hz
+            camera (16.7 ms), so two capture instants are never mixed.
+        phase_correction: learn per-camera trigger phases (sweep-triggered
+            rigs fire cameras up to ~45 ms apart) and match on corrected
+            stamps; False = plain stamp matching, for unrelated cameras.
         lidar_tolerance_ms: max distance between the set's reference stamp
             and the LiDAR sweep's stamp.
         require_lidar: drop sets without a sweep within tolerance (counted);
@@ -60,8 +68,10 @@ class DataConfig:
         min_depth, max_depth: LiDAR points outside are not projected;
             max_depth None = the rig's ``max_depth``.
         gt_topic_pattern: synthetic dense ground truth, ``{name}`` = camera.
-        horizon_s: how far (in log time) a message may lag the rest of its set;
-            bounds the reader's memory when a camera stops publishing.
+        horizon_s: how far (in log time) a message may lag the rest of its set:
+            the reader keeps ``horizon_s`` x 30 images per camera (30 Hz = the
+            fastest camera planned for), which also bounds its memory when a
+            camera stops publishing.
     """
 
     cameras: list[CameraTopics] | None = None
@@ -72,7 +82,8 @@ class DataConfig:
     extrinsics: str = "auto"
     width: int | None = None
     height: int | None = None
-    sync_tolerance_ms: float = 20.0
+    sync_tolerance_ms: float = 10.0
+    phase_correction: bool = True
     lidar_tolerance_ms: float = 50.0
     require_lidar: bool = True
     min_depth: float = 0.1
@@ -100,6 +111,8 @@ class DataConfig:
         for name in ("sync_tolerance_ms", "lidar_tolerance_ms", "horizon_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"DataConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not isinstance(self.phase_correction, bool):
+            raise ValueError(f"DataConfig.phase_correction must be true or false, got {self.phase_correction!r}")
         if "{name}" not in self.gt_topic_pattern:
             raise ValueError(
                 f"DataConfig.gt_topic_pattern must contain '{{name}}', got {self.gt_topic_pattern!r}")

@@ -38,9 +38,9 @@ class SurroundSample:
     """N synchronised camera images at the target size, with their geometry and depth.
 
     Attributes:
-        stamp_ns: reference stamp of the set = the EARLIEST camera
-            ``header.stamp`` (the set exists from that moment on; outputs
-            derived from the set carry this stamp).
+        stamp_ns: reference stamp of the set = the LATEST camera
+            ``header.stamp`` (the whole set exists from that moment on; the
+            node stamps its outputs the same way, :mod:`fsmde_core.sync`).
         camera_names: N names, in sample order.
         images: (N, H, W, 3) uint8 RGB.
         camera_stamps_ns: (N,) int64 each image's ``header.stamp``.
