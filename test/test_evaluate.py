@@ -371,16 +371,28 @@ def sweep_run(tmp_path_factory, random_student) -> Path:
     run = tmp_path_factory.mktemp("sweep_run")
     for f in random_student.iterdir():
         shutil.copy(f, run / f.name)
-    cfg = load_config(None, ["data.width=160", "data.height=96", "data.sync_tolerance_ms=55"])
+    cfg = load_config(None, ["data.width=160", "data.height=96", "data.sync_tolerance_ms=55",
+                             "data.phase_correction=false", "data.lidar_tolerance_ms=80"])
     (run / "config.json").write_text(json.dumps(cfg))
     return run
 
 
-def test_eval_reads_the_runs_data_settings(sweep_run, sweep_bag, tmp_path, capsys) -> None:
-    rc = run_eval(_args("--checkpoint", str(sweep_run), "--bag", str(sweep_bag), "--out", str(tmp_path / "r"),
+def test_eval_reads_the_runs_data_settings(sweep_run, tmp_path, capsys) -> None:
+    """LiDAR 70 ms after the cameras (5 Hz): the defaults (50 ms) keep no set, the run's 80 ms keeps all."""
+    from bagfactory import BagSpec, write_bag
+
+    bag = write_bag(tmp_path / "late", BagSpec(n_frames=3, period_ms=200.0, lidar_offset_ms=70.0)).path
+    rc = run_eval(_args("--checkpoint", str(sweep_run), "--bag", str(bag), "--out", str(tmp_path / "r"),
                         "--no-progress"))
     assert rc == 0, capsys.readouterr().err
-    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["frames"] == 4
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["frames"] == 3
+    bare = tmp_path / "bare"  # the same weights without the run's config.json: defaults apply
+    bare.mkdir()
+    for f in sweep_run.iterdir():
+        if f.name != "config.json":
+            (bare / f.name).write_bytes(f.read_bytes())
+    assert run_eval(_args("--checkpoint", str(bare), "--bag", str(bag), "--out", str(tmp_path / "r2"))) == 2
+    assert "within data.lidar_tolerance_ms=50" in capsys.readouterr().err
 
 
 def test_eval_overrides_anywhere_and_the_error_names_the_spread(sweep_run, sweep_bag, tmp_path, capsys) -> None:
@@ -389,7 +401,9 @@ def test_eval_overrides_anywhere_and_the_error_names_the_spread(sweep_run, sweep
     assert rc == 2
     err = capsys.readouterr().err
     assert "no complete camera set" in err and "data.sync_tolerance_ms=20" in err
-    assert "spread over median 42.6 ms, max 42.6 ms" in err and "set data.sync_tolerance_ms=55" in err
+    # the run's phase_correction=false was read: the fix names it, and the plain tolerance that works
+    assert "spread over median 42.6 ms, max 42.6 ms" in err and "set data.phase_correction=true" in err
+    assert "plain data.sync_tolerance_ms=55" in err
     assert "LiDAR" not in err  # the LiDAR is not blamed for the cameras
     assert len(err.strip().splitlines()) == 1
 

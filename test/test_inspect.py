@@ -54,25 +54,32 @@ def test_rates_are_not_diluted_by_an_early_tf_static(plain_bag: Path) -> None:
     assert "ego motion: no /tf" in text
 
 
-def test_sweep_triggered_rig_reports_spread_and_the_fixing_setting(sweep_bag: Path) -> None:
+def test_sweep_triggered_rig_reports_phases_spread_and_the_fixing_setting(sweep_bag: Path) -> None:
+    # default settings: phases learnt, every capture kept
     res = _inspect(str(sweep_bag))
-    assert res.returncode == 1, res.stdout
-    assert "capture stamp spread: median 42.6 ms" in res.stdout
-    assert "sets kept: 0" in res.stdout
-    fix = next(x for x in res.stdout.splitlines() if x.startswith("problem: no complete camera set"))
-    value = fix.rsplit("data.sync_tolerance_ms=", 1)[1]
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "phases: front 0.0 ms, front_left 8.5 ms, back_left 17.0 ms, back 25.5 ms" in res.stdout
+    assert "capture stamp spread: median 42.6 ms, max 42.6 ms" in res.stdout
+    assert "sets kept: 10 (0 incomplete" in res.stdout and "10 with a LiDAR sweep" in res.stdout
+    # plain stamp matching at the default tolerance keeps nothing: exit 1, the line names the fix
+    bad = _inspect(str(sweep_bag), "data.phase_correction=false")
+    assert bad.returncode == 1, bad.stdout
+    assert "sets kept: 0" in bad.stdout
+    fix = next(x for x in bad.stdout.splitlines() if x.startswith("problem: no complete camera set"))
+    assert "spread over median 42.6 ms, max 42.6 ms" in fix and "set data.phase_correction=true" in fix
+    value = fix.split("plain data.sync_tolerance_ms=", 1)[1].split(",")[0]
     assert 42.6 < float(value) < 83.3 / 1.2, fix  # above the spread, well below the period
-    # the suggested setting, given on the command line (anywhere), keeps every capture
-    ok = _inspect(f"data.sync_tolerance_ms={value}", str(sweep_bag))
+    # the plain tolerance it suggests, given anywhere on the command line, keeps every capture too
+    ok = _inspect(f"data.sync_tolerance_ms={value}", str(sweep_bag), "data.phase_correction=false")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "sets kept: 10 (0 incomplete" in ok.stdout and "10 with a LiDAR sweep" in ok.stdout
-    assert "status: OK" in ok.stdout
+    assert "sets kept: 10 (0 incomplete" in ok.stdout and "status: OK" in ok.stdout
 
 
 def test_settings_come_from_a_config_file_and_bad_keys_are_one_line(sweep_bag: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "train.yaml"
-    cfg.write_text("data: {sync_tolerance_ms: 50}\n")
-    assert _inspect(str(sweep_bag), "--config", str(cfg)).returncode == 0
+    cfg.write_text("data: {sync_tolerance_ms: 5, phase_correction: false}\n")
+    assert _inspect(str(sweep_bag), "--config", str(cfg)).returncode == 1
+    assert _inspect(str(sweep_bag), "--config", str(cfg), "data.phase_correction=true").returncode == 0
     bad = _inspect(str(sweep_bag), "data.sync_tolerance=50")
     assert bad.returncode == 2 and "unknown data keys ['sync_tolerance']" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr

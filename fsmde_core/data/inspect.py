@@ -141,23 +141,32 @@ class SetCount:
 
 
 def count_sets(survey: StampSurvey, names: Sequence[str], config: DataConfig) -> SetCount:
-    """Replay the camera stamps, in log-time order, through the reader's grouping with ``config``.
+    """Replay the camera stamps, in log-time order, through the reader's synchronizer with ``config``.
 
-    The same :class:`~fsmde_core.data.grouping.StampGrouper` and settings as
-    :mod:`fsmde_core.data.bag`, so the count is the reader's, not an estimate.
+    Built as :class:`fsmde_core.data.bag._BagStream` builds it (same slop,
+    queue size, policy and phase correction; stamps that do not rise on their
+    topic skipped), so the count is the reader's, not an estimate.
     """
-    from fsmde_core.data.grouping import StampGrouper
+    from fsmde_core.data.bag import reader_queue_size
+    from fsmde_core.sync import ApproximateTimeSynchronizer
 
-    grouper: StampGrouper[None] = StampGrouper(len(names), config.sync_tolerance_ns, config.horizon_ns)
+    sync = ApproximateTimeSynchronizer(list(names), slop_ns=config.sync_tolerance_ns,
+                                       queue_size=reader_queue_size(config), policy="wait",
+                                       phase_correction=config.phase_correction)
     events = sorted((log, k, stamp) for k, n in enumerate(names) for stamp, log in survey.camera_stamps[n])
+    last: list[int | None] = [None] * len(names)
     sets = []
-    for log, k, stamp in events:
-        sets.extend(grouper.push(k, stamp, log, None))
-    grouper.flush()
-    spreads = [max(s.stamp_ns for s in st) - min(s.stamp_ns for s in st) for st in sets]
-    refs = [min(s.stamp_ns for s in st) for st in sets]
+    for _log, k, stamp in events:
+        if last[k] is not None and stamp <= last[k]:
+            continue
+        last[k] = stamp
+        sets.extend(sync.add(names[k], stamp, None))
+    sets.extend(sync.flush())
+    members = [[m[0] for m in st.messages.values() if m is not None] for st in sets if st.complete]
+    spreads = [max(m) - min(m) for m in members]
+    refs = [min(m) for m in members]  # the LiDAR is chosen by the earliest camera stamp (bag.lidar_reference_ns)
     lidar = np.sort(np.asarray(survey.lidar_stamps, dtype=np.int64))
-    return SetCount(len(sets), spreads, refs, grouper.stats.incomplete_sets(config.sync_tolerance_ns),
+    return SetCount(len(members), spreads, refs, sync.stats.lost_instants,
                     int(np.sum(_nearest_gap_ns(lidar, refs) <= config.lidar_tolerance_ns)))
 
 
@@ -180,43 +189,20 @@ def _nearest(sorted_stamps: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(np.abs(after - targets) < np.abs(before - targets), after, before)
 
 
-def _circular_offsets_ns(ref: np.ndarray, others: list[np.ndarray], period: float) -> np.ndarray:
-    """Each camera's offset to ``ref`` within the cycle, unwrapped so the cameras span the least time.
+def capture_spreads_ns(survey: StampSurvey, names: Sequence[str], phases_ns: dict[str, int]) -> np.ndarray:
+    """Raw stamp spread of each capture of the first-firing camera, whatever the tolerance.
 
-    Offsets are taken mod the period (circular mean: robust to which frame is
-    nearest), then the circle is cut at its largest gap, so a rig whose
-    cameras fire over more than half a period is still seen as one capture.
+    Per capture, each camera's stamp nearest to where its trigger phase
+    (:func:`fsmde_core.sync.estimate_phases`) puts it; the spread is their
+    range. Independent of any setting, so it says what a plain tolerance WOULD
+    need when the configured one keeps no set, also on sweep-triggered rigs.
     """
-    angles = [0.0]
-    for other in others:
-        d = (_nearest(other, ref) - ref).astype(np.float64)
-        angles.append(float(np.angle(np.mean(np.exp(2j * np.pi * d / period)))) % (2 * np.pi))
-    a = np.asarray(angles)
-    order = np.argsort(a)
-    gaps = np.diff(np.concatenate([a[order], [a[order][0] + 2 * np.pi]]))
-    start = a[order][(int(np.argmax(gaps)) + 1) % a.size]  # first camera after the largest gap fires first
-    return np.mod(a - start, 2 * np.pi) * period / (2 * np.pi)
-
-
-def capture_spreads_ns(survey: StampSurvey, names: Sequence[str]) -> np.ndarray:
-    """Stamp spread of each capture of the first camera, whatever the tolerance.
-
-    The cameras' offsets within the cycle are found on the circle (see
-    :func:`_circular_offsets_ns`); per capture, each camera's stamp nearest to
-    where its offset puts it is taken, and the spread is their range. This is
-    independent of any setting, so it says what tolerance WOULD keep the sets
-    when the configured one keeps none, also on sweep-triggered rigs.
-    """
-    stamps = [np.sort(np.asarray(survey.stamps(n), dtype=np.int64)) for n in names]
-    if not stamps or any(s.size < 2 for s in stamps):
+    stamps = {n: np.sort(np.asarray(survey.stamps(n), dtype=np.int64)) for n in names}
+    if not names or any(s.size == 0 for s in stamps.values()):
         return np.zeros(0, dtype=np.int64)
-    period = float(np.median(np.diff(stamps[0])))
-    if period <= 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = _circular_offsets_ns(stamps[0], stamps[1:], period)
-    starts = stamps[0] - offsets[0]  # each capture's first firing instant, predicted
-    picked = np.stack([_nearest(s, np.rint(starts + off).astype(np.int64)) for s, off in zip(stamps, offsets,
-                                                                                           strict=True)])
+    first = min(names, key=lambda n: phases_ns.get(n, 0))
+    starts = stamps[first] - phases_ns.get(first, 0)
+    picked = np.stack([_nearest(stamps[n], starts + phases_ns.get(n, 0)) for n in names])
     return (picked.max(axis=0) - picked.min(axis=0)).astype(np.int64)
 
 
@@ -232,10 +218,8 @@ class Timing:
 
 
 def _phases(survey: StampSurvey, names: Sequence[str]) -> tuple[object | None, str]:
-    try:
-        from fsmde_core.sync import estimate_phases
-    except ImportError:
-        return None, "fsmde_core.sync.estimate_phases is not available in this build"
+    from fsmde_core.sync import estimate_phases
+
     try:
         return estimate_phases({n: survey.stamps(n) for n in names}), ""
     except ValueError as exc:
@@ -246,11 +230,12 @@ def camera_timing(survey: StampSurvey, layout: BagLayout, config: DataConfig) ->
     """Phases (:func:`fsmde_core.sync.estimate_phases`), spreads, set count and LiDAR distance of one bag."""
     names = [c.name for c in layout.cameras]
     phases, error = _phases(survey, names)
+    spreads = capture_spreads_ns(survey, names, phases.phases_ns) if phases is not None else np.zeros(0, np.int64)
     count = count_sets(survey, names, config)
     refs = count.references_ns or (survey.stamps(names[0]) if names else [])
     gaps = _nearest_gap_ns(np.sort(np.asarray(survey.lidar_stamps, dtype=np.int64)), refs)
     gap = float(np.median(gaps)) / 1e6 if gaps.size and np.isfinite(gaps).any() else math.nan
-    return Timing(phases, error, capture_spreads_ns(survey, names), count, gap)
+    return Timing(phases, error, spreads, count, gap)
 
 
 def _suggest_ms(ms: float) -> str:
@@ -262,12 +247,19 @@ def timing_verdict(t: Timing, layout: BagLayout, config: DataConfig, need_lidar:
     """None when sets would be kept; else one line: what fails and the setting that fixes it."""
     c = t.count
     if c.sets == 0:
-        if t.spreads_ns.size:
+        if t.spreads_ns.size and t.phases is not None:
             med, top = float(np.median(t.spreads_ns)) / 1e6, float(t.spreads_ns.max()) / 1e6
             seen = f"the cameras' header.stamps of one capture spread over median {med:.1f} ms, max {top:.1f} ms"
-            fix = f"set data.sync_tolerance_ms={_suggest_ms(top)}"
+            jitter_ms = 3.0 * t.phases.jitter_ns / 1e6  # corrected stamps still spread by the trigger jitter
+            if config.phase_correction:
+                seen += f" (trigger jitter {t.phases.jitter_ns / 1e6:.1f} ms after phase correction)"
+                fix = f"set data.sync_tolerance_ms={_suggest_ms(jitter_ms)}"
+            else:
+                fix = (f"set data.phase_correction=true (or a plain data.sync_tolerance_ms={_suggest_ms(top)}, "
+                       "only safe below half the frame period)")
         else:
-            seen, fix = "a camera has no readable stamp", "check that every camera publishes"
+            seen = f"the camera stamps cannot be analysed ({t.phase_error or 'a camera has no stamp'})"
+            fix = "check that every camera publishes"
         return (f"no complete camera set: {c.incomplete} capture(s) lost a camera at data.sync_tolerance_ms="
                 f"{config.sync_tolerance_ms:g}; {seen}; {fix}")
     if need_lidar and c.with_lidar == 0:
@@ -311,8 +303,8 @@ def _topic_lines(layout: BagLayout, survey: StampSurvey | None) -> list[str]:
 
 
 def _timing_lines(t: Timing, layout: BagLayout, config: DataConfig) -> list[str]:
-    lines = [f"camera timing (data.sync_tolerance_ms={config.sync_tolerance_ms:g}, "
-             f"data.lidar_tolerance_ms={config.lidar_tolerance_ms:g}):"]
+    lines = [f"camera timing (data.sync_tolerance_ms={config.sync_tolerance_ms:g}, data.phase_correction="
+             f"{str(config.phase_correction).lower()}, data.lidar_tolerance_ms={config.lidar_tolerance_ms:g}):"]
     if t.phases is not None:
         p = t.phases
         lines.append(f"  period {p.period_ns / 1e6:.1f} ms, capture spread {p.spread_ns / 1e6:.1f} ms, "
