@@ -2,6 +2,7 @@
 
     fsmde synth    write a synthetic surround rosbag2 (tests, demo, benchmarks)
     fsmde inspect  show what a bag holds and what is missing
+    fsmde rig      write a bag's rig calibration YAML (+ node parameters)
     fsmde train    distil a student from a teacher on rosbag2 recordings
     fsmde eval     evaluate a checkpoint (or a teacher) on a bag, with pictures
     fsmde export   export a checkpoint to ONNX (and TensorRT where available)
@@ -26,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "write a synthetic surround rosbag2 with LiDAR, tf_static and dense ground truth"),
     "inspect": ("fsmde_core.data.inspect", "add_inspect_arguments", "run_inspect",
                 "print a bag's topics, rates, camera layout and what is missing"),
+    "rig": ("fsmde_core.data.rigfile", "add_rig_arguments", "run_rig",
+            "write the bag's rig calibration YAML (and node parameters) from /tf_static and camera_info"),
     "train": ("fsmde_core.train", "add_train_arguments", "run_train",
               "distil the student from a teacher on rosbag2 recordings"),
     "eval": ("fsmde_core.evaluate", "add_eval_arguments", "run_eval",
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"fsmde {ns.command}", description=help_text)
     getattr(module, add_name)(parser)
-    args = parser.parse_args(argv[1:])
+    # Intermixed: key=value overrides may sit anywhere among the options (fsmde train / eval / inspect).
+    args = parser.parse_intermixed_args(argv[1:])
     try:
         return int(getattr(module, run_name)(args) or 0)
     except KeyboardInterrupt:

@@ -49,7 +49,6 @@ Outputs: ``REPORT_DIR/metrics.json`` (schema in :func:`evaluate`) and
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -481,11 +480,12 @@ def _ground_truth(sample: Any, gt: str) -> np.ndarray:
 
 
 def _data_config(base: Any, size: tuple[int, int] | None, gt: str) -> Any:
+    """The reader's settings: ``base`` as given; the model's input size only where ``base`` sets none."""
     from fsmde_core.data.config import DataConfig
 
     cfg = base if base is not None else DataConfig()
     changes: dict[str, Any] = {}
-    if size is not None:
+    if size is not None and cfg.size is None:
         changes.update(width=int(size[0]), height=int(size[1]))
     if gt == "synthetic":
         changes["require_lidar"] = False  # LiDAR is not the reference then; keep every set
@@ -500,10 +500,22 @@ def _bag_max_depth(bags: list[Path], config: Any) -> float:
 
 
 def _frame_samples(bags: list[Path], config: Any, max_frames: int | None) -> Iterator[Any]:
-    from fsmde_core.data.bag import read_samples
+    from fsmde_core.data.bag import BagSource
 
-    samples = read_samples(bags, config)
+    samples = iter(BagSource(bags, config))
     return islice(samples, max_frames) if max_frames is not None else samples
+
+
+def _no_set_error(bags: list[Path], config: Any, gt: str) -> EvalError:
+    """Name the real cause: incomplete camera sets (with the stamp spread) or missing LiDAR sweeps.
+
+    The reader only counts what it dropped; one survey of the bag's stamps
+    (:func:`fsmde_core.data.inspect.explain_no_sets`) says which setting fixes it.
+    """
+    from fsmde_core.data.inspect import explain_no_sets
+
+    why = explain_no_sets(bags, config, need_lidar=gt == "lidar" and config.require_lidar)
+    return EvalError(f"no synchronised surround set in {', '.join(map(str, bags))}: {why}")
 
 
 def _clean(obj: Any) -> Any:
@@ -602,7 +614,9 @@ def evaluate(
             the bag rig's max depth).
         max_frames: evaluate at most this many surround sets.
         data_config: :class:`~fsmde_core.data.config.DataConfig` for topics /
-            calibration (its size is overridden by the student's input size).
+            calibration / tolerances (None = defaults); without a size, the
+            student's input size is used (a teacher: native size).
+            ``fsmde eval --checkpoint RUN`` passes the run's own data section.
 
     Returns (and writes to ``out_dir/metrics.json``)::
 
@@ -648,8 +662,7 @@ def evaluate(
             acc = _Accumulator(names=list(sample.camera_names))
         _evaluate_frame(acc, sample, predictor, gt, mode, cap, min_depth)
     if acc is None:
-        hint = " with a LiDAR sweep (try --gt synthetic on synthetic bags)" if gt == "lidar" else ""
-        raise EvalError(f"no synchronised surround set in {', '.join(map(str, bag_list))}{hint}")
+        raise _no_set_error(bag_list, config, gt)
     result = _summarise(acc, mode, gt, cap, predictor.source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -676,21 +689,48 @@ def parse_teacher_options(items: Iterable[str]) -> dict[str, Any]:
 
 def build_eval_teacher(kind: str, options: dict[str, Any], device: str) -> Any:
     """Build a teacher, passing ``device`` to those whose constructor takes one."""
-    from fsmde_core.models.teachers import TEACHER_KINDS, build_teacher
+    from fsmde_core.models.teachers import TEACHER_KINDS, build_teacher, check_teacher_options
 
     if kind not in TEACHER_KINDS:
         raise EvalError(f"unknown teacher {kind!r}; expected one of {sorted(TEACHER_KINDS)}")
     options = dict(options)
-    import importlib
-
-    module_name, class_name = TEACHER_KINDS[kind]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if "device" in inspect.signature(cls.__init__).parameters:
-        options.setdefault("device", device)
     try:
-        return build_teacher(kind, **options)
-    except TypeError as exc:
-        raise EvalError(f"teacher {kind!r}: bad --teacher-option ({exc})") from exc
+        check_teacher_options(kind, options)
+    except ValueError as exc:
+        raise EvalError(f"--teacher-option: {exc}") from exc
+    if "device" in TEACHER_KINDS[kind].options:
+        options.setdefault("device", device)
+    return build_teacher(kind, **options)
+
+
+def run_data_section(checkpoint: Path) -> dict[str, Any] | None:
+    """The ``data`` section of the run that produced ``checkpoint`` (its ``config.json``), or None.
+
+    A run directory holds ``config.json`` beside ``student.safetensors``; a bare
+    weights file copied elsewhere has none, and the defaults apply.
+    """
+    from fsmde_core.checkpoint import read_json
+
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    data = read_json(path, "run config").get("data")
+    return dict(data) if isinstance(data, dict) else None
+
+
+def eval_data_config(args: argparse.Namespace) -> Any:
+    """DataConfig for ``fsmde eval``: the run's data section <- --config's <- ``data.*`` overrides."""
+    from fsmde_core.config import ConfigError, load_data_config
+
+    base = run_data_section(args.checkpoint) if args.checkpoint is not None and args.checkpoint.exists() else None
+    if base is None and args.config is None and not args.overrides:
+        return None
+    source = str(args.config or (args.checkpoint if base is not None else "<overrides>"))
+    try:
+        return load_data_config(base, args.config, list(args.overrides), source=source)
+    except ConfigError as exc:
+        raise EvalError(str(exc)) from exc
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -715,6 +755,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="evaluate at most N surround sets")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="training YAML whose data section to read the bag with (default: the run's own "
+                             "config.json with --checkpoint, else the defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="data.key=value", default=[],
+                        help="data settings over the run's, anywhere on the line, e.g. data.sync_tolerance_ms=25")
 
 
 def _print_summary(result: dict[str, Any], out: Path) -> None:
@@ -742,8 +787,10 @@ def run_eval(args: argparse.Namespace) -> int:
             what: Any = build_eval_teacher(args.teacher, options, args.device)
         else:
             what = args.checkpoint
+        data_config = eval_data_config(args)
         result = evaluate(what, args.bag, args.out, gt=args.gt, mode=args.mode, cap=args.cap,
-                          max_frames=args.max_frames, device=args.device, progress=not args.no_progress)
+                          max_frames=args.max_frames, device=args.device, progress=not args.no_progress,
+                          data_config=data_config)
     except (EvalError, CheckpointError, BagError, FileNotFoundError) as exc:
         print(f"fsmde eval: error: {exc}", file=sys.stderr)
         return 2
@@ -757,7 +804,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fsmde eval")
     add_eval_arguments(parser)
-    return run_eval(parser.parse_args(argv))
+    return run_eval(parser.parse_intermixed_args(argv))
 
 
 if __name__ == "__main__":

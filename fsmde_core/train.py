@@ -174,13 +174,10 @@ def rig_from_item(item: dict, names: list[str]) -> Rig:
 
 
 def data_config_from(cfg: dict):
-    from fsmde_core.data.config import DataConfig
+    """The reader's DataConfig from the config's data section (every DataConfig key is honoured)."""
+    from fsmde_core.config import data_config_from_section
 
-    d = dict(cfg["data"])
-    passed = ("width", "height", "rig_yaml", "sync_tolerance_ms", "lidar_tolerance_ms", "cameras", "lidar_topic",
-              "base_frame", "extrinsics", "max_depth")
-    keep = {k: d[k] for k in passed if d.get(k) is not None}
-    return DataConfig.from_dict(keep)
+    return data_config_from_section(cfg["data"], "data")
 
 
 def default_cache_root(cfg: dict, out_dir: Path) -> Path:

@@ -280,6 +280,16 @@ class PlaybackStats:
     stopped: bool = False
 
 
+#: ``wait_for_subscribers`` entry meaning "every image topic played".
+ALL_IMAGES = "<images>"
+_IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def image_topics(plan: Any) -> list[str]:
+    """The played topics that carry camera images (raw or compressed), sorted."""
+    return sorted(t for t, p in plan.topics.items() if p.msgtype in _IMAGE_TYPES)
+
+
 class BagPlayer:
     """Publishes a rosbag2 recording with recorded timing (see module docstring).
 
@@ -298,8 +308,11 @@ class BagPlayer:
         qos_overrides: per-topic QoS, used as given.
         clock_hz: ``/clock`` rate between messages (0: only at messages).
         skip_unknown_types: warn and skip topics whose type is not installed.
-        wait_for_subscribers: topics that must each have a subscriber before playback.
-        wait_timeout: seconds to wait for them (then play anyway, with a warning).
+        wait_for_subscribers: topics that must each have a subscriber before playback;
+            :data:`ALL_IMAGES` (alone or among topics) stands for every image topic played,
+            so a multi-camera consumer loses no camera's first set.
+        wait_timeout: seconds to wait for them (then play anyway, with a warning naming
+            every topic still without a subscriber).
         linger: seconds to keep the publishers alive after the end (late joiners of latched topics).
         node: publish through this node instead of a private context + node.
     """
@@ -342,17 +355,31 @@ class BagPlayer:
             )
             for topic, why in self.plan.skipped.items():
                 LOG.warning("bag %s: skipping %s: %s", self.bag_path, topic, why)
-            unknown_waits = set(wait_for_subscribers) - set(self.plan.topics) - {CLOCK_TOPIC}
-            if unknown_waits:
-                raise PlayerError(
-                    f"bag {str(self.bag_path)!r}: cannot wait for topics that are not played: {unknown_waits}"
-                )
-            self._wait_topics = tuple(wait_for_subscribers)
+            self._wait_topics = self._topics_to_wait_for(wait_for_subscribers)
             self._ros = _RosEndpoints(self.plan, publish_clock, node)
         except BaseException:
             self._reader.close()
             raise
         self._check_type_hashes()
+
+    def _topics_to_wait_for(self, requested: Sequence[str]) -> tuple[str, ...]:
+        """Expand :data:`ALL_IMAGES`, refuse topics that are not played; order kept, duplicates dropped."""
+        topics: list[str] = []
+        for topic in requested:
+            expanded = image_topics(self.plan) if topic == ALL_IMAGES else [topic]
+            if topic == ALL_IMAGES and not expanded:
+                raise PlayerError(f"bag {str(self.bag_path)!r}: --wait-for-subscribers without topics waits for "
+                                  "image topics, but none is played")
+            topics += [t for t in expanded if t not in topics]
+        unknown = sorted(set(topics) - set(self.plan.topics) - {CLOCK_TOPIC})
+        if unknown:
+            raise PlayerError(f"bag {str(self.bag_path)!r}: cannot wait for topics that are not played: {unknown}")
+        return tuple(topics)
+
+    @property
+    def wait_topics(self) -> tuple[str, ...]:
+        """The topics :meth:`play` waits for (ALL_IMAGES expanded)."""
+        return self._wait_topics
 
     # ----------------------------------------------------------- controls
     @property
@@ -463,14 +490,19 @@ class BagPlayer:
             while not self._stopped and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
 
+    def missing_subscribers(self) -> list[str]:
+        """The waited-for topics that have no subscriber yet."""
+        return [t for t in self._wait_topics if self._ros.subscription_count(t) == 0]
+
     def _wait_for_subscribers(self) -> None:
+        """Wait until EVERY waited-for topic has a subscriber (one deadline for all of them)."""
         deadline = time.monotonic() + self.wait_timeout
-        for topic in self._wait_topics:
-            while self._ros.subscription_count(topic) == 0 and not self._stopped:
-                if time.monotonic() >= deadline:
-                    LOG.warning("no subscriber on %s after %.1f s; playing anyway", topic, self.wait_timeout)
-                    break
-                self._sleep_until(min(deadline, time.monotonic() + 0.02))
+        while (missing := self.missing_subscribers()) and not self._stopped:
+            if time.monotonic() >= deadline:
+                LOG.warning("no subscriber after %.1f s on %d topic(s): %s; playing anyway", self.wait_timeout,
+                            len(missing), ", ".join(missing))
+                return
+            self._sleep_until(min(deadline, time.monotonic() + 0.02))
 
     def _check_type_hashes(self) -> None:
         """Warn when the bag's type definition differs from the installed one (bytes may not decode)."""
@@ -567,6 +599,13 @@ class _RosEndpoints:
 
 
 # --------------------------------------------------------------------- CLI
+def wait_topics_argument(value: Sequence[str] | None) -> tuple[str, ...]:
+    """``--wait-for-subscribers``: absent -> none; given without topics -> every image topic."""
+    if value is None:
+        return ()
+    return tuple(value) if value else (ALL_IMAGES,)
+
+
 def add_play_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``fsmde play`` (mirrors the common ``ros2 bag play`` options)."""
     parser.add_argument("bag", help="rosbag2 directory (sqlite3 or MCAP) or .mcap file")
@@ -586,8 +625,9 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML {topic: {reliability, durability, history, depth}}")
     parser.add_argument("--skip-unknown-types", action="store_true",
                         help="skip topics whose message type is not installed instead of failing")
-    parser.add_argument("--wait-for-subscribers", nargs="+", default=(), metavar="TOPIC",
-                        help="wait until each TOPIC has a subscriber before playing")
+    parser.add_argument("--wait-for-subscribers", nargs="*", default=None, metavar="TOPIC",
+                        help="before playing, wait until each TOPIC has a subscriber; without TOPIC: every "
+                             "image topic played (all cameras), so no camera misses the first set")
     parser.add_argument("--wait-timeout", type=float, default=10.0, help="seconds for --wait-for-subscribers")
     parser.add_argument("--linger", type=float, default=0.0,
                         help="seconds to stay up after the last message (for late latched subscribers)")
@@ -603,7 +643,7 @@ def run_play(args: argparse.Namespace) -> int:
             start_paused=args.start_paused, qos_depth=args.qos_depth,
             qos_reliability=_POLICIES["reliability"][args.qos_reliability], qos_overrides=overrides,
             clock_hz=args.clock_hz, skip_unknown_types=args.skip_unknown_types,
-            wait_for_subscribers=args.wait_for_subscribers, wait_timeout=args.wait_timeout,
+            wait_for_subscribers=wait_topics_argument(args.wait_for_subscribers), wait_timeout=args.wait_timeout,
             linger=args.linger,
         )
     except (PlayerError, ValueError) as err:

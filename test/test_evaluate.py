@@ -295,7 +295,7 @@ def test_lidar_gt_and_max_frames(tiny_bag, random_student, tmp_path) -> None:
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
-    return parser.parse_args(list(argv))
+    return parser.parse_intermixed_args(list(argv))  # as fsmde_core.cli parses it
 
 
 def test_cli_teacher_run(tiny_bag, tmp_path, capsys) -> None:
@@ -347,3 +347,92 @@ def test_teacher_options_are_parsed_as_yaml_values() -> None:
     assert opts == {"quality": 0.5, "input_size": (378, 644), "path_or_id": "/m/da2", "fp16": False}
     with pytest.raises(EvalError, match="key=value"):
         parse_teacher_options(["quality"])
+
+
+# ------------------------------------------------- the run's data settings
+SWEEP_OFFSETS = [0.0, 8.5, 17.0, 25.5, 34.0, 42.6]  # nuScenes-like trigger phases at 12 Hz
+
+
+@pytest.fixture(scope="module")
+def sweep_bag(tmp_path_factory) -> Path:
+    from bagfactory import BagSpec, write_bag
+
+    return write_bag(tmp_path_factory.mktemp("b") / "sweep",
+                     BagSpec(n_frames=4, period_ms=83.3, offsets_ms=SWEEP_OFFSETS, latency_ms=(1.0, 3.0))).path
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory, random_student) -> Path:
+    """A run directory as fsmde train leaves it: weights, student.json and config.json with its data section."""
+    import shutil
+
+    from fsmde_core.config import load_config
+
+    run = tmp_path_factory.mktemp("sweep_run")
+    for f in random_student.iterdir():
+        shutil.copy(f, run / f.name)
+    cfg = load_config(None, ["data.width=160", "data.height=96", "data.sync_tolerance_ms=55",
+                             "data.phase_correction=false", "data.lidar_tolerance_ms=80"])
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+def test_eval_reads_the_runs_data_settings(sweep_run, tmp_path, capsys) -> None:
+    """LiDAR 70 ms after the cameras (5 Hz): the defaults (50 ms) keep no set, the run's 80 ms keeps all."""
+    from bagfactory import BagSpec, write_bag
+
+    bag = write_bag(tmp_path / "late", BagSpec(n_frames=3, period_ms=200.0, lidar_offset_ms=70.0)).path
+    rc = run_eval(_args("--checkpoint", str(sweep_run), "--bag", str(bag), "--out", str(tmp_path / "r"),
+                        "--no-progress"))
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["frames"] == 3
+    bare = tmp_path / "bare"  # the same weights without the run's config.json: defaults apply
+    bare.mkdir()
+    for f in sweep_run.iterdir():
+        if f.name != "config.json":
+            (bare / f.name).write_bytes(f.read_bytes())
+    assert run_eval(_args("--checkpoint", str(bare), "--bag", str(bag), "--out", str(tmp_path / "r2"))) == 2
+    assert "within data.lidar_tolerance_ms=50" in capsys.readouterr().err
+
+
+def test_eval_overrides_anywhere_and_the_error_names_the_spread(sweep_run, sweep_bag, tmp_path, capsys) -> None:
+    rc = run_eval(_args("--checkpoint", str(sweep_run), "data.sync_tolerance_ms=20", "--bag", str(sweep_bag),
+                        "--out", str(tmp_path / "r"), "--no-progress"))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no complete camera set" in err and "data.sync_tolerance_ms=20" in err
+    # the run's phase_correction=false was read: the fix names it, and the plain tolerance that works
+    assert "spread over median 42.6 ms, max 42.6 ms" in err and "set data.phase_correction=true" in err
+    assert "plain data.sync_tolerance_ms=55" in err
+    assert "LiDAR" not in err  # the LiDAR is not blamed for the cameras
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_names_missing_lidar_sweeps_and_the_setting(random_student, tmp_path, capsys) -> None:
+    from bagfactory import BagSpec, write_bag
+
+    bag = write_bag(tmp_path / "late", BagSpec(n_frames=3, lidar_offset_ms=45.0)).path
+    args = ("--checkpoint", str(random_student), "--bag", str(bag), "--no-progress")
+    assert run_eval(_args(*args, "--out", str(tmp_path / "r"), "data.lidar_tolerance_ms=20")) == 2
+    err = capsys.readouterr().err
+    assert "3 camera set(s) formed but none has a LiDAR sweep" in err and "45.0 ms away" in err
+    assert "set data.lidar_tolerance_ms=" in err
+    assert run_eval(_args(*args, "--out", str(tmp_path / "ok"), "data.lidar_tolerance_ms=60")) == 0
+
+
+def test_eval_refuses_non_data_overrides_and_unknown_keys(random_student, tiny_bag, tmp_path, capsys) -> None:
+    base = ("--checkpoint", str(random_student), "--bag", str(tiny_bag), "--out", str(tmp_path / "r"))
+    assert run_eval(_args(*base, "optim.lr=1")) == 2
+    assert "only data.* settings apply here" in capsys.readouterr().err
+    assert run_eval(_args(*base, "data.sync_tol=3")) == 2
+    assert "unknown data keys ['sync_tol']" in capsys.readouterr().err
+
+
+def test_eval_teacher_option_errors_name_the_kind_and_valid_options(tiny_bag, tmp_path, capsys) -> None:
+    rc = run_eval(_args("--teacher", "depth_anything_v2", "--teacher-option", "quality=0.7", "--teacher-option",
+                        "path_or_id=/models/da2", "--bag", str(tiny_bag), "--out", str(tmp_path / "r")))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "'depth_anything_v2' has no option 'quality'; valid options: path_or_id" in err
+    assert "TypeError" not in err
+

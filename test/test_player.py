@@ -345,3 +345,89 @@ def test_tf_static_needs_tf2_msgs(bag: Path) -> None:
     """Documents this environment: without tf2_msgs the player refuses /tf_static unless told to skip."""
     with pytest.raises(PlayerError, match=r"tf2_msgs/msg/TFMessage.*--skip-unknown-types"):
         BagPlayer(bag)
+
+
+# ---------------------------------------------------- waiting for every camera
+CAMS = ("back", "front", "front_left")
+
+
+def _camera_bag(tmp_path: Path, stamps: dict | None = None) -> tuple[Path, list[str]]:
+    """A six-camera bag (bagfactory); three of its image topics are played. ``stamps`` gets each camera's."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bagfactory import BagSpec, write_bag
+
+    written = write_bag(tmp_path / "cams", BagSpec(width=8, height=6, n_frames=3))
+    if stamps is not None:
+        stamps.update({f"/cameras/{n}/image_raw": written.camera_stamps[n] for n in CAMS})
+    return written.path, [f"/cameras/{n}/image_raw" for n in CAMS]
+
+
+def test_wait_for_subscribers_without_topics_means_every_image_topic(tmp_path: Path) -> None:
+    from fsmde_ros.player import ALL_IMAGES, wait_topics_argument
+
+    assert wait_topics_argument(None) == () and wait_topics_argument([]) == (ALL_IMAGES,)
+    assert wait_topics_argument(["/a", "/b"]) == ("/a", "/b")
+    bag, cams = _camera_bag(tmp_path)
+    with BagPlayer(bag, topics=cams, wait_for_subscribers=[ALL_IMAGES, "/clock"]) as player:
+        assert player.wait_topics == (*cams, "/clock")
+    with pytest.raises(PlayerError, match="not played"):
+        BagPlayer(bag, topics=cams[:1], wait_for_subscribers=[cams[1]])
+
+
+@pytest.mark.ros
+def test_playback_waits_for_every_camera_then_delivers_each_first_image(tmp_path: Path) -> None:
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from fsmde_ros.player import ALL_IMAGES
+
+    recorded: dict[str, list[int]] = {}
+    bag, cams = _camera_bag(tmp_path, recorded)
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
+    node = rclpy.create_node("player_wait_listener", context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    got: dict[str, list[Image]] = {t: [] for t in cams}
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    player = BagPlayer(bag, topics=cams, publish_clock=False, wait_for_subscribers=[ALL_IMAGES],
+                       wait_timeout=120.0)  # a deadlock guard only
+    result: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: result.update(stats=player.play()), daemon=True)
+    try:
+        for topic in cams[:2]:
+            node.create_subscription(Image, topic, got[topic].append, qos)
+        thread.start()
+        # two of three cameras subscribed: the player holds back, naming the third
+        assert _spin_until(executor, lambda: player.missing_subscribers() == [cams[2]], 30.0), \
+            player.missing_subscribers()
+        executor.spin_once(timeout_sec=0.2)
+        assert thread.is_alive() and not any(got.values())  # nothing published while one camera is missing
+        node.create_subscription(Image, cams[2], got[cams[2]].append, qos)
+        assert _spin_until(executor, lambda: all(len(v) == 3 for v in got.values()), 30.0), \
+            {t: len(v) for t, v in got.items()}
+    finally:
+        player.stop()
+        thread.join(timeout=30)
+        player.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+    assert result["stats"].published == {t: 3 for t in cams}
+    for topic, msgs in got.items():  # every camera's first image arrived: the first set is whole
+        assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in msgs] == recorded[topic]
+
+
+@pytest.mark.ros
+def test_wait_timeout_names_every_topic_still_without_a_subscriber(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from fsmde_ros.player import ALL_IMAGES
+
+    bag, cams = _camera_bag(tmp_path)
+    with BagPlayer(bag, topics=cams, publish_clock=False, wait_for_subscribers=[ALL_IMAGES],
+                   wait_timeout=0.3) as player, caplog.at_level("WARNING"):
+        stats = player.play()
+    assert stats.published == {t: 3 for t in cams}  # plays anyway after the timeout
+    line = next(r.getMessage() for r in caplog.records if "no subscriber" in r.getMessage())
+    assert "3 topic(s)" in line and all(t in line for t in cams)

@@ -321,3 +321,29 @@ def test_factory_synthetic_teacher() -> None:
     if any(p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
         pytest.skip("SyntheticTeacher needs constructor arguments this test does not know")
     assert type(build_teacher("synthetic")) is module.SyntheticTeacher
+
+
+def test_registry_matches_every_teacher_constructor() -> None:
+    """The registry's option lists are what the constructors take, and its defaults are theirs."""
+    from fsmde_core.models.teachers import teacher_class
+
+    for kind, spec in TEACHER_KINDS.items():
+        params = inspect.signature(teacher_class(kind).__init__).parameters
+        names = [n for n in params if n != "self"]
+        assert tuple(names) == spec.options, kind
+        required = tuple(n for n in names if params[n].default is inspect.Parameter.empty)
+        assert required == spec.required, kind
+        for key, value in spec.defaults.items():
+            assert params[key].default == value, (kind, key)
+
+
+def test_factory_refuses_unknown_and_missing_options_by_name() -> None:
+    from fsmde_core.models.teachers import TeacherOptionError
+
+    with pytest.raises(TeacherOptionError, match=r"'depth_anything_v2' has no option 'quality'; valid options: "
+                                                 r"path_or_id, input_size, device, fp16"):
+        build_teacher("depth_anything_v2", path_or_id="/models/da2", quality=0.7)
+    with pytest.raises(TeacherOptionError, match=r"'onnx' needs option 'model_path'"):
+        build_teacher("onnx")
+    assert isinstance(build_teacher("synthetic", quality=0.5, seed=3), Teacher)
+

@@ -59,6 +59,62 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_teacher_kind_override_starts_from_that_kinds_defaults():
+    """The YAML's synthetic options (quality, seed) must not follow a switch to another kind."""
+    from fsmde_core.config import DEFAULTS
+    from fsmde_core.models.teachers import default_options
+
+    assert DEFAULTS["teacher"]["options"] == default_options("synthetic")
+    tiny = load_config(TINY)
+    assert tiny["teacher"]["kind"] == "synthetic" and "quality" in tiny["teacher"]["options"]
+    da = {"input_size": 518, "fp16": False, "path_or_id": "/models/da2"}
+    # explicit options of the new kind are kept whatever their position on the command line
+    for overrides in (["teacher.kind=depth_anything_v2", "teacher.options.path_or_id=/models/da2"],
+                      ["teacher.options.path_or_id=/models/da2", "teacher.kind=depth_anything_v2"],
+                      ["teacher.kind=depth_anything_v2", "teacher.options={path_or_id: /models/da2}"]):
+        cfg = load_config(TINY, overrides)
+        assert cfg["teacher"]["kind"] == "depth_anything_v2" and cfg["teacher"]["options"] == da, overrides
+        assert cfg["teacher"]["cache_height"] == tiny["teacher"]["cache_height"]  # the rest of the section stays
+    cfg = load_config(TINY, ["teacher.kind=none"])
+    assert cfg["teacher"]["options"] == {}
+    # the same in a YAML: a file naming another kind starts from that kind's defaults
+    nus = load_config(ROOT / "config" / "train_nuscenes.yaml", ["teacher.kind=synthetic"])
+    assert nus["teacher"]["options"] == default_options("synthetic")
+    cfg = load_config(TINY, ["teacher.kind=synthetic", "teacher.options.quality=0.9"])
+    assert cfg["teacher"]["options"] == {"quality": 0.9, "seed": 0}
+
+
+def test_teacher_option_errors_name_option_kind_and_valid_options(tmp_path):
+    with pytest.raises(ConfigError, match=r"teacher kind 'onnx' has no option 'quality'; valid options: model_path"):
+        load_config(TINY, ["teacher.kind=onnx", "teacher.options.model_path=m.onnx", "teacher.options.quality=1"])
+    with pytest.raises(ConfigError, match=r"'depth_anything_v2' needs option 'path_or_id'"):
+        load_config(TINY, ["teacher.kind=depth_anything_v2"])
+    with pytest.raises(ConfigError, match=r"unknown teacher kind 'midas'"):
+        load_config(TINY, ["teacher.kind=midas"])
+    yaml_file = tmp_path / "t.yaml"
+    yaml_file.write_text("teacher: {kind: synthetic, options: {qualty: 0.5}}\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: teacher kind 'synthetic' has no option 'qualty'"):
+        load_config(yaml_file)
+    with pytest.raises(ConfigError, match=r"unknown data keys \['sync_tolerance'\]"):
+        load_config(TINY, ["data.sync_tolerance=25"])
+    # the user's command line: one line, exit 2, never a TypeError traceback
+    res = subprocess.run([sys.executable, "-m", "fsmde_core.cli", "train", "--config", str(TINY), "--out",
+                          str(tmp_path / "run"), "teacher.kind=depth_anything_v2", "teacher.options.path_or_id=x",
+                          "teacher.options.quality=0.5"], capture_output=True, text=True, timeout=120,
+                         env=_env(tmp_path / "cache"))
+    assert res.returncode == 2
+    assert "no option 'quality'" in res.stderr and "TypeError" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_data_section_reaches_the_reader():
+    """Every DataConfig key in the data section is honoured (require_lidar used to be dropped silently)."""
+    from fsmde_core.train import data_config_from
+
+    dc = data_config_from(load_config(TINY, ["data.require_lidar=false", "data.sync_tolerance_ms=25",
+                                             "data.horizon_s=2"]))
+    assert (dc.require_lidar, dc.sync_tolerance_ms, dc.horizon_s, dc.width) == (False, 25.0, 2.0, 320)
+
+
 def test_lr_schedule_and_pairs():
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)

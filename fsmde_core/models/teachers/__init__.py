@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from fsmde_core.models.teachers.base import Teacher, TeacherOutput
-
-#: kind -> (module, class). The synthetic teacher lives in its own module.
-TEACHER_KINDS: dict[str, tuple[str, str]] = {
-    "depth_anything_v2": ("fsmde_core.models.teachers.depth_anything_v2", "DepthAnythingV2Teacher"),
-    "onnx": ("fsmde_core.models.teachers.onnx_teacher", "OnnxTeacher"),
-    "synthetic": ("fsmde_core.models.teachers.synthetic", "SyntheticTeacher"),
-}
+from fsmde_core.models.teachers.registry import (
+    TEACHER_KINDS,
+    TeacherKind,
+    TeacherOptionError,
+    check_teacher_options,
+    default_options,
+    teacher_kind,
+)
 
 
 def invert_positive(depth: torch.Tensor) -> torch.Tensor:
@@ -33,19 +34,26 @@ def invert_positive(depth: torch.Tensor) -> torch.Tensor:
     return torch.where(depth > 0, 1.0 / safe, torch.full_like(depth, math.nan))
 
 
+def teacher_class(kind: str) -> type[Teacher]:
+    """The class of ``kind`` (imports its module now)."""
+    spec = teacher_kind(kind)
+    return getattr(importlib.import_module(spec.module), spec.class_name)
+
+
 def build_teacher(kind: str, **cfg: Any) -> Teacher:
     """Build a teacher by kind; ``cfg`` goes to the teacher's constructor.
+
+    Options the kind does not take, or a missing required one, raise
+    :class:`TeacherOptionError` (a ValueError) naming them, never a TypeError.
 
     Examples:
         ``build_teacher("depth_anything_v2", path_or_id="/models/da2-small", input_size=518)``
         ``build_teacher("onnx", model_path="midas.onnx", input_size=(384, 384), output_kind="inverse_depth")``
         ``build_teacher("synthetic")``
     """
-    if kind not in TEACHER_KINDS:
-        raise ValueError(f"unknown teacher kind {kind!r}; expected one of {sorted(TEACHER_KINDS)}")
-    module_name, class_name = TEACHER_KINDS[kind]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**cfg)
+    check_teacher_options(kind, cfg)
+    return teacher_class(kind)(**cfg)
 
 
-__all__ = ["TEACHER_KINDS", "Teacher", "TeacherOutput", "build_teacher", "invert_positive"]
+__all__ = ["TEACHER_KINDS", "Teacher", "TeacherKind", "TeacherOptionError", "TeacherOutput", "build_teacher",
+           "check_teacher_options", "default_options", "invert_positive", "teacher_class", "teacher_kind"]
