@@ -44,6 +44,7 @@ and the model. ``autostart`` (default) runs configure + activate itself so
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -66,8 +67,10 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
+from fsmde_core.calib_health import CrossViewMonitor
 from fsmde_core.camera import CameraModel
 from fsmde_core.geometry import RayCache
+from fsmde_core.motion import compensate_points
 from fsmde_core.rig import Rig, RigCamera, RigError, make_transform, quaternion_to_matrix
 from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet
 from fsmde_ros.conversions import (
@@ -91,8 +94,11 @@ from fsmde_ros.params import (
 )
 
 NODE_NAME = "surround_depth_node"
-TIME_JUMP_NS = 1_000_000_000  # a stamp this much older than the newest one = replay restarted
 LOG_THROTTLE_S = 5.0
+SYNC_FAIL_LOG_S = 10.0  # "sets fail to synchronize" is a configuration problem: say it, but rarely
+CLOCK_MISMATCH_NS = 60_000_000_000  # |stamp - node clock| beyond this is another clock, not latency
+CLOCK_HINT = "stamps are not in this clock: use_sim_time / --clock?"
+MOTION_TF_WAIT_NS = 50_000_000  # odometry for the newest stamp may arrive a moment after the images
 WARMUP_ITERATIONS = 2
 WORKER_JOIN_S = 30.0  # a CPU forward pass of a big model can take seconds
 
@@ -174,6 +180,7 @@ class _Window:
     sets_in: int = 0
     replaced: int = 0
     dropped_sets: int = 0
+    clock_offset_s: float | None = None  # set when |stamp - node clock| > CLOCK_MISMATCH_NS
     received: Counter = field(default_factory=Counter)
 
 
@@ -190,6 +197,7 @@ class PipelineStats:
         self.dropped_sets = 0
         self.inference_errors = 0
         self.ray_cache_builds = 0
+        self.stamp_resets = 0
         self.bad_input: dict[str, Counter] = defaultdict(Counter)
         self.last_arrival: dict[str, float] = {}
         self.received: Counter = Counter()
@@ -225,14 +233,21 @@ class PipelineStats:
         with self._lock:
             self.ray_cache_builds += 1
 
+    def stamp_reset(self) -> None:
+        with self._lock:
+            self.stamp_resets += 1
+
     def output(self, model_s: float, latency_s: float | None) -> None:
+        """One published set; ``latency_s`` None = unknown (no clock yet, or stamps in another clock)."""
         with self._lock:
             w = self.window
             self.outputs += 1
             w.outputs += 1
             w.model_sum_s += model_s
             w.model_max_s = max(w.model_max_s, model_s)
-            if latency_s is not None:
+            if latency_s is not None and abs(latency_s) * 1e9 > CLOCK_MISMATCH_NS:
+                w.clock_offset_s = latency_s
+            elif latency_s is not None:
                 w.latency_n += 1
                 w.latency_sum_s += latency_s
                 w.latency_max_s = max(w.latency_max_s, latency_s)
@@ -250,6 +265,7 @@ class PipelineStats:
             return {
                 "outputs": self.outputs, "replaced": self.replaced, "dropped_sets": self.dropped_sets,
                 "inference_errors": self.inference_errors, "ray_cache_builds": self.ray_cache_builds,
+                "stamp_resets": self.stamp_resets,
                 "bad_input": {c: dict(v) for c, v in self.bad_input.items()},
                 "last_arrival": dict(self.last_arrival), "received": dict(self.received),
             }
@@ -321,6 +337,7 @@ class SurroundDepthNode(LifecycleNode):
         self.settings: NodeSettings = load_settings(self)
         self.autostart = self.settings.autostart
         self._throttle = Throttle()
+        self._rare_throttle = Throttle(SYNC_FAIL_LOG_S)
         self._lock = threading.Lock()
         self._reset_resources()
         self.add_on_set_parameters_callback(make_set_parameters_check(self, self._apply_live))
@@ -346,9 +363,16 @@ class SurroundDepthNode(LifecycleNode):
         self._infos: dict[str, _CameraInfoState] = {}
         self._ray_caches: dict[str, tuple[tuple, RayCache]] = {}
         self._mask_cache: dict[tuple[str, int, int], np.ndarray] = {}
-        self._newest_stamp: int | None = None
+        self._newest_by_camera: dict[str, int] = {}
         self._cloud_settings: CloudSettings = self.settings.cloud
         self.stats = PipelineStats(self.settings.camera_names)
+        self._motion_note = "n/a (no cloud published yet)"
+        self._cross_view: CrossViewMonitor | None = None
+        self._cross_view_note = "not checked yet"
+        self._cross_view_sets = 0
+        self._cross_view_checks = 0
+        self._cross_view_off = False
+        self._sync_seen: tuple[int, int] = (0, 0)  # (emitted, unmatched drops) at the last diagnostics
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> bool:
@@ -456,18 +480,32 @@ class SurroundDepthNode(LifecycleNode):
         self.rig = rig
 
     def _setup_tf(self) -> None:
-        if self.settings.extrinsics.source != "tf":
+        """TF is needed for camera extrinsics (extrinsics.source tf) and for the ego motion of
+        cloud.motion_compensation; ``auto`` quietly does without it when tf2_ros is missing."""
+        motion = self.settings.cloud.motion_compensation
+        if self.settings.extrinsics.source != "tf" and motion == "off":
+            self._motion_note = "off (cloud.motion_compensation: off)"
             return
         try:
             import tf2_ros  # lazily: pip-only ROS installs have no tf2_ros for Python
         except ImportError as exc:
-            raise _ConfigureError(
-                f"extrinsics.source is 'tf' but tf2_ros cannot be imported ({exc}). Install tf2_ros "
-                f"(ros-<distro>-tf2-ros-py) or use the rig calibration instead: "
-                f"-p extrinsics.source:=calibration -p extrinsics.calibration_file:=<rig.yaml>"
-            ) from None
+            if self.settings.extrinsics.source == "tf":
+                raise _ConfigureError(
+                    f"extrinsics.source is 'tf' but tf2_ros cannot be imported ({exc}). Install tf2_ros "
+                    f"(ros-<distro>-tf2-ros-py) or use the rig calibration instead: "
+                    f"-p extrinsics.source:=calibration -p extrinsics.calibration_file:=<rig.yaml>"
+                ) from None
+            if motion == "on":
+                raise _ConfigureError(
+                    f"cloud.motion_compensation is 'on' but tf2_ros cannot be imported ({exc}); install tf2_ros "
+                    f"(ros-<distro>-tf2-ros-py) or set cloud.motion_compensation:=auto (or off)"
+                ) from None
+            self._motion_note = "off (tf2_ros is not installed: no ego motion from TF)"
+            return
         self._tf_buffer = tf2_ros.Buffer()
         self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        if motion == "off":
+            self._motion_note = "off (cloud.motion_compensation: off)"
 
     def _load_backend(self) -> None:
         from fsmde_core.runtime import build_backend
@@ -524,7 +562,8 @@ class SurroundDepthNode(LifecycleNode):
             min_cameras=s.sync.min_cameras, phase_correction=s.sync.phase_correction,
         )
         self._mailbox = Mailbox()
-        self._newest_stamp = None
+        self._newest_by_camera = {}
+        self._sync_seen = (0, 0)
         reliability = (ReliabilityPolicy.BEST_EFFORT if s.qos.input_reliability == "best_effort"
                        else ReliabilityPolicy.RELIABLE)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=s.qos.input_depth, reliability=reliability,
@@ -585,24 +624,36 @@ class SurroundDepthNode(LifecycleNode):
             return
         self.stats.arrival(camera)
         stamp = stamp_to_ns(msg.header.stamp)
-        self._check_time_jump(sync, stamp)
+        self._check_time_jump(sync, camera, stamp)
         for synced in sync.add(camera, stamp, msg, arrival):
             self._offer(synced)
 
-    def _check_time_jump(self, sync: ApproximateTimeSynchronizer, stamp: int) -> None:
-        """A replay that loops (or restarts) goes back in time: without a reset every later
-        message would be dropped as stale by the synchronizer's time order."""
+    def _check_time_jump(self, sync: ApproximateTimeSynchronizer, camera: str, stamp: int) -> None:
+        """A replay that loops (or restarts) without /clock goes back in time: without a reset
+        every later message would be dropped as stale by the synchronizer's time order, for good
+        when the loop is short (its stamps never pass the last emitted set again).
+
+        One camera's stamps only go forward (one driver, one topic), so any step back of more
+        than ``sync.slop_ms`` within a camera is a restart, however short the loop. All cameras'
+        history is forgotten with the reset, so the other cameras' first looped messages (also
+        back in time) do not reset it a second time.
+        """
         with self._lock:
-            newest = self._newest_stamp
-            if newest is not None and stamp < newest - TIME_JUMP_NS:
+            newest = self._newest_by_camera.get(camera)
+            jumped = newest is not None and stamp < newest - self.settings.sync.slop_ns
+            if jumped:
+                self._newest_by_camera.clear()
+            if newest is None or stamp > newest or jumped:
+                self._newest_by_camera[camera] = stamp
+        if jumped:
+            sync.reset()
+            self.stats.stamp_reset()
+            suppressed = self._throttle(("stamp_jump",))
+            if suppressed is not None:
                 self.get_logger().warning(
-                    f"input stamps jumped back by {(newest - stamp) / 1e9:.2f} s (replay restarted?); "
-                    f"resetting the synchronizer"
-                )
-                sync.reset()
-                self._newest_stamp = stamp
-            elif newest is None or stamp > newest:
-                self._newest_stamp = stamp
+                    f"camera {camera!r}: stamps jumped back by {(newest - stamp) / 1e9:.3f} s (replay looped or "
+                    f"restarted without /clock?); synchronizer reset"
+                    + (f" ({suppressed} similar suppressed)" if suppressed else ""))
 
     def _on_clock_jump(self, jump: TimeJump) -> None:
         sync = self._sync
@@ -611,7 +662,7 @@ class SurroundDepthNode(LifecycleNode):
                 f"clock jumped back by {-jump.delta.nanoseconds / 1e9:.2f} s; resetting the synchronizer")
             sync.reset()
             with self._lock:
-                self._newest_stamp = None
+                self._newest_by_camera.clear()
 
     def _poll_sync(self) -> None:
         sync = self._sync
@@ -685,7 +736,15 @@ class SurroundDepthNode(LifecycleNode):
             self._publish_cloud(synced.stamp_ns, frames, depth, batch, cloud)
         now = self.get_clock().now().nanoseconds
         latency = (now - synced.stamp_ns) / 1e9 if now > 0 else None
+        if latency is not None and abs(latency) * 1e9 > CLOCK_MISMATCH_NS:
+            suppressed = self._rare_throttle(("clock",))
+            if suppressed is not None:
+                self.get_logger().warning(
+                    f"{CLOCK_HINT} set stamp {synced.stamp_ns / 1e9:.3f} s is {latency:+.1f} s from the node "
+                    f"clock {now / 1e9:.3f} s (use_sim_time {self.get_parameter('use_sim_time').value}); "
+                    f"latency is not reported")
         self.stats.output(model_s, latency)
+        self._check_cross_view(frames, depth)
 
     def _prepare(self, synced: SyncedSet) -> list[_Frame] | None:
         """Decode every member and find its intrinsics; None = drop the set.
@@ -785,6 +844,7 @@ class SurroundDepthNode(LifecycleNode):
                        cloud: CloudSettings) -> None:
         xyz_parts: list[np.ndarray] = []
         rgb_parts: list[np.ndarray] = []
+        poses = self._ego_poses(stamp_ns, frames, cloud)
         for k, f in enumerate(frames):
             T = self._extrinsic(f)
             if T is None:
@@ -792,6 +852,8 @@ class SurroundDepthNode(LifecycleNode):
             rays = self._rays(f, T, cloud.stride)
             xyz, rgb = rays.fuse(depth[k][None], colours=batch[k][None] if cloud.colour else None,
                                  max_range=cloud.max_range, min_range=cloud.min_range)
+            if poses is not None and stamp_to_ns(f.header.stamp) != stamp_ns:
+                xyz = compensate_points(xyz, poses[1][k], poses[0])
             xyz_parts.append(xyz)
             if rgb is not None:
                 rgb_parts.append(rgb)
@@ -802,6 +864,69 @@ class SurroundDepthNode(LifecycleNode):
         xyz, rgb = _subsample(xyz, rgb, cloud.max_points)
         header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=cloud.frame_id)
         self._cloud_pub.publish(points_to_cloud(xyz, rgb, header))
+
+    def _ego_poses(self, stamp_ns: int, frames: list[_Frame],
+                   cloud: CloudSettings) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """``T_fixed_base`` at the reference stamp and at each camera's stamp, from TF; None = no
+        compensation for this set (the reason goes to diagnostics, and to the log under ``on``)."""
+        if cloud.motion_compensation == "off" or self._tf_buffer is None:
+            return None
+        what = f"{cloud.fixed_frame}->{cloud.frame_id}"
+        try:
+            ref = self._lookup_pose(cloud, stamp_ns)
+            at_cameras = [self._lookup_pose(cloud, stamp_to_ns(f.header.stamp)) for f in frames]
+        except Exception as exc:  # tf2 raises LookupException, ExtrapolationException, ...
+            self._motion_note = f"off (no {what} in TF at the set's stamps: {type(exc).__name__})"
+            if cloud.motion_compensation == "on":
+                suppressed = self._rare_throttle(("motion",))
+                if suppressed is not None:
+                    self.get_logger().warning(
+                        f"cloud.motion_compensation is on but TF has no {what} at {stamp_ns / 1e9:.3f} s "
+                        f"({type(exc).__name__}: {exc}); this cloud is not motion compensated")
+            return None
+        self._motion_note = f"on ({what})"
+        return ref, at_cameras
+
+    def _lookup_pose(self, cloud: CloudSettings, stamp_ns: int) -> np.ndarray:
+        tf = self._tf_buffer.lookup_transform(cloud.fixed_frame, cloud.frame_id, Time(nanoseconds=stamp_ns),
+                                              timeout=Duration(nanoseconds=MOTION_TF_WAIT_NS))
+        t, q = tf.transform.translation, tf.transform.rotation
+        return make_transform(quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w])), np.array([t.x, t.y, t.z]))
+
+    # ------------------------------------------------------- calibration health
+    def _check_cross_view(self, frames: list[_Frame], depth: np.ndarray) -> None:
+        """Every ``diagnostics.cross_view_every_n``-th set: update the cross-view monitor (WHY: module
+        doc of :mod:`fsmde_core.calib_health`). The monitor's ring is the first complete set's."""
+        every = self.settings.cross_view_every_n
+        if self._cross_view_off:
+            return
+        if every <= 0:
+            self._cross_view_note = "off (diagnostics.cross_view_every_n: 0)"
+            return
+        self._cross_view_sets += 1
+        if (self._cross_view_sets - 1) % every:
+            return
+        cams, keep = [], []
+        for k, f in enumerate(frames):
+            T = self._extrinsic(f)
+            if T is not None and f.depth_model is not None:
+                cams.append(RigCamera(f.name, f.header.frame_id or f.name, f.depth_model, T))
+                keep.append(k)
+        if len(cams) < 2:
+            return
+        rig = Rig("cross_view", cams, base_frame=self._cloud_settings.frame_id)
+        try:
+            if self._cross_view is None:
+                if len(cams) < len(self.settings.cameras):
+                    return  # the adjacency ring needs every camera's pose once
+                self._cross_view = CrossViewMonitor.for_rig(rig, stride=self.settings.cross_view_stride)
+            self._cross_view.update(depth[keep], rig)
+        except ImportError as exc:  # the metric lives in fsmde_core.evaluate (needs torch)
+            self._cross_view_note = f"unavailable ({exc})"
+            self._cross_view_off = True
+            return
+        self._cross_view_checks += 1
+        self._cross_view_note = f"checked {self._cross_view_checks} set(s)"
 
     def _rays(self, f: _Frame, T: np.ndarray, stride: int) -> RayCache:
         """RayCache per camera, rebuilt only when its intrinsics, pose or stride change."""
@@ -856,8 +981,58 @@ class SurroundDepthNode(LifecycleNode):
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         cams = [self._camera_status(name, window, span, snap, sync_stats, now) for name in self.stats.cameras]
-        msg.status = [self._pipeline_status(window, span, snap, sync_stats, cams), *cams]
+        pipeline = self._pipeline_status(window, span, snap, sync_stats, cams)
+        msg.status = [pipeline, *cams, self._calibration_status()]
         pub.publish(msg)
+        if sync_stats is not None:
+            self._explain_sync_failure(window, sync_stats, cams)
+
+    def _explain_sync_failure(self, w: _Window, sync_stats: Any, cams: list[DiagnosticStatus]) -> None:
+        """Images arrive but no set forms: say why in the log (throttled), with the observed stamp
+        spread and the setting that would fix it; /diagnostics alone is easy to miss."""
+        unmatched = sum(d.unmatched for d in sync_stats.dropped.values())
+        emitted_before, unmatched_before = self._sync_seen
+        self._sync_seen = (sync_stats.emitted, unmatched)
+        if sync_stats.emitted > emitted_before or not sum(w.received.values()):
+            return
+        silent = [s.name.rsplit(" ", 1)[-1] for s in cams if s.level != DiagnosticStatus.OK]
+        slop_ms = self.settings.sync.slop_ns / 1e6
+        if silent and self.settings.sync.policy == "wait":
+            fix = (f"camera(s) {', '.join(silent)} send nothing and sync.policy is wait (complete sets only): "
+                   f"set sync.policy:=partial to run without them")
+        elif unmatched > unmatched_before:
+            spread = sync_stats.attempt_skew_max_ns
+            last = sync_stats.attempt_skew_last_ns
+            seen = (f"stamp spread of the attempted sets: last {_ms(last)}, max {_ms(spread)} ms "
+                    f"(sync.slop_ms {slop_ms:g})")
+            if spread and spread / 1e6 > slop_ms:
+                fix = (f"{seen}; sync.slop_ms:={suggest_slop_ms(spread):g} would match them (keep it below half "
+                       f"the camera period, or the sets mix capture instants)")
+            else:
+                fix = f"{seen}; check that every camera stamps the same capture instants"
+            if sync_stats.phases_ns:
+                fix += f"; estimated camera phases [ms]: {_phases_text(sync_stats.phases_ns)}"
+        else:
+            return
+        suppressed = self._rare_throttle(("sync_fail",))
+        if suppressed is not None:
+            self.get_logger().warning(f"images fail to synchronize: no set in the last "
+                                      f"{self.settings.diagnostics_period_s:g} s; {fix}")
+
+    def _calibration_status(self) -> DiagnosticStatus:
+        name = f"{self.get_name()}: calibration"
+        monitor = self._cross_view
+        if monitor is None:
+            return _status(name, DiagnosticStatus.OK, f"cross-view check {self._cross_view_note}",
+                           {"cross_view": self._cross_view_note}, "")
+        values = {"cross_view": self._cross_view_note, **monitor.values()}
+        suspects = monitor.suspects()
+        values["cross_view_suspects"] = ", ".join(suspects) or "none"
+        if suspects:
+            return _status(name, DiagnosticStatus.WARN,
+                           f"camera(s) {', '.join(suspects)}: depth inconsistent with both neighbours (cross-view); "
+                           f"bumped camera or wrong extrinsic?", values, "")
+        return _status(name, DiagnosticStatus.OK, f"cross-view consistency OK ({self._cross_view_note})", values, "")
 
     def _pipeline_status(self, w: _Window, span: float, snap: dict, sync_stats: Any,
                          cams: list[DiagnosticStatus]) -> DiagnosticStatus:
@@ -865,11 +1040,17 @@ class SurroundDepthNode(LifecycleNode):
         silent = [s.name.rsplit(" ", 1)[-1] for s in cams if s.level != DiagnosticStatus.OK]
         camera_rates = {c: w.received.get(c, 0) / span for c in self.stats.cameras if c not in silent}
         level, message = pipeline_health(out_rate, camera_rates, silent, w.dropped_sets, w.replaced)
+        no_latency = "n/a"
+        if w.clock_offset_s is not None:
+            no_latency = f"n/a ({CLOCK_HINT})"
+            message += f"; {CLOCK_HINT}"
+            level = max(level, DiagnosticStatus.WARN)
         values = {
             "output_rate_hz": f"{out_rate:.2f}",
             "synchronized_input_rate_hz": f"{in_rate:.2f}",
-            "latency_mean_ms": f"{1e3 * w.latency_sum_s / w.latency_n:.1f}" if w.latency_n else "n/a",
-            "latency_max_ms": f"{1e3 * w.latency_max_s:.1f}" if w.latency_n else "n/a",
+            "latency_mean_ms": f"{1e3 * w.latency_sum_s / w.latency_n:.1f}" if w.latency_n else no_latency,
+            "latency_max_ms": f"{1e3 * w.latency_max_s:.1f}" if w.latency_n else no_latency,
+            "stamp_clock_offset_s": f"{w.clock_offset_s:+.1f}" if w.clock_offset_s is not None else "n/a",
             "model_time_mean_ms": f"{1e3 * w.model_sum_s / w.outputs:.1f}" if w.outputs else "n/a",
             "model_time_max_ms": f"{1e3 * w.model_max_s:.1f}" if w.outputs else "n/a",
             "outputs_total": str(snap["outputs"]),
@@ -877,6 +1058,8 @@ class SurroundDepthNode(LifecycleNode):
             "sets_dropped": str(snap["dropped_sets"]),
             "inference_errors": str(snap["inference_errors"]),
             "ray_cache_builds": str(snap["ray_cache_builds"]),
+            "stamp_jump_resets": str(snap["stamp_resets"]),
+            "cloud_motion_compensation": self._motion_note,
             "backend": json.dumps(self.backend_info, default=str, sort_keys=True),
         }
         if sync_stats is not None:
@@ -888,6 +1071,11 @@ class SurroundDepthNode(LifecycleNode):
                 "sync_skew_mean_ms": (f"{sync_stats.skew_mean_ns / 1e6:.2f}"
                                       if sync_stats.skew_mean_ns is not None else "n/a"),
                 "sync_skew_max_ms": f"{sync_stats.skew_max_ns / 1e6:.2f}",
+                # attempted sets too (dropped ones included): not 0.00 when every set fails
+                "sync_attempt_skew_last_ms": _ms(sync_stats.attempt_skew_last_ns),
+                "sync_attempt_skew_max_ms": _ms(sync_stats.attempt_skew_max_ns),
+                "sync_phases_ms": _phases_text(sync_stats.phases_ns) or "n/a",
+                "sync_phase_resets": str(sync_stats.phase_resets),
             })
         return _status(f"{self.get_name()}: pipeline", level, message, values,
                        str(self.backend_info.get("device", "")))
@@ -936,6 +1124,20 @@ def pipeline_health(out_rate: float, camera_rates: dict[str, float], silent: Seq
     if dropped:
         return DiagnosticStatus.WARN, f"{out_rate:.1f} Hz; {dropped} set(s) dropped (bad input, see the log)"
     return DiagnosticStatus.OK, f"{out_rate:.1f} Hz"
+
+
+def suggest_slop_ms(spread_ns: int) -> float:
+    """A ``sync.slop_ms`` that matches sets of this raw stamp spread: 20 % + 1 ms of margin for
+    jitter, rounded up to whole milliseconds (a value users can type)."""
+    return float(math.ceil(spread_ns * 1.2 / 1e6 + 1.0))
+
+
+def _ms(ns: int | None) -> str:
+    return f"{ns / 1e6:.2f}" if ns is not None else "n/a"
+
+
+def _phases_text(phases_ns: dict[str, int]) -> str:
+    return ", ".join(f"{name} {ns / 1e6:.1f}" for name, ns in phases_ns.items())
 
 
 class _ConfigureError(RuntimeError):

@@ -140,6 +140,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Upper bound on cloud size; excess points are subsampled with a fixed pattern.",
               int_range=(1, 50_000_000)),
     ParamSpec("cloud.colour", True, "Add the packed rgb field (camera colour of each point)."),
+    ParamSpec("cloud.motion_compensation", "auto",
+              "Re-express each camera's points in the vehicle frame at the set's reference stamp, using "
+              "the ego motion between the camera's stamp and it (TF cloud.fixed_frame <- cloud.frame_id; "
+              "needs tf2_ros). auto: when TF has that motion; on: always, warn when it is missing; off: "
+              "never (cameras exposed at different instants leave seams at speed).",
+              choices=("auto", "on", "off")),
+    ParamSpec("cloud.fixed_frame", "odom",
+              "Fixed frame of the ego motion used by cloud.motion_compensation (REP 105 odom)."),
     ParamSpec("extrinsics.source", "tf",
               "tf: camera poses from TF (cloud.frame_id <- image frame_id; needs tf2_ros); "
               "calibration: from extrinsics.calibration_file.", choices=("tf", "calibration")),
@@ -155,6 +163,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True, int_range=(1, 1000)),
     ParamSpec("diagnostics.period_s", 1.0, "Period of /diagnostics reports [s] (steady clock).",
               float_range=(0.05, 3600.0)),
+    ParamSpec("diagnostics.cross_view_every_n", 10,
+              "Cross-view calibration health: check the depth consistency of adjacent cameras on every "
+              "n-th output set (0: off). Reported per camera pair on /diagnostics; WARN names a camera "
+              "whose consistency with both neighbours degraded (bumped camera, wrong extrinsic).",
+              int_range=(0, 1_000_000)),
+    ParamSpec("diagnostics.cross_view_stride", 4,
+              "Cross-view check: use every stride-th depth pixel in each direction (cost ~ 1/stride^2).",
+              int_range=(1, 64)),
     ParamSpec("autostart", True,
               "Configure and activate on start (ros2 run without a lifecycle manager). false: wait for "
               "lifecycle transitions.", read_only=True),
@@ -225,6 +241,8 @@ class CloudSettings:
     min_range: float
     max_points: int
     colour: bool
+    motion_compensation: str = "auto"  # auto | on | off
+    fixed_frame: str = "odom"
 
 
 @dataclass(frozen=True)
@@ -253,6 +271,8 @@ class NodeSettings:
     qos: QosSettings
     diagnostics_period_s: float
     autostart: bool
+    cross_view_every_n: int = 10
+    cross_view_stride: int = 4
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -389,6 +409,16 @@ def _cloud(values: Mapping[str, Any]) -> CloudSettings:
         raise ParameterError(
             f"parameter 'cloud.min_range' ({min_range}) must be smaller than 'cloud.max_range' ({max_range})"
         )
+    fixed = _typed(values, _spec("cloud.fixed_frame")).strip()
+    if not _FRAME_RE.match(fixed):
+        raise ParameterError(
+            f"parameter 'cloud.fixed_frame' is {fixed!r}: a TF frame id is non-empty and has no leading '/'"
+        )
+    if fixed == frame:
+        raise ParameterError(
+            f"parameter 'cloud.fixed_frame' is {fixed!r}, the same as cloud.frame_id: the ego motion is the "
+            f"vehicle frame's pose in a fixed frame such as odom"
+        )
     return CloudSettings(
         enabled=_typed(values, _spec("cloud.enabled")),
         topic=_topic("outputs.cloud_topic", _typed(values, _spec("outputs.cloud_topic"))),
@@ -398,6 +428,8 @@ def _cloud(values: Mapping[str, Any]) -> CloudSettings:
         min_range=min_range,
         max_points=_typed(values, _spec("cloud.max_points")),
         colour=_typed(values, _spec("cloud.colour")),
+        motion_compensation=_typed(values, _spec("cloud.motion_compensation")),
+        fixed_frame=fixed,
     )
 
 
@@ -459,6 +491,8 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         ),
         diagnostics_period_s=_typed(values, _spec("diagnostics.period_s")),
         autostart=_typed(values, _spec("autostart")),
+        cross_view_every_n=_typed(values, _spec("diagnostics.cross_view_every_n")),
+        cross_view_stride=_typed(values, _spec("diagnostics.cross_view_stride")),
     )
 
 

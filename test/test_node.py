@@ -56,7 +56,15 @@ from fsmde_ros.conversions import (  # noqa: E402
     image_to_depth,
     model_to_camera_info,
 )
-from fsmde_ros.node import Mailbox, SurroundDepthNode, Throttle, _Frame, pipeline_health  # noqa: E402
+from fsmde_ros.node import (  # noqa: E402
+    CLOCK_HINT,
+    Mailbox,
+    SurroundDepthNode,
+    Throttle,
+    _Frame,
+    pipeline_health,
+    suggest_slop_ms,
+)
 from fsmde_ros.params import (  # noqa: E402
     DEFAULT_CAMERAS,
     PARAMETERS,
@@ -144,7 +152,8 @@ def main_node(ros_env_vars, student_dir: Path, masked_calibration, tmp_path_fact
     calib, _ = masked_calibration
     driver = Driver(DOMAIN, CAMERAS)
     node = _start({"model.path": str(student_dir), "extrinsics.source": "calibration",
-                   "extrinsics.calibration_file": str(calib), "diagnostics.period_s": "0.5"},
+                   "extrinsics.calibration_file": str(calib), "diagnostics.period_s": "0.5",
+                   "diagnostics.cross_view_every_n": "1"},
                   tmp_path_factory.mktemp("main") / "node.log", DOMAIN, driver)
     yield node, driver
     driver.close()
@@ -253,12 +262,21 @@ def test_settings_defaults_and_derived_topics(student_dir: Path) -> None:
     ("cameras.front.image_topic", "/cam//image", "not a valid ROS topic"),
     ("cloud.stride", 0, "integer in [1, 64]"),
     ("sync.slop_ms", "20", "must be a double"),
+    ("cloud.motion_compensation", "yes", "expected one of: auto, on, off"),
+    ("cloud.fixed_frame", "base_link", "same as cloud.frame_id"),
+    ("diagnostics.cross_view_every_n", -1, "integer in [0, 1000000]"),
 ])
 def test_invalid_values_are_refused_with_the_reason(student_dir: Path, name: str, value, message: str) -> None:
     values = {"model.path": str(student_dir), name: value}
     with pytest.raises(ParameterError, match=name.replace(".", r"\.")) as err:
         settings_from_values(values)
     assert message in str(err.value)
+
+
+def test_suggested_slop_covers_the_observed_spread_with_margin() -> None:
+    assert suggest_slop_ms(42_600_000) == 53.0  # sweep rig: 42.6 ms * 1.2 + 1 ms, rounded up
+    assert suggest_slop_ms(0) == 1.0
+    assert all(suggest_slop_ms(ns) * 1e6 > ns for ns in (1, 999_999, 30_000_000, 83_000_000))
 
 
 def test_mailbox_keeps_only_the_newest_set() -> None:
@@ -387,6 +405,81 @@ def test_tf_extrinsics_are_converted_cached_and_reported(ros_context, student_di
         node.destroy_node()
 
 
+class _MovingTfBuffer:
+    """Stands in for tf2_ros.Buffer (not installed here): odom <- base_link of a car at constant
+    speed along x, answered per stamp like a real buffer interpolating odometry."""
+
+    def __init__(self, speed: float, t0_ns: int, known: bool = True) -> None:
+        self.speed, self.t0_ns, self.known, self.asked = speed, t0_ns, known, []
+
+    def lookup_transform(self, target: str, source: str, when, timeout=None) -> TransformStamped:
+        self.asked.append((target, source, when.nanoseconds))
+        if not self.known:
+            raise LookupError(f"{target} <- {source}: frame does not exist")
+        msg = TransformStamped()
+        msg.header.frame_id, msg.child_frame_id = target, source
+        msg.transform.translation.x = self.speed * (when.nanoseconds - self.t0_ns) / 1e9
+        msg.transform.rotation.w = 1.0
+        return msg
+
+
+@pytest.mark.ros
+def test_cloud_points_are_moved_to_the_reference_stamp_with_the_ego_motion(ros_context, student_dir: Path,
+                                                                           rig: Rig) -> None:
+    node = _in_process_node(ros_context, **{"model.path": str(student_dir), "autostart": False,
+                                            "extrinsics.source": "calibration",
+                                            "extrinsics.calibration_file": str(RIG_FILE)})
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        # tf2_ros is missing here: auto says so instead of silently fusing uncompensated clouds
+        if importlib.util.find_spec("tf2_ros") is None:
+            assert node._motion_note == "off (tf2_ros is not installed: no ego motion from TF)"
+        stamps = {"front": T0, "back": T0 + 40_000_000}  # exposed 40 ms apart; reference = back's stamp
+        frames = [_Frame(name=n, header=header(ns, rig.camera(n).frame_id), rgb=np.zeros((4, 4, 3), np.uint8),
+                         model=rig.camera(n).model) for n, ns in stamps.items()]
+        node._tf_buffer = _MovingTfBuffer(12.0, T0)
+        T_ref, at_cams = node._ego_poses(stamps["back"], frames, node._cloud_settings)
+        assert node._motion_note == "on (odom->base_link)"
+        assert {(a[0], a[1]) for a in node._tf_buffer.asked} == {("odom", "base_link")}
+        # a point 10 m ahead of the car seen by the front camera at T0 is 0.48 m closer at the reference
+        p = np.array([[10.0, 0.0, 1.0]], dtype=np.float32)
+        from fsmde_core.motion import compensate_points
+        np.testing.assert_allclose(compensate_points(p, at_cams[0], T_ref), [[9.52, 0.0, 1.0]], atol=1e-5)
+        node._tf_buffer = _MovingTfBuffer(12.0, T0, known=False)
+        assert node._ego_poses(stamps["back"], frames, node._cloud_settings) is None
+        assert node._motion_note.startswith("off (no odom->base_link in TF at the set's stamps")
+    finally:
+        node.release()
+        node.destroy_node()
+
+
+@pytest.mark.ros
+def test_motion_compensation_with_a_real_tf2_buffer(ros_context, student_dir: Path, rig: Rig) -> None:
+    tf2_ros = pytest.importorskip("tf2_ros", reason="tf2_ros (ros-<distro>-tf2-ros-py) is not installable here")
+    node = _in_process_node(ros_context, **{"model.path": str(student_dir), "autostart": False,
+                                            "extrinsics.source": "calibration",
+                                            "extrinsics.calibration_file": str(RIG_FILE),
+                                            "cloud.motion_compensation": "on"})
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert isinstance(node._tf_buffer, tf2_ros.Buffer)
+        for k in range(3):  # odometry at 0, 50, 100 ms: 12 m/s along x
+            tf = TransformStamped()
+            tf.header = header(T0 + k * 50_000_000, "odom")
+            tf.child_frame_id = "base_link"
+            tf.transform.translation.x = 12.0 * 0.05 * k
+            tf.transform.rotation.w = 1.0
+            node._tf_buffer.set_transform(tf, "test")
+        frames = [_Frame(name=n, header=header(T0 + 40_000_000 * k, rig.camera(n).frame_id),
+                         rgb=np.zeros((4, 4, 3), np.uint8), model=rig.camera(n).model)
+                  for k, n in enumerate(("front", "back"))]
+        T_ref, at_cams = node._ego_poses(T0 + 40_000_000, frames, node._cloud_settings)
+        np.testing.assert_allclose((np.linalg.inv(T_ref) @ at_cams[0])[:3, 3], [-0.48, 0.0, 0.0], atol=1e-6)
+    finally:
+        node.release()
+        node.destroy_node()
+
+
 # =========================================================== running node
 @pytest.mark.ros
 class TestRunningNode:
@@ -490,6 +583,88 @@ class TestRunningNode:
         assert int(values["outputs_total"]) >= 1
         cameras = [s for s in driver.diagnostics[-1].status if "camera " in s.name]
         assert sorted(s.name.rsplit(" ", 1)[-1] for s in cameras) == sorted(CAMERAS)
+        for key in ("sync_attempt_skew_last_ms", "sync_attempt_skew_max_ms", "sync_phases_ms", "sync_phase_resets",
+                    "stamp_jump_resets", "stamp_clock_offset_s"):
+            assert key in values
+        # calibration from a file and no tf2_ros: the cloud is not motion compensated, and it says so
+        assert values["cloud_motion_compensation"].startswith("off (")
+
+    def test_stamps_from_another_clock_are_named_not_reported_as_latency(self, main_node, rig: Rig) -> None:
+        """The stamps here are from 2023 and the node runs on wall time without use_sim_time: the
+        gap is years, which is a clock mismatch (a bag without --clock), not a latency."""
+        node, driver = main_node
+        tick = next_tick()
+        stamps = camera_stamps(tick, CAMERAS)
+        publish_set(driver, rig, make_images(tick), stamps)
+        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
+
+        def named() -> bool:
+            status = driver.latest_status("pipeline")
+            values = {kv.key: kv.value for kv in status.values} if status else {}
+            return CLOCK_HINT in status.message and values.get("latency_mean_ms") == f"n/a ({CLOCK_HINT})"
+
+        assert driver.wait_until(named, 5.0), _diagnostics_text(driver)
+        status = driver.latest_status("pipeline")
+        offset = float({kv.key: kv.value for kv in status.values}["stamp_clock_offset_s"])
+        assert offset == pytest.approx(time.time() - max(stamps.values()) / 1e9, abs=30.0)
+        assert CLOCK_HINT in node.log()
+
+    def test_cross_view_consistency_is_reported_per_adjacent_pair(self, main_node, rig: Rig) -> None:
+        node, driver = main_node
+        for _ in range(2):
+            tick = next_tick()
+            stamps = camera_stamps(tick, CAMERAS)
+            publish_set(driver, rig, make_images(tick), stamps)
+            assert driver.wait_until(lambda s=stamps: driver.outputs_at(s, max(s.values())), 15.0), node.log()
+        names = rig.names
+        keys = [f"cross_view_{names[i]}-{names[j]}" for i, j in rig.adjacent_pairs()]
+        assert len(keys) == 6
+
+        def reported() -> bool:
+            status = driver.latest_status("calibration")
+            values = {kv.key: kv.value for kv in status.values} if status else {}
+            return all(k in values for k in keys) and int(values.get(f"{keys[0]}_sets", 0)) >= 2
+
+        assert driver.wait_until(reported, 5.0), _diagnostics_text(driver)
+        values = {kv.key: kv.value for kv in driver.latest_status("calibration").values}
+        finite = [float(values[k]) for k in keys if values[k] != "n/a"]
+        assert finite and all(0 <= v < 1 for v in finite)
+        assert "cross_view_suspects" in values
+
+    def test_short_loop_replayed_without_clock_resumes(self, main_node, rig: Rig) -> None:
+        """Three sets (0.2 s of stamps, shorter than any clock-jump threshold) played twice with the
+        same stamps and no /clock: the second pass goes back in time and must still give outputs."""
+        node, driver = main_node
+        loop = [next_tick() for _ in range(3)]
+        for attempt in range(2):
+            for tick in loop:
+                stamps = camera_stamps(tick, CAMERAS)
+                publish_set(driver, rig, make_images(tick), stamps)
+                assert driver.wait_until(
+                    lambda s=stamps, n=attempt + 1: all(len(driver.depth[c].get(t, [])) >= n for c, t in s.items()),
+                    15.0), f"pass {attempt + 1}, set {tick}: no output; log:\n{node.log()}"
+        assert "stamps jumped back by 0.2" in node.log()
+
+        def counted() -> bool:
+            status = driver.latest_status("pipeline")
+            values = {kv.key: kv.value for kv in status.values} if status else {}
+            return int(values.get("stamp_jump_resets", 0)) >= 1
+
+        assert driver.wait_until(counted, 5.0)
+
+    def test_silent_camera_under_wait_is_explained_in_the_log(self, main_node, rig: Rig) -> None:
+        """Policy wait with one camera silent: no set can form; the log says which camera and which
+        setting helps, not only /diagnostics. (Last in the class: it leaves incomplete queues.)"""
+        node, driver = main_node
+        alive = tuple(c for c in CAMERAS if c != "back_right")
+        deadline = time.monotonic() + 20.0
+        while "images fail to synchronize" not in node.log() and time.monotonic() < deadline:
+            tick = next_tick()
+            publish_set(driver, rig, make_images(tick), camera_stamps(tick, alive))
+            time.sleep(0.1)
+        log = node.log()
+        assert "images fail to synchronize" in log, log
+        assert "back_right send nothing" in log and "sync.policy:=partial" in log
 
 
 @pytest.mark.ros
