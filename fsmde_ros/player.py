@@ -43,6 +43,8 @@ from typing import Any
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from fsmde_core.data.layout import sibling_info_topic
+
 __all__ = [
     "BagPlayer",
     "PlaybackStats",
@@ -286,8 +288,16 @@ _IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
 def image_topics(plan: Any) -> list[str]:
-    """The played topics that carry camera images (raw or compressed), sorted."""
-    return sorted(t for t, p in plan.topics.items() if p.msgtype in _IMAGE_TYPES)
+    """The played topics that carry camera images (raw or compressed), sorted.
+
+    A camera is an image topic with a sibling ``camera_info`` (the ROS camera
+    convention the data layer discovers cameras by): other Image topics, such as
+    recorded depth or synthetic ground truth, have no consumer to wait for. A bag
+    without any camera_info falls back to every image topic.
+    """
+    images = sorted(t for t, p in plan.topics.items() if p.msgtype in _IMAGE_TYPES)
+    cameras = [t for t in images if sibling_info_topic(t) in plan.topics]
+    return cameras or images
 
 
 class BagPlayer:

@@ -431,3 +431,17 @@ def test_wait_timeout_names_every_topic_still_without_a_subscriber(tmp_path: Pat
     assert stats.published == {t: 3 for t in cams}  # plays anyway after the timeout
     line = next(r.getMessage() for r in caplog.records if "no subscriber" in r.getMessage())
     assert "3 topic(s)" in line and all(t in line for t in cams)
+
+
+def test_waiting_for_every_image_topic_means_the_cameras_not_recorded_depth(tmp_path: Path) -> None:
+    """Recorded depth / synthetic GT are Image topics without a camera_info: nobody consumes them, so
+    ``--wait-for-subscribers`` must not wait for them (it did, for the whole timeout, on every synthetic bag)."""
+    from fsmde_core.synthetic.writer import generate_bag
+    from fsmde_ros.player import ALL_IMAGES
+
+    bag = tmp_path / "synth"
+    generate_bag("ddad", frames=1, seed=0, out=bag, width=32, height=24, progress=False, workers=1)
+    with BagPlayer(bag, skip_unknown_types=True, wait_for_subscribers=[ALL_IMAGES]) as player:
+        six = ("front", "front_left", "back_left", "back", "back_right", "front_right")
+        assert player.wait_topics == tuple(sorted(f"/cameras/{n}/image_raw" for n in six))
+        assert "/synthetic_gt/front/depth" in player.plan.topics  # still played, just not waited for
