@@ -4,7 +4,7 @@ Data flow (one arrow per thread hand-over)::
 
     image / camera_info callbacks (the executor's thread)
       -> ApproximateTimeSynchronizer (header.stamp; arrival on the steady clock)
-      -> single-slot mailbox
+      -> mailbox (one slot, newest wins; ``pipeline.queue_size`` > 1 queues sets for replays)
       -> inference worker thread: decode, resize, ONE batched backend.infer,
          publish <ns>/depth + <ns>/depth/camera_info per camera and the cloud
 
@@ -15,6 +15,8 @@ would see stale, overflowing queues. The newest complete set *replaces* a
 waiting one (counted in diagnostics): after a slow frame the node resumes
 with the most recent instant instead of working through a backlog, which is
 what a perception consumer wants (bounded latency, not every frame).
+Offline replays that must keep every set (tests, dataset processing) set
+``pipeline.queue_size`` > 1: then nothing is lost to machine load.
 
 Why a *single-threaded* executor: every callback is short (a synchronizer
 insert, a cached camera_info check, a diagnostics message), and the one heavy
@@ -48,7 +50,7 @@ import math
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -138,32 +140,45 @@ class Throttle:
 
 
 class Mailbox:
-    """Single-slot hand-over from the callbacks to the worker: a new item replaces a waiting one."""
+    """Bounded hand-over from the callbacks to the worker.
 
-    def __init__(self) -> None:
+    Capacity 1 is the live mode: a new item replaces the waiting one, so the
+    worker always starts on the newest instant. A larger capacity is for
+    offline replays that need every set regardless of machine load: items
+    queue up and the oldest is dropped only when the queue is full.
+    """
+
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"mailbox capacity must be >= 1, got {capacity}")
         self._cond = threading.Condition()
-        self._item: SyncedSet | None = None
+        self._items: deque[SyncedSet] = deque()
+        self._capacity = capacity
         self._closed = False
 
     def put(self, item: SyncedSet) -> bool:
-        """Store ``item``; True when it replaced one the worker had not taken yet."""
+        """Store ``item``; True when a waiting item had to make room (replaced, never processed)."""
         with self._cond:
-            replaced = self._item is not None
-            self._item = item
+            replaced = len(self._items) >= self._capacity
+            if replaced:
+                self._items.popleft()
+            self._items.append(item)
             self._cond.notify()
             return replaced
 
     def take(self, timeout: float | None = None) -> SyncedSet | None:
-        """The waiting item, or None when closed or after ``timeout`` seconds."""
+        """The oldest waiting item, or None when closed or after ``timeout`` seconds."""
         with self._cond:
-            if self._item is None and not self._closed:
+            if not self._items and not self._closed:
                 self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return None if self._closed else item
+            if self._closed or not self._items:
+                return None
+            return self._items.popleft()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            self._items.clear()
             self._cond.notify_all()
 
 
@@ -561,7 +576,7 @@ class SurroundDepthNode(LifecycleNode):
             timeout_ns=s.sync.timeout_ns if s.sync.policy == "partial" else None,
             min_cameras=s.sync.min_cameras, phase_correction=s.sync.phase_correction,
         )
-        self._mailbox = Mailbox()
+        self._mailbox = Mailbox(s.pipeline_queue_size)
         self._newest_by_camera = {}
         self._sync_seen = (0, 0)
         reliability = (ReliabilityPolicy.BEST_EFFORT if s.qos.input_reliability == "best_effort"

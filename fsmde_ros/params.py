@@ -161,6 +161,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               int_range=(1, 1000)),
     ParamSpec("qos.output_depth", 5, "History depth of the (reliable, keep-last) output publishers.",
               read_only=True, int_range=(1, 1000)),
+    ParamSpec("pipeline.queue_size", 1,
+              "Synchronized sets waiting for the inference thread. 1 (live): a new set replaces the waiting "
+              "one, so latency stays bounded. >1 (offline replays that need every set): sets queue up and "
+              "the oldest is dropped only when the queue is full; both are counted as replaced.",
+              read_only=True, int_range=(1, 10_000)),
     ParamSpec("diagnostics.period_s", 1.0, "Period of /diagnostics reports [s] (steady clock).",
               float_range=(0.05, 3600.0)),
     ParamSpec("diagnostics.cross_view_every_n", 10,
@@ -271,6 +276,7 @@ class NodeSettings:
     qos: QosSettings
     diagnostics_period_s: float
     autostart: bool
+    pipeline_queue_size: int = 1
     cross_view_every_n: int = 10
     cross_view_stride: int = 4
 
@@ -491,6 +497,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         ),
         diagnostics_period_s=_typed(values, _spec("diagnostics.period_s")),
         autostart=_typed(values, _spec("autostart")),
+        pipeline_queue_size=_typed(values, _spec("pipeline.queue_size")),
         cross_view_every_n=_typed(values, _spec("diagnostics.cross_view_every_n")),
         cross_view_stride=_typed(values, _spec("diagnostics.cross_view_stride")),
     )

@@ -50,8 +50,8 @@ def ros_env(domain_id: int) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0"}
 
 
-def node_command(params: Mapping[str, str]) -> list[str]:
-    cmd = [sys.executable, "-m", "fsmde_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE)]
+def node_command(params: Mapping[str, str], params_file: Path = PARAMS_FILE) -> list[str]:
+    cmd = [sys.executable, "-m", "fsmde_ros.node", "--ros-args", "--params-file", str(params_file)]
     for name, value in params.items():
         cmd += ["-p", f"{name}:={value}"]
     return cmd
@@ -83,9 +83,10 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def start_node(params: Mapping[str, str], log_path: Path, domain_id: int) -> NodeProcess:
+def start_node(params: Mapping[str, str], log_path: Path, domain_id: int,
+               params_file: Path = PARAMS_FILE) -> NodeProcess:
     log = open(log_path, "w")  # noqa: SIM115 - the child process owns it until it exits
-    proc = subprocess.Popen(node_command(params), cwd=REPO, env=ros_env(domain_id), stdout=log,
+    proc = subprocess.Popen(node_command(params, params_file), cwd=REPO, env=ros_env(domain_id), stdout=log,
                             stderr=subprocess.STDOUT)
     log.close()
     return NodeProcess(proc, log_path)

@@ -288,6 +288,15 @@ def test_mailbox_keeps_only_the_newest_set() -> None:
     assert box.take(0.01) is None  # closed: the worker stops even with an item waiting
 
 
+def test_mailbox_with_a_queue_keeps_every_set_in_order_until_full() -> None:
+    box = Mailbox(capacity=3)
+    assert [box.put(x) for x in "abc"] == [False, False, False]
+    assert box.put("d") is True  # full: the oldest ("a") makes room
+    assert [box.take(0.01) for _ in range(4)] == ["b", "c", "d", None]
+    with pytest.raises(ValueError, match="capacity"):
+        Mailbox(capacity=0)
+
+
 def test_throttle_is_per_key() -> None:
     throttle = Throttle(period_s=0.2)
     assert throttle(("front", "decode")) == 0 and throttle(("back", "decode")) == 0
@@ -803,7 +812,8 @@ def test_replayed_bag_cloud_lies_on_ground_truth_within_model_error(
 
     driver = Driver(DOMAIN + 2, CAMERAS, publish=False)
     node = start_node({"model.path": str(student_dir), "extrinsics.source": "calibration",
-                       "extrinsics.calibration_file": str(tmp_path / "rig.yaml"), "use_sim_time": "true"},
+                       "extrinsics.calibration_file": str(tmp_path / "rig.yaml"), "use_sim_time": "true",
+                       "pipeline.queue_size": "16"},  # every set must come out, however loaded the machine
                       tmp_path / "node.log", DOMAIN + 2)
     image_topics = [f"/cameras/{c}/image_raw" for c in CAMERAS]
     player = None
@@ -861,6 +871,58 @@ def test_replayed_bag_cloud_lies_on_ground_truth_within_model_error(
             f"cloud vs ground truth differs from the model's own error (offline AbsRel "
             f"{np.nanmean(np.abs(rel_err_offline)):.3f})"
         )
+
+
+@pytest.mark.ros
+def test_sweep_triggered_moving_rig_keeps_every_set_with_params_from_fsmde_rig(
+    ros_env_vars, tmp_path: Path, student_dir: Path
+) -> None:
+    """The issue's acceptance path for a user's own recording: a nuScenes-style rig (cameras fired as the
+    LiDAR sweeps past, stamps of one instant spread ~40 ms) on a car at 12 m/s, the node configured only
+    by the files ``fsmde rig`` writes, replayed by ``fsmde play --wait-for-subscribers``: every set out,
+    each from one capture instant, with the phases reported on /diagnostics."""
+    from fsmde_core.synthetic.writer import generate_bag
+
+    bag = tmp_path / "sweep"
+    generate_bag("nuscenes", frames=6, seed=4, out=bag, storage="sqlite3", width=W, height=H, progress=False,
+                 workers=1, camera_timing="sweep", speed=12.0)
+    images, _ = _read_bag(bag)
+    frames = [dict(zip(CAMERAS, f, strict=True)) for f in zip(*[sorted(images[c]) for c in CAMERAS], strict=True)]
+    spreads = [max(f.values()) - min(f.values()) for f in frames]
+    assert len(frames) == 6 and min(spreads) > 30_000_000  # really sweep-triggered: beyond the old 30 ms slop
+    rig_file, params_file = tmp_path / "rig.yaml", tmp_path / "node.yaml"
+    done = subprocess.run([sys.executable, "-m", "fsmde_core.cli", "rig", "--bag", str(bag), "--out", str(rig_file),
+                           "--params", str(params_file)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    driver = Driver(DOMAIN + 2, CAMERAS, publish=False)
+    node = start_node({"model.path": str(student_dir), "use_sim_time": "true", "pipeline.queue_size": "16"},
+                      tmp_path / "node.log", DOMAIN + 2, params_file=params_file)
+    image_topics = [f"/cameras/{c}/image_raw" for c in CAMERAS]
+    player = None
+    try:
+        assert driver.wait_until(lambda: driver.node_ready() and driver.graph_has(image_topics, True), 60.0), \
+            node.log()
+        with open(tmp_path / "player.log", "w") as player_log:
+            player = subprocess.Popen(
+                [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
+                 "--wait-for-subscribers", "--wait-timeout", "60"],
+                cwd=REPO, env=ros_env(DOMAIN + 2), stdout=player_log, stderr=subprocess.STDOUT)
+        assert driver.wait_until(lambda: all(driver.outputs_at(f, max(f.values())) for f in frames), 60.0), \
+            f"outputs per frame: {[sum(bool(driver.depth[c].get(t)) for c, t in f.items()) for f in frames]}; " \
+            f"diagnostics: {_diagnostics_text(driver)}\nnode log:\n{node.log()}\n" \
+            f"player log:\n{(tmp_path / 'player.log').read_text()}"
+        assert player.wait(30) == 0
+        assert driver.wait_until(lambda: "sync_phases_ms" in _diagnostics_text(driver), 10.0)
+    finally:
+        if player is not None and player.poll() is None:
+            player.kill()
+        driver.close()
+        rc = node.stop()
+    assert rc == 0, node.log()
+    for f in frames:  # one depth image per camera per instant: nothing mixed, nothing twice
+        assert all(len(driver.depth[c][t]) == 1 for c, t in f.items())
+    assert "no subscriber after" not in (tmp_path / "player.log").read_text()  # it waited for the cameras only
 
 
 # ============================================================ launch files
