@@ -1,10 +1,12 @@
 """``fsmde demo``: the whole product end to end, on this machine, with pictures.
 
-1. ``fsmde synth``   a training bag and a held-out bag (DDAD-like rig)
+1. ``fsmde synth``   a training bag and a held-out bag (DDAD-like rig; the held-out
+                     one sweep-triggered, cameras ~40 ms apart, at 12 m/s)
 2. ``fsmde train``   the tiny CPU config (cross-interaction + view-relational KD)
 3. ``fsmde eval``    held-out metrics + report (depth mosaic, error maps, per-camera chart)
 4. ``fsmde export``  ONNX with the six cameras as the batch, checked against torch
-5. the ROS 2 node    ``surround_depth_node`` on the exported model, fed by
+5. the ROS 2 node    ``fsmde rig`` writes its calibration and parameters from the
+                     held-out bag; ``surround_depth_node`` on the exported model, fed by
                      ``fsmde play`` replaying the held-out bag with /clock, its
                      outputs saved as the pictures RViz would show
 
@@ -54,11 +56,15 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], dom
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     os.environ.update({"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
-    rig_yaml = _config_file("rig_ddad.yaml")
+    # the node is configured from the bag itself, as a user does with their own recording
+    rig_yaml, node_params = out_dir / "rig.yaml", out_dir / "node_params.yaml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "fsmde_core.cli", "rig", "--bag", str(bag), "--out", str(rig_yaml),
+          "--params", str(node_params), "--force"], env)
     node_cmd = [sys.executable, "-m", "fsmde_ros.node", "--ros-args",
-                "--params-file", str(_config_file("surround_depth.yaml")),
+                "--params-file", str(_config_file("surround_depth.yaml")), "--params-file", str(node_params),
                 "-p", f"model.path:={model}", "-p", "model.backend:=onnxruntime",
-                "-p", "extrinsics.source:=calibration", "-p", f"extrinsics.calibration_file:={rig_yaml}",
+                "-p", "pipeline.queue_size:=100",  # a replay: keep every set even on a loaded machine
                 "-p", "use_sim_time:=true"]
     print(f"\n$ {' '.join(shlex.quote(c) for c in node_cmd)} &", flush=True)
     node_proc = subprocess.Popen(node_cmd, env=env)
@@ -68,8 +74,8 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], dom
     recorder = NodeOutputRecorder(node, names, depth_topics, "/surround_depth/points")
     executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)
-    play_cmd = [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.2",
-                "--wait-for-subscribers", *[f"/cameras/{n}/image_raw" for n in names], "--wait-timeout", "120"]
+    play_cmd = [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
+                "--wait-for-subscribers", "--wait-timeout", "120"]  # waits for every camera topic
     try:
         print(f"\n$ {' '.join(shlex.quote(c) for c in play_cmd)}", flush=True)
         player = subprocess.Popen(play_cmd, env=env)
@@ -118,8 +124,9 @@ def run_demo(args: argparse.Namespace) -> int:
         _run([*fsmde, "synth", "--preset", "ddad", "--frames", str(args.train_frames), "--seed", "1",
               "--out", str(train_bag)], env)
     if not (eval_bag / "metadata.yaml").exists():
+        # held out: a sweep-triggered rig (cameras fired as the LiDAR passes, ~40 ms apart) at 12 m/s
         _run([*fsmde, "synth", "--preset", "ddad", "--frames", str(args.eval_frames), "--seed", "2",
-              "--out", str(eval_bag)], env)
+              "--camera-timing", "sweep", "--speed", "12", "--out", str(eval_bag)], env)
     _run([*fsmde, "inspect", str(eval_bag)], env)
     if not (run_dir / "student.safetensors").exists():
         _run([*fsmde, "train", "--config", str(_config_file("train_tiny.yaml")), "--bag", str(train_bag),

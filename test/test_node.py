@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -795,6 +796,39 @@ def _diagnostics_text(driver: Driver) -> str:
                      for s in driver.diagnostics[-1].status)
 
 
+def _replay_until_every_set_is_out(bag: Path, frames: list[dict[str, int]], driver: Driver, node: NodeProcess,
+                                   tmp_path: Path, then: Callable[[], bool] | None = None) -> None:
+    """``fsmde play`` the bag into the node; wait until each frame's depth images and cloud are out (and
+    ``then`` holds); stop.
+
+    ``--wait-for-subscribers`` (every camera topic): the player's writers have matched the node's readers,
+    so no best-effort image is lost to discovery (the node subscribes best effort by default).
+    """
+    image_topics = [f"/cameras/{c}/image_raw" for c in CAMERAS]
+    player = None
+    try:
+        assert driver.wait_until(lambda: driver.node_ready() and driver.graph_has(image_topics, True), 60.0), \
+            node.log()
+        with open(tmp_path / "player.log", "w") as player_log:
+            player = subprocess.Popen(
+                [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
+                 "--wait-for-subscribers", "--wait-timeout", "60"],
+                cwd=REPO, env=ros_env(DOMAIN + 2), stdout=player_log, stderr=subprocess.STDOUT)
+        assert driver.wait_until(lambda: all(driver.outputs_at(f, max(f.values())) for f in frames), 60.0), \
+            f"outputs per frame: {[sum(bool(driver.depth[c].get(t)) for c, t in f.items()) for f in frames]}; " \
+            f"diagnostics: {_diagnostics_text(driver)}\nnode log:\n{node.log()}\n" \
+            f"player log:\n{(tmp_path / 'player.log').read_text()}"
+        assert player.wait(30) == 0
+        if then is not None:
+            assert driver.wait_until(then, 15.0), _diagnostics_text(driver)
+    finally:
+        if player is not None and player.poll() is None:
+            player.kill()
+        driver.close()
+        rc = node.stop()
+    assert rc == 0, node.log()
+
+
 @pytest.mark.ros
 def test_replayed_bag_cloud_lies_on_ground_truth_within_model_error(
     ros_env_vars, tmp_path: Path, student_dir: Path, backend
@@ -815,30 +849,8 @@ def test_replayed_bag_cloud_lies_on_ground_truth_within_model_error(
                        "extrinsics.calibration_file": str(tmp_path / "rig.yaml"), "use_sim_time": "true",
                        "pipeline.queue_size": "16"},  # every set must come out, however loaded the machine
                       tmp_path / "node.log", DOMAIN + 2)
-    image_topics = [f"/cameras/{c}/image_raw" for c in CAMERAS]
-    player = None
-    try:
-        assert driver.wait_until(lambda: driver.node_ready() and driver.graph_has(image_topics, True), 60.0), \
-            node.log()
-        # --wait-for-subscribers: the player's writers have matched the node's readers, so no
-        # best-effort image is lost to discovery (the node subscribes best effort by default)
-        with open(tmp_path / "player.log", "w") as player_log:
-            player = subprocess.Popen(
-                [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
-                 "--wait-for-subscribers", *image_topics, "--wait-timeout", "60"],
-                cwd=REPO, env=ros_env(DOMAIN + 2), stdout=player_log, stderr=subprocess.STDOUT)
-        stamps = [dict(zip(CAMERAS, f, strict=True)) for f in frames]
-        assert driver.wait_until(lambda: all(driver.outputs_at(s, max(s.values())) for s in stamps), 30.0), \
-            f"outputs per frame: {[sum(bool(driver.depth[c].get(t)) for c, t in s.items()) for s in stamps]}; " \
-            f"diagnostics: {_diagnostics_text(driver)}\n" \
-            f"node log:\n{node.log()}\nplayer log:\n{(tmp_path / 'player.log').read_text()}"
-        assert player.wait(30) == 0
-    finally:
-        if player is not None and player.poll() is None:
-            player.kill()
-        driver.close()
-        rc = node.stop()
-    assert rc == 0, node.log()
+    stamps = [dict(zip(CAMERAS, f, strict=True)) for f in frames]
+    _replay_until_every_set_is_out(bag, stamps, driver, node, tmp_path)
 
     for frame in stamps:
         for name, ns in frame.items():
@@ -898,28 +910,13 @@ def test_sweep_triggered_moving_rig_keeps_every_set_with_params_from_fsmde_rig(
     driver = Driver(DOMAIN + 2, CAMERAS, publish=False)
     node = start_node({"model.path": str(student_dir), "use_sim_time": "true", "pipeline.queue_size": "16"},
                       tmp_path / "node.log", DOMAIN + 2, params_file=params_file)
-    image_topics = [f"/cameras/{c}/image_raw" for c in CAMERAS]
-    player = None
-    try:
-        assert driver.wait_until(lambda: driver.node_ready() and driver.graph_has(image_topics, True), 60.0), \
-            node.log()
-        with open(tmp_path / "player.log", "w") as player_log:
-            player = subprocess.Popen(
-                [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
-                 "--wait-for-subscribers", "--wait-timeout", "60"],
-                cwd=REPO, env=ros_env(DOMAIN + 2), stdout=player_log, stderr=subprocess.STDOUT)
-        assert driver.wait_until(lambda: all(driver.outputs_at(f, max(f.values())) for f in frames), 60.0), \
-            f"outputs per frame: {[sum(bool(driver.depth[c].get(t)) for c, t in f.items()) for f in frames]}; " \
-            f"diagnostics: {_diagnostics_text(driver)}\nnode log:\n{node.log()}\n" \
-            f"player log:\n{(tmp_path / 'player.log').read_text()}"
-        assert player.wait(30) == 0
-        assert driver.wait_until(lambda: "sync_phases_ms" in _diagnostics_text(driver), 10.0)
-    finally:
-        if player is not None and player.poll() is None:
-            player.kill()
-        driver.close()
-        rc = node.stop()
-    assert rc == 0, node.log()
+
+    def phases_reported() -> bool:  # the learnt trigger phases of all six cameras are on /diagnostics
+        values = [kv.value for a in driver.diagnostics for st in a.status for kv in st.values
+                  if kv.key == "sync_phases_ms"]
+        return bool(values) and all(c in values[-1] for c in CAMERAS)
+
+    _replay_until_every_set_is_out(bag, frames, driver, node, tmp_path, then=phases_reported)
     for f in frames:  # one depth image per camera per instant: nothing mixed, nothing twice
         assert all(len(driver.depth[c][t]) == 1 for c, t in f.items())
     assert "no subscriber after" not in (tmp_path / "player.log").read_text()  # it waited for the cameras only
