@@ -300,8 +300,13 @@ class SyncStats:
     """Counters for diagnostics. ``emitted`` counts complete and partial sets.
 
     ``skew_*``: raw spread of emitted sets. ``attempt_skew_*``: raw spread of
-    every decided attempt, dropped anchors' candidate sets included, so a
-    misconfigured slop shows the spread it refused instead of 0.
+    every decided attempt, dropped anchors' candidate sets included; a camera
+    that missed the window contributes its first pending message after the
+    anchor's instant, so a misconfigured slop (or phase correction switched
+    off on a sweep-triggered rig) shows the spread it refused instead of 0 or
+    slop. ``attempt_skew_min_ns`` (refused attempts only): attempts anchored
+    mid-instant span two instants, the one anchored at the first-firing camera
+    spans exactly the rig's spread, so the minimum is the slop that would work.
     ``lost_instants``: capture instants given up (dropped anchors and
     overflowed messages, clustered within slop). ``phases_ns``: the current phase estimate (empty before it
     is known); ``phase_resets``: estimates forgotten by ``reset()``.
@@ -316,6 +321,7 @@ class SyncStats:
     skew_sum_ns: int = 0
     attempt_skew_last_ns: int | None = None
     attempt_skew_max_ns: int = 0
+    attempt_skew_min_ns: int | None = None
     lost_instants: int = 0
     phases_ns: dict[str, int] = field(default_factory=dict)
     phase_resets: int = 0
@@ -691,7 +697,7 @@ class ApproximateTimeSynchronizer:
         timed_out = partial and self._timed_out(members)
         if (undecided or warming) and not timed_out:
             return _WAIT  # in the warm-up an absence is never "sure": the phases may change the picture
-        self._note_attempt(members)
+        self._note_attempt(members, t0)
         if partial and len(present) >= self._min_cameras:
             return self._emit(members, ref)
         self._queues[anchor_cam].pop_oldest()
@@ -782,11 +788,22 @@ class ApproximateTimeSynchronizer:
         self._work += len(corrected)
         self._stats.phases_ns = dict(self._offsets)
 
-    def _note_attempt(self, members: dict[str, _Msg]) -> None:
+    def _note_attempt(self, members: dict[str, _Msg], t0: int) -> None:
+        """Record the raw spread of the refused attempt at corrected instant ``t0``: its members plus, for
+        each camera outside the window, its first pending message after that instant (O(N log Q))."""
         raw = [m.stamp_ns for m in members.values()]
+        for name, queue in self._queues.items():
+            if name in members or not queue.stamps:
+                continue
+            i = bisect.bisect_left(queue.stamps, t0 + self._offsets.get(name, 0))
+            self._work += max(1, len(queue.stamps).bit_length())
+            if i < len(queue.stamps):
+                raw.append(queue.stamps[i])
         skew = max(raw) - min(raw)
-        self._stats.attempt_skew_last_ns = skew
-        self._stats.attempt_skew_max_ns = max(self._stats.attempt_skew_max_ns, skew)
+        stats = self._stats
+        stats.attempt_skew_last_ns = skew
+        stats.attempt_skew_max_ns = max(stats.attempt_skew_max_ns, skew)
+        stats.attempt_skew_min_ns = skew if stats.attempt_skew_min_ns is None else min(stats.attempt_skew_min_ns, skew)
 
     def _note_lost(self, t0: int) -> None:
         """Count a lost instant once: drops (anchors, overflow) within slop after the first one that

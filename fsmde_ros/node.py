@@ -754,10 +754,11 @@ class SurroundDepthNode(LifecycleNode):
         if latency is not None and abs(latency) * 1e9 > CLOCK_MISMATCH_NS:
             suppressed = self._rare_throttle(("clock",))
             if suppressed is not None:
+                side = "behind" if latency > 0 else "ahead of"
+                sim_time = self.get_parameter("use_sim_time").value
                 self.get_logger().warning(
-                    f"{CLOCK_HINT} set stamp {synced.stamp_ns / 1e9:.3f} s is {latency:+.1f} s from the node "
-                    f"clock {now / 1e9:.3f} s (use_sim_time {self.get_parameter('use_sim_time').value}); "
-                    f"latency is not reported")
+                    f"{CLOCK_HINT} set stamp {synced.stamp_ns / 1e9:.3f} s is {abs(latency):.1f} s {side} the "
+                    f"node clock {now / 1e9:.3f} s (use_sim_time {sim_time}); latency is not reported")
         self.stats.output(model_s, latency)
         self._check_cross_view(frames, depth)
 
@@ -1016,11 +1017,14 @@ class SurroundDepthNode(LifecycleNode):
             fix = (f"camera(s) {', '.join(silent)} send nothing and sync.policy is wait (complete sets only): "
                    f"set sync.policy:=partial to run without them")
         elif unmatched > unmatched_before:
-            spread = sync_stats.attempt_skew_max_ns
-            last = sync_stats.attempt_skew_last_ns
-            seen = (f"stamp spread of the attempted sets: last {_ms(last)}, max {_ms(spread)} ms "
-                    f"(sync.slop_ms {slop_ms:g})")
-            if spread and spread / 1e6 > slop_ms:
+            spread = sync_stats.attempt_skew_min_ns or 0  # the attempt that started at the first camera
+            seen = (f"stamp spread of the refused sets: smallest {_ms(spread)}, last "
+                    f"{_ms(sync_stats.attempt_skew_last_ns)} ms (sync.slop_ms {slop_ms:g})")
+            if spread and spread / 1e6 > slop_ms and not self.settings.sync.phase_correction:
+                fix = (f"{seen}; set sync.phase_correction:=true (learns each camera's trigger phase, as on "
+                       f"sweep-triggered rigs), or sync.slop_ms:={suggest_slop_ms(spread):g} if that stays below "
+                       f"half the camera period (beyond it, sets mix capture instants)")
+            elif spread and spread / 1e6 > slop_ms:
                 fix = (f"{seen}; sync.slop_ms:={suggest_slop_ms(spread):g} would match them (keep it below half "
                        f"the camera period, or the sets mix capture instants)")
             else:
@@ -1089,6 +1093,7 @@ class SurroundDepthNode(LifecycleNode):
                 # attempted sets too (dropped ones included): not 0.00 when every set fails
                 "sync_attempt_skew_last_ms": _ms(sync_stats.attempt_skew_last_ns),
                 "sync_attempt_skew_max_ms": _ms(sync_stats.attempt_skew_max_ns),
+                "sync_attempt_skew_min_ms": _ms(sync_stats.attempt_skew_min_ns),
                 "sync_phases_ms": _phases_text(sync_stats.phases_ns) or "n/a",
                 "sync_phase_resets": str(sync_stats.phase_resets),
             })

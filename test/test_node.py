@@ -796,6 +796,39 @@ def _diagnostics_text(driver: Driver) -> str:
                      for s in driver.diagnostics[-1].status)
 
 
+@pytest.mark.ros
+def test_sweep_rig_without_phase_correction_is_explained_with_its_spread_and_the_fix(
+    ros_env_vars, tmp_path: Path, student_dir: Path, rig: Rig
+) -> None:
+    """Phase correction switched off on a sweep-triggered rig (cameras 8.5 ms apart, spread 42.5 ms):
+    no set can form within the 10 ms slop. The log names the refused spread (the rig's, not 0 or the slop)
+    and the setting that fixes it; /diagnostics shows the attempted spread too."""
+    driver = Driver(DOMAIN + 2, CAMERAS)
+    node = _start({"model.path": str(student_dir), "extrinsics.source": "calibration",
+                   "extrinsics.calibration_file": str(RIG_FILE), "sync.phase_correction": "false",
+                   "sync.slop_ms": "10.0", "diagnostics.period_s": "0.5"}, tmp_path / "node.log", DOMAIN + 2, driver)
+    try:
+        deadline = time.monotonic() + 30.0
+        while "images fail to synchronize" not in node.log() and time.monotonic() < deadline:
+            tick = next_tick()
+            publish_set(driver, rig, make_images(tick), {c: tick + 8_500_000 * i for i, c in enumerate(CAMERAS)})
+            time.sleep(0.1)
+        log = node.log()
+        assert "images fail to synchronize" in log and "sync.phase_correction:=true" in log, log
+        spread_ms = float(log.split("refused sets: smallest ")[1].split(",")[0])
+        assert 42.0 < spread_ms < 43.0, log  # exactly the rig's spread: the slop that would work
+
+        def attempted_spread_reported() -> bool:
+            status = driver.latest_status("pipeline")
+            values = {kv.key: kv.value for kv in status.values} if status else {}
+            return float(values.get("sync_attempt_skew_max_ms", "0") or 0) > 30.0
+
+        assert driver.wait_until(attempted_spread_reported, 10.0), _diagnostics_text(driver)
+    finally:
+        driver.close()
+        assert node.stop() == 0, node.log()
+
+
 def _replay_until_every_set_is_out(bag: Path, frames: list[dict[str, int]], driver: Driver, node: NodeProcess,
                                    tmp_path: Path, then: Callable[[], bool] | None = None) -> None:
     """``fsmde play`` the bag into the node; wait until each frame's depth images and cloud are out (and

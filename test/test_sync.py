@@ -796,7 +796,9 @@ def test_nuscenes_stream_plain_matching_loses_every_set_corrected_keeps_all() ->
     assert feed_phased(old, phased) == []
     stats = old.stats
     assert stats.emitted == 0 and stats.skew_last_ns is None
-    assert stats.attempt_skew_max_ns > 7 * MS and stats.attempt_skew_last_ns is not None
+    # the refused spread is the rig's (~40 ms), not capped at the slop: the node can name the fix
+    assert stats.attempt_skew_max_ns > 30 * MS and stats.attempt_skew_last_ns > 10 * MS
+    assert stats.attempt_skew_min_ns is not None and 40 * MS < stats.attempt_skew_min_ns < 47 * MS
     assert stats.lost_instants >= 40 and stats.phases_ns == {}
     assert old.phases_ns == dict.fromkeys(NUSC, None)
     new = ApproximateTimeSynchronizer(NUSC, slop_ns=10 * MS)
