@@ -123,7 +123,7 @@ class SampleBuilder:
         if config.size is None and len(set(sizes.values())) > 1:
             odd = next(c for c in layout.cameras if sizes[c.name] != sizes[layout.cameras[0].name])
             raise BagError(layout.bag, odd.image_topic, f"cameras have different sizes {sizes}: "
-                           "set DataConfig.width/height to read them as one sample")
+                           "set data.width and data.height to read them as one sample")
         self.width, self.height = config.size or next(iter(sizes.values()))
         self.native_sizes = [sizes[c.name] for c in layout.cameras]
         self.rig = native.scaled(self.width, self.height)

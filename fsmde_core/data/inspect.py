@@ -254,9 +254,12 @@ def timing_verdict(t: Timing, layout: BagLayout, config: DataConfig, need_lidar:
             if config.phase_correction:
                 seen += f" (trigger jitter {t.phases.jitter_ns / 1e6:.1f} ms after phase correction)"
                 fix = f"set data.sync_tolerance_ms={_suggest_ms(jitter_ms)}"
-            else:
+            elif float(_suggest_ms(top)) < 0.5 * t.phases.period_ns / 1e6:
                 fix = (f"set data.phase_correction=true (or a plain data.sync_tolerance_ms={_suggest_ms(top)}, "
-                       "only safe below half the frame period)")
+                       "below half the frame period)")
+            else:  # a plain tolerance that wide would mix capture instants
+                fix = (f"set data.phase_correction=true (a plain tolerance would have to exceed half the "
+                       f"{t.phases.period_ns / 1e6:.0f} ms frame period and would mix capture instants)")
         else:
             seen = f"the camera stamps cannot be analysed ({t.phase_error or 'a camera has no stamp'})"
             fix = "check that every camera publishes"
@@ -325,11 +328,12 @@ def _timing_lines(t: Timing, layout: BagLayout, config: DataConfig) -> list[str]
 
 
 def _ego_motion_line(layout: BagLayout, survey: StampSurvey | None) -> str:
-    t = layout.topics.get(TF_TOPIC)
+    topic = layout.config.tf_topic  # data.tf_topic, as the reader uses it
+    t = layout.topics.get(topic)
     if t is None or t.count == 0:
-        return f"ego motion: no {TF_TOPIC} (no motion compensation between camera and LiDAR stamps)"
-    rate = survey.topics[TF_TOPIC].rate_hz if survey is not None else None
-    return f"ego motion: {TF_TOPIC} ({t.count} messages{'' if rate is None else f', {rate:.1f} Hz'})"
+        return f"ego motion: no {topic} (no motion compensation between camera and LiDAR stamps)"
+    rate = survey.topics[topic].rate_hz if survey is not None and topic in survey.topics else None
+    return f"ego motion: {topic} ({t.count} messages{'' if rate is None else f', {rate:.1f} Hz'})"
 
 
 def _camera_lines(layout: BagLayout) -> list[str]:

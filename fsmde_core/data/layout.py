@@ -464,6 +464,19 @@ def _resolve_lidar(layout: BagLayout, firsts: _Firsts, source: str, rig_yaml: Ri
         layout.problem(layout.config.tf_static_topic, f"LiDAR ({layout.lidar_topic}): {exc}")
 
 
+def _check_one_size(layout: BagLayout) -> None:
+    """Samples stack the cameras: at native size they must agree (else ``data.width``/``height`` resize)."""
+    if layout.config.size is not None:
+        return
+    sizes = {c.name: (c.model.width, c.model.height) for c in layout.cameras if c.model is not None}
+    if len(set(sizes.values())) > 1:
+        first = next(iter(sizes.values()))
+        odd = next(c for c in layout.cameras if c.model is not None and sizes[c.name] != first)
+        text = ", ".join(f"{name} {w}x{h}" for name, (w, h) in sizes.items())
+        layout.problem(odd.image_topic, f"cameras have different sizes ({text}): set data.width and "
+                       "data.height to read them as one sample")
+
+
 def discover_layout(reader: AnyReader, bag: Path, config: DataConfig) -> BagLayout:
     """Find cameras, intrinsics, extrinsics, LiDAR and GT of an open bag; problems are recorded."""
     layout = BagLayout(bag=bag, config=config, topics=topic_table(reader))
@@ -494,6 +507,7 @@ def discover_layout(reader: AnyReader, bag: Path, config: DataConfig) -> BagLayo
             _resolve_extrinsics(layout, cam, source, rig_yaml)
         _resolve_lidar(layout, firsts, source, rig_yaml)
     _read_motion(reader, layout)
+    _check_one_size(layout)
     if config.cameras is None and all(c.T_base_cam is not None for c in layout.cameras):
         # Discovered cameras: ring order by yaw (front first, counter-clockwise), stable across bags.
         layout.cameras.sort(key=lambda c: (np.mod(c.yaw_deg + 1e-9, 360.0), c.name))
