@@ -157,6 +157,7 @@ subscription callbacks on a multi-threaded executor.
 from __future__ import annotations
 
 import bisect
+import math
 import operator
 import threading
 from collections import deque
@@ -207,7 +208,7 @@ def estimate_phases(stamps: Mapping[str, Sequence[int]]) -> PhaseEstimate:
     offsets: dict[str, float] = {}
     residuals: list[np.ndarray] = []
     for name, s in series.items():
-        d = _wrap((s - _nearest(series[reference], s)).astype(np.float64), period)
+        d = _wrap((s - nearest_stamps(series[reference], s)).astype(np.float64), period)
         mean = _circular_mean(d, period)
         unwrapped = mean + _wrap(d - mean, period)
         offsets[name] = float(np.median(unwrapped))
@@ -230,11 +231,18 @@ def _estimate_period(series: Mapping[str, np.ndarray]) -> int:
     return max(1, round(float(np.median(diffs[keep] / multiple[keep]))))
 
 
-def _nearest(ref: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """For every stamp in ``s``, the nearest stamp of the sorted array ``ref``."""
+def nearest_stamps(ref: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """For every stamp in ``s``, the nearest stamp of the sorted, non-empty array ``ref`` (ties: the earlier)."""
     hi = np.clip(np.searchsorted(ref, s), 0, ref.size - 1)
     lo = np.clip(hi - 1, 0, ref.size - 1)
     return np.where(np.abs(ref[lo] - s) <= np.abs(ref[hi] - s), ref[lo], ref[hi])
+
+
+def suggest_tolerance_ms(spread_ns: float) -> float:
+    """A tolerance (``sync.slop_ms``, ``data.*_tolerance_ms``) that accepts a measured stamp spread: 20 % +
+    1 ms of margin for jitter, rounded up to whole milliseconds (a value users can type). One rule for the
+    node's log, ``fsmde inspect`` and ``fsmde eval``, so they never suggest different values."""
+    return float(math.ceil(max(float(spread_ns), 0.0) * 1.2 / 1e6 + 1.0))
 
 
 def _wrap(x: np.ndarray | float, period: float) -> Any:

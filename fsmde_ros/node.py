@@ -46,7 +46,6 @@ and the model. ``autostart`` (default) runs configure + activate itself so
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -75,6 +74,7 @@ from fsmde_core.geometry import RayCache
 from fsmde_core.motion import compensate_points
 from fsmde_core.rig import Rig, RigCamera, RigError, make_transform, quaternion_to_matrix
 from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet
+from fsmde_core.sync import suggest_tolerance_ms as suggest_slop_ms
 from fsmde_ros.conversions import (
     ConversionError,
     camera_info_to_model,
@@ -1144,12 +1144,6 @@ def pipeline_health(out_rate: float, camera_rates: dict[str, float], silent: Seq
     if dropped:
         return DiagnosticStatus.WARN, f"{out_rate:.1f} Hz; {dropped} set(s) dropped (bad input, see the log)"
     return DiagnosticStatus.OK, f"{out_rate:.1f} Hz"
-
-
-def suggest_slop_ms(spread_ns: int) -> float:
-    """A ``sync.slop_ms`` that matches sets of this raw stamp spread: 20 % + 1 ms of margin for
-    jitter, rounded up to whole milliseconds (a value users can type)."""
-    return float(math.ceil(spread_ns * 1.2 / 1e6 + 1.0))
 
 
 def _ms(ns: int | None) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -40,14 +40,12 @@ from fsmde_core.data.decode import (
     decode_cloud_xyz,
     decode_depth32,
     decode_image,
-    header_stamp_ns,
-    stamp_to_ns,
 )
 from fsmde_core.data.errors import BagError, MalformedMessageError, UnsupportedEncodingError
 from fsmde_core.data.grouping import Stamped
 from fsmde_core.data.layout import BagLayout, discover_layout
 from fsmde_core.data.motion import compensated_sparse_depth, decode_point_times, stamp_sparse_depth
-from fsmde_core.data.reader import check_bag_path, deserialize, iter_raw, open_bag
+from fsmde_core.data.reader import check_bag_path, deserialize, iter_raw, message_stamp_ns, open_bag
 from fsmde_core.data.sample import SampleSource, SurroundSample, load_mask, resize_nearest, resize_rgb
 from fsmde_core.geometry import lidar_to_sparse_depth
 from fsmde_core.sync import ApproximateTimeSynchronizer
@@ -257,6 +255,14 @@ def reader_queue_size(config: DataConfig) -> int:
     return max(4, math.ceil(config.horizon_s * MAX_CAMERA_RATE_HZ))
 
 
+def reader_synchronizer(names: Sequence[str], config: DataConfig) -> ApproximateTimeSynchronizer:
+    """The camera-set synchronizer of the reader (complete sets only, stamp clock); ``fsmde inspect``
+    counts sets with this same one, so its number is what training and evaluation get."""
+    return ApproximateTimeSynchronizer(list(names), slop_ns=config.sync_tolerance_ns,
+                                       queue_size=reader_queue_size(config), policy="wait",
+                                       phase_correction=config.phase_correction)
+
+
 def lidar_reference_ns(cams: Iterable[Stamped[bytes]]) -> int:
     """Stamp a camera set's LiDAR sweep is chosen by: its EARLIEST camera stamp.
 
@@ -283,9 +289,7 @@ class _BagStream:
         self.tol, self.ltol = config.sync_tolerance_ns, config.lidar_tolerance_ns
         self.horizon = config.horizon_ns
         self.names = [c.name for c in layout.cameras]
-        self.sync = ApproximateTimeSynchronizer(
-            self.names, slop_ns=self.tol, queue_size=reader_queue_size(config), policy="wait",
-            phase_correction=config.phase_correction)
+        self.sync = reader_synchronizer(self.names, config)
         self.roles: dict[str, tuple[str, int]] = {
             c.image_topic: ("cam", k) for k, c in enumerate(layout.cameras)
         }
@@ -301,16 +305,10 @@ class _BagStream:
         self.pending: deque[list[Stamped[bytes]]] = deque()
         self.index = 0
 
-    def _stamp(self, topic: str, msgtype: str, raw: bytes) -> int:
-        stamp = header_stamp_ns(raw)
-        if stamp is None:  # not plain CDR: deserialise just for the header
-            stamp = stamp_to_ns(deserialize(self.reader, raw, msgtype, topic).header.stamp)
-        return stamp
-
     def run(self) -> Iterator[Moment]:
         for topic, msgtype, log_ns, raw in iter_raw(self.reader, self.layout.bag, list(self.roles)):
             try:
-                stamp = self._stamp(topic, msgtype, raw)
+                stamp = message_stamp_ns(self.reader, raw, msgtype, topic)
             except MalformedMessageError as exc:
                 log.warning("bag %s: skipping message: %s", self.layout.bag, exc)
                 self.stats.skipped_messages += 1

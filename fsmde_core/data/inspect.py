@@ -32,16 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fsmde_core.data.bag import reader_synchronizer
 from fsmde_core.data.config import DataConfig
-from fsmde_core.data.decode import header_stamp_ns, stamp_to_ns
 from fsmde_core.data.errors import BagError, MalformedMessageError
 from fsmde_core.data.layout import BagLayout, discover_layout
-from fsmde_core.data.reader import check_bag_path, deserialize, iter_raw, open_bag
+from fsmde_core.data.reader import check_bag_path, iter_raw, message_stamp_ns, open_bag
+from fsmde_core.sync import estimate_phases, nearest_stamps, suggest_tolerance_ms
 
 #: Topic of the dynamic transforms (ego motion) by ROS convention.
 TF_TOPIC = "/tf"
-#: Margin added to a measured spread when suggesting a tolerance (stamp jitter).
-_TOLERANCE_MARGIN = 1.25
 
 
 def _human_bytes(n: float) -> str:
@@ -106,13 +105,11 @@ def survey_bag(reader, layout: BagLayout) -> StampSurvey:
         survey.topics[topic].add(log_ns)
         if topic not in cams and topic != layout.lidar_topic:
             continue
-        stamp = header_stamp_ns(raw)
-        if stamp is None:
-            try:
-                stamp = stamp_to_ns(deserialize(reader, raw, msgtype, topic).header.stamp)
-            except MalformedMessageError:
-                survey.unreadable += 1
-                continue
+        try:
+            stamp = message_stamp_ns(reader, raw, msgtype, topic)
+        except MalformedMessageError:
+            survey.unreadable += 1
+            continue
         if topic in cams:
             survey.camera_stamps[cams[topic]].append((stamp, log_ns))
         else:
@@ -143,16 +140,10 @@ class SetCount:
 def count_sets(survey: StampSurvey, names: Sequence[str], config: DataConfig) -> SetCount:
     """Replay the camera stamps, in log-time order, through the reader's synchronizer with ``config``.
 
-    Built as :class:`fsmde_core.data.bag._BagStream` builds it (same slop,
-    queue size, policy and phase correction; stamps that do not rise on their
-    topic skipped), so the count is the reader's, not an estimate.
+    The reader's own synchronizer (:func:`fsmde_core.data.bag.reader_synchronizer`; stamps that do
+    not rise on their topic skipped, as the reader does), so the count is the reader's, not an estimate.
     """
-    from fsmde_core.data.bag import reader_queue_size
-    from fsmde_core.sync import ApproximateTimeSynchronizer
-
-    sync = ApproximateTimeSynchronizer(list(names), slop_ns=config.sync_tolerance_ns,
-                                       queue_size=reader_queue_size(config), policy="wait",
-                                       phase_correction=config.phase_correction)
+    sync = reader_synchronizer(names, config)
     events = sorted((log, k, stamp) for k, n in enumerate(names) for stamp, log in survey.camera_stamps[n])
     last: list[int | None] = [None] * len(names)
     sets = []
@@ -175,18 +166,7 @@ def _nearest_gap_ns(sorted_stamps: np.ndarray, queries: Iterable[int]) -> np.nda
     q = np.asarray(list(queries), dtype=np.int64)
     if sorted_stamps.size == 0 or q.size == 0:
         return np.full(q.shape, np.inf)
-    i = np.clip(np.searchsorted(sorted_stamps, q), 1, sorted_stamps.size - 1) if sorted_stamps.size > 1 else \
-        np.zeros(q.shape, dtype=np.int64)
-    if sorted_stamps.size == 1:
-        return np.abs(q - sorted_stamps[0]).astype(np.float64)
-    return np.minimum(np.abs(q - sorted_stamps[i - 1]), np.abs(q - sorted_stamps[i])).astype(np.float64)
-
-
-def _nearest(sorted_stamps: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """The stamp of ``sorted_stamps`` nearest to each target (vectorised)."""
-    i = np.clip(np.searchsorted(sorted_stamps, targets), 1, max(sorted_stamps.size - 1, 1))
-    before, after = sorted_stamps[i - 1], sorted_stamps[np.minimum(i, sorted_stamps.size - 1)]
-    return np.where(np.abs(after - targets) < np.abs(before - targets), after, before)
+    return np.abs(q - nearest_stamps(sorted_stamps, q)).astype(np.float64)
 
 
 def capture_spreads_ns(survey: StampSurvey, names: Sequence[str], phases_ns: dict[str, int]) -> np.ndarray:
@@ -202,7 +182,7 @@ def capture_spreads_ns(survey: StampSurvey, names: Sequence[str], phases_ns: dic
         return np.zeros(0, dtype=np.int64)
     first = min(names, key=lambda n: phases_ns.get(n, 0))
     starts = stamps[first] - phases_ns.get(first, 0)
-    picked = np.stack([_nearest(stamps[n], starts + phases_ns.get(n, 0)) for n in names])
+    picked = np.stack([nearest_stamps(stamps[n], starts + phases_ns.get(n, 0)) for n in names])
     return (picked.max(axis=0) - picked.min(axis=0)).astype(np.int64)
 
 
@@ -218,8 +198,6 @@ class Timing:
 
 
 def _phases(survey: StampSurvey, names: Sequence[str]) -> tuple[object | None, str]:
-    from fsmde_core.sync import estimate_phases
-
     try:
         return estimate_phases({n: survey.stamps(n) for n in names}), ""
     except ValueError as exc:
@@ -239,8 +217,8 @@ def camera_timing(survey: StampSurvey, layout: BagLayout, config: DataConfig) ->
 
 
 def _suggest_ms(ms: float) -> str:
-    """A round tolerance comfortably above a measured spread (jitter margin)."""
-    return f"{math.ceil(max(ms, 0.5) * _TOLERANCE_MARGIN + 1.0):g}"
+    """The tolerance to suggest for a measured spread, as text (the node's rule: ``suggest_tolerance_ms``)."""
+    return f"{suggest_tolerance_ms(ms * 1e6):g}"
 
 
 def timing_verdict(t: Timing, layout: BagLayout, config: DataConfig, need_lidar: bool) -> str | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from fsmde_core.data.decode import header_stamp_ns, stamp_to_ns
 from fsmde_core.data.errors import BagError, MalformedMessageError
 
 log = logging.getLogger(__name__)
@@ -112,3 +113,12 @@ def deserialize(reader: AnyReader, raw: bytes, msgtype: str, topic: str):
         return reader.deserialize(raw, msgtype)
     except Exception as exc:  # SerdeError/AnyReaderError/struct.error/IndexError on garbage
         raise MalformedMessageError(f"topic {topic}: cannot deserialise {msgtype} ({exc})") from exc
+
+
+def message_stamp_ns(reader: AnyReader, raw: bytes, msgtype: str, topic: str) -> int:
+    """``header.stamp`` of a message that starts with a Header, read from the bytes when they are plain
+    CDR (no deserialisation of megabytes of pixels), else by deserialising; MalformedMessageError if neither."""
+    stamp = header_stamp_ns(raw)
+    if stamp is None:
+        stamp = stamp_to_ns(deserialize(reader, raw, msgtype, topic).header.stamp)
+    return stamp
