@@ -254,7 +254,7 @@ def cross_view_projection(
             f"depth_src must be at camera {cam_src.name!r}'s size {(m.height, m.width)}, "
             f"got {np.shape(depth_src)}"
         )
-    rays = m.pixel_rays()[::stride, ::stride].reshape(-1, 3)
+    rays = m.pixel_rays(stride).reshape(-1, 3)
     d = depth_src[::stride, ::stride].reshape(-1)
     ok = np.isfinite(d) & (d > 0) & np.isfinite(rays).all(axis=1)
     uv, z, inside = _project_into(d[ok, None] * rays[ok], cam_src, cam_dst, margin=0.0)

@@ -72,14 +72,21 @@ def make_transform(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     return T
 
 
+def quaternions_to_matrices(q: np.ndarray) -> np.ndarray:
+    """(..., 4) quaternions (x, y, z, w) as in geometry_msgs, normalised here -> (..., 3, 3) rotations."""
+    q = np.asarray(q, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], axis=-1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], axis=-1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=-1),
+    ], axis=-2)
+
+
 def quaternion_to_matrix(q_xyzw: np.ndarray) -> np.ndarray:
     """Unit quaternion (x, y, z, w) as in geometry_msgs -> 3x3 rotation."""
-    x, y, z, w = np.asarray(q_xyzw, dtype=np.float64) / np.linalg.norm(q_xyzw)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return quaternions_to_matrices(q_xyzw)
 
 
 def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:

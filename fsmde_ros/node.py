@@ -70,9 +70,10 @@ from std_msgs.msg import Header
 
 from fsmde_core.calib_health import CrossViewMonitor
 from fsmde_core.camera import CameraModel
+from fsmde_core.data.tf import transform_stamped_to_matrix
 from fsmde_core.geometry import RayCache
 from fsmde_core.motion import compensate_points
-from fsmde_core.rig import Rig, RigCamera, RigError, make_transform, quaternion_to_matrix
+from fsmde_core.rig import Rig, RigCamera, RigError
 from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet
 from fsmde_core.sync import suggest_tolerance_ms as suggest_slop_ms
 from fsmde_ros.conversions import (
@@ -906,8 +907,7 @@ class SurroundDepthNode(LifecycleNode):
     def _lookup_pose(self, cloud: CloudSettings, stamp_ns: int) -> np.ndarray:
         tf = self._tf_buffer.lookup_transform(cloud.fixed_frame, cloud.frame_id, Time(nanoseconds=stamp_ns),
                                               timeout=Duration(nanoseconds=MOTION_TF_WAIT_NS))
-        t, q = tf.transform.translation, tf.transform.rotation
-        return make_transform(quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w])), np.array([t.x, t.y, t.z]))
+        return transform_stamped_to_matrix(tf)
 
     # ------------------------------------------------------- calibration health
     def _check_cross_view(self, frames: list[_Frame], depth: np.ndarray) -> None:
@@ -971,8 +971,7 @@ class SurroundDepthNode(LifecycleNode):
             self._report(f.name, "tf", f"no transform {self._cloud_settings.frame_id} <- {frame!r} yet "
                                        f"({type(exc).__name__}); camera left out of the cloud")
             return None
-        t, q = tf.transform.translation, tf.transform.rotation
-        T = make_transform(quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w])), np.array([t.x, t.y, t.z]))
+        T = transform_stamped_to_matrix(tf)
         self._tf_cache[frame] = T
         return T
 

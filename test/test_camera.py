@@ -70,6 +70,13 @@ def test_pinhole_constructor_gives_requested_fov_and_centre():
 
 # ------------------------------------------------------------ rays
 @pytest.mark.parametrize("D", [np.zeros(5), AUTOMOTIVE_D], ids=["pinhole", "plumb_bob"])
+@pytest.mark.parametrize("stride", [2, 3, 7])
+def test_strided_pixel_rays_equal_the_subsampled_full_grid(D, stride):
+    m = lens(D, 90.0, 160, 96)
+    np.testing.assert_array_equal(m.pixel_rays(stride), m.pixel_rays()[::stride, ::stride])
+
+
+@pytest.mark.parametrize("D", [np.zeros(5), AUTOMOTIVE_D], ids=["pinhole", "plumb_bob"])
 def test_pixel_rays_unit_z_and_reproject_to_their_pixel(D):
     m = lens(D, 90.0, 160, 96)
     rays = m.pixel_rays()

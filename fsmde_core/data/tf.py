@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fsmde_core.rig import make_transform, quaternion_to_matrix
+from fsmde_core.rig import make_transform, quaternion_to_matrix, quaternions_to_matrices
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +167,6 @@ def quaternion_slerp(q0: np.ndarray, q1: np.ndarray, alpha: np.ndarray) -> np.nd
     w1 = np.where(near, a, np.sin(a * theta) / sin_t)
     q = w0 * q0 + w1 * q1
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def quaternions_to_matrices(q: np.ndarray) -> np.ndarray:
-    """(N, 4) quaternions (x, y, z, w) -> (N, 3, 3) rotations."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], axis=-1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], axis=-1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=-1),
-    ], axis=-2)
 
 
 @dataclass
