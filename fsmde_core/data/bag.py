@@ -159,7 +159,9 @@ class SampleBuilder:
         msg = deserialize(self.reader, lidar.item, "sensor_msgs/msg/PointCloud2", topic)
         try:
             pts = decode_cloud_xyz(msg)
-            times = decode_point_times(msg, lidar.stamp_ns) if self.config.motion_compensation == "auto" else None
+            # per-point times only matter when there is a trajectory to move the points along
+            wanted = self.config.motion_compensation == "auto" and self.layout.motion is not None
+            times = decode_point_times(msg, lidar.stamp_ns) if wanted else None
         except UnsupportedEncodingError as exc:
             raise BagError(self.layout.bag, topic, str(exc)) from exc
         except MalformedMessageError as exc:
