@@ -715,7 +715,7 @@ def test_compensation_refuses_stamps_outside_the_odometry() -> None:
 def test_cameras_of_different_sizes_are_a_layout_problem_unless_a_sample_size_is_set() -> None:
     """Found by a user: inspect said OK, then reading failed. Discovery now refuses it, naming the keys."""
     from fsmde_core.camera import CameraModel
-    from fsmde_core.data.layout import BagLayout, CameraStream, _check_one_size
+    from fsmde_core.data.layout import BagLayout, CameraStream, check_one_sample_size
 
     def cam(name: str, w: int, h: int) -> CameraStream:
         model = CameraModel(width=w, height=h, K=np.array([[100.0, 0, w / 2], [0, 100.0, h / 2], [0, 0, 1]]))
@@ -724,11 +724,11 @@ def test_cameras_of_different_sizes_are_a_layout_problem_unless_a_sample_size_is
 
     cams = [cam("front", 640, 352), cam("back", 320, 176)]
     native = BagLayout(Path("b"), DataConfig(), {}, cameras=cams)
-    _check_one_size(native)
+    check_one_sample_size(native)
     assert not native.ok and len(native.problems) == 1
     text = str(native.problems[0])
     assert "/cameras/back/image_raw" in text and "front 640x352, back 320x176" in text
     assert "data.width and data.height" in text
     resized = BagLayout(Path("b"), DataConfig(width=320, height=176), {}, cameras=cams)
-    _check_one_size(resized)
+    check_one_sample_size(resized)
     assert resized.ok

@@ -35,7 +35,7 @@ import numpy as np
 from fsmde_core.data.bag import reader_synchronizer
 from fsmde_core.data.config import DataConfig
 from fsmde_core.data.errors import BagError, MalformedMessageError
-from fsmde_core.data.layout import BagLayout, discover_layout
+from fsmde_core.data.layout import BagLayout, check_one_sample_size, discover_layout
 from fsmde_core.data.reader import check_bag_path, iter_raw, message_stamp_ns, open_bag
 from fsmde_core.sync import estimate_phases, nearest_stamps, suggest_tolerance_ms
 
@@ -384,6 +384,7 @@ def inspect_layout(path: str | Path, config: DataConfig | None = None) -> tuple[
     survey = timing = verdict = None
     with open_bag(path) as reader:
         layout = discover_layout(reader, path, config)
+        check_one_sample_size(layout)  # the reader would refuse it (fsmde_core.data.bag.SampleBuilder)
         count = reader.message_count
         start, duration = (reader.start_time, reader.duration) if count else (0, 0)
         if layout.ok:

@@ -464,8 +464,11 @@ def _resolve_lidar(layout: BagLayout, firsts: _Firsts, source: str, rig_yaml: Ri
         layout.problem(layout.config.tf_static_topic, f"LiDAR ({layout.lidar_topic}): {exc}")
 
 
-def _check_one_size(layout: BagLayout) -> None:
-    """Samples stack the cameras: at native size they must agree (else ``data.width``/``height`` resize)."""
+def check_one_sample_size(layout: BagLayout) -> None:
+    """Samples stack the cameras: at native size they must agree (else ``data.width``/``height`` resize).
+
+    A problem for reading samples (``fsmde inspect`` reports it), not for the layout itself: the node and
+    ``fsmde rig`` take cameras of any sizes."""
     if layout.config.size is not None:
         return
     sizes = {c.name: (c.model.width, c.model.height) for c in layout.cameras if c.model is not None}
@@ -507,7 +510,6 @@ def discover_layout(reader: AnyReader, bag: Path, config: DataConfig) -> BagLayo
             _resolve_extrinsics(layout, cam, source, rig_yaml)
         _resolve_lidar(layout, firsts, source, rig_yaml)
     _read_motion(reader, layout)
-    _check_one_size(layout)
     if config.cameras is None and all(c.T_base_cam is not None for c in layout.cameras):
         # Discovered cameras: ring order by yaw (front first, counter-clockwise), stable across bags.
         layout.cameras.sort(key=lambda c: (np.mod(c.yaw_deg + 1e-9, 360.0), c.name))
