@@ -20,40 +20,42 @@ student's forward is trace-friendly (no data-dependent control flow), so
 tracing loses nothing. When torch removes the legacy path, switch to
 ``dynamo=True`` with ``dynamic_shapes`` and add onnxscript to the requirements.
 
-TensorRT engines are specific to a TensorRT version and a GPU model. They are
-cached under a key made of the ONNX bytes' sha256, the TensorRT version, the
-GPU name and compute capability, the precision and the input shape, so a
-rebuild happens exactly when one of those changes.
+``--tensorrt`` then builds an engine with
+:func:`fsmde_core.runtime.tensorrt_build.build_tensorrt_engine` (cached per
+ONNX, TensorRT version, GPU, precision and shape) and checks it against ONNX
+Runtime.
+
+Writes are atomic (:mod:`fsmde_core.atomic`): a failed export (disk full, a
+failed check) leaves the previous ONNX and sidecar as they were and no partial
+file, and the CLI says so in one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
-import os
-import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fsmde_core.checkpoint import atomic_write_json
-from fsmde_core.runtime.base import PRECISIONS, BackendError, BackendUnavailableError, check_precision
+from fsmde_core.atomic import atomic_output
+from fsmde_core.names import SURROUND_CAMERAS
+from fsmde_core.runtime.base import BackendError, BackendUnavailableError
+from fsmde_core.runtime.devices import PRECISIONS
+from fsmde_core.runtime.sidecar import sha256_file, write_sidecar
+from fsmde_core.runtime.tensorrt_build import DEFAULT_CACHE_DIR, build_tensorrt_engine
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "depth"
-DEFAULT_CAMERAS = 6
+DEFAULT_CAMERAS = len(SURROUND_CAMERAS)
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE_M = 1e-3
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fsmde" / "tensorrt"
 
 
 class ExportError(RuntimeError):
@@ -61,21 +63,6 @@ class ExportError(RuntimeError):
 
 
 # ------------------------------------------------------------------ helpers
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """``OUT.onnx -> OUT.onnx.json``; ``OUT.engine -> OUT.engine.json``."""
-    p = Path(path)
-    return p.with_name(p.name + ".json")
-
-
 def structured_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """Deterministic image-like ``(n, 3, H, W)`` float32 in ``[0, 1]``.
 
@@ -207,6 +194,8 @@ def export_onnx(
     Raises:
         CheckpointError: the checkpoint is missing or corrupt (names the file).
         ExportError: the ONNX fails the checker.
+        AtomicWriteError: the ONNX or its sidecar cannot be written (disk full); the
+            previous files are unchanged and no partial file is left.
     """
     import torch
 
@@ -218,6 +207,44 @@ def export_onnx(
     model, cfg, meta = load_student(checkpoint, map_location="cpu")
     weights_path, _ = resolve_student_files(checkpoint)
     camera_names = [str(c) for c in meta.get("camera_names") or []]
+    n = _batch_size(num_cameras, camera_names)
+    wrapper = DepthOnly(model).eval()
+    cases = _check_cases(n, cfg.input_height, cfg.input_width, seed, dynamic_batch)
+    with atomic_output(out_path) as tmp:
+        _torch_to_onnx(wrapper, torch.from_numpy(cases["structured"]), tmp, opset, dynamic_batch)
+        _check_onnx(tmp)
+        diffs = _compare_with_ort(wrapper, tmp, cases)
+        report: dict[str, Any] = {
+            "format": "fsmde_student_onnx_v1",
+            "onnx": str(out_path),
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "input_height": cfg.input_height,
+            "input_width": cfg.input_width,
+            "num_cameras": n,
+            "dynamic_batch": bool(dynamic_batch),
+            "camera_names": camera_names,
+            "rig": meta.get("rig"),
+            "min_depth": cfg.min_depth,
+            "max_depth": cfg.max_depth,
+            "student": cfg.to_dict(),
+            "opset": int(opset),
+            "exporter": "torch.onnx legacy (dynamo=False)",
+            "torch_version": torch.__version__,
+            **_verdict(diffs, tolerance_m),
+            "source_checkpoint": str(weights_path),
+            "source_checkpoint_sha256": sha256_file(weights_path),
+            "onnx_sha256": sha256_file(tmp),
+            "export_seconds": round(time.perf_counter() - started, 3),
+        }
+        # The sidecar lands first: if it cannot be written, the ONNX is not replaced either,
+        # so an old model never sits next to a new model's facts (or the reverse).
+        write_sidecar(out_path, report)
+    return report
+
+
+def _batch_size(num_cameras: int | None, camera_names: list[str]) -> int:
+    """The exported batch N: as asked, else the checkpoint's camera count, else the default rig's."""
     n = int(num_cameras) if num_cameras is not None else (len(camera_names) or DEFAULT_CAMERAS)
     if n < 1:
         raise ValueError(f"num_cameras must be >= 1, got {n}")
@@ -225,8 +252,11 @@ def export_onnx(
         log.warning(
             "exporting for %d cameras but the checkpoint lists %d (%s)", n, len(camera_names), camera_names
         )
-    wrapper = DepthOnly(model).eval()
-    h, w = cfg.input_height, cfg.input_width
+    return n
+
+
+def _check_cases(n: int, h: int, w: int, seed: int, dynamic_batch: bool) -> dict[str, np.ndarray]:
+    """The inputs ORT and torch must agree on: random, image-like, and batch 1 for a dynamic batch."""
     rng = np.random.default_rng(seed)
     cases = {
         "random": rng.uniform(0.0, 1.0, size=(n, 3, h, w)).astype(np.float32),
@@ -234,273 +264,22 @@ def export_onnx(
     }
     if dynamic_batch:
         cases["random_batch_1"] = rng.uniform(0.0, 1.0, size=(1, 3, h, w)).astype(np.float32)
+    return cases
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
-    try:
-        _torch_to_onnx(wrapper, torch.from_numpy(cases["structured"]), tmp, opset, dynamic_batch)
-        _check_onnx(tmp)
-        diffs = _compare_with_ort(wrapper, tmp, cases)
-        tmp.replace(out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
+def _verdict(diffs: dict[str, dict[str, float]], tolerance_m: float) -> dict[str, Any]:
+    """Per-case and overall ORT-vs-torch differences, and whether the largest is within tolerance."""
     max_abs = max(d["max_abs_diff_m"] for d in diffs.values())
-    report: dict[str, Any] = {
-        "format": "fsmde_student_onnx_v1",
-        "onnx": str(out_path),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_height": h,
-        "input_width": w,
-        "num_cameras": n,
-        "dynamic_batch": bool(dynamic_batch),
-        "camera_names": camera_names,
-        "rig": meta.get("rig"),
-        "min_depth": cfg.min_depth,
-        "max_depth": cfg.max_depth,
-        "student": cfg.to_dict(),
-        "opset": int(opset),
-        "exporter": "torch.onnx legacy (dynamo=False)",
-        "torch_version": torch.__version__,
+    return {
         "onnxruntime_checks": diffs,
         "max_abs_diff_m": max_abs,
         "max_rel_diff": max(d["max_rel_diff"] for d in diffs.values()),
         "tolerance_m": float(tolerance_m),
         "passed": bool(max_abs <= tolerance_m),
-        "source_checkpoint": str(weights_path),
-        "source_checkpoint_sha256": sha256_file(weights_path),
-        "onnx_sha256": sha256_file(out_path),
-        "export_seconds": round(time.perf_counter() - started, 3),
     }
-    atomic_write_json(sidecar_path(out_path), report)
-    return report
 
 
 # ---------------------------------------------------------------- TensorRT
-def engine_cache_key(
-    onnx_bytes: bytes,
-    *,
-    tensorrt_version: str,
-    gpu_name: str,
-    compute_capability: Sequence[int],
-    precision: str,
-    input_shape: Sequence[int | str],
-) -> str:
-    """Cache key of a TensorRT engine: everything that makes a built engine invalid.
-
-    sha256 over a canonical JSON of: the ONNX bytes' sha256, the TensorRT
-    version (engines are not portable across versions), the GPU name and
-    compute capability (tactics are per GPU model), the precision and the
-    input shape (or batch profile). Pure function: testable without TensorRT.
-    """
-    check_precision(precision)
-    payload = {
-        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "tensorrt": str(tensorrt_version),
-        "gpu": str(gpu_name),
-        "compute_capability": [int(c) for c in compute_capability],
-        "precision": precision,
-        "input_shape": [v if isinstance(v, str) else int(v) for v in input_shape],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def onnx_input_shape(onnx_path: str | Path) -> list[int | str]:
-    """The first graph input's shape: ints for fixed axes, the symbol name for dynamic ones."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise BackendError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
-    if not model.graph.input:
-        raise BackendError(f"{onnx_path}: ONNX graph has no inputs")
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-
-
-def onnx_has_fp16(onnx_path: str | Path) -> bool:
-    """True if the ONNX carries float16 weights (a mixed-precision export, e.g. ModelOpt AutoCast)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
-
-
-def _batch_profile(
-    shape: list[int | str], max_batch: int | None, opt_batch: int
-) -> tuple[int, int, int] | None:
-    """(min, opt, max) batch for a symbolic batch axis; None when the batch is fixed."""
-    if isinstance(shape[0], int) and shape[0] > 0:
-        return None
-    hi = int(max_batch) if max_batch else max(opt_batch, 1)
-    if hi < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    return 1, min(opt_batch, hi), hi
-
-
-def _build_serialized_engine(
-    trt: Any,
-    onnx_path: Path,
-    onnx_bytes: bytes,
-    precision: str,
-    workspace_gb: float,
-    profile: tuple[int, int, int] | None,
-    shape: list[int | str],
-) -> bytes:
-    """Parse the ONNX and build a serialised engine with the TensorRT builder."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    # TensorRT 11 removed weak typing (BuilderFlag.FP16): precision must be in the graph itself.
-    weak_typing = hasattr(trt.BuilderFlag, "FP16")
-    if precision == "fp16" and not weak_typing and not onnx_has_fp16(onnx_path):
-        raise BackendError(
-            f"TensorRT {trt.__version__} builds strongly typed networks only, and {onnx_path} is float32: "
-            "convert it to mixed precision first (NVIDIA ModelOpt AutoCast: "
-            "modelopt.onnx.autocast.convert_to_mixed_precision(..., low_precision_type='fp16', "
-            "keep_io_types=True)) and build that file, or use --precision fp32"
-        )
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes, str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BackendError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if precision == "fp16" and weak_typing:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        # fp32 means fp32: TF32 tensor-core math (on by default) would cost ~1e-3 relative accuracy.
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if profile is not None:
-        opt_profile = builder.create_optimization_profile()
-        chw = tuple(int(v) for v in shape[1:])
-        opt_profile.set_shape(
-            network.get_input(0).name, (profile[0], *chw), (profile[1], *chw), (profile[2], *chw)
-        )
-        config.add_optimization_profile(opt_profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BackendError(
-            f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)"
-        )
-    return bytes(serialized)
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def _onnx_sidecar_facts(onnx_path: Path) -> dict[str, Any]:
-    """Camera names and depth range from the ONNX sidecar, carried into the engine's sidecar."""
-    from fsmde_core.runtime.onnx_backend import read_sidecar
-
-    facts = read_sidecar(onnx_path)
-    return {
-        k: facts[k] for k in ("camera_names", "rig", "min_depth", "max_depth", "num_cameras") if k in facts
-    }
-
-
-def build_tensorrt_engine(
-    onnx_path: str | Path,
-    engine_path: str | Path | None = None,
-    precision: str = "fp32",
-    workspace_gb: float = 4.0,
-    cache_dir: str | Path | None = None,
-    max_batch: int | None = None,
-    device: str = "cuda",
-) -> Path:
-    """Build (or reuse) a TensorRT engine for an ONNX file; return the engine's path.
-
-    Reuse order: ``engine_path`` whose sidecar has the same cache key, then
-    ``cache_dir/<key>.engine``, else build and store in both. With no
-    ``engine_path`` the engine lives in the cache (default
-    ``~/.cache/fsmde/tensorrt``).
-
-    Args:
-        onnx_path: exported student (see :func:`export_onnx`).
-        engine_path: where to write the engine (``OUT.engine``), or None.
-        precision: ``"fp32"`` (TF32 off) or ``"fp16"``.
-        workspace_gb: builder workspace memory limit.
-        cache_dir: engine cache folder; None uses the default cache.
-        max_batch: largest batch of the optimisation profile for a dynamic-batch ONNX.
-        device: the CUDA device to build for.
-
-    Raises:
-        BackendUnavailableError: TensorRT not installed, or no CUDA device.
-        BackendError: the ONNX cannot be parsed or the build fails.
-    """
-    from fsmde_core.runtime.onnx_backend import read_sidecar
-    from fsmde_core.runtime.tensorrt_backend import require_cuda, require_tensorrt
-
-    trt = require_tensorrt()
-    torch = require_cuda(device)
-    check_precision(precision)
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
-    onnx_bytes = onnx_path.read_bytes()
-    shape = onnx_input_shape(onnx_path)
-    facts = _onnx_sidecar_facts(onnx_path)
-    profile = _batch_profile(shape, max_batch, int(facts.get("num_cameras", DEFAULT_CAMERAS)))
-    key_shape = [f"{profile[0]}:{profile[1]}:{profile[2]}", *shape[1:]] if profile else shape
-    gpu = torch.cuda.get_device_name(torch.device(device))
-    capability = torch.cuda.get_device_capability(torch.device(device))
-    key = engine_cache_key(
-        onnx_bytes,
-        tensorrt_version=trt.__version__,
-        gpu_name=gpu,
-        compute_capability=capability,
-        precision=precision,
-        input_shape=key_shape,
-    )
-    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-    cached = cache / f"{key}.engine"
-    target = Path(engine_path) if engine_path is not None else cached
-    sidecar = {
-        "cache_key": key,
-        "onnx": str(onnx_path),
-        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "tensorrt": trt.__version__,
-        "gpu": gpu,
-        "compute_capability": list(capability),
-        "precision": precision,
-        "input_shape": key_shape,
-        "batch_profile": list(profile) if profile else None,
-        **facts,
-    }
-    if target.is_file() and read_sidecar(target).get("cache_key") == key:
-        log.info("TensorRT engine up to date: %s", target)
-        return target
-    if cached.is_file() and target != cached:
-        log.info("TensorRT engine from cache: %s -> %s", cached, target)
-        _atomic_copy(cached, target)
-        atomic_write_json(sidecar_path(target), sidecar)
-        return target
-    started = time.perf_counter()
-    with torch.cuda.device(torch.device(device)):
-        data = _build_serialized_engine(trt, onnx_path, onnx_bytes, precision, workspace_gb, profile, shape)
-    sidecar["build_seconds"] = round(time.perf_counter() - started, 1)
-    _atomic_write(target, data)
-    atomic_write_json(sidecar_path(target), sidecar)
-    if target != cached:
-        _atomic_copy(target, cached)
-        atomic_write_json(sidecar_path(cached), sidecar)
-    log.info("built TensorRT engine %s in %.1f s", target, sidecar["build_seconds"])
-    return target
-
-
 def compare_tensorrt(onnx_path: Path, engine_path: Path, precision: str, seed: int = 0) -> dict[str, float]:
     """TensorRT engine vs ONNX Runtime on a structured uint8 batch (what the node will feed)."""
     from fsmde_core.runtime.onnx_backend import OnnxBackend
@@ -626,7 +405,7 @@ def run_export(args: argparse.Namespace) -> int:
                 f"max rel diff {diff['max_rel_diff']:.3e}"
             )
         return 0
-    except (CheckpointError, BackendError, ExportError, FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, BackendError, ExportError, OSError, ValueError) as exc:
         if isinstance(exc, BackendUnavailableError) and args.tensorrt is not None and not args.build_only:
             print(f"fsmde export: ONNX was written, but no TensorRT engine: {exc}", file=sys.stderr)
         else:

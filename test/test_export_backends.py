@@ -25,10 +25,7 @@ from PIL import Image
 from fsmde_core.checkpoint import CheckpointError, save_student
 from fsmde_core.export import (
     add_export_arguments,
-    build_tensorrt_engine,
-    engine_cache_key,
     export_onnx,
-    onnx_input_shape,
     run_export,
     structured_images,
     to_uint8_nhwc,
@@ -42,8 +39,10 @@ from fsmde_core.runtime import (
     resize_depth_nearest,
     to_nchw_float,
 )
+from fsmde_core.runtime.devices import require_cuda
 from fsmde_core.runtime.onnx_backend import OnnxBackend
-from fsmde_core.runtime.tensorrt_backend import TensorRTBackend, require_cuda
+from fsmde_core.runtime.tensorrt_backend import TensorRTBackend
+from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine, engine_cache_key, onnx_input_shape
 
 H, W = 64, 96
 CAMERAS = ["front", "front_left", "back_left", "back", "back_right", "front_right"]

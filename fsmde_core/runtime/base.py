@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
-
 
 class BackendError(RuntimeError):
     """A model file cannot be loaded or run by a backend (corrupt, wrong format, wrong I/O)."""
@@ -32,27 +30,6 @@ class BackendError(RuntimeError):
 
 class BackendUnavailableError(BackendError):
     """The backend's library or hardware is missing here (TensorRT not installed, no CUDA device)."""
-
-
-def check_precision(precision: str) -> str:
-    """Return ``precision`` if supported, else raise a ValueError listing the choices."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision
-
-
-def is_cuda_device(device: str) -> bool:
-    """True for ``"cuda"`` and ``"cuda:<index>"``."""
-    return device == "cuda" or device.startswith("cuda:")
-
-
-def check_device(device: str) -> str:
-    """Accept ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``; anything else is a typo worth failing on."""
-    if device == "cpu" or device == "cuda":
-        return device
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return device
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
 
 
 class InferenceBackend(ABC):

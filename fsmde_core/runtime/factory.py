@@ -25,14 +25,33 @@ BACKEND_KINDS: dict[str, str] = {
 }
 
 
+#: Model file suffix -> the backend that runs it; a path without a suffix is a student run directory.
+MODEL_SUFFIXES: dict[str, str] = {
+    ".safetensors": "torch",
+    ".onnx": "onnxruntime",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+    ".trt": "tensorrt",
+}
+
+
+def backend_for_model(model_path: str | Path) -> str | None:
+    """The backend for a model path by its suffix (a directory or no suffix: torch), None if unknown."""
+    p = Path(model_path)
+    if p.is_dir() or not p.suffix:
+        return "torch"
+    return MODEL_SUFFIXES.get(p.suffix.lower())
+
+
 def infer_kind(model_path: str | Path) -> str:
-    """Backend for a model file: ``.engine``/``.plan`` -> tensorrt, ``.onnx`` -> onnxruntime, else torch."""
-    suffix = Path(model_path).suffix.lower()
-    if suffix in (".engine", ".plan", ".trt"):
-        return "tensorrt"
-    if suffix == ".onnx":
-        return "onnxruntime"
-    return "torch"
+    """Backend for ``kind="auto"``; a ValueError naming the accepted suffixes for any other file."""
+    kind = backend_for_model(model_path)
+    if kind is None:
+        raise ValueError(
+            f"{model_path}: cannot tell the backend from the suffix {Path(model_path).suffix!r}; "
+            f"use a student run directory, a {', '.join(MODEL_SUFFIXES)} file, or name the backend kind"
+        )
+    return kind
 
 
 def build_backend(

@@ -17,7 +17,6 @@ runtime switch: asking for a precision the file does not have is an error.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,14 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from fsmde_core.runtime.base import (
-    BackendError,
-    InferenceBackend,
-    check_device,
-    check_precision,
-    is_cuda_device,
-)
+from fsmde_core.runtime.base import BackendError, InferenceBackend
+from fsmde_core.runtime.devices import check_device, check_precision, is_cuda_device
 from fsmde_core.runtime.preprocess import to_nchw_float
+from fsmde_core.runtime.sidecar import read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +35,6 @@ _ORT_TYPES: dict[str, tuple[str, type[np.floating]]] = {
     "tensor(float)": ("fp32", np.float32),
     "tensor(float16)": ("fp16", np.float16),
 }
-
-
-def sidecar_path(model_path: str | Path) -> Path:
-    """``OUT.onnx -> OUT.onnx.json`` (also used for engines)."""
-    p = Path(model_path)
-    return p.with_name(p.name + ".json")
-
-
-def read_sidecar(model_path: str | Path) -> dict[str, Any]:
-    """The exporter's JSON sidecar, or ``{}`` if absent or unreadable (it is advisory)."""
-    path = sidecar_path(model_path)
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        log.warning("ignoring unreadable sidecar %s: %s", path, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def select_providers(device: str, available: Sequence[str]) -> list[str]:

@@ -13,7 +13,7 @@ Engines are executable artifacts compiled for one TensorRT version and one
 GPU model: load only engines you built (``fsmde export --tensorrt``) or
 received over a trusted channel. Given an ``.onnx`` file the backend builds
 (or reuses from the cache) an engine through
-:func:`fsmde_core.export.build_tensorrt_engine`.
+:func:`fsmde_core.runtime.tensorrt_build.build_tensorrt_engine`.
 """
 
 from __future__ import annotations
@@ -24,46 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from fsmde_core.runtime.base import (
-    BackendError,
-    BackendUnavailableError,
-    InferenceBackend,
-    check_device,
-    check_precision,
-    is_cuda_device,
-)
+from fsmde_core.runtime.base import BackendError, InferenceBackend
+from fsmde_core.runtime.devices import check_precision, require_cuda
+from fsmde_core.runtime.factory import backend_for_model
+from fsmde_core.runtime.sidecar import read_sidecar
+from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine, require_tensorrt
 
 log = logging.getLogger(__name__)
-
-
-def require_tensorrt() -> Any:
-    """Import and return the ``tensorrt`` module, or raise BackendUnavailableError saying so."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "TensorRT is not installed (import tensorrt failed: "
-            f"{exc}); install NVIDIA TensorRT 10.x/11.x for this Python (pip install tensorrt) on a "
-            "machine with a CUDA GPU, or use the onnx or torch backend"
-        ) from exc
-    return trt
-
-
-def require_cuda(device: str = "cuda") -> Any:
-    """Return ``torch`` after checking that ``device`` is a usable CUDA device."""
-    import torch
-
-    if not is_cuda_device(check_device(device)):
-        raise ValueError(f"TensorRT runs on a CUDA device; got device={device!r} (use 'cuda' or 'cuda:<i>')")
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            f"TensorRT needs a CUDA device but there is no CUDA device usable by torch here "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})"
-        )
-    index = torch.device(device).index or 0
-    if index >= torch.cuda.device_count():
-        raise BackendUnavailableError(f"no CUDA device {index}: only {torch.cuda.device_count()} visible")
-    return torch
 
 
 def trt_to_torch_dtype(trt: Any, dtype: Any) -> Any:
@@ -109,14 +76,12 @@ class TensorRTBackend(InferenceBackend):
         max_batch: int | None = None,
     ) -> None:
         trt = require_tensorrt()
-        torch = require_cuda(device)
+        torch = require_cuda(device, who="TensorRT")
         check_precision(precision)
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"TensorRT engine / ONNX model not found: {path}")
-        if path.suffix == ".onnx":
-            from fsmde_core.export import build_tensorrt_engine
-
+        if backend_for_model(path) == "onnxruntime":  # an ONNX file: build (or reuse) its engine first
             path = build_tensorrt_engine(
                 path,
                 None,
@@ -149,8 +114,6 @@ class TensorRTBackend(InferenceBackend):
 
     @staticmethod
     def _read_engine_sidecar(path: Path, precision: str) -> dict[str, Any]:
-        from fsmde_core.runtime.onnx_backend import read_sidecar
-
         sidecar = read_sidecar(path)
         built = sidecar.get("precision")
         if built is not None and built != precision:

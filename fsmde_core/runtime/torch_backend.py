@@ -23,23 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fsmde_core.runtime.base import (
-    BackendUnavailableError,
-    InferenceBackend,
-    check_device,
-    check_precision,
-    is_cuda_device,
-)
+from fsmde_core.runtime.base import InferenceBackend
+from fsmde_core.runtime.devices import check_device, check_precision_on_device, is_cuda_device, require_cuda
 
 log = logging.getLogger(__name__)
-
-
-def _require_cuda(device: str) -> None:
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            f"device {device!r} requested but no CUDA device is usable by torch "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use device='cpu'"
-        )
 
 
 class TorchBackend(InferenceBackend):
@@ -66,15 +53,10 @@ class TorchBackend(InferenceBackend):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(check_device(device))
-        self.precision = check_precision(precision)
+        self.precision = check_precision_on_device(precision, device)
         self.on_cuda = is_cuda_device(device)
         if self.on_cuda:
-            _require_cuda(device)
-        elif precision == "fp16":
-            raise ValueError(
-                "precision='fp16' needs CUDA (autocast to half on CPU is slow and not what a speed test "
-                "wants); use precision='fp32' with device='cpu', or device='cuda'"
-            )
+            require_cuda(device, who="the torch backend")
         self._input_size = (int(input_size[0]), int(input_size[1]))
         self.metadata = dict(metadata or {})
         model = model.eval().to(self.device)
@@ -91,8 +73,7 @@ class TorchBackend(InferenceBackend):
         """Load a student run directory or ``student.safetensors`` (raises CheckpointError if broken)."""
         from fsmde_core.checkpoint import load_student
 
-        check_device(device)
-        check_precision(precision)
+        check_precision_on_device(precision, device)
         model, cfg, meta = load_student(path, map_location="cpu")
         info = {
             "checkpoint": str(path),
