@@ -2,7 +2,7 @@
 
 Adjacent cameras see the same surfaces in their overlap. Projecting one camera's
 depth into its neighbour with the calibrated extrinsics and comparing it with the
-neighbour's own depth (:func:`fsmde_core.evaluate.directional_consistency`, the
+neighbour's own depth (:func:`fsmde_core.metrics.directional_consistency`, the
 metric ``fsmde eval`` reports; reused here, not copied) gives a per-pair mean
 relative depth difference. A rotated camera breaks the consistency of *both* pairs
 it belongs to, while the pairs between the other cameras stay as they were.
@@ -103,7 +103,7 @@ class CrossViewMonitor:
     def update(self, depths: np.ndarray, rig: Rig) -> int:
         """Add one set: ``depths`` (N, H, W) for ``rig``'s cameras in its order (any subset of the
         monitored cameras; pairs with a camera missing are skipped). Returns the pairs updated."""
-        from fsmde_core.evaluate import OCCLUSION_REL_DIFF, directional_consistency
+        from fsmde_core.metrics import OCCLUSION_REL_DIFF, directional_consistency
 
         index = {name: k for k, name in enumerate(rig.names)}
         if len(depths) != len(rig.cameras):

@@ -14,19 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from fsmde_core.evaluate import (
+from fsmde_core.evaluate import add_eval_arguments, evaluate, run_eval
+from fsmde_core.metrics import (
     METRIC_KEYS,
-    EvalError,
-    add_eval_arguments,
     affine_fit,
     align_depth,
     cross_view_consistency,
     depth_metrics,
-    evaluate,
     median_scale,
-    parse_teacher_options,
-    run_eval,
 )
+from fsmde_core.names import SURROUND_CAMERAS
+from fsmde_core.predictors import EvalError, parse_teacher_options
 from fsmde_core.rig import Rig, preset
 
 
@@ -200,7 +198,7 @@ def test_cross_view_ignores_masked_pixels_and_occlusions(plane_rig) -> None:
 
 
 # -------------------------------------------------------------- end to end
-CAMERAS = ["front", "front_left", "back_left", "back", "back_right", "front_right"]
+CAMERAS = list(SURROUND_CAMERAS)
 
 
 @pytest.fixture(scope="module")

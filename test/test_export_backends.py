@@ -31,6 +31,7 @@ from fsmde_core.export import (
     to_uint8_nhwc,
 )
 from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
+from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.runtime import (
     BackendError,
     BackendUnavailableError,
@@ -45,7 +46,7 @@ from fsmde_core.runtime.tensorrt_backend import TensorRTBackend
 from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine, engine_cache_key, onnx_input_shape
 
 H, W = 64, 96
-CAMERAS = ["front", "front_left", "back_left", "back", "back_right", "front_right"]
+CAMERAS = list(SURROUND_CAMERAS)
 CFG = StudentConfig(
     encoder="resnet18",
     num_bins=16,

@@ -1,0 +1,297 @@
+"""Depth metrics and cross-view consistency: pure numpy, no model, no bag, no torch.
+
+``fsmde eval``, the trainer's validation and the node's calibration-health
+check all score depth with these functions, so every number means the same
+thing wherever it is printed (DESIGN.md §5 "Evaluation").
+
+* **Eigen metrics** per image — AbsRel, SqRel, RMSE, RMSElog, δ<1.25ⁿ — over
+  pixels whose ground truth is finite, > 0, at most ``cap`` metres and not on
+  the ego vehicle; prediction and GT are clipped to ``[min_depth, cap]`` (the
+  monodepth2 / Eigen protocol).
+* **Alignment modes**, applied per image before the metrics:
+
+  - ``metric``: none — what the runtime node publishes is what is scored.
+  - ``median``: ``pred * median(gt) / median(pred)`` (monodepth2's protocol for
+    scale-ambiguous models; it hides a global scale error).
+  - ``affine``: least-squares scale and shift in *inverse-depth* space,
+    ``s * (1/pred) + t ≈ 1/gt`` over valid pixels, then ``depth = 1/(s/pred + t)``.
+    This is the standard protocol for relative-depth models (MiDaS, Depth
+    Anything), whose output is affine-invariant inverse depth; fitting in
+    depth space instead would let far pixels dominate and is not what those
+    papers report. Degenerate fits are guarded: with fewer than 2 valid
+    pixels no fit exists (the image is skipped, metrics NaN); a constant
+    prediction (zero variance) gets the best constant ``s = 0, t = mean(1/gt)``;
+    aligned inverse depth ``<= 0`` (beyond infinity) becomes ``cap``.
+
+* **Cross-view consistency** (our own metric, VRKD should lower it): for each
+  adjacent camera pair of the ring (:meth:`fsmde_core.rig.Rig.adjacent_pairs`)
+  and both directions, camera i's depth is projected into camera j
+  (:func:`fsmde_core.geometry.cross_view_projection`) and compared with j's
+  depth at the nearest pixel: ``|z_i→j − d_j| / d_j``. Ego pixels of either
+  camera are excluded, and so are points with a relative difference above
+  ``0.5``: those are almost always occlusions (i sees a surface that an object
+  hides from j) rather than depth errors, and one occlusion boundary would
+  otherwise dominate the mean. The metric is therefore an *inlier* consistency
+  error; a gross per-camera scale error above 50 % would be dropped as
+  occlusion, which the depth metrics catch anyway.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fsmde_core.geometry import cross_view_projection
+from fsmde_core.rig import Rig, RigCamera
+
+METRIC_KEYS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+MODES: tuple[str, ...] = ("metric", "median", "affine")
+#: Lower clip of prediction and GT (metres), as in the Eigen / monodepth2 protocol.
+DEFAULT_MIN_DEPTH = 1e-3
+#: Relative difference above which a cross-view correspondence counts as an occlusion.
+OCCLUSION_REL_DIFF = 0.5
+
+
+@contextmanager
+def quiet_nan_warnings() -> Iterator[None]:
+    """nanmedian / nanmean of an all-NaN slice warn; an image or camera without valid GT is expected."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def eval_mask(gt: np.ndarray, valid: np.ndarray | None, cap: float) -> np.ndarray:
+    """Pixels that count: finite GT in ``(0, cap]`` and ``valid`` (not ego)."""
+    gt = np.asarray(gt)
+    with np.errstate(invalid="ignore"):
+        mask = np.isfinite(gt) & (gt > 0) & (gt <= cap)
+    if valid is not None:
+        mask &= np.asarray(valid, dtype=bool)
+    return mask
+
+
+def _flat_images(a: np.ndarray) -> np.ndarray:
+    """(..., H, W) -> (B, H*W) float64 so per-image reductions are one vectorised call."""
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(-1, a.shape[-2] * a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
+
+
+def _masked_mean(values: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mask, values, 0.0).sum(axis=1) / np.where(n > 0, n, np.nan)
+
+
+def depth_metrics(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    valid: np.ndarray | None = None,
+    cap: float = 80.0,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+) -> dict[str, Any]:
+    """Eigen depth metrics per image.
+
+    Args:
+        pred: (..., H, W) predicted depth in metres (NaN pixels are left out:
+            a teacher's "no opinion"; +Inf is clipped to ``cap``).
+        gt: same shape; NaN / Inf / <= 0 / > cap pixels are not scored.
+        valid: optional bool mask, False = ego pixel / not to be scored.
+        cap: evaluation depth cap in metres; ``min_depth``: lower clip.
+
+    Returns:
+        ``{key: value}`` for :data:`METRIC_KEYS` plus ``"count"`` (scored
+        pixels). Values are floats for one (H, W) image, else arrays of the
+        leading shape. An image with no scored pixel gives NaN.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
+    lead = pred.shape[:-2]
+    mask = _flat_images(eval_mask(gt, valid, cap) & ~np.isnan(pred))
+    p = np.clip(_flat_images(pred), min_depth, cap)
+    g = np.clip(np.where(mask, _flat_images(gt), 1.0), min_depth, cap)
+    p = np.where(mask, p, 1.0)
+    n = mask.sum(axis=1).astype(np.float64)
+    ratio = np.maximum(g / p, p / g)
+    diff = g - p
+    out = {
+        "abs_rel": _masked_mean(np.abs(diff) / g, mask, n),
+        "sq_rel": _masked_mean(diff * diff / g, mask, n),
+        "rmse": np.sqrt(_masked_mean(diff * diff, mask, n)),
+        "rmse_log": np.sqrt(_masked_mean((np.log(g) - np.log(p)) ** 2, mask, n)),
+        "a1": _masked_mean(ratio < 1.25, mask, n),
+        "a2": _masked_mean(ratio < 1.25**2, mask, n),
+        "a3": _masked_mean(ratio < 1.25**3, mask, n),
+        "count": n,
+    }
+    if not lead:
+        return {k: float(v[0]) for k, v in out.items()}
+    return {k: v.reshape(lead) for k, v in out.items()}
+
+
+def median_scale(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-image ``median(gt) / median(pred)`` over ``mask``; (B,) with NaN where undefined."""
+    P, G, M = _flat_images(pred), _flat_images(gt), _flat_images(mask).astype(bool)
+    with np.errstate(invalid="ignore", divide="ignore"), quiet_nan_warnings():
+        med_p = np.nanmedian(np.where(M, P, np.nan), axis=1)
+        med_g = np.nanmedian(np.where(M, G, np.nan), axis=1)
+        return np.where(med_p > 0, med_g / med_p, np.nan)
+
+
+def affine_fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image least squares ``s * x + t ≈ y`` over ``mask`` (closed form); (B,) each.
+
+    Guards: fewer than 2 points -> NaN (no fit); zero variance of ``x`` (a
+    constant prediction) -> ``s = 0, t = mean(y)``, the best constant.
+    """
+    X, Y, M = _flat_images(x), _flat_images(y), _flat_images(mask).astype(bool)
+    n = M.sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nn_ = np.where(n > 0, n, np.nan)
+        mx = np.where(M, X, 0.0).sum(axis=1) / nn_
+        my = np.where(M, Y, 0.0).sum(axis=1) / nn_
+        dx = np.where(M, X - mx[:, None], 0.0)
+        dy = np.where(M, Y - my[:, None], 0.0)
+        var = (dx * dx).sum(axis=1)
+        cov = (dx * dy).sum(axis=1)
+        # Relative threshold: "constant" must not depend on the units of x.
+        flat = var <= 1e-12 * np.maximum((np.where(M, X, 0.0) ** 2).sum(axis=1), 1e-300)
+        s = np.where(flat, 0.0, cov / np.where(flat, 1.0, var))
+        t = my - s * mx
+    few = n < 2
+    return np.where(few, np.nan, s), np.where(few, np.nan, t)
+
+
+def align_depth(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    valid: np.ndarray | None,
+    mode: str,
+    cap: float,
+    pred_is_inverse: bool = False,
+) -> np.ndarray:
+    """Align a prediction to GT per image (see the module docstring for the modes).
+
+    Args:
+        pred: (..., H, W) depth, or relative inverse depth if ``pred_is_inverse``
+            (teachers: larger = closer, 0 = infinitely far).
+        gt, valid, cap: as in :func:`depth_metrics`; only scored pixels drive the fit.
+
+    Returns:
+        Depth in metres, same shape; NaN where ``pred`` is NaN, or everywhere in
+        an image that cannot be aligned (no valid GT).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown alignment mode {mode!r}; expected one of {MODES}")
+    pred = np.asarray(pred, dtype=np.float64)
+    shape = pred.shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = 1.0 / pred if pred_is_inverse else pred
+        inv = pred if pred_is_inverse else 1.0 / pred
+    if mode == "metric":
+        return depth
+    mask = eval_mask(gt, valid, cap) & np.isfinite(inv)
+    if mode == "median":
+        s = median_scale(depth, gt, mask & np.isfinite(depth))
+        return (_flat_images(depth) * s[:, None]).reshape(shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s, t = affine_fit(inv, 1.0 / np.asarray(gt, dtype=np.float64), mask)
+        aligned_inv = _flat_images(inv) * s[:, None] + t[:, None]
+        out = np.where(aligned_inv > 0, 1.0 / aligned_inv, cap)
+    out = np.where(np.isnan(aligned_inv), np.nan, out)
+    return out.reshape(shape)
+
+
+# ========================================================= cross-view metric
+@dataclass
+class CrossViewResult:
+    """Cross-view consistency of one surround frame.
+
+    Attributes:
+        pairs: ``(i, j) -> error`` for each adjacent pair (mean of both
+            directions; NaN when the two views share no valid overlap).
+        inliers: ``(i, j) -> fraction`` of overlap points kept (not occlusions).
+    """
+
+    pairs: dict[tuple[int, int], float]
+    inliers: dict[tuple[int, int], float]
+
+    @property
+    def mean(self) -> float:
+        return nanmean(list(self.pairs.values()))
+
+
+def nanmean(values: Iterable[float]) -> float:
+    arr = np.asarray(list(values), dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else math.nan
+
+
+def directional_consistency(
+    depth_src: np.ndarray,
+    depth_dst: np.ndarray,
+    cam_src: RigCamera,
+    cam_dst: RigCamera,
+    mask_src: np.ndarray | None = None,
+    mask_dst: np.ndarray | None = None,
+    max_rel: float = OCCLUSION_REL_DIFF,
+    stride: int = 1,
+) -> tuple[float, int, int]:
+    """Mean ``|z_src→dst − d_dst| / d_dst`` over the overlap, src -> dst only.
+
+    Returns:
+        (mean relative difference of the inliers or NaN, inliers, overlap points).
+    """
+    src = np.array(depth_src, dtype=np.float64)
+    if mask_src is not None:
+        src[np.asarray(mask_src, dtype=bool)] = np.nan
+    uv, z = cross_view_projection(src, cam_src, cam_dst, stride=stride)
+    u = np.floor(uv[:, 0] + 0.5).astype(np.int64)
+    v = np.floor(uv[:, 1] + 0.5).astype(np.int64)
+    d = np.asarray(depth_dst, dtype=np.float64)[v, u]
+    ok = np.isfinite(d) & (d > 0)
+    if mask_dst is not None:
+        ok &= ~np.asarray(mask_dst, dtype=bool)[v, u]
+    rel = np.abs(z[ok] - d[ok]) / d[ok]
+    inl = rel <= max_rel
+    n_in = int(inl.sum())
+    return (float(rel[inl].mean()) if n_in else math.nan), n_in, int(ok.sum())
+
+
+def cross_view_consistency(
+    depths: np.ndarray,
+    rig: Rig,
+    masks: np.ndarray | None = None,
+    pairs: list[tuple[int, int]] | None = None,
+    max_rel: float = OCCLUSION_REL_DIFF,
+    stride: int = 1,
+) -> CrossViewResult:
+    """Cross-view consistency of (N, H, W) depths of ``rig``'s cameras (same order).
+
+    ``pairs`` defaults to the rig's adjacency ring. Non-finite / <= 0 depth
+    (sky, no GT) and ``masks`` (True = ego) pixels never take part.
+    """
+    if len(depths) != len(rig.cameras):
+        raise ValueError(f"{len(depths)} depth maps for a rig of {len(rig.cameras)} cameras")
+    pairs = rig.adjacent_pairs() if pairs is None else pairs
+    errs: dict[tuple[int, int], float] = {}
+    inliers: dict[tuple[int, int], float] = {}
+    for i, j in pairs:
+        directions = [(i, j), (j, i)]
+        results = [
+            directional_consistency(depths[a], depths[b], rig.cameras[a], rig.cameras[b],
+                                    None if masks is None else masks[a], None if masks is None else masks[b],
+                                    max_rel, stride)
+            for a, b in directions
+        ]
+        errs[(i, j)] = nanmean(r[0] for r in results)
+        total = sum(r[2] for r in results)
+        inliers[(i, j)] = sum(r[1] for r in results) / total if total else math.nan
+    return CrossViewResult(errs, inliers)
+
