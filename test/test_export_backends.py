@@ -9,8 +9,10 @@ not installed" path are tested everywhere.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -22,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fsmde_core.atomic import AtomicWriteError, atomic_write_bytes
 from fsmde_core.checkpoint import CheckpointError, save_student
 from fsmde_core.export import (
     add_export_arguments,
@@ -140,6 +143,68 @@ def test_cli_reports_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
     missing.mkdir()
     assert run_export(parser.parse_args(["--checkpoint", str(missing)])) == 2
     assert "student.safetensors" in capsys.readouterr().err
+
+
+def _export_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_export_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _disk_full() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _fsync_on_a_full_disk(fd: int) -> None:
+    """Buffered data meets the full disk when it is flushed."""
+    raise _disk_full()
+
+
+@pytest.mark.parametrize("full_while", ["onnx", "sidecar"])
+def test_disk_full_export_is_one_line_and_loses_nothing(
+    exported: tuple[Path, dict],
+    student_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    full_while: str,
+) -> None:
+    """The disk fills while the ONNX (or, after it, its sidecar) is written over a previous export."""
+    out = tmp_path / "models" / "student.onnx"
+    out.parent.mkdir()
+    for src in (exported[0], exported[0].with_name("student.onnx.json")):
+        shutil.copy(src, out.parent / src.name)
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    if full_while == "onnx":
+
+        def export_then_full(model, args, f, **kwargs) -> None:  # the exporter writes part, then ENOSPC
+            Path(f).write_bytes(b"half an onnx graph")
+            raise _disk_full()
+
+        monkeypatch.setattr(torch.onnx, "export", export_then_full)
+    else:
+        monkeypatch.setattr(os, "fsync", _fsync_on_a_full_disk)
+    args = _export_args("--checkpoint", str(student_dir), "--onnx", str(out), "--dynamic-batch")
+    assert run_export(args) == 2
+    err = capsys.readouterr().err
+    target = out if full_while == "onnx" else out.with_name("student.onnx.json")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot write {target}: No space left on device" in err
+    # the previous export is intact (the dynamic-batch one would differ) and nothing partial is left
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before
+
+
+def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "engine.plan"
+    atomic_write_bytes(path, b"old engine")
+    monkeypatch.setattr(os, "fsync", _fsync_on_a_full_disk)
+    with pytest.raises(AtomicWriteError, match=re.escape(f"cannot write {path}: No space left")) as info:
+        atomic_write_bytes(path, b"new engine")
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"old engine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine.plan"]
 
 
 # -------------------------------------------------------- input validation
