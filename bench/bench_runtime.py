@@ -84,13 +84,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a source checkout, not installed
 from fsmde_core.geometry import RayCache  # noqa: E402
+from fsmde_core.names import SURROUND_CAMERAS  # noqa: E402
 from fsmde_core.rig import Rig  # noqa: E402
 from fsmde_core.sync import ApproximateTimeSynchronizer  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "runtime.md"
 PARAMS_FILE = REPO / "config" / "surround_depth.yaml"
 RIG_FILE = REPO / "config" / "rig_ddad.yaml"
-CAMERAS = ("front", "front_left", "back_left", "back", "back_right", "front_right")
+CAMERAS = SURROUND_CAMERAS
 IMG_W, IMG_H = 640, 384  # published camera images
 NET_H, NET_W = 384, 640  # student input = depth output
 STRIDE, MAX_RANGE = 4, 80.0  # the params file's cloud defaults

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from fsmde_core.camera import CameraModel
+from fsmde_core.names import SURROUND_CAMERAS
 
 
 class RigError(ValueError):
@@ -410,20 +411,21 @@ def _parse_camera(c: object, i: int, source: str) -> RigCamera:
 
 
 # ---------------------------------------------------------------- presets
-# (name, yaw deg, hfov deg, position in base_link [m]) — approximations of the
-# published layouts, at the resolutions surround-depth papers train at.
+# (yaw deg, hfov deg, position in base_link [m]) per camera of SURROUND_CAMERAS, in
+# that order — approximations of the published layouts, at the resolutions
+# surround-depth papers train at.
 _PRESETS: dict[str, dict] = {
     "ddad": {
         "size": (640, 384),
         "max_depth": 200.0,
         "pitch": 2.0,
         "cameras": [
-            ("front", 0.0, 80.0, (1.80, 0.00, 1.55)),
-            ("front_left", 60.0, 90.0, (1.40, 0.55, 1.50)),
-            ("back_left", 125.0, 90.0, (-0.60, 0.55, 1.50)),
-            ("back", 180.0, 80.0, (-1.20, 0.00, 1.55)),
-            ("back_right", -125.0, 90.0, (-0.60, -0.55, 1.50)),
-            ("front_right", -60.0, 90.0, (1.40, -0.55, 1.50)),
+            (0.0, 80.0, (1.80, 0.00, 1.55)),
+            (60.0, 90.0, (1.40, 0.55, 1.50)),
+            (125.0, 90.0, (-0.60, 0.55, 1.50)),
+            (180.0, 80.0, (-1.20, 0.00, 1.55)),
+            (-125.0, 90.0, (-0.60, -0.55, 1.50)),
+            (-60.0, 90.0, (1.40, -0.55, 1.50)),
         ],
         "lidar": (0.0, 0.0, 1.95),
     },
@@ -432,12 +434,12 @@ _PRESETS: dict[str, dict] = {
         "max_depth": 80.0,
         "pitch": 0.5,
         "cameras": [
-            ("front", 0.0, 70.0, (1.70, 0.00, 1.51)),
-            ("front_left", 55.0, 70.0, (1.52, 0.49, 1.51)),
-            ("back_left", 110.0, 70.0, (1.03, 0.48, 1.56)),
-            ("back", 180.0, 110.0, (0.03, 0.00, 1.57)),
-            ("back_right", -110.0, 70.0, (1.04, -0.48, 1.56)),
-            ("front_right", -55.0, 70.0, (1.55, -0.49, 1.52)),
+            (0.0, 70.0, (1.70, 0.00, 1.51)),
+            (55.0, 70.0, (1.52, 0.49, 1.51)),
+            (110.0, 70.0, (1.03, 0.48, 1.56)),
+            (180.0, 110.0, (0.03, 0.00, 1.57)),
+            (-110.0, 70.0, (1.04, -0.48, 1.56)),
+            (-55.0, 70.0, (1.55, -0.49, 1.52)),
         ],
         "lidar": (0.94, 0.0, 1.84),
     },
@@ -455,7 +457,7 @@ def preset(name: str, width: int | None = None, height: int | None = None) -> Ri
     p = _PRESETS[name]
     w0, h0 = p["size"]
     cams = []
-    for cam_name, yaw, hfov, pos in p["cameras"]:
+    for cam_name, (yaw, hfov, pos) in zip(SURROUND_CAMERAS, p["cameras"], strict=True):
         model = CameraModel.pinhole(w0, h0, hfov)
         T = make_transform(optical_to_base_rotation(yaw, p["pitch"]), np.asarray(pos))
         cams.append(RigCamera(cam_name, f"camera_{cam_name}_optical_frame", model, T))

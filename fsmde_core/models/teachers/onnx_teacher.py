@@ -26,20 +26,13 @@ from torch.nn import functional as nnf
 
 from fsmde_core.models.teachers import invert_positive
 from fsmde_core.models.teachers.base import Teacher, TeacherOutput
+from fsmde_core.runtime.sidecar import sha256_file
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 OUTPUT_KINDS: tuple[str, ...] = ("inverse_depth", "depth")
 
 _ORT_FLOAT_TYPES: dict[str, type[np.floating]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _select_providers(device: str, requested: Sequence[str] | None) -> list[str]:
@@ -160,7 +153,7 @@ class OnnxTeacher(Teacher):
             }
             settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
             self._identity = (
-                f"{type(self).__name__}|w={_sha256_file(self.model_path)[:16]}|cfg={settings_hash[:16]}"
+                f"{type(self).__name__}|w={sha256_file(self.model_path)[:16]}|cfg={settings_hash[:16]}"
             )
         return self._identity
 
