@@ -38,12 +38,14 @@ from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.runtime import (
     BackendError,
     BackendUnavailableError,
+    backend_for_model,
     build_backend,
+    infer_kind,
     resize_batch,
     resize_depth_nearest,
     to_nchw_float,
 )
-from fsmde_core.runtime.devices import require_cuda
+from fsmde_core.runtime.devices import check_precision_on_device, require_cuda, resolve_device
 from fsmde_core.runtime.onnx_backend import OnnxBackend
 from fsmde_core.runtime.tensorrt_backend import TensorRTBackend
 from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine, engine_cache_key, onnx_input_shape
@@ -266,6 +268,35 @@ def test_onnx_cuda_request_falls_back_to_cpu_with_warning(
 def test_torch_cuda_unavailable_error(student_dir: Path) -> None:
     with pytest.raises(BackendUnavailableError, match="no CUDA device"):
         build_backend("torch", student_dir, device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("m.onnx", "onnxruntime"), ("m.ENGINE", "tensorrt"), ("m.plan", "tensorrt"), ("m.trt", "tensorrt"),
+     ("student.safetensors", "torch"), ("run_dir", "torch")],
+)
+def test_backend_suffix_registry(name: str, kind: str, tmp_path: Path) -> None:
+    assert backend_for_model(tmp_path / name) == kind == infer_kind(tmp_path / name)
+
+
+def test_unknown_model_suffix_names_the_accepted_ones(tmp_path: Path) -> None:
+    assert backend_for_model(tmp_path / "model.pt") is None
+    with pytest.raises(ValueError, match=r"model\.pt.*'\.pt'.*\.safetensors, \.onnx, \.engine"):
+        build_backend("auto", tmp_path / "model.pt")
+    run = tmp_path / "run.v2"  # a run directory with a dot in its name is still a run directory
+    run.mkdir()
+    assert backend_for_model(run) == "torch"
+
+
+def test_device_rules() -> None:
+    assert resolve_device("auto") == resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ValueError, match=re.escape("device must be 'cpu', 'cuda' or 'cuda:<index>', got 'gpu'")):
+        resolve_device("gpu")
+    assert check_precision_on_device("fp16", "cuda:0") == "fp16"
+    assert check_precision_on_device("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match=r"fp16.*needs CUDA but device is 'cpu'"):
+        check_precision_on_device("fp16", "cpu")
 
 
 # ------------------------------------------------------------ broken files

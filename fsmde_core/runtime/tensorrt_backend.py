@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 
 from fsmde_core.runtime.base import BackendError, InferenceBackend
-from fsmde_core.runtime.devices import check_precision, require_cuda
 from fsmde_core.runtime.factory import backend_for_model
 from fsmde_core.runtime.sidecar import read_sidecar
-from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine, require_tensorrt
+from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine, tensorrt_prerequisites
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +74,7 @@ class TensorRTBackend(InferenceBackend):
         cache_dir: str | Path | None = None,
         max_batch: int | None = None,
     ) -> None:
-        trt = require_tensorrt()
-        torch = require_cuda(device, who="TensorRT")
-        check_precision(precision)
-        path = Path(model_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"TensorRT engine / ONNX model not found: {path}")
+        trt, torch, path = tensorrt_prerequisites(model_path, device, precision, "TensorRT engine / ONNX model")
         if backend_for_model(path) == "onnxruntime":  # an ONNX file: build (or reuse) its engine first
             path = build_tensorrt_engine(
                 path,

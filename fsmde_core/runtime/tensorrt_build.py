@@ -46,6 +46,21 @@ def require_tensorrt() -> Any:
     return trt
 
 
+def tensorrt_prerequisites(model_path: str | Path, device: str, precision: str, what: str) -> tuple[Any, Any, Path]:
+    """``(tensorrt, torch, path)`` once TensorRT, the CUDA device, the precision and the file are all there.
+
+    Checked in that order by the builder and the backend alike, so the first
+    missing thing is what the message names.
+    """
+    trt = require_tensorrt()
+    torch = require_cuda(device, who="TensorRT")
+    check_precision(precision)
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return trt, torch, path
+
+
 def engine_cache_key(
     onnx_bytes: bytes,
     *,
@@ -203,12 +218,7 @@ def build_tensorrt_engine(
         BackendError: the ONNX cannot be parsed or the build fails.
         OSError: an engine or sidecar cannot be written (nothing partial is left).
     """
-    trt = require_tensorrt()
-    torch = require_cuda(device, who="TensorRT")
-    check_precision(precision)
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+    trt, torch, onnx_path = tensorrt_prerequisites(onnx_path, device, precision, "ONNX model")
     onnx_bytes = onnx_path.read_bytes()
     shape = onnx_input_shape(onnx_path)
     facts = _carried_facts(onnx_path)
