@@ -1,9 +1,7 @@
 """SurroundDepthEstimator with real backends on tiny students (no ROS).
 
-Two students: a *textured* one (sharpened bin logits: depth varies strongly per pixel, so
-comparing with the backend's own offline output checks every pixel's path) and a *plane*
-one whose logit and bin heads are zeroed except one bin's bias: every pixel of every
-image is then exactly that bin's centre (8.5 m), a fronto-parallel plane whose cloud
+Two students (:mod:`tiny_students`): a *textured* one, compared pixel by pixel with the
+backend's own offline output, and a *plane* one (every pixel exactly 8.5 m), whose cloud
 has a known place in the vehicle frame.
 """
 
@@ -16,28 +14,23 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is needed for the student")
 
+from tiny_students import PLANE_DEPTH_M as PLANE_M  # noqa: E402
+from tiny_students import save_plane_student, save_textured_student  # noqa: E402
+
 from fsmde_core.calib_health import CrossViewMonitor  # noqa: E402
-from fsmde_core.checkpoint import save_student  # noqa: E402
 from fsmde_core.estimator import (  # noqa: E402
     CameraFrame,
     CloudOptions,
     SurroundDepthEstimator,
     finish_depth,
 )
-from fsmde_core.models.student import StudentConfig, SurroundDepthStudent  # noqa: E402
 from fsmde_core.motion import compensate_points  # noqa: E402
 from fsmde_core.rig import Rig, make_transform, preset  # noqa: E402
 from fsmde_core.runtime import build_backend, resize_batch, resize_depth_nearest  # noqa: E402
 
 H, W = 64, 96  # network input = depth size
 IMG_H, IMG_W = 96, 160  # camera images: another size and aspect
-PLANE_M = 8.5  # bin 1 of 16 uniform bins over [1, 81] m
 STRIDE = 4
-
-
-def _save(run: Path, model: SurroundDepthStudent, cfg: StudentConfig, rig: Rig) -> Path:
-    save_student(run, model, {"student": cfg.to_dict(), "camera_names": rig.names, "rig": "ddad"})
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -47,29 +40,12 @@ def rig() -> Rig:
 
 @pytest.fixture(scope="module")
 def textured_backend(tmp_path_factory: pytest.TempPathFactory, rig: Rig):
-    cfg = StudentConfig(encoder="resnet18", num_bins=16, min_depth=0.5, max_depth=80.0,
-                        decoder_channels=(32, 16, 16, 8), input_height=H, input_width=W)
-    torch.manual_seed(0)
-    model = SurroundDepthStudent(cfg)
-    with torch.no_grad():  # peaky bin probabilities: depth varies from ~7 to ~70 m
-        model.logit_head.weight.mul_(30.0)
-        model.logit_head.bias.normal_(0.0, 2.0)
-    return build_backend("torch", _save(tmp_path_factory.mktemp("textured"), model, cfg, rig))
+    return build_backend("torch", save_textured_student(tmp_path_factory.mktemp("textured"), rig.names, H, W))
 
 
 @pytest.fixture(scope="module")
 def plane_run(tmp_path_factory: pytest.TempPathFactory, rig: Rig) -> Path:
-    cfg = StudentConfig(encoder="resnet18", num_bins=16, min_depth=1.0, max_depth=81.0,
-                        decoder_channels=(32, 16, 16, 8), input_height=H, input_width=W)
-    torch.manual_seed(0)
-    model = SurroundDepthStudent(cfg)
-    with torch.no_grad():
-        model.bin_head.mlp[-1].weight.zero_()  # equal bin widths: centres 3.5, 8.5, 13.5, ... m
-        model.bin_head.mlp[-1].bias.zero_()
-        model.logit_head.weight.zero_()  # the same logits at every pixel ...
-        model.logit_head.bias.zero_()
-        model.logit_head.bias[1] = 60.0  # ... all on bin 1
-    return _save(tmp_path_factory.mktemp("plane"), model, cfg, rig)
+    return save_plane_student(tmp_path_factory.mktemp("plane"), rig.names, H, W)
 
 
 @pytest.fixture(scope="module")

@@ -45,10 +45,9 @@ from node_harness import (  # noqa: E402
 )
 from PIL import Image as PILImage  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from tiny_students import save_textured_student  # noqa: E402
 
-from fsmde_core.checkpoint import save_student  # noqa: E402
 from fsmde_core.estimator import CameraFrame, CloudOptions, DepthResult, SurroundDepthEstimator  # noqa: E402
-from fsmde_core.models.student import StudentConfig, SurroundDepthStudent  # noqa: E402
 from fsmde_core.rig import Rig, matrix_to_quaternion, preset  # noqa: E402
 from fsmde_core.runtime import build_backend, resize_batch, resize_depth_nearest  # noqa: E402
 from fsmde_core.sync import suggest_tolerance_ms as suggest_slop_ms  # noqa: E402
@@ -96,16 +95,7 @@ def ros_env_vars() -> None:
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = StudentConfig(encoder="resnet18", num_bins=16, min_depth=0.5, max_depth=80.0,
-                        decoder_channels=(32, 16, 16, 8), input_height=H, input_width=W)
-    torch.manual_seed(0)
-    model = SurroundDepthStudent(cfg)
-    with torch.no_grad():  # peaky bin probabilities: depth varies from ~7 to ~70 m
-        model.logit_head.weight.mul_(30.0)
-        model.logit_head.bias.normal_(0.0, 2.0)
-    run = tmp_path_factory.mktemp("student")
-    save_student(run, model, {"student": cfg.to_dict(), "camera_names": list(CAMERAS), "rig": "ddad"})
-    return run
+    return save_textured_student(tmp_path_factory.mktemp("student"), CAMERAS, H, W)
 
 
 @pytest.fixture(scope="module")
