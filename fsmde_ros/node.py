@@ -5,8 +5,9 @@ Data flow (one arrow per thread hand-over)::
     image / camera_info callbacks (the executor's thread)
       -> ApproximateTimeSynchronizer (header.stamp; arrival on the steady clock)
       -> mailbox (one slot, newest wins; ``pipeline.queue_size`` > 1 queues sets for replays)
-      -> inference worker thread: decode, resize, ONE batched backend.infer,
-         publish <ns>/depth + <ns>/depth/camera_info per camera and the cloud
+      -> inference worker thread: decode, then :class:`fsmde_core.estimator.SurroundDepthEstimator`
+         (resize, ONE batched backend.infer, REP 117, masks, cloud), publish
+         <ns>/depth + <ns>/depth/camera_info per camera and the cloud
 
 Why a worker thread and a one-slot mailbox: the network takes longer than a
 camera period on a CPU (and on a small GPU with six cameras), and executor
