@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_synth import machine
 
-from fsmde_core.geometry import RayCache
+from fsmde_core.geometry import CameraRays
 from fsmde_core.motion import compensate_points
 from fsmde_core.rig import Rig, make_transform, matrix_to_quaternion, preset, quaternion_to_matrix
 from fsmde_core.synthetic.raycast import RayGrid, cast
@@ -66,8 +66,7 @@ def camera_cloud(world, rig: Rig, k: int, t: float, stride: int) -> np.ndarray:
     s = float(world.ego.s(t))
     depth = cast(RayGrid.pinhole(cam.model), world.ego_pose(t) @ cam.T_base_cam,
                  world.static.near(s - 120.0, s + 120.0), world.road).t
-    one = Rig(cam.name, [cam], base_frame=rig.base_frame)
-    xyz, _ = RayCache(one, stride).fuse(depth[None], max_range=80.0)
+    xyz, _ = CameraRays(cam.model, cam.T_base_cam, stride).points(depth, max_range=80.0)
     return xyz
 
 

@@ -35,9 +35,10 @@ Rows of the printed table:
   decoding, batching, REP 117 masking, depth / camera_info / cloud building
   and publishing, and this consumer's deserialisation of the cloud.
 * **parts** - synchronizer cost per message (``ApproximateTimeSynchronizer.add``,
-  six cameras), cloud build (``RayCache.fuse`` of 6x384x640 at stride 4 with
-  colour) and per-set conversions (6 x ``depth_to_image``, ``points_to_cloud``,
-  6 x ``image_to_rgb``).
+  six cameras), the node's own estimator steps (``SurroundDepthEstimator.predict``:
+  resize + the batched ONNX pass + REP 117 finishing; ``SurroundDepthEstimator.fuse``:
+  the cloud of 6x384x640 at stride 4 with colour, rays cached as in the node) and
+  per-set conversions (6 x ``depth_to_image``, ``points_to_cloud``, 6 x ``image_to_rgb``).
 
 Transport: both participants load a Fast DDS profile with 16 MB shared-memory
 segments (``--transport large-shm``, the default; see :data:`LARGE_SHM_PROFILE`).
@@ -61,13 +62,11 @@ how much CPU they took with the results. About 2.5 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import array
 import contextlib
 import datetime as dt
 import os
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -83,7 +82,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a source checkout, not installed
-from fsmde_core.geometry import RayCache  # noqa: E402
+sys.path.insert(0, str(REPO / "test"))  # the node test harness: the same participant the tests use
+from node_harness import Driver, NodeProcess, header, image_msg, start_node  # noqa: E402
+
+from fsmde_core.estimator import CameraFrame, CloudOptions, DepthResult, SurroundDepthEstimator  # noqa: E402
 from fsmde_core.names import SURROUND_CAMERAS  # noqa: E402
 from fsmde_core.rig import Rig  # noqa: E402
 from fsmde_core.sync import ApproximateTimeSynchronizer  # noqa: E402
@@ -205,21 +207,18 @@ def make_images(n_sets: int, seed: int = 0) -> np.ndarray:
     return sets
 
 
-def model_rows(run: Path, onnx: Path, batch: np.ndarray, warmup: int, runs: int) -> tuple[list[Row], np.ndarray]:
-    """Model-only time per set for torch and ONNX Runtime; also returns ORT's depth for the parts."""
+def model_rows(run: Path, onnx: Path, batch: np.ndarray, warmup: int, runs: int) -> list[Row]:
+    """Model-only time per set for torch and ONNX Runtime."""
     from fsmde_core.runtime import build_backend
 
     rows = []
-    depth = None
     for kind, path in (("torch", run), ("onnxruntime", onnx)):
         backend = build_backend(kind, path)
         times = timed(lambda b=backend: b.infer(batch), warmup, runs)
-        if kind == "onnxruntime":
-            depth = backend.infer(batch)
         rows.append(Row("model only", f"{kind} infer (6x384x640)", times,
                         f"warm-up {warmup}, {runs} runs"))
         del backend  # free its threads / arena before the next measurement
-    return rows, depth
+    return rows
 
 
 # ------------------------------------------------------------------ the parts
@@ -246,156 +245,52 @@ def sync_row(n_sets: int, seed: int = 0) -> Row:
                f"{len(msgs)} messages (shuffled, jittered) x 5 passes", unit="us")
 
 
-def parts_rows(depth: np.ndarray, batch: np.ndarray, warmup: int, runs: int) -> tuple[list[Row], int]:
-    """Cloud build and per-set message conversions on the model's real depth output."""
-    from sensor_msgs.msg import Image
+def estimator_frames(batch: np.ndarray) -> list[CameraFrame]:
+    """One set as the node hands it to the estimator: calibration intrinsics and extrinsics."""
+    rig = Rig.load(RIG_FILE)
+    return [CameraFrame(c, batch[k], rig.camera(c).model.scaled_to(IMG_W, IMG_H),
+                        extrinsic=rig.camera(c).T_base_cam) for k, c in enumerate(CAMERAS)]
+
+
+def estimator_rows(onnx: Path, batch: np.ndarray, warmup: int, runs: int) -> tuple[list[Row], DepthResult]:
+    """The node's own steps (the real estimator on the ONNX backend): predict, then fuse."""
+    from fsmde_core.runtime import build_backend
+
+    estimator = SurroundDepthEstimator(build_backend("onnxruntime", onnx))
+    frames = estimator_frames(batch)
+    options = CloudOptions(stride=STRIDE, max_range=MAX_RANGE)
+    predicted = estimator.predict(frames)
+    fused = estimator.fuse(predicted, options)
+    rows = [
+        Row("parts", "estimator.predict (resize + ORT infer + REP 117)",
+            timed(lambda: estimator.predict(frames), 0, max(2, runs // 10)), "one batched pass, 6 cameras"),
+        Row("parts", f"estimator.fuse 6x{NET_H}x{NET_W} stride {STRIDE} + colour",
+            timed(lambda: estimator.fuse(predicted, options), warmup, runs), f"{fused.xyz.shape[0]} points"),
+    ]
+    if estimator.ray_cache_builds != len(CAMERAS):
+        raise SystemExit(f"rays rebuilt during the runs ({estimator.ray_cache_builds} builds for "
+                         f"{len(CAMERAS)} cameras): the cache does not hold")
+    return rows, fused
+
+
+def conversion_rows(result: DepthResult, batch: np.ndarray, warmup: int, runs: int) -> list[Row]:
+    """Per-set message conversions on the estimator's real output."""
     from std_msgs.msg import Header
 
     from fsmde_ros.conversions import depth_to_image, image_to_rgb, points_to_cloud
 
-    rig = Rig.load(RIG_FILE).scaled(NET_W, NET_H)
-    rig = Rig(rig.name, [rig.camera(c) for c in CAMERAS], base_frame=rig.base_frame)
-    cache = RayCache(rig, STRIDE)
-    xyz, rgb = cache.fuse(depth, colours=batch, max_range=MAX_RANGE)
-    header = Header(frame_id="base_link")
-    msgs = []
-    for k in range(len(CAMERAS)):
-        data = array.array("B")
-        data.frombytes(batch[k].tobytes())
-        msgs.append(Image(header=header, height=IMG_H, width=IMG_W, encoding="rgb8", step=IMG_W * 3, data=data))
+    hdr = Header(frame_id="base_link")
+    msgs = [image_msg(batch[k], hdr) for k in range(len(CAMERAS))]
+    n = result.xyz.shape[0]
     cases = [
-        (f"RayCache.fuse 6x{NET_H}x{NET_W} stride {STRIDE} + colour",
-         lambda: cache.fuse(depth, colours=batch, max_range=MAX_RANGE), f"{xyz.shape[0]} points"),
-        ("6 x depth_to_image", lambda: [depth_to_image(d, header) for d in depth], "32FC1 384x640"),
-        ("points_to_cloud xyz+rgb", lambda: points_to_cloud(xyz, rgb, header), f"{xyz.shape[0]} points"),
+        ("6 x depth_to_image", lambda: [depth_to_image(d, hdr) for d in result.depth], "32FC1 384x640"),
+        ("points_to_cloud xyz+rgb", lambda: points_to_cloud(result.xyz, result.rgb, hdr), f"{n} points"),
         ("6 x image_to_rgb (rgb8)", lambda: [image_to_rgb(m) for m in msgs], "zero-copy view"),
     ]
-    return [Row("parts", what, timed(fn, warmup, runs), note) for what, fn, note in cases], xyz.shape[0]
+    return [Row("parts", what, timed(fn, warmup, runs), note) for what, fn, note in cases]
 
 
 # ------------------------------------------------------------------ end to end
-@dataclass
-class _Recorder:
-    """Receive times (perf_counter, s) of the node's outputs, keyed by stamp (ns), and the
-    node's diagnostics windows that held an output: (model_time_max_ms, latency_max_ms)."""
-
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    cloud_at: dict[int, float] = field(default_factory=dict)
-    cloud_points: dict[int, int] = field(default_factory=dict)
-    depth_at: dict[int, list[float]] = field(default_factory=dict)
-    windows: list[tuple[float, float]] = field(default_factory=list)
-
-
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-class Feeder:
-    """This process's ROS participant: camera publishers and recorders of the node's outputs."""
-
-    def __init__(self, domain_id: int, rig: Rig) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-
-        self.rig = rig
-        self.rec = _Recorder()
-        self.ctx = Context()
-        rclpy.init(context=self.ctx, domain_id=domain_id)
-        self.node = rclpy.create_node("bench_runtime_feeder", context=self.ctx, start_parameter_services=False)
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pubs = {c: self.node.create_publisher(Image, f"/cameras/{c}/image_raw", reliable) for c in CAMERAS}
-        self.info_pubs = {c: self.node.create_publisher(CameraInfo, f"/cameras/{c}/camera_info", reliable)
-                          for c in CAMERAS}
-        self.subs = [self.node.create_subscription(PointCloud2, "/surround_depth/points", self._on_cloud, reliable)]
-        for c in CAMERAS:
-            self.subs.append(self.node.create_subscription(Image, f"/cameras/{c}/depth", self._on_depth, reliable))
-            self.subs.append(self.node.create_subscription(CameraInfo, f"/cameras/{c}/depth/camera_info",
-                                                           lambda m: None, reliable))
-        self.subs.append(self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag,
-                                                       QoSProfile(depth=50)))
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        with contextlib.suppress(Exception):  # the context is shut down by close()
-            self.executor.spin()
-
-    def _on_cloud(self, msg) -> None:
-        now = time.perf_counter()
-        with self.rec.cond:
-            self.rec.cloud_at[_stamp_ns(msg.header.stamp)] = now
-            self.rec.cloud_points[_stamp_ns(msg.header.stamp)] = int(msg.width)
-            self.rec.cond.notify_all()
-
-    def _on_depth(self, msg) -> None:
-        now = time.perf_counter()
-        with self.rec.cond:
-            self.rec.depth_at.setdefault(_stamp_ns(msg.header.stamp), []).append(now)
-
-    def _on_diag(self, msg) -> None:
-        for status in msg.status:
-            if not status.name.endswith(": pipeline"):
-                continue
-            values = {kv.key: kv.value for kv in status.values}
-            if values.get("model_time_max_ms", "n/a") == "n/a":
-                return
-            latency = values.get("latency_max_ms", "n/a")
-            with self.rec.cond:
-                self.rec.windows.append((float(values["model_time_max_ms"]),
-                                         float(latency) if latency != "n/a" else float("nan")))
-                self.rec.cond.notify_all()
-
-    def ready(self) -> bool:
-        """The node subscribes to every camera and publishes the cloud."""
-        return (all(p.get_subscription_count() > 0 for p in self.image_pubs.values())
-                and all(p.get_subscription_count() > 0 for p in self.info_pubs.values())
-                and self.subs[0].get_publisher_count() > 0)
-
-    def wait(self, cond: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.rec.cond:
-            while not cond():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.rec.cond.wait(min(left, 0.1))
-            return True
-
-    def messages(self, images: np.ndarray, stamps: Sequence[int]) -> list[tuple[str, object, object]]:
-        """(camera, Image, CameraInfo) for one set, built before the clock starts."""
-        from builtin_interfaces.msg import Time
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import Header
-
-        from fsmde_ros.conversions import model_to_camera_info
-
-        out = []
-        for k, cam in enumerate(CAMERAS):
-            rc = self.rig.camera(cam)
-            hdr = Header(stamp=Time(sec=stamps[k] // 1_000_000_000, nanosec=stamps[k] % 1_000_000_000),
-                         frame_id=rc.frame_id)
-            data = array.array("B")
-            data.frombytes(images[k].tobytes())
-            img = Image(header=hdr, height=IMG_H, width=IMG_W, encoding="rgb8", is_bigendian=0,
-                        step=IMG_W * 3, data=data)
-            out.append((cam, img, model_to_camera_info(rc.model, hdr)))
-        return out
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.ctx)
-        self._thread.join(2.0)
-
-
 def dds_env(domain_id: int, transport: str, work: Path) -> dict[str, str]:
     """Variables for both participants: own domain, localhost discovery, the transport profile."""
     env = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
@@ -406,14 +301,23 @@ def dds_env(domain_id: int, transport: str, work: Path) -> dict[str, str]:
     return env
 
 
-def node_command(onnx: Path, input_reliability: str) -> list[str]:
-    params = {"model.path": str(onnx), "model.backend": "onnxruntime", "extrinsics.source": "calibration",
-              "extrinsics.calibration_file": str(RIG_FILE), "diagnostics.period_s": str(DIAG_PERIOD_S),
-              "qos.input_reliability": input_reliability}
-    cmd = [sys.executable, "-m", "fsmde_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE)]
-    for name, value in params.items():
-        cmd += ["-p", f"{name}:={value}"]
-    return cmd
+def node_params(onnx: Path, input_reliability: str) -> dict[str, str]:
+    return {"model.path": str(onnx), "model.backend": "onnxruntime", "extrinsics.source": "calibration",
+            "extrinsics.calibration_file": str(RIG_FILE), "diagnostics.period_s": str(DIAG_PERIOD_S),
+            "qos.input_reliability": input_reliability}
+
+
+def node_windows(driver: Driver) -> list[tuple[float, float]]:
+    """The node's diagnostics windows that held an output: (model_time_max_ms, latency_max_ms).
+    Reads the driver's list while its spin thread may append (safe for a CPython list)."""
+    out = []
+    for array in driver.diagnostics:
+        for status in array.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name.endswith(": pipeline") and values.get("model_time_max_ms", "n/a") != "n/a":
+                latency = values.get("latency_max_ms", "n/a")
+                out.append((float(values["model_time_max_ms"]), float(latency) if latency != "n/a" else float("nan")))
+    return out
 
 
 @dataclass
@@ -445,91 +349,84 @@ class EndToEnd:
 def end_to_end(onnx: Path, images: np.ndarray, warmup_sets: int, domain_id: int, work: Path,
                transport: str, input_reliability: str) -> EndToEnd:
     """Run the node as a subprocess and feed it one set at a time (module doc)."""
-    dds = dds_env(domain_id, transport, work)
-    os.environ.update(dds)  # this process's participant (created below) reads them too
-    env = {**os.environ, **dds, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "PYTHONUNBUFFERED": "1"}
-    log_path = work / "node.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(node_command(onnx, input_reliability), cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    feeder = Feeder(domain_id, Rig.load(RIG_FILE))
+    os.environ.update(dds_env(domain_id, transport, work))  # both participants read them
+    node = start_node(node_params(onnx, input_reliability), work / "node.log", domain_id)
+    driver = Driver(domain_id, CAMERAS)
     try:
-        deadline = time.monotonic() + 180.0
-        while not feeder.ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"node did not come up (rc {proc.poll()}); log:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        return _feed(feeder, images, warmup_sets, proc, log_path)
+        if not driver.wait_until(lambda: driver.node_ready() or not node.alive(), 180.0) or not node.alive():
+            raise SystemExit(f"node did not come up (rc {node.proc.poll()}); log:\n{node.log()}")
+        return _feed(driver, Rig.load(RIG_FILE), images, warmup_sets, node)
     finally:
-        feeder.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        driver.close()
+        node.stop(20.0)
 
 
-def _feed(feeder: Feeder, images: np.ndarray, warmup_sets: int, proc: subprocess.Popen,
-          log_path: Path) -> EndToEnd:
+def set_messages(rig: Rig, images: np.ndarray, stamps: Sequence[int]) -> list[tuple[str, object, object]]:
+    """(camera, Image, CameraInfo) for one set, built before the clock starts."""
+    from fsmde_ros.conversions import model_to_camera_info
+
+    out = []
+    for k, cam in enumerate(CAMERAS):
+        rc = rig.camera(cam)
+        hdr = header(stamps[k], rc.frame_id)
+        out.append((cam, image_msg(images[k], hdr), model_to_camera_info(rc.model, hdr)))
+    return out
+
+
+def _feed(driver: Driver, rig: Rig, images: np.ndarray, warmup_sets: int, node: NodeProcess) -> EndToEnd:
     """Send one set, wait for its cloud and its diagnostics window, record; repeat."""
-    rec = feeder.rec
     out = EndToEnd()
     for s in range(images.shape[0]):
         now = time.time_ns()  # stamps as a driver would set them: capture times, the last ~ now
         stamps = [now - (len(CAMERAS) - 1 - k) * CAMERA_OFFSET_NS for k in range(len(CAMERAS))]
         ref = max(stamps)
-        msgs = feeder.messages(images[s], stamps)
-        with rec.cond:
-            windows_before = len(rec.windows)
+        msgs = set_messages(rig, images[s], stamps)
+        windows_before = len(node_windows(driver))
         for cam, _, info in msgs:
-            feeder.info_pubs[cam].publish(info)
+            driver.info_pubs[cam].publish(info)
         for cam, img, _ in msgs[:-1]:
-            feeder.image_pubs[cam].publish(img)
+            driver.image_pubs[cam].publish(img)
         cam, img, _ = msgs[-1]
         wall_last, t_last = time.time_ns(), time.perf_counter()
-        feeder.image_pubs[cam].publish(img)
-        got = feeder.wait(lambda r=ref: r in rec.cloud_at, WAIT_S)
-        got = got and feeder.wait(lambda n=windows_before: len(rec.windows) > n, 5.0)
+        driver.image_pubs[cam].publish(img)
+        got = driver.wait_until(lambda r=ref: r in driver.cloud_at, WAIT_S)
+        got = got and driver.wait_until(lambda n=windows_before: len(node_windows(driver)) > n, 5.0)
         # depth images carry their input image's header, hence each camera's own stamp
-        got = got and feeder.wait(lambda st=stamps: all(t in rec.depth_at for t in st), 5.0)
-        if proc.poll() is not None:
-            raise SystemExit(f"node exited (rc {proc.returncode}); log:\n{log_path.read_text()}")
+        got = got and driver.wait_until(
+            lambda st=stamps: all(t in driver.depth_at[c] for c, t in zip(CAMERAS, st, strict=True)), 5.0)
+        if not node.alive():
+            raise SystemExit(f"node exited (rc {node.proc.returncode}); log:\n{node.log()}")
         if VERBOSE:
             print(f"  set {s}: {'ok' if got else 'NO OUTPUT'} after {(time.perf_counter() - t_last) * 1e3:.0f} ms",
                   flush=True)
         if not got:
             out.lost += 1
-            _settle(rec)
+            _settle(driver)
             continue
-        with rec.cond:
-            if len(rec.windows) != windows_before + 1:
-                raise SystemExit("a diagnostics window held more than one set; cannot pair model times")
-            if s < warmup_sets:
-                continue
-            model_ms, node_latency_ms = rec.windows[-1]
-            out.latency_ms.append((rec.cloud_at[ref] - t_last) * 1e3)
-            out.depth_ms.append((max(rec.depth_at[t][0] for t in stamps) - t_last) * 1e3)
-            # The node's latency is (its clock at the end of the set) - ref; both clocks are this
-            # machine's CLOCK_REALTIME (no use_sim_time), so this is "last image -> node done".
-            out.node_done_ms.append((ref - wall_last) / 1e6 + node_latency_ms)
-            out.model_ms.append(model_ms)
-            out.points = rec.cloud_points[ref]
+        windows = node_windows(driver)
+        if len(windows) != windows_before + 1:
+            raise SystemExit("a diagnostics window held more than one set; cannot pair model times")
+        if s < warmup_sets:
+            continue
+        model_ms, node_latency_ms = windows[-1]
+        out.latency_ms.append((driver.cloud_at[ref] - t_last) * 1e3)
+        out.depth_ms.append((max(driver.depth_at[c][t] for c, t in zip(CAMERAS, stamps, strict=True)) - t_last) * 1e3)
+        # The node's latency is (its clock at the end of the set) - ref; both clocks are this
+        # machine's CLOCK_REALTIME (no use_sim_time), so this is "last image -> node done".
+        out.node_done_ms.append((ref - wall_last) / 1e6 + node_latency_ms)
+        out.model_ms.append(model_ms)
+        out.points = int(driver.clouds[ref][0].width)
     return out
 
 
-def _settle(rec: _Recorder, quiet_s: float = 3.0) -> None:
+def _settle(driver: Driver, quiet_s: float = 3.0) -> None:
     """After a set without output: wait until no diagnostics window with an output has come
     for ``quiet_s``, so a late output cannot be paired with the next set."""
     while True:
-        with rec.cond:
-            n = len(rec.windows)
+        n = len(node_windows(driver))
         time.sleep(quiet_s)
-        with rec.cond:
-            if len(rec.windows) == n:
-                return
+        if len(node_windows(driver)) == n:
+            return
 
 
 # ------------------------------------------------------------------ machine
@@ -706,9 +603,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("parts ...", flush=True)
         rows = [sync_row(500)]
         print("model only ...", flush=True)
-        m_rows, depth = model_rows(run, onnx, batch, args.model_warmup, args.model_runs)
-        part_rows, _ = parts_rows(depth, batch, 3, args.part_runs)
-        rows = m_rows + rows + part_rows
+        m_rows = model_rows(run, onnx, batch, args.model_warmup, args.model_runs)
+        e_rows, result = estimator_rows(onnx, batch, 3, args.part_runs)
+        rows = m_rows + rows + e_rows + conversion_rows(result, batch, 3, args.part_runs)
         print("end to end (node subprocess) ...", flush=True)
         e2e = end_to_end(onnx, images, args.warmup_sets, args.domain_id, work, args.transport,
                          args.input_reliability)

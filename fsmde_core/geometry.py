@@ -3,15 +3,13 @@
 Everything here is vectorised over points/pixels: the node calls these once per
 synchronized set and the trainer once per sample, so a Python loop per point
 would dominate both. Rays are constant per camera and size, so they are cached
-(:class:`RayCache`) and pre-rotated into the base frame.
+(:class:`CameraRays`, :class:`RayCache`) and pre-rotated into the base frame.
 
 Depth maps follow REP 117/118: float32 metres along the optical Z axis, NaN =
 no measurement / masked, +Inf = beyond range (sky).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -118,19 +116,86 @@ def depth_to_points(depth: np.ndarray, rays: np.ndarray) -> np.ndarray:
     return depth[..., None] * rays
 
 
-@dataclass
-class _CameraRays:
-    rays_base: np.ndarray  # (M, 3) float32, rotated into base, already strided
-    origin: np.ndarray  # (3,) float32 camera centre in base
-    pixel_index: np.ndarray  # (M,) flat indices into the full-size image
-    ray_norm: np.ndarray  # (M,) |ray| (range = depth * norm)
+class CameraRays:
+    """One camera's pre-rotated, pre-strided rays: a depth map -> points in the base frame.
+
+    The rays depend only on the intrinsics (at the depth size), the extrinsic and the
+    stride, so they are built once and reused for every set: building a camera's cloud
+    then costs one multiply-add per kept pixel. Per camera (not per rig) so cameras of
+    different sizes, or a camera whose extrinsic arrives late (TF), each keep their own.
+    """
+
+    def __init__(self, model: CameraModel, T_base_cam: np.ndarray, stride: int = 1) -> None:
+        if stride < 1:
+            raise ValueError(f"cloud stride must be >= 1, got {stride}")
+        self.model, self.stride = model, stride
+        rays = model.pixel_rays(stride)  # only the kept pixels are undistorted
+        vv, uu = np.mgrid[0:model.height:stride, 0:model.width:stride]
+        flat = (vv * model.width + uu).reshape(-1)
+        r = rays.reshape(-1, 3).astype(np.float64)
+        valid = np.isfinite(r).all(axis=1)  # pixels with no ray under the lens model
+        flat, r = flat[valid], r[valid]
+        T = np.asarray(T_base_cam, dtype=np.float64)
+        self.rays_base = (r @ T[:3, :3].T).astype(np.float32)
+        self.origin = T[:3, 3].astype(np.float32)  # camera centre in base
+        self.pixel_index = flat.astype(np.int64)  # flat indices into the full-size image
+        self.ray_norm = np.linalg.norm(r, axis=1).astype(np.float32)  # range = depth * norm
+
+    def points(
+        self,
+        depth: np.ndarray,
+        colour: np.ndarray | None = None,
+        max_range: float = np.inf,
+        min_range: float = 0.0,
+        mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, W) depth (REP 117: NaN/Inf skipped) -> xyz (M, 3) float32 in base, rgb (M, 3) or None.
+
+        ``colour``: (H, W, 3) uint8 at the depth size; ``mask``: (H, W), non-zero = skip the pixel;
+        ``max_range`` / ``min_range``: Euclidean range limits from the camera centre.
+        """
+        # Hot path of the node (once per camera and set): ``take`` with integer indices
+        # instead of boolean masks on (M, 3) rows, in-place arithmetic, no redundant test.
+        d = depth.reshape(-1).take(self.pixel_index)
+        rng = d * self.ray_norm
+        # NaN fails every comparison and d > 0 rejects 0, negatives and -Inf; +Inf
+        # passes d > 0 and is only rejected by a finite max_range, else test it.
+        keep = (d > 0) & (rng <= max_range) & (rng >= min_range)
+        if not np.isfinite(max_range):
+            keep &= np.isfinite(d)
+        if mask is not None:
+            # astype(bool): uint8 masks read from images (non-zero = ego) must
+            # not go through bitwise ``~`` (~1 == 254 would count as "keep").
+            keep &= ~mask.reshape(-1).take(self.pixel_index).astype(bool)
+        idx = np.flatnonzero(keep)
+        xyz = self.rays_base.take(idx, axis=0)  # a fresh array: safe to scale in place
+        xyz *= d.take(idx)[:, None]
+        xyz += self.origin
+        rgb = None if colour is None else colour.reshape(-1, 3).take(self.pixel_index.take(idx), axis=0)
+        return xyz, rgb
+
+
+def subsample_points(
+    xyz: np.ndarray, rgb: np.ndarray | None, max_points: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bound a cloud to ``max_points`` with a fixed integer pattern (the same points every frame
+    for the same count, so a static scene does not flicker); None = no bound."""
+    if max_points is None or xyz.shape[0] <= max_points:
+        return xyz, rgb
+    if max_points < 0:
+        raise ValueError(f"max_points must be >= 0, got {max_points}")
+    # Integer arithmetic: exact, and max_points == 0 gives an empty cloud
+    # (the float step n / max_points divided by zero).
+    sel = (np.arange(max_points, dtype=np.int64) * xyz.shape[0]) // max(max_points, 1)
+    return xyz[sel], (rgb[sel] if rgb is not None else None)
 
 
 class RayCache:
-    """Pre-rotated, pre-strided rays of every camera for the fused cloud.
+    """:class:`CameraRays` of every camera of one rig, for fusing a whole depth stack at once.
 
-    Built once per (rig, image size, stride); the node reuses it for every set,
-    so building the cloud costs one multiply-add per kept pixel.
+    Built once per (rig, image size, stride); offline tools and tests reuse it for
+    every sample. The node, whose cameras may differ in size, keeps one
+    :class:`CameraRays` per camera instead (:mod:`fsmde_core.estimator`).
     """
 
     def __init__(self, rig: Rig, stride: int = 1) -> None:
@@ -141,22 +206,7 @@ class RayCache:
             raise ValueError(f"RayCache needs one image size for all cameras, got {sorted(sizes)}")
         self.rig = rig
         self.stride = stride
-        self._cams: list[_CameraRays] = []
-        for cam in rig.cameras:
-            m = cam.model
-            rays = cam.model.pixel_rays()
-            vv, uu = np.mgrid[0:m.height:stride, 0:m.width:stride]
-            flat = (vv * m.width + uu).reshape(-1)
-            r = rays.reshape(-1, 3)[flat].astype(np.float64)
-            valid = np.isfinite(r).all(axis=1)  # pixels with no ray under the lens model
-            flat, r = flat[valid], r[valid]
-            R, t = cam.T_base_cam[:3, :3], cam.T_base_cam[:3, 3]
-            self._cams.append(_CameraRays(
-                rays_base=(r @ R.T).astype(np.float32),
-                origin=t.astype(np.float32),
-                pixel_index=flat.astype(np.int64),
-                ray_norm=np.linalg.norm(r, axis=1).astype(np.float32),
-            ))
+        self.cameras = [CameraRays(cam.model, cam.T_base_cam, stride) for cam in rig.cameras]
 
     def matches(self, rig: Rig, stride: int) -> bool:
         return rig is self.rig and stride == self.stride
@@ -198,37 +248,12 @@ class RayCache:
             self._check_shape("masks", masks)
         if max_points is not None and max_points < 0:
             raise ValueError(f"max_points must be >= 0, got {max_points}")
-        xyz_parts, rgb_parts = [], []
-        for k, cam in enumerate(self._cams):
-            # Hot path of the node (once per camera and set): ``take`` with integer indices
-            # instead of boolean masks on (M, 3) rows, in-place arithmetic, no redundant test.
-            d = depths[k].reshape(-1).take(cam.pixel_index)
-            rng = d * cam.ray_norm
-            # NaN fails every comparison and d > 0 rejects 0, negatives and -Inf; +Inf
-            # passes d > 0 and is only rejected by a finite max_range, else test it.
-            keep = (d > 0) & (rng <= max_range) & (rng >= min_range)
-            if not np.isfinite(max_range):
-                keep &= np.isfinite(d)
-            if masks is not None:
-                # astype(bool): uint8 masks read from images (non-zero = ego) must
-                # not go through bitwise ``~`` (~1 == 254 would count as "keep").
-                keep &= ~masks[k].reshape(-1).take(cam.pixel_index).astype(bool)
-            idx = np.flatnonzero(keep)
-            xyz = cam.rays_base.take(idx, axis=0)  # a fresh array: safe to scale in place
-            xyz *= d.take(idx)[:, None]
-            xyz += cam.origin
-            xyz_parts.append(xyz)
-            if colours is not None:
-                rgb_parts.append(colours[k].reshape(-1, 3).take(cam.pixel_index.take(idx), axis=0))
-        xyz = np.concatenate(xyz_parts).astype(np.float32, copy=False)
-        rgb = np.concatenate(rgb_parts) if colours is not None else None
-        if max_points is not None and xyz.shape[0] > max_points:
-            # Integer arithmetic: exact, and max_points == 0 gives an empty cloud
-            # (the float step n / max_points divided by zero).
-            sel = (np.arange(max_points, dtype=np.int64) * xyz.shape[0]) // max(max_points, 1)
-            xyz = xyz[sel]
-            rgb = rgb[sel] if rgb is not None else None
-        return xyz, rgb
+        parts = [cam.points(depths[k], None if colours is None else colours[k], max_range, min_range,
+                            None if masks is None else masks[k])
+                 for k, cam in enumerate(self.cameras)]
+        xyz = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
+        rgb = np.concatenate([p[1] for p in parts]) if colours is not None else None
+        return subsample_points(xyz, rgb, max_points)
 
 
 def fuse_cloud(

@@ -5,8 +5,9 @@ Data flow (one arrow per thread hand-over)::
     image / camera_info callbacks (the executor's thread)
       -> ApproximateTimeSynchronizer (header.stamp; arrival on the steady clock)
       -> mailbox (one slot, newest wins; ``pipeline.queue_size`` > 1 queues sets for replays)
-      -> inference worker thread: decode, resize, ONE batched backend.infer,
-         publish <ns>/depth + <ns>/depth/camera_info per camera and the cloud
+      -> inference worker thread: decode, then :class:`fsmde_core.estimator.SurroundDepthEstimator`
+         (resize, ONE batched backend.infer, REP 117, masks, cloud), publish
+         <ns>/depth + <ns>/depth/camera_info per camera and the cloud
 
 Why a worker thread and a one-slot mailbox: the network takes longer than a
 camera period on a CPU (and on a small GPU with six cameras), and executor
@@ -45,19 +46,18 @@ and the model. ``autostart`` (default) runs configure + activate itself so
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import rclpy
 import rclpy.logging
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType, JumpThreshold, TimeJump
 from rclpy.duration import Duration
@@ -71,11 +71,9 @@ from std_msgs.msg import Header
 from fsmde_core.calib_health import CrossViewMonitor
 from fsmde_core.camera import CameraModel
 from fsmde_core.data.tf import transform_stamped_to_matrix
-from fsmde_core.geometry import RayCache
-from fsmde_core.motion import compensate_points
+from fsmde_core.estimator import CameraFrame, CloudOptions, DepthResult, SurroundDepthEstimator
 from fsmde_core.rig import Rig, RigCamera, RigError
 from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet
-from fsmde_core.sync import suggest_tolerance_ms as suggest_slop_ms
 from fsmde_ros.conversions import (
     ConversionError,
     camera_info_to_model,
@@ -86,6 +84,17 @@ from fsmde_ros.conversions import (
     ns_to_stamp,
     points_to_cloud,
     stamp_to_ns,
+)
+from fsmde_ros.diagnostics import (
+    CLOCK_HINT,
+    CLOCK_MISMATCH_NS,
+    PipelineStats,
+    Window,
+    calibration_status,
+    camera_status,
+    pipeline_status,
+    silent_cameras,
+    sync_failure_advice,
 )
 from fsmde_ros.params import (
     CloudSettings,
@@ -99,8 +108,6 @@ from fsmde_ros.params import (
 NODE_NAME = "surround_depth_node"
 LOG_THROTTLE_S = 5.0
 SYNC_FAIL_LOG_S = 10.0  # "sets fail to synchronize" is a configuration problem: say it, but rarely
-CLOCK_MISMATCH_NS = 60_000_000_000  # |stamp - node clock| beyond this is another clock, not latency
-CLOCK_HINT = "stamps are not in this clock: use_sim_time / --clock?"
 MOTION_TF_WAIT_NS = 50_000_000  # odometry for the newest stamp may arrive a moment after the images
 WARMUP_ITERATIONS = 2
 WORKER_JOIN_S = 30.0  # a CPU forward pass of a big model can take seconds
@@ -184,110 +191,6 @@ class Mailbox:
 
 
 @dataclass
-class _Window:
-    """Counters of one diagnostics period."""
-
-    outputs: int = 0
-    latency_sum_s: float = 0.0
-    latency_max_s: float = 0.0
-    latency_n: int = 0
-    model_sum_s: float = 0.0
-    model_max_s: float = 0.0
-    sets_in: int = 0
-    replaced: int = 0
-    dropped_sets: int = 0
-    clock_offset_s: float | None = None  # set when |stamp - node clock| > CLOCK_MISMATCH_NS
-    received: Counter = field(default_factory=Counter)
-
-
-class PipelineStats:
-    """Thread-safe counters for /diagnostics (callbacks, worker and timer all touch them)."""
-
-    def __init__(self, cameras: Sequence[str]) -> None:
-        self._lock = threading.Lock()
-        self.cameras = tuple(cameras)
-        self.window = _Window()
-        self.window_started = time.monotonic()
-        self.outputs = 0
-        self.replaced = 0
-        self.dropped_sets = 0
-        self.inference_errors = 0
-        self.ray_cache_builds = 0
-        self.stamp_resets = 0
-        self.bad_input: dict[str, Counter] = defaultdict(Counter)
-        self.last_arrival: dict[str, float] = {}
-        self.received: Counter = Counter()
-
-    def arrival(self, camera: str) -> None:
-        with self._lock:
-            self.last_arrival[camera] = time.monotonic()
-            self.received[camera] += 1
-            self.window.received[camera] += 1
-
-    def set_in(self, replaced: bool) -> None:
-        with self._lock:
-            self.window.sets_in += 1
-            self.window.replaced += int(replaced)
-            self.replaced += int(replaced)
-
-    def problem(self, camera: str, kind: str) -> None:
-        with self._lock:
-            self.bad_input[camera][kind] += 1
-
-    def dropped(self) -> None:
-        with self._lock:
-            self.dropped_sets += 1
-            self.window.dropped_sets += 1
-
-    def inference_error(self) -> None:
-        with self._lock:
-            self.inference_errors += 1
-            self.dropped_sets += 1
-            self.window.dropped_sets += 1
-
-    def ray_cache_built(self) -> None:
-        with self._lock:
-            self.ray_cache_builds += 1
-
-    def stamp_reset(self) -> None:
-        with self._lock:
-            self.stamp_resets += 1
-
-    def output(self, model_s: float, latency_s: float | None) -> None:
-        """One published set; ``latency_s`` None = unknown (no clock yet, or stamps in another clock)."""
-        with self._lock:
-            w = self.window
-            self.outputs += 1
-            w.outputs += 1
-            w.model_sum_s += model_s
-            w.model_max_s = max(w.model_max_s, model_s)
-            if latency_s is not None and abs(latency_s) * 1e9 > CLOCK_MISMATCH_NS:
-                w.clock_offset_s = latency_s
-            elif latency_s is not None:
-                w.latency_n += 1
-                w.latency_sum_s += latency_s
-                w.latency_max_s = max(w.latency_max_s, latency_s)
-
-    def roll(self) -> tuple[_Window, float]:
-        """Return the finished window and its length in seconds; start a new one."""
-        with self._lock:
-            now = time.monotonic()
-            window, span = self.window, max(now - self.window_started, 1e-9)
-            self.window, self.window_started = _Window(), now
-            return window, span
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "outputs": self.outputs, "replaced": self.replaced, "dropped_sets": self.dropped_sets,
-                "inference_errors": self.inference_errors, "ray_cache_builds": self.ray_cache_builds,
-                "stamp_resets": self.stamp_resets,
-                "bad_input": {c: dict(v) for c, v in self.bad_input.items()},
-                "last_arrival": dict(self.last_arrival), "received": dict(self.received),
-            }
-
-
-@dataclass
 class _CameraInfoState:
     key: bytes = b""
     model: CameraModel | None = None
@@ -296,13 +199,12 @@ class _CameraInfoState:
 
 @dataclass
 class _Frame:
-    """One camera's contribution to a set, ready for the network."""
+    """One camera's decoded image of a set, with the header its outputs carry."""
 
     name: str
     header: Header
     rgb: np.ndarray
     model: CameraModel  # at the image size
-    depth_model: CameraModel | None = None  # at the depth (model input) size
 
 
 def _info_key(msg: CameraInfo) -> bytes:
@@ -332,16 +234,6 @@ def _load_mask(path: str, model: CameraModel, camera: str) -> np.ndarray:
     return mask
 
 
-def _subsample(
-    xyz: np.ndarray, rgb: np.ndarray | None, max_points: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Bound the cloud with the same fixed integer pattern as RayCache.fuse (stable across frames)."""
-    if xyz.shape[0] <= max_points:
-        return xyz, rgb
-    sel = (np.arange(max_points, dtype=np.int64) * xyz.shape[0]) // max_points
-    return xyz[sel], (rgb[sel] if rgb is not None else None)
-
-
 # ------------------------------------------------------------------ the node
 class SurroundDepthNode(LifecycleNode):
     """Lifecycle node running a surround depth student on synchronized camera sets (module doc)."""
@@ -360,6 +252,7 @@ class SurroundDepthNode(LifecycleNode):
 
     def _reset_resources(self) -> None:
         self.backend: Any = None
+        self.estimator: SurroundDepthEstimator | None = None
         self.backend_info: dict[str, Any] = {}
         self.rig: Rig | None = None
         self._masks: dict[str, np.ndarray] = {}
@@ -377,8 +270,6 @@ class SurroundDepthNode(LifecycleNode):
         self._mailbox: Mailbox | None = None
         self._worker: threading.Thread | None = None
         self._infos: dict[str, _CameraInfoState] = {}
-        self._ray_caches: dict[str, tuple[tuple, RayCache]] = {}
-        self._mask_cache: dict[tuple[str, int, int], np.ndarray] = {}
         self._newest_by_camera: dict[str, int] = {}
         self._cloud_settings: CloudSettings = self.settings.cloud
         self.stats = PipelineStats(self.settings.camera_names)
@@ -548,6 +439,7 @@ class SurroundDepthNode(LifecycleNode):
                 f"model {str(m.path)!r} failed its warm-up run: {type(exc).__name__}: {exc}"
             ) from None
         self.backend = backend
+        self.estimator = SurroundDepthEstimator(backend)
         self.backend_info = backend.describe()
         trained = self.backend_info.get("camera_names") or []
         if trained and set(trained) != set(self.settings.camera_names):
@@ -723,45 +615,41 @@ class SurroundDepthNode(LifecycleNode):
                     )
 
     def _process(self, synced: SyncedSet) -> None:
+        """Decoded frames -> the estimator -> depth + camera_info per camera, then the cloud."""
         frames = self._prepare(synced)
         if frames is None:
             self.stats.dropped()
             return
-        from fsmde_core.runtime import resize_batch
-
-        backend = self.backend
-        height, width = backend.input_size
-        batch = resize_batch([f.rgb for f in frames], (height, width))
-        n = len(frames)
-        if backend.batch_size is not None and n < backend.batch_size:  # fixed-batch export: pad
-            pad = np.zeros((backend.batch_size - n, height, width, 3), dtype=np.uint8)
-            batch_in = np.concatenate([batch, pad])
-        else:
-            batch_in = batch
-        t0 = time.perf_counter()
-        depth = backend.infer(batch_in)[:n]
-        model_s = time.perf_counter() - t0
-        for f in frames:
-            f.depth_model = f.model.scaled_to(width, height)
-        depth = self._finish_depth(depth, frames)
-        for k, f in enumerate(frames):
-            self._depth_pubs[f.name].publish(depth_to_image(depth[k], f.header))
-            self._info_pubs[f.name].publish(model_to_camera_info(f.depth_model, f.header))
         cloud = self._cloud_settings
-        if cloud.enabled and self._cloud_pub is not None:
-            self._publish_cloud(synced.stamp_ns, frames, depth, batch, cloud)
+        want_cloud = cloud.enabled and self._cloud_pub is not None
+        cross_view = self._cross_view_due()
+        extrinsics = [self._extrinsic(f) if want_cloud or cross_view else None for f in frames]
+        result = self.estimator.predict([
+            CameraFrame(f.name, f.rgb, f.model, extrinsic=T, mask=self._masks.get(f.name))
+            for f, T in zip(frames, extrinsics, strict=True)])
+        for k, f in enumerate(frames):
+            self._depth_pubs[f.name].publish(depth_to_image(result.depth[k], f.header))
+            self._info_pubs[f.name].publish(model_to_camera_info(result.models[k], f.header))
+        if want_cloud:
+            self._publish_cloud(synced.stamp_ns, frames, result, cloud)
+        self.stats.output(result.timings.model_s, self._latency_s(synced.stamp_ns))
+        if cross_view:
+            self._update_cross_view(result)
+
+    def _latency_s(self, stamp_ns: int) -> float | None:
+        """Node clock minus the set's stamp; None before the clock runs. A gap beyond
+        CLOCK_MISMATCH_NS is another clock (a bag without --clock): said in the log, rarely."""
         now = self.get_clock().now().nanoseconds
-        latency = (now - synced.stamp_ns) / 1e9 if now > 0 else None
+        latency = (now - stamp_ns) / 1e9 if now > 0 else None
         if latency is not None and abs(latency) * 1e9 > CLOCK_MISMATCH_NS:
             suppressed = self._rare_throttle(("clock",))
             if suppressed is not None:
                 side = "behind" if latency > 0 else "ahead of"
                 sim_time = self.get_parameter("use_sim_time").value
                 self.get_logger().warning(
-                    f"{CLOCK_HINT} set stamp {synced.stamp_ns / 1e9:.3f} s is {abs(latency):.1f} s {side} the "
+                    f"{CLOCK_HINT} set stamp {stamp_ns / 1e9:.3f} s is {abs(latency):.1f} s {side} the "
                     f"node clock {now / 1e9:.3f} s (use_sim_time {sim_time}); latency is not reported")
-        self.stats.output(model_s, latency)
-        self._check_cross_view(frames, depth)
+        return latency
 
     def _prepare(self, synced: SyncedSet) -> list[_Frame] | None:
         """Decode every member and find its intrinsics; None = drop the set.
@@ -826,61 +714,21 @@ class SurroundDepthNode(LifecycleNode):
         rig = self.rig
         return rig.camera(name) if rig is not None and name in rig.names else None
 
-    def _finish_depth(self, depth: np.ndarray, frames: list[_Frame]) -> np.ndarray:
-        """REP 117: non-positive / NaN / -Inf -> NaN, +Inf kept; ego-masked pixels -> NaN.
-
-        In place when possible: ``depth`` is the backend's fresh output for this set
-        (``InferenceBackend.infer`` returns a new array per call) and nothing else holds
-        it, so copying 6 MB per set would buy nothing. ``depth > 0`` is exactly
-        "positive or +Inf" (NaN compares false), so one comparison finds every pixel to blank.
-        """
-        if depth.dtype != np.float32 or not depth.flags.writeable:
-            depth = np.array(depth, dtype=np.float32)
-        np.copyto(depth, np.float32(np.nan), where=~(depth > 0))
-        for k, f in enumerate(frames):
-            mask = self._depth_mask(f.name, depth.shape[1], depth.shape[2])
-            if mask is not None:
-                depth[k][mask] = np.nan
-        return depth
-
-    def _depth_mask(self, name: str, height: int, width: int) -> np.ndarray | None:
-        mask = self._masks.get(name)
-        if mask is None:
-            return None
-        key = (name, height, width)
-        cached = self._mask_cache.get(key)
-        if cached is None:
-            from fsmde_core.runtime import resize_depth_nearest
-
-            cached = resize_depth_nearest(mask, (height, width))
-            self._mask_cache[key] = cached
-        return cached
-
     # ----------------------------------------------------------------- cloud
-    def _publish_cloud(self, stamp_ns: int, frames: list[_Frame], depth: np.ndarray, batch: np.ndarray,
+    def _publish_cloud(self, stamp_ns: int, frames: list[_Frame], result: DepthResult,
                        cloud: CloudSettings) -> None:
-        xyz_parts: list[np.ndarray] = []
-        rgb_parts: list[np.ndarray] = []
+        """Fuse and publish; cameras exposed before the reference stamp are moved to it when TF
+        has the ego motion (cloud.motion_compensation)."""
         poses = self._ego_poses(stamp_ns, frames, cloud)
-        for k, f in enumerate(frames):
-            T = self._extrinsic(f)
-            if T is None:
-                continue
-            rays = self._rays(f, T, cloud.stride)
-            xyz, rgb = rays.fuse(depth[k][None], colours=batch[k][None] if cloud.colour else None,
-                                 max_range=cloud.max_range, min_range=cloud.min_range)
-            if poses is not None and stamp_to_ns(f.header.stamp) != stamp_ns:
-                xyz = compensate_points(xyz, poses[1][k], poses[0])
-            xyz_parts.append(xyz)
-            if rgb is not None:
-                rgb_parts.append(rgb)
-        xyz = np.concatenate(xyz_parts) if xyz_parts else np.zeros((0, 3), dtype=np.float32)
-        rgb = None
-        if cloud.colour:
-            rgb = np.concatenate(rgb_parts) if rgb_parts else np.zeros((0, 3), dtype=np.uint8)
-        xyz, rgb = _subsample(xyz, rgb, cloud.max_points)
+        ego = None
+        if poses is not None:
+            ego = {f.name: pose for f, pose in zip(frames, poses[1], strict=True)
+                   if stamp_to_ns(f.header.stamp) != stamp_ns}
+        options = CloudOptions(stride=cloud.stride, max_range=cloud.max_range, min_range=cloud.min_range,
+                               colour=cloud.colour, max_points=cloud.max_points)
+        fused = self.estimator.fuse(result, options, ego, None if poses is None else poses[0])
         header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=cloud.frame_id)
-        self._cloud_pub.publish(points_to_cloud(xyz, rgb, header))
+        self._cloud_pub.publish(points_to_cloud(fused.xyz, fused.rgb, header))
 
     def _ego_poses(self, stamp_ns: int, frames: list[_Frame],
                    cloud: CloudSettings) -> tuple[np.ndarray, list[np.ndarray]] | None:
@@ -910,51 +758,36 @@ class SurroundDepthNode(LifecycleNode):
         return transform_stamped_to_matrix(tf)
 
     # ------------------------------------------------------- calibration health
-    def _check_cross_view(self, frames: list[_Frame], depth: np.ndarray) -> None:
-        """Every ``diagnostics.cross_view_every_n``-th set: update the cross-view monitor (WHY: module
-        doc of :mod:`fsmde_core.calib_health`). The monitor's ring is the first complete set's."""
+    def _cross_view_due(self) -> bool:
+        """Every ``diagnostics.cross_view_every_n``-th set gets the cross-view check (WHY: module
+        doc of :mod:`fsmde_core.calib_health`)."""
         every = self.settings.cross_view_every_n
         if self._cross_view_off:
-            return
+            return False
         if every <= 0:
             self._cross_view_note = "off (diagnostics.cross_view_every_n: 0)"
-            return
+            return False
         self._cross_view_sets += 1
-        if (self._cross_view_sets - 1) % every:
+        return (self._cross_view_sets - 1) % every == 0
+
+    def _update_cross_view(self, result: DepthResult) -> None:
+        """Feed the set's posed cameras to the monitor; its ring is the first complete set's."""
+        posed = result.posed_rig(self._cloud_settings.frame_id)
+        if posed is None:
             return
-        cams, keep = [], []
-        for k, f in enumerate(frames):
-            T = self._extrinsic(f)
-            if T is not None and f.depth_model is not None:
-                cams.append(RigCamera(f.name, f.header.frame_id or f.name, f.depth_model, T))
-                keep.append(k)
-        if len(cams) < 2:
-            return
-        rig = Rig("cross_view", cams, base_frame=self._cloud_settings.frame_id)
+        rig, depth = posed
         try:
             if self._cross_view is None:
-                if len(cams) < len(self.settings.cameras):
+                if len(rig.cameras) < len(self.settings.cameras):
                     return  # the adjacency ring needs every camera's pose once
                 self._cross_view = CrossViewMonitor.for_rig(rig, stride=self.settings.cross_view_stride)
-            self._cross_view.update(depth[keep], rig)
+            self._cross_view.update(depth, rig)
         except ImportError as exc:  # the metric lives in fsmde_core.evaluate (needs torch)
             self._cross_view_note = f"unavailable ({exc})"
             self._cross_view_off = True
             return
         self._cross_view_checks += 1
         self._cross_view_note = f"checked {self._cross_view_checks} set(s)"
-
-    def _rays(self, f: _Frame, T: np.ndarray, stride: int) -> RayCache:
-        """RayCache per camera, rebuilt only when its intrinsics, pose or stride change."""
-        key = (f.depth_model, T.tobytes(), stride)
-        entry = self._ray_caches.get(f.name)
-        if entry is not None and entry[0] == key:
-            return entry[1]
-        cam = RigCamera(f.name, f.header.frame_id or f.name, f.depth_model, T)
-        cache = RayCache(Rig(f.name, [cam], base_frame=self._cloud_settings.frame_id), stride)
-        self._ray_caches[f.name] = (key, cache)
-        self.stats.ray_cache_built()
-        return cache
 
     def _extrinsic(self, f: _Frame) -> np.ndarray | None:
         """T_base_cam from the calibration, or from TF (cached: camera mounts are static)."""
@@ -989,20 +822,31 @@ class SurroundDepthNode(LifecycleNode):
         if pub is None:
             return
         window, span = self.stats.roll()
-        snap = self.stats.snapshot()
         sync = self._sync
         sync_stats = sync.stats if sync is not None else None
-        now = time.monotonic()
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        cams = [self._camera_status(name, window, span, snap, sync_stats, now) for name in self.stats.cameras]
-        pipeline = self._pipeline_status(window, span, snap, sync_stats, cams)
-        msg.status = [pipeline, *cams, self._calibration_status()]
+        msg, cams = self._diagnostic_array(window, span, sync_stats)
         pub.publish(msg)
         if sync_stats is not None:
-            self._explain_sync_failure(window, sync_stats, cams)
+            self._explain_sync_failure(window, sync_stats, silent_cameras(cams))
 
-    def _explain_sync_failure(self, w: _Window, sync_stats: Any, cams: list[DiagnosticStatus]) -> None:
+    def _diagnostic_array(self, window: Window, span: float,
+                          sync_stats: Any) -> tuple[DiagnosticArray, list[DiagnosticStatus]]:
+        """Pipeline, per-camera and calibration statuses, named after this node's fully-qualified
+        name (unique per node on the shared /diagnostics topic)."""
+        name = self.get_fully_qualified_name()
+        snap = self.stats.snapshot()
+        now = time.monotonic()
+        cams = [camera_status(name, c, window, span, snap, sync_stats, now) for c in self.stats.cameras]
+        estimator = self.estimator
+        pipeline = pipeline_status(name, window, span, snap, sync_stats, cams, motion_note=self._motion_note,
+                                   backend_info=self.backend_info,
+                                   ray_cache_builds=estimator.ray_cache_builds if estimator is not None else 0)
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [pipeline, *cams, calibration_status(name, self._cross_view, self._cross_view_note)]
+        return msg, cams
+
+    def _explain_sync_failure(self, w: Window, sync_stats: Any, silent: list[str]) -> None:
         """Images arrive but no set forms: say why in the log (throttled), with the observed stamp
         spread and the setting that would fix it; /diagnostics alone is easy to miss."""
         unmatched = sum(d.unmatched for d in sync_stats.dropped.values())
@@ -1010,158 +854,19 @@ class SurroundDepthNode(LifecycleNode):
         self._sync_seen = (sync_stats.emitted, unmatched)
         if sync_stats.emitted > emitted_before or not sum(w.received.values()):
             return
-        silent = [s.name.rsplit(" ", 1)[-1] for s in cams if s.level != DiagnosticStatus.OK]
-        slop_ms = self.settings.sync.slop_ns / 1e6
-        if silent and self.settings.sync.policy == "wait":
-            fix = (f"camera(s) {', '.join(silent)} send nothing and sync.policy is wait (complete sets only): "
-                   f"set sync.policy:=partial to run without them")
-        elif unmatched > unmatched_before:
-            spread = sync_stats.attempt_skew_min_ns or 0  # the attempt that started at the first camera
-            seen = (f"stamp spread of the refused sets: smallest {_ms(spread)}, last "
-                    f"{_ms(sync_stats.attempt_skew_last_ns)} ms (sync.slop_ms {slop_ms:g})")
-            if spread and spread / 1e6 > slop_ms and not self.settings.sync.phase_correction:
-                fix = (f"{seen}; set sync.phase_correction:=true (learns each camera's trigger phase, as on "
-                       f"sweep-triggered rigs), or sync.slop_ms:={suggest_slop_ms(spread):g} if that stays below "
-                       f"half the camera period (beyond it, sets mix capture instants)")
-            elif spread and spread / 1e6 > slop_ms:
-                fix = (f"{seen}; sync.slop_ms:={suggest_slop_ms(spread):g} would match them (keep it below half "
-                       f"the camera period, or the sets mix capture instants)")
-            else:
-                fix = f"{seen}; check that every camera stamps the same capture instants"
-            if sync_stats.phases_ns:
-                fix += f"; estimated camera phases [ms]: {_phases_text(sync_stats.phases_ns)}"
-        else:
+        s = self.settings.sync
+        fix = sync_failure_advice(sync_stats, silent, policy=s.policy, slop_ns=s.slop_ns,
+                                  phase_correction=s.phase_correction, new_unmatched=unmatched > unmatched_before)
+        if fix is None:
             return
         suppressed = self._rare_throttle(("sync_fail",))
         if suppressed is not None:
             self.get_logger().warning(f"images fail to synchronize: no set in the last "
                                       f"{self.settings.diagnostics_period_s:g} s; {fix}")
 
-    def _calibration_status(self) -> DiagnosticStatus:
-        name = f"{self.get_name()}: calibration"
-        monitor = self._cross_view
-        if monitor is None:
-            return _status(name, DiagnosticStatus.OK, f"cross-view check {self._cross_view_note}",
-                           {"cross_view": self._cross_view_note}, "")
-        values = {"cross_view": self._cross_view_note, **monitor.values()}
-        suspects = monitor.suspects()
-        values["cross_view_suspects"] = ", ".join(suspects) or "none"
-        if suspects:
-            return _status(name, DiagnosticStatus.WARN,
-                           f"camera(s) {', '.join(suspects)}: depth inconsistent with both neighbours (cross-view); "
-                           f"bumped camera or wrong extrinsic?", values, "")
-        return _status(name, DiagnosticStatus.OK, f"cross-view consistency OK ({self._cross_view_note})", values, "")
-
-    def _pipeline_status(self, w: _Window, span: float, snap: dict, sync_stats: Any,
-                         cams: list[DiagnosticStatus]) -> DiagnosticStatus:
-        out_rate, in_rate = w.outputs / span, w.sets_in / span
-        silent = [s.name.rsplit(" ", 1)[-1] for s in cams if s.level != DiagnosticStatus.OK]
-        camera_rates = {c: w.received.get(c, 0) / span for c in self.stats.cameras if c not in silent}
-        level, message = pipeline_health(out_rate, camera_rates, silent, w.dropped_sets, w.replaced)
-        no_latency = "n/a"
-        if w.clock_offset_s is not None:
-            no_latency = f"n/a ({CLOCK_HINT})"
-            message += f"; {CLOCK_HINT}"
-            level = max(level, DiagnosticStatus.WARN)
-        values = {
-            "output_rate_hz": f"{out_rate:.2f}",
-            "synchronized_input_rate_hz": f"{in_rate:.2f}",
-            "latency_mean_ms": f"{1e3 * w.latency_sum_s / w.latency_n:.1f}" if w.latency_n else no_latency,
-            "latency_max_ms": f"{1e3 * w.latency_max_s:.1f}" if w.latency_n else no_latency,
-            "stamp_clock_offset_s": f"{w.clock_offset_s:+.1f}" if w.clock_offset_s is not None else "n/a",
-            "model_time_mean_ms": f"{1e3 * w.model_sum_s / w.outputs:.1f}" if w.outputs else "n/a",
-            "model_time_max_ms": f"{1e3 * w.model_max_s:.1f}" if w.outputs else "n/a",
-            "outputs_total": str(snap["outputs"]),
-            "sets_replaced_while_busy": str(snap["replaced"]),
-            "sets_dropped": str(snap["dropped_sets"]),
-            "inference_errors": str(snap["inference_errors"]),
-            "ray_cache_builds": str(snap["ray_cache_builds"]),
-            "stamp_jump_resets": str(snap["stamp_resets"]),
-            "cloud_motion_compensation": self._motion_note,
-            "backend": json.dumps(self.backend_info, default=str, sort_keys=True),
-        }
-        if sync_stats is not None:
-            values.update({
-                "sync_sets_emitted": str(sync_stats.emitted),
-                "sync_partial_sets": str(sync_stats.partial),
-                "sync_skew_last_ms": (f"{sync_stats.skew_last_ns / 1e6:.2f}"
-                                      if sync_stats.skew_last_ns is not None else "n/a"),
-                "sync_skew_mean_ms": (f"{sync_stats.skew_mean_ns / 1e6:.2f}"
-                                      if sync_stats.skew_mean_ns is not None else "n/a"),
-                "sync_skew_max_ms": f"{sync_stats.skew_max_ns / 1e6:.2f}",
-                # attempted sets too (dropped ones included): not 0.00 when every set fails
-                "sync_attempt_skew_last_ms": _ms(sync_stats.attempt_skew_last_ns),
-                "sync_attempt_skew_max_ms": _ms(sync_stats.attempt_skew_max_ns),
-                "sync_attempt_skew_min_ms": _ms(sync_stats.attempt_skew_min_ns),
-                "sync_phases_ms": _phases_text(sync_stats.phases_ns) or "n/a",
-                "sync_phase_resets": str(sync_stats.phase_resets),
-            })
-        return _status(f"{self.get_name()}: pipeline", level, message, values,
-                       str(self.backend_info.get("device", "")))
-
-    def _camera_status(self, name: str, w: _Window, span: float, snap: dict, sync_stats: Any,
-                       now: float) -> DiagnosticStatus:
-        last = snap["last_arrival"].get(name)
-        rate = w.received.get(name, 0) / span
-        bad = snap["bad_input"].get(name, {})
-        level, message = DiagnosticStatus.OK, f"{rate:.1f} Hz"
-        if last is None:
-            level, message = DiagnosticStatus.WARN, "silent: no image received yet"
-        elif w.received.get(name, 0) == 0:
-            level, message = DiagnosticStatus.WARN, f"silent for {now - last:.1f} s"
-        values = {"rate_hz": f"{rate:.2f}", "received": str(snap["received"].get(name, 0)),
-                  "last_image_age_s": f"{now - last:.2f}" if last is not None else "never"}
-        if sync_stats is not None and name in sync_stats.dropped:
-            d = sync_stats.dropped[name]
-            values.update({"dropped_stale": str(d.stale), "dropped_overflow": str(d.overflow),
-                           "dropped_unmatched": str(d.unmatched)})
-        values.update({f"bad_input_{kind}": str(count) for kind, count in sorted(bad.items())})
-        if bad and level == DiagnosticStatus.OK and sum(bad.values()):
-            message += f"; {sum(bad.values())} bad input(s) so far"
-        return _status(f"{self.get_name()}: camera {name}", level, message, values, name)
-
-
-def pipeline_health(out_rate: float, camera_rates: dict[str, float], silent: Sequence[str], dropped: int,
-                    replaced: int) -> tuple[bytes, str]:
-    """Level and message of the pipeline status for one diagnostics period.
-
-    ERROR: no camera sends anything, or every set of the period was dropped. WARN: some camera
-    is silent, the output rate is below half the slowest live camera's rate (inference slower
-    than the cameras, or sets failing to synchronize), or some sets were dropped.
-    """
-    if not camera_rates:
-        return DiagnosticStatus.ERROR, "no input images"
-    if dropped and out_rate == 0:
-        return DiagnosticStatus.ERROR, f"every set dropped ({dropped}): bad input or inference errors, see the log"
-    if silent:
-        return DiagnosticStatus.WARN, f"{out_rate:.1f} Hz; silent camera(s): {', '.join(silent)}"
-    slowest = min(camera_rates.values())
-    if slowest > 0 and out_rate < 0.5 * slowest:
-        why = (f"{replaced} set(s) replaced while busy: inference is slower than the cameras" if replaced
-               else "images fail to synchronize: check sync.slop_ms and the camera stamps")
-        return DiagnosticStatus.WARN, f"output {out_rate:.1f} Hz < half the camera rate {slowest:.1f} Hz; {why}"
-    if dropped:
-        return DiagnosticStatus.WARN, f"{out_rate:.1f} Hz; {dropped} set(s) dropped (bad input, see the log)"
-    return DiagnosticStatus.OK, f"{out_rate:.1f} Hz"
-
-
-def _ms(ns: int | None) -> str:
-    return f"{ns / 1e6:.2f}" if ns is not None else "n/a"
-
-
-def _phases_text(phases_ns: dict[str, int]) -> str:
-    return ", ".join(f"{name} {ns / 1e6:.1f}" for name, ns in phases_ns.items())
-
 
 class _ConfigureError(RuntimeError):
     """configure cannot complete; the message is logged as is."""
-
-
-def _status(
-    name: str, level: bytes, message: str, values: dict[str, str], hardware_id: str
-) -> DiagnosticStatus:
-    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
-                            values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
 
 # -------------------------------------------------------------------- main

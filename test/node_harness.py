@@ -127,6 +127,8 @@ class Driver:
 
     Recorded messages are grouped by stamp (ns): ``depth[name][stamp]``,
     ``info[name][stamp]``, ``clouds[stamp]``; ``diagnostics`` keeps every array.
+    ``depth_at[name][stamp]`` and ``cloud_at[stamp]``: ``time.perf_counter()`` when the
+    first such message arrived (latency measurements, ``bench/bench_runtime.py``).
     """
 
     def __init__(self, domain_id: int, cameras: Sequence[str], *, publish: bool = True,
@@ -140,6 +142,8 @@ class Driver:
         self.depth: dict[str, dict[int, list[Image]]] = {c: defaultdict(list) for c in self.cameras}
         self.info: dict[str, dict[int, list[CameraInfo]]] = {c: defaultdict(list) for c in self.cameras}
         self.clouds: dict[int, list[PointCloud2]] = defaultdict(list)
+        self.depth_at: dict[str, dict[int, float]] = {c: {} for c in self.cameras}
+        self.cloud_at: dict[int, float] = {}
         self.diagnostics: list[DiagnosticArray] = []
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pubs: dict[str, object] = {}
@@ -153,12 +157,13 @@ class Driver:
         self.subs = []
         for c in self.cameras:
             self.subs.append(self.node.create_subscription(
-                Image, f"/cameras/{c}/depth", lambda m, c=c: self._keep(self.depth[c], m), reliable))
+                Image, f"/cameras/{c}/depth", lambda m, c=c: self._keep(self.depth[c], m, self.depth_at[c]),
+                reliable))
             self.subs.append(self.node.create_subscription(
                 CameraInfo, f"/cameras/{c}/depth/camera_info", lambda m, c=c: self._keep(self.info[c], m),
                 reliable))
         self.subs.append(self.node.create_subscription(
-            PointCloud2, cloud_topic, lambda m: self._keep(self.clouds, m), reliable))
+            PointCloud2, cloud_topic, lambda m: self._keep(self.clouds, m, self.cloud_at), reliable))
         self.diag_sub = self.node.create_subscription(
             DiagnosticArray, "/diagnostics", self._keep_diag, QoSProfile(depth=100))
         self.executor = SingleThreadedExecutor(context=self.ctx)
@@ -170,9 +175,13 @@ class Driver:
         with contextlib.suppress(Exception):  # the context is shut down by close()
             self.executor.spin()
 
-    def _keep(self, store: dict[int, list], msg: object) -> None:
+    def _keep(self, store: dict[int, list], msg: object, arrivals: dict[int, float] | None = None) -> None:
+        now = time.perf_counter()
         with self._lock:
-            store[stamp_ns(msg.header.stamp)].append(msg)
+            stamp = stamp_ns(msg.header.stamp)
+            store[stamp].append(msg)
+            if arrivals is not None:
+                arrivals.setdefault(stamp, now)
 
     def _keep_diag(self, msg: DiagnosticArray) -> None:
         with self._lock:

@@ -45,27 +45,20 @@ from node_harness import (  # noqa: E402
 )
 from PIL import Image as PILImage  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from tiny_students import save_textured_student  # noqa: E402
 
-from fsmde_core.checkpoint import save_student  # noqa: E402
-from fsmde_core.geometry import RayCache  # noqa: E402
-from fsmde_core.models.student import StudentConfig, SurroundDepthStudent  # noqa: E402
-from fsmde_core.rig import Rig, RigCamera, matrix_to_quaternion, preset  # noqa: E402
+from fsmde_core.estimator import CameraFrame, CloudOptions, DepthResult, SurroundDepthEstimator  # noqa: E402
+from fsmde_core.rig import Rig, matrix_to_quaternion, preset  # noqa: E402
 from fsmde_core.runtime import build_backend, resize_batch, resize_depth_nearest  # noqa: E402
+from fsmde_core.sync import suggest_tolerance_ms as suggest_slop_ms  # noqa: E402
 from fsmde_ros.conversions import (  # noqa: E402
     cloud_to_points,
     compressed_to_rgb,
     image_to_depth,
     model_to_camera_info,
 )
-from fsmde_ros.node import (  # noqa: E402
-    CLOCK_HINT,
-    Mailbox,
-    SurroundDepthNode,
-    Throttle,
-    _Frame,
-    pipeline_health,
-    suggest_slop_ms,
-)
+from fsmde_ros.diagnostics import CLOCK_HINT, pipeline_health  # noqa: E402
+from fsmde_ros.node import Mailbox, SurroundDepthNode, Throttle, _Frame  # noqa: E402
 from fsmde_ros.params import (  # noqa: E402
     DEFAULT_CAMERAS,
     PARAMETERS,
@@ -102,16 +95,7 @@ def ros_env_vars() -> None:
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = StudentConfig(encoder="resnet18", num_bins=16, min_depth=0.5, max_depth=80.0,
-                        decoder_channels=(32, 16, 16, 8), input_height=H, input_width=W)
-    torch.manual_seed(0)
-    model = SurroundDepthStudent(cfg)
-    with torch.no_grad():  # peaky bin probabilities: depth varies from ~7 to ~70 m
-        model.logit_head.weight.mul_(30.0)
-        model.logit_head.bias.normal_(0.0, 2.0)
-    run = tmp_path_factory.mktemp("student")
-    save_student(run, model, {"student": cfg.to_dict(), "camera_names": list(CAMERAS), "rig": "ddad"})
-    return run
+    return save_textured_student(tmp_path_factory.mktemp("student"), CAMERAS, H, W)
 
 
 @pytest.fixture(scope="module")
@@ -218,18 +202,14 @@ def offline_depth(backend, images: list[np.ndarray]) -> np.ndarray:
     return backend.infer(resize_batch(images, (H, W)))
 
 
-def expected_cloud(rig: Rig, cameras: tuple[str, ...], depth: np.ndarray, colours: np.ndarray,
-                   info_size: tuple[int, int] = (IMG_W, IMG_H)) -> tuple[np.ndarray, np.ndarray]:
-    """Cloud from the offline depth: calibration extrinsics, intrinsics rescaled image -> depth size."""
-    xyz, rgb = [], []
-    for k, name in enumerate(cameras):
-        cam = rig.camera(name)
-        model = cam.model.scaled_to(*info_size).scaled_to(W, H)
-        rays = RayCache(Rig(name, [RigCamera(name, cam.frame_id, model, cam.T_base_cam)]), STRIDE)
-        p, c = rays.fuse(depth[k][None], colours=colours[k][None], max_range=MAX_RANGE)
-        xyz.append(p)
-        rgb.append(c)
-    return np.concatenate(xyz), np.concatenate(rgb)
+def expected_outputs(backend, rig: Rig, cameras: tuple[str, ...], images: dict[str, np.ndarray],
+                     masks: dict[str, np.ndarray] | None = None) -> DepthResult:
+    """What the node must publish for these images: the real estimator, with the calibration's
+    extrinsics and its intrinsics rescaled to the image size (what the published camera_info says)."""
+    masks = masks or {}
+    frames = [CameraFrame(c, images[c], rig.camera(c).model.scaled_to(*images[c].shape[1::-1]),
+                          extrinsic=rig.camera(c).T_base_cam, mask=masks.get(c)) for c in cameras]
+    return SurroundDepthEstimator(backend).estimate(frames, CloudOptions(stride=STRIDE, max_range=MAX_RANGE))
 
 
 def received_depth(driver: Driver, name: str, ns: int) -> np.ndarray:
@@ -348,11 +328,51 @@ def ros_context(ros_env_vars):
     rclpy.shutdown(context=ctx)
 
 
-def _in_process_node(ctx, **params) -> SurroundDepthNode:
+def _in_process_node(ctx, name: str = "surround_depth_node_under_test", namespace: str | None = None,
+                     **params) -> SurroundDepthNode:
     from rclpy.parameter import Parameter
 
-    return SurroundDepthNode("surround_depth_node_under_test", context=ctx, use_global_arguments=False,
+    return SurroundDepthNode(name, namespace=namespace, context=ctx, use_global_arguments=False,
                              parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+@pytest.mark.ros
+def test_diagnostic_status_names_are_unique_per_node_across_namespaces(ros_context, student_dir: Path) -> None:
+    """Two nodes of the same name in two namespaces share the global /diagnostics topic: every status
+    name starts with the node's fully-qualified name, so an aggregator can tell them apart."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+
+    params = {"model.path": str(student_dir), "autostart": False, "extrinsics.source": "calibration",
+              "extrinsics.calibration_file": str(RIG_FILE), "diagnostics.period_s": 0.5}
+    nodes = [_in_process_node(ros_context, "surround_depth_node", ns, **params) for ns in ("/robot1", "/robot2")]
+    listener = rclpy.create_node("diagnostics_listener", context=ros_context, start_parameter_services=False)
+    received: list[DiagnosticArray] = []
+    listener.create_subscription(DiagnosticArray, "/diagnostics", received.append, 50)
+    executor = SingleThreadedExecutor(context=ros_context)
+    try:
+        assert all(node.start() for node in nodes)
+        for node in (*nodes, listener):
+            executor.add_node(node)
+        prefixes = {"/robot1/surround_depth_node", "/robot2/surround_depth_node"}
+
+        def names() -> set[str]:
+            return {status.name for array in received for status in array.status}
+
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and not all(f"{p}: pipeline" in names() for p in prefixes):
+            executor.spin_once(timeout_sec=0.1)
+        got = names()
+        assert {n.split(": ", 1)[0] for n in got} == prefixes, got
+        per_node = [{n.split(": ", 1)[1] for n in got if n.startswith(p + ": ")} for p in sorted(prefixes)]
+        want = {"pipeline", "calibration", *(f"camera {c}" for c in CAMERAS)}
+        assert per_node == [want, want]
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        for node in nodes:
+            node.release()
+            node.destroy_node()
+        listener.destroy_node()
 
 
 @pytest.mark.ros
@@ -534,14 +554,14 @@ class TestRunningNode:
             assert len(clouds) == 1 and clouds[0].header.frame_id == "base_link" and clouds[0].height == 1
             assert [f.name for f in clouds[0].fields] == ["x", "y", "z", "rgb"]
             xyz, rgb = cloud_to_points(clouds[0])
-            colours = resize_batch([images[c] for c in CAMERAS], (H, W))
-            unmasked = expected_cloud(rig, CAMERAS[:1], offline[:1].copy(), colours[:1])[0].shape[0]
-            offline[0][mask] = np.nan
-            want_xyz, want_rgb = expected_cloud(rig, CAMERAS, offline, colours)
-            assert xyz.shape == want_xyz.shape and want_xyz.shape[0] > 0
-            np.testing.assert_allclose(xyz, want_xyz, atol=2e-3)
-            np.testing.assert_array_equal(rgb, want_rgb)
-            masked = expected_cloud(rig, CAMERAS[:1], offline[:1], colours[:1])[0].shape[0]
+            want = expected_outputs(backend, rig, CAMERAS, images, masks={"front": mask_full})
+            np.testing.assert_array_equal(np.isnan(depth), np.isnan(want.depth))  # NaN exactly where expected
+            np.testing.assert_allclose(depth, want.depth, rtol=0, atol=1e-4)
+            assert xyz.shape == want.xyz.shape and want.xyz.shape[0] > 0
+            np.testing.assert_allclose(xyz, want.xyz, atol=2e-3)
+            np.testing.assert_array_equal(rgb, want.rgb)
+            unmasked = expected_outputs(backend, rig, CAMERAS[:1], images).xyz.shape[0]
+            masked = expected_outputs(backend, rig, CAMERAS[:1], images, masks={"front": mask_full}).xyz.shape[0]
             assert masked < unmasked  # masked pixels are absent from the cloud
 
 
@@ -701,9 +721,10 @@ class TestPartialPolicy:
         np.testing.assert_allclose(np.reshape(driver.info["front_right"][stamps["front_right"]][0].k, (3, 3)), K)
         cloud = driver.clouds[reference][0]
         assert stamp_ns(cloud.header.stamp) == reference
-        xyz, _ = cloud_to_points(cloud)
-        want, _ = expected_cloud(rig, alive, offline, resize_batch(decoded, (H, W)))
-        np.testing.assert_allclose(xyz, want, atol=2e-3)  # the five present cameras, nothing else
+        xyz, rgb = cloud_to_points(cloud)
+        want = expected_outputs(backend, rig, alive, dict(zip(alive, decoded, strict=True)))
+        np.testing.assert_allclose(xyz, want.xyz, atol=2e-3)  # the five present cameras, nothing else
+        np.testing.assert_array_equal(rgb, want.rgb)
 
         # a corrupt jpeg drops only that camera under "partial"
         tick = next_tick()
