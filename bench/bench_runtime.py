@@ -84,6 +84,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a source checkout, not installed
 from fsmde_core.geometry import RayCache  # noqa: E402
+from fsmde_core.messages import stamp_to_ns  # noqa: E402
 from fsmde_core.rig import Rig  # noqa: E402
 from fsmde_core.sync import ApproximateTimeSynchronizer  # noqa: E402
 
@@ -285,10 +286,6 @@ class _Recorder:
     windows: list[tuple[float, float]] = field(default_factory=list)
 
 
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 class Feeder:
     """This process's ROS participant: camera publishers and recorders of the node's outputs."""
 
@@ -328,14 +325,14 @@ class Feeder:
     def _on_cloud(self, msg) -> None:
         now = time.perf_counter()
         with self.rec.cond:
-            self.rec.cloud_at[_stamp_ns(msg.header.stamp)] = now
-            self.rec.cloud_points[_stamp_ns(msg.header.stamp)] = int(msg.width)
+            self.rec.cloud_at[stamp_to_ns(msg.header.stamp)] = now
+            self.rec.cloud_points[stamp_to_ns(msg.header.stamp)] = int(msg.width)
             self.rec.cond.notify_all()
 
     def _on_depth(self, msg) -> None:
         now = time.perf_counter()
         with self.rec.cond:
-            self.rec.depth_at.setdefault(_stamp_ns(msg.header.stamp), []).append(now)
+            self.rec.depth_at.setdefault(stamp_to_ns(msg.header.stamp), []).append(now)
 
     def _on_diag(self, msg) -> None:
         for status in msg.status:

@@ -56,6 +56,7 @@ def _channels_for(rgb: np.ndarray, encoding: str) -> np.ndarray:
         "rgba8": np.concatenate([rgb, alpha], axis=2),
         "bgra8": np.concatenate([rgb[..., ::-1], alpha], axis=2),
         "mono8": rgb[..., :1],
+        "8uc1": rgb[..., :1],
     }[encoding]
 
 
@@ -74,7 +75,7 @@ def _image_msg(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool 
 @pytest.mark.parametrize("pad", [0, 5])
 def test_color_encodings_round_trip(encoding: str, pad: int) -> None:
     rgb = RNG.integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    if encoding == "mono8":
+    if COLOR_ENCODINGS[encoding].rgb_index is None:
         rgb[...] = rgb[..., :1]  # grey image: the expected output replicates one channel
     msg = _roundtrip(_image_msg(_channels_for(rgb, encoding), encoding, pad))
     out = image_to_rgb(msg)
@@ -98,7 +99,7 @@ def test_unpadded_rgb8_is_a_read_only_zero_copy_view() -> None:
 @settings(max_examples=60, deadline=None)
 def test_color_any_size_and_padding(h: int, w: int, pad: int, encoding: str, seed: int) -> None:
     rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    if encoding == "mono8":
+    if COLOR_ENCODINGS[encoding].rgb_index is None:
         rgb[...] = rgb[..., :1]
     np.testing.assert_array_equal(image_to_rgb(_image_msg(_channels_for(rgb, encoding), encoding, pad)), rgb)
 

@@ -30,13 +30,12 @@ from fsmde_core.data import (
     read_samples,
 )
 from fsmde_core.data.bag import Moment
-from fsmde_core.data.decode import decode_cloud_xyz, header_stamp_ns
-from fsmde_core.data.errors import UnsupportedEncodingError
 from fsmde_core.data.inspect import add_inspect_arguments, run_inspect
 from fsmde_core.data.layout import camera_name_from_topic, sibling_info_topic
 from fsmde_core.data.sample import resize_nearest
 from fsmde_core.data.store import StoreKeyError
 from fsmde_core.data.tf import TfLookupError, TfTree
+from fsmde_core.messages import UnsupportedEncodingError, cloud_xyz, header_stamp_ns
 from fsmde_core.rig import make_transform, optical_to_base_rotation
 
 RING = ["front", "front_left", "back_left", "back", "back_right", "front_right"]
@@ -350,7 +349,7 @@ def test_cloud_without_float_xyz_is_unsupported() -> None:
         header=None, height=1, width=1, fields=[PF(name="x", offset=0, datatype=7, count=1)],
         is_bigendian=False, point_step=4, row_step=4, data=np.zeros(4, np.uint8), is_dense=True)
     with pytest.raises(UnsupportedEncodingError, match="y/z"):
-        decode_cloud_xyz(msg)
+        cloud_xyz(msg)
 
 
 def test_data_config_validation() -> None:
