@@ -322,6 +322,19 @@ def test_bad_bags_raise_bag_error_naming_bag_and_topic(tmp_path: Path, case: str
     assert isinstance(err, ValueError)
 
 
+def test_images_above_max_image_pixels_are_refused_naming_topic_size_and_limit(tmp_path: Path) -> None:
+    """Offline the same size guard as the node: refused from the header (jpeg on front, raw elsewhere)."""
+    path = _write(tmp_path, "big", storage="mcap", compressed={"front": "jpeg"})
+    assert len(list(read_samples([path], DataConfig(max_image_pixels=64 * 48)))) == 2  # 64x48: inclusive
+    with pytest.raises(BagError) as info:
+        list(read_samples([path], DataConfig(max_image_pixels=100)))
+    err = info.value
+    assert err.topic is not None and err.topic.startswith("/cameras/") and err.topic in str(err)
+    assert "64x48" in str(err) and "max_image_pixels" in str(err) and "above the limit of 100 pixels" in str(err)
+    with pytest.raises(ValueError, match="max_image_pixels must be positive"):
+        DataConfig(max_image_pixels=0)
+
+
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_truncated_storage_file_is_a_clear_error(tmp_path: Path, storage: str) -> None:
     path = _truncated(tmp_path, storage)
