@@ -10,13 +10,15 @@ One implementation for the offline reader and the node, so both agree.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fsmde_core.camera import CameraModel
 from fsmde_core.messages.errors import ConversionError, frame_of
 
 
-def camera_info_to_model(msg: object, use_projection: bool = False) -> CameraModel:
+def camera_info_to_model(msg: Any, use_projection: bool = False) -> CameraModel:
     """``sensor_msgs/CameraInfo`` (rclpy or rosbags) -> :class:`CameraModel` (ConversionError if unusable).
 
     ``use_projection=False`` (raw images): intrinsics from ``k`` and ``d``.
@@ -24,16 +26,16 @@ def camera_info_to_model(msg: object, use_projection: bool = False) -> CameraMod
     no distortion. ROI and binning are then applied (:func:`apply_roi_and_binning`).
     """
     where = f"CameraInfo (frame {frame_of(msg)})"
-    w, h = int(msg.width), int(msg.height)  # type: ignore[attr-defined]
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)  # type: ignore[attr-defined]
+    w, h = int(msg.width), int(msg.height)
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     if w <= 0 or h <= 0:
         raise ConversionError(f"{where}: image size is {w}x{h}; the camera is not calibrated")
     if not np.any(K):
         raise ConversionError(f"{where}: K is all zeros; the camera is not calibrated")
-    D = np.asarray(msg.d, dtype=np.float64).reshape(-1)  # type: ignore[attr-defined]
-    model_name = str(msg.distortion_model).strip()  # type: ignore[attr-defined]
+    D = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    model_name = str(msg.distortion_model).strip()
     if use_projection:
-        P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)  # type: ignore[attr-defined]
+        P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
         if not np.any(P):
             raise ConversionError(f"{where}: P is all zeros; cannot use the rectified projection")
         K, D, model_name = P[:, :3].copy(), np.zeros(5), "plumb_bob"
@@ -48,7 +50,7 @@ def camera_info_to_model(msg: object, use_projection: bool = False) -> CameraMod
     return apply_roi_and_binning(model, msg, where)
 
 
-def apply_roi_and_binning(model: CameraModel, msg: object, where: str) -> CameraModel:
+def apply_roi_and_binning(model: CameraModel, msg: Any, where: str) -> CameraModel:
     """The full-sensor ``model`` cropped to ``msg.roi`` and binned by ``msg.binning_x/y``.
 
     A zero-size ROI means the full image and a binning of 0 or 1 means none
@@ -56,8 +58,8 @@ def apply_roi_and_binning(model: CameraModel, msg: object, where: str) -> Camera
     the pixel-centre-exact resize by exactly 1/b, after dropping the
     ``size % b`` edge pixels that the camera cannot bin (they are not sent).
     """
-    roi = msg.roi  # type: ignore[attr-defined]
-    bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)  # type: ignore[attr-defined]
+    roi = msg.roi
+    bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
     try:
         if int(roi.width) > 0 and int(roi.height) > 0:
             model = model.cropped(int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height))

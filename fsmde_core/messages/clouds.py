@@ -8,6 +8,8 @@ order, NaN (no return) included; projections drop them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fsmde_core.messages.errors import MalformedMessageError, UnsupportedEncodingError, frame_of
@@ -17,20 +19,20 @@ POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f
 FLOAT32, FLOAT64 = 7, 8
 
 
-def _where(msg: object) -> str:
+def _where(msg: Any) -> str:
     return f"PointCloud2 (frame {frame_of(msg)})"
 
 
-def cloud_dtype(msg: object, names: tuple[str, ...], as_bits: str | None = None) -> np.dtype:
+def cloud_dtype(msg: Any, names: tuple[str, ...], as_bits: str | None = None) -> np.dtype:
     """Structured dtype picking the fields ``names`` out of one point (itemsize = ``point_step``).
 
     ``as_bits`` names a 4-byte field to read as uint32 whatever its declared
     type: packed colour is bits, not a number. UnsupportedEncodingError for an
     unknown datatype, MalformedMessageError for a field outside the point.
     """
-    order = ">" if msg.is_bigendian else "<"  # type: ignore[attr-defined]
-    step = int(msg.point_step)  # type: ignore[attr-defined]
-    by_name = {f.name: f for f in msg.fields}  # type: ignore[attr-defined]
+    order = ">" if msg.is_bigendian else "<"
+    step = int(msg.point_step)
+    by_name = {f.name: f for f in msg.fields}
     formats, offsets = [], []
     for name in names:
         field = by_name[name]
@@ -50,13 +52,13 @@ def cloud_dtype(msg: object, names: tuple[str, ...], as_bits: str | None = None)
     return np.dtype({"names": list(names), "formats": formats, "offsets": offsets, "itemsize": step})
 
 
-def cloud_view(msg: object, dtype: np.dtype) -> np.ndarray:
+def cloud_view(msg: Any, dtype: np.dtype) -> np.ndarray:
     """(N,) structured array of every point (a view when rows are unpadded), honouring ``row_step``."""
-    h, w = int(msg.height), int(msg.width)  # type: ignore[attr-defined]
-    step, row_step = int(msg.point_step), int(msg.row_step)  # type: ignore[attr-defined]
+    h, w = int(msg.height), int(msg.width)
+    step, row_step = int(msg.point_step), int(msg.row_step)
     if h * w == 0:
         return np.zeros(0, dtype=dtype)
-    buf = np.frombuffer(msg.data, dtype=np.uint8)  # type: ignore[attr-defined]
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
     if row_step < w * step:
         raise MalformedMessageError(f"{_where(msg)}: row_step {row_step} < width {w} x point_step {step}")
     needed = (h - 1) * row_step + w * step
@@ -65,9 +67,9 @@ def cloud_view(msg: object, dtype: np.dtype) -> np.ndarray:
     return np.ndarray(shape=(h, w), dtype=dtype, buffer=buf, strides=(row_step, step)).reshape(-1)
 
 
-def check_xyz_fields(msg: object) -> None:
+def check_xyz_fields(msg: Any) -> None:
     """UnsupportedEncodingError unless the cloud has single FLOAT32/FLOAT64 x, y and z fields."""
-    by_name = {f.name: f for f in msg.fields}  # type: ignore[attr-defined]
+    by_name = {f.name: f for f in msg.fields}
     missing = [n for n in "xyz" if n not in by_name]
     if missing:
         raise UnsupportedEncodingError(
@@ -80,7 +82,7 @@ def check_xyz_fields(msg: object) -> None:
                 "only single FLOAT32 (7) and FLOAT64 (8) coordinates are supported")
 
 
-def cloud_xyz(msg: object, dtype: type = np.float32) -> np.ndarray:
+def cloud_xyz(msg: Any, dtype: type = np.float32) -> np.ndarray:
     """(N, 3) x, y, z of every point as ``dtype`` (float64 keeps float64 clouds exact)."""
     check_xyz_fields(msg)
     return _xyz_columns(cloud_view(msg, cloud_dtype(msg, ("x", "y", "z"))), dtype)
@@ -94,18 +96,18 @@ def _xyz_columns(view: np.ndarray, dtype: type) -> np.ndarray:
     return xyz
 
 
-def cloud_field(msg: object, name: str) -> np.ndarray:
+def cloud_field(msg: Any, name: str) -> np.ndarray:
     """(N,) values of one field (e.g. a LiDAR's per-point time), in the order of :func:`cloud_xyz`."""
     return np.ascontiguousarray(cloud_view(msg, cloud_dtype(msg, (name,)))[name])
 
 
-def cloud_to_points(msg: object) -> tuple[np.ndarray, np.ndarray | None]:
+def cloud_to_points(msg: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """Any ``PointCloud2`` with x/y/z -> ((N, 3) float32 xyz, (N, 3) uint8 rgb or None).
 
     Colour is read from an ``rgb`` or ``rgba`` field (FLOAT32 or UINT32 bits, ``0x00RRGGBB``).
     """
     check_xyz_fields(msg)
-    names = {f.name for f in msg.fields}  # type: ignore[attr-defined]
+    names = {f.name for f in msg.fields}
     color = next((c for c in ("rgb", "rgba") if c in names), None)
     picked = ("x", "y", "z") + ((color,) if color else ())
     view = cloud_view(msg, cloud_dtype(msg, picked, as_bits=color))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fsmde_core.messages.errors import UnsupportedEncodingError, frame_of
@@ -15,7 +17,7 @@ DEPTH_ENCODINGS: dict[str, tuple[str, float | None]] = {
 }
 
 
-def image_to_depth(msg: object, copy: bool = False) -> np.ndarray:
+def image_to_depth(msg: Any, copy: bool = False) -> np.ndarray:
     """``sensor_msgs/Image`` depth -> (H, W) float32 metres.
 
     32FC1 (and 64FC1) are returned as is (NaN / +Inf kept); 16UC1 is read as
@@ -23,7 +25,7 @@ def image_to_depth(msg: object, copy: bool = False) -> np.ndarray:
     padding are honoured; a native, unpadded 32FC1 image is a zero-copy
     read-only view unless ``copy`` is set.
     """
-    encoding = str(msg.encoding)  # type: ignore[attr-defined]
+    encoding = str(msg.encoding)
     enc = DEPTH_ENCODINGS.get(encoding.strip().lower())
     if enc is None:
         raise UnsupportedEncodingError(
@@ -31,9 +33,9 @@ def image_to_depth(msg: object, copy: bool = False) -> np.ndarray:
             "supported: 32FC1, 64FC1, 16UC1 (millimetres)")
     kind, scale = enc
     rows = pixel_rows(msg, int(kind[1]))
-    h, w = int(msg.height), int(msg.width)  # type: ignore[attr-defined]
-    dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")  # type: ignore[attr-defined]
-    padded = rows.shape[1] != int(msg.step)  # type: ignore[attr-defined]
+    h, w = int(msg.height), int(msg.width)
+    dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
+    padded = rows.shape[1] != int(msg.step)
     values = (np.ascontiguousarray(rows) if padded else rows).view(dtype).reshape(h, w)
     if scale is None:
         if dtype != np.dtype(np.float32):  # other byte order or float64: converting copies anyway

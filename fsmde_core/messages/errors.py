@@ -17,6 +17,8 @@ need "this message is unusable" catch that one.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConversionError(ValueError):
     """A message cannot be converted; the text names the field, the frame and the reason."""
@@ -34,7 +36,7 @@ class ImageTooLargeError(MalformedMessageError):
     """An image declares more pixels than ``max_image_pixels``; refused before decoding."""
 
 
-def frame_of(msg: object) -> str:
+def frame_of(msg: Any) -> str:
     """``'frame_id'`` of a message with a header, for error texts (works on rclpy and rosbags messages)."""
     header = getattr(msg, "header", None)
     frame = getattr(header, "frame_id", "") if header is not None else ""

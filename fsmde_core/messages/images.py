@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,20 +64,20 @@ def view_or_copy(view: np.ndarray, copy: bool) -> np.ndarray:
     return view
 
 
-def pixel_rows(msg: object, bytes_per_pixel: int) -> np.ndarray:
+def pixel_rows(msg: Any, bytes_per_pixel: int) -> np.ndarray:
     """(H, W * bytes_per_pixel) uint8 view of an Image's pixel bytes, row padding (``step``) removed.
 
     MalformedMessageError when the size, ``step`` and ``data`` length disagree.
     """
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)  # type: ignore[attr-defined]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = w * bytes_per_pixel
-    where = f"Image encoding {msg.encoding!r}, frame {frame_of(msg)}"  # type: ignore[attr-defined]
+    where = f"Image encoding {msg.encoding!r}, frame {frame_of(msg)}"
     if h <= 0 or w <= 0:
         raise MalformedMessageError(f"{where}: empty image ({w}x{h})")
     if step < row_bytes:
         raise MalformedMessageError(
             f"{where}: step {step} < width {w} x {bytes_per_pixel} bytes per pixel = {row_bytes}")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)  # type: ignore[attr-defined]
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
     if buf.size != step * h:
         raise MalformedMessageError(
             f"{where}: data has {buf.size} bytes, expected step {step} x height {h} = {step * h}")
@@ -92,7 +93,7 @@ def check_pixel_count(width: int, height: int, max_pixels: int | None, where: st
 
 
 # ------------------------------------------------------------------- raw
-def image_to_rgb(msg: object, copy: bool = False, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def image_to_rgb(msg: Any, copy: bool = False, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB.
 
     Supports rgb8, bgr8, rgba8, bgra8 and mono8 / 8UC1 (replicated to three
@@ -101,32 +102,32 @@ def image_to_rgb(msg: object, copy: bool = False, max_pixels: int | None = DEFAU
     unless ``copy`` is set. UnsupportedEncodingError for other encodings
     (16-bit, Bayer, YUV...), MalformedMessageError for inconsistent sizes.
     """
-    encoding = str(msg.encoding)  # type: ignore[attr-defined]
+    encoding = str(msg.encoding)
     layout = COLOR_ENCODINGS.get(encoding.strip().lower())
     if layout is None:
         raise UnsupportedEncodingError(
             f"unsupported Image encoding {encoding!r} (frame {frame_of(msg)}); "
             f"supported: {', '.join(COLOR_ENCODINGS)}. Debayer / convert upstream (image_proc).")
-    h, w = int(msg.height), int(msg.width)  # type: ignore[attr-defined]
+    h, w = int(msg.height), int(msg.width)
     check_pixel_count(w, h, max_pixels, f"Image (frame {frame_of(msg)})")
     rows = pixel_rows(msg, layout.channels)
     pixels = rows.reshape(h, w, layout.channels)
     if layout.rgb_index is None:
         return np.repeat(pixels, 3, axis=2)  # always a fresh array
     if layout.rgb_index == (0, 1, 2) and layout.channels == 3:
-        padded = rows.shape[1] != int(msg.step)  # type: ignore[attr-defined]
+        padded = rows.shape[1] != int(msg.step)
         return np.ascontiguousarray(pixels) if padded else view_or_copy(pixels, copy)
     # One gather copy: reorder / drop alpha into a fresh C-contiguous array.
     return np.ascontiguousarray(pixels[..., list(layout.rgb_index)])
 
 
 # ------------------------------------------------------------ compressed
-def check_compressed_format(msg: object) -> None:
+def check_compressed_format(msg: Any) -> None:
     """UnsupportedEncodingError for a ``format`` that is not a still jpeg/png (video codecs, compressedDepth).
 
     An empty format is let through: Pillow identifies the payload itself.
     """
-    fmt = str(msg.format).strip()  # type: ignore[attr-defined]
+    fmt = str(msg.format).strip()
     low = fmt.lower()
     if "compresseddepth" in low:
         raise UnsupportedEncodingError(
@@ -173,7 +174,7 @@ def declared_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
-def compressed_to_rgb(msg: object, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def compressed_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` (jpeg / png, as image_transport writes) -> (H, W, 3) uint8 RGB.
 
     The declared size is checked against ``max_pixels`` before decoding (from
@@ -185,9 +186,9 @@ def compressed_to_rgb(msg: object, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
     from PIL import UnidentifiedImageError
 
     check_compressed_format(msg)
-    fmt = str(msg.format).strip()  # type: ignore[attr-defined]
+    fmt = str(msg.format).strip()
     where = f"CompressedImage format {fmt!r} (frame {frame_of(msg)})"
-    data = memoryview(msg.data).cast("B")  # type: ignore[attr-defined]
+    data = memoryview(msg.data).cast("B")
     if len(data) == 0:
         raise MalformedMessageError(f"{where} has no data")
     size = declared_size(data)
@@ -207,7 +208,7 @@ def compressed_to_rgb(msg: object, max_pixels: int | None = DEFAULT_MAX_IMAGE_PI
         raise MalformedMessageError(f"cannot decode {where}, {len(data)} bytes: {err}") from err
 
 
-def message_to_rgb(msg: object, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def message_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Image or CompressedImage (told apart by their fields) -> (H, W, 3) uint8 RGB, owned or read-only."""
     if hasattr(msg, "format"):
         return compressed_to_rgb(msg, max_pixels)

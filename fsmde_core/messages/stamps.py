@@ -8,6 +8,7 @@ epoch times.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from fsmde_core.messages.errors import ConversionError
 
@@ -15,9 +16,9 @@ NS_PER_S = 1_000_000_000
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
-def stamp_to_ns(stamp: object) -> int:
+def stamp_to_ns(stamp: Any) -> int:
     """``builtin_interfaces/Time`` (rclpy or rosbags) -> integer nanoseconds (exact, no float rounding)."""
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)  # type: ignore[attr-defined]
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
 
 
 def ns_to_sec_nanosec(ns: int) -> tuple[int, int]:
