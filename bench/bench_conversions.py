@@ -1,4 +1,4 @@
-"""Benchmark of fsmde_ros.conversions and of the ways to fill a ``uint8[]`` field in rclpy.
+"""Benchmark of the message layer (fsmde_core.messages, fsmde_ros.conversions) and of rclpy uint8[] filling.
 
 Prints a table (median and best of N runs, milliseconds). Numbers, not
 pass/fail: run it on the target machine and quote ratios from one run.
@@ -31,6 +31,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout, not installed
+from fsmde_core.messages import declared_size
 from fsmde_ros.conversions import (
     cloud_to_points,
     compressed_to_rgb,
@@ -109,6 +110,7 @@ def conversion_rows(repeat: int) -> list[tuple[str, Callable[[], object], int]]:
         (f"image_to_rgb rgb8 {n} (view)", lambda: [image_to_rgb(m) for m in rgb_msgs], repeat),
         (f"image_to_rgb bgr8 {n}", lambda: [image_to_rgb(m) for m in bgr_msgs], repeat),
         (f"compressed_to_rgb jpeg {n}", lambda: [compressed_to_rgb(m) for m in jpegs], repeat),
+        (f"declared_size jpeg {n} (its size guard)", lambda: [declared_size(m.data) for m in jpegs], repeat),
         (f"serialize_message depth {n} (reference)", lambda: [serialize_message(m) for m in depth_msgs],
          repeat),
         (f"points_to_cloud {N_POINTS // 1000}k xyz+rgb", lambda: points_to_cloud(xyz, colours, header),

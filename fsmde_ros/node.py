@@ -77,9 +77,8 @@ from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet
 from fsmde_ros.conversions import (
     ConversionError,
     camera_info_to_model,
-    compressed_to_rgb,
     depth_to_image,
-    image_to_rgb,
+    message_to_rgb,
     model_to_camera_info,
     ns_to_stamp,
     points_to_cloud,
@@ -675,7 +674,7 @@ class SurroundDepthNode(LifecycleNode):
 
     def _decode(self, name: str, msg: Image | CompressedImage) -> _Frame:
         try:
-            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+            rgb = message_to_rgb(msg, self.settings.max_image_pixels)
         except ConversionError as exc:
             raise InputProblemError("decode", str(exc)) from None
         height, width = rgb.shape[:2]

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsmde_core.messages import DEFAULT_MAX_IMAGE_PIXELS
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_CAMERAS",
@@ -114,6 +116,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               float_range=(1.0, 60000.0)),
     ParamSpec("sync.min_cameras", 1, "partial policy: fewest cameras worth a (partial) output.",
               int_range=(1, 64)),
+    ParamSpec("input.max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
+              "Largest image (width x height, read from the header before decoding) a camera may send; "
+              "a larger one is refused as that camera's input problem instead of being decoded.",
+              int_range=(1, 1_000_000_000)),
     ParamSpec("model.path", "",
               "Student model: a run directory or student.safetensors (torch), a .onnx (onnxruntime, or "
               "tensorrt which builds an engine), or a .engine (tensorrt). Required."),
@@ -279,6 +285,7 @@ class NodeSettings:
     pipeline_queue_size: int = 1
     cross_view_every_n: int = 10
     cross_view_stride: int = 4
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -500,6 +507,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         pipeline_queue_size=_typed(values, _spec("pipeline.queue_size")),
         cross_view_every_n=_typed(values, _spec("diagnostics.cross_view_every_n")),
         cross_view_stride=_typed(values, _spec("diagnostics.cross_view_stride")),
+        max_image_pixels=_typed(values, _spec("input.max_image_pixels")),
     )
 
 

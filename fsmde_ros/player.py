@@ -44,6 +44,7 @@ from typing import Any
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from fsmde_core.data.layout import sibling_info_topic
+from fsmde_core.messages.types import IMAGE_TYPES
 
 __all__ = [
     "BagPlayer",
@@ -284,7 +285,6 @@ class PlaybackStats:
 
 #: ``wait_for_subscribers`` entry meaning "every image topic played".
 ALL_IMAGES = "<images>"
-_IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
 def image_topics(plan: Any) -> list[str]:
@@ -295,7 +295,7 @@ def image_topics(plan: Any) -> list[str]:
     recorded depth or synthetic ground truth, have no consumer to wait for. A bag
     without any camera_info falls back to every image topic.
     """
-    images = sorted(t for t, p in plan.topics.items() if p.msgtype in _IMAGE_TYPES)
+    images = sorted(t for t, p in plan.topics.items() if p.msgtype in IMAGE_TYPES)
     cameras = [t for t in images if sibling_info_topic(t) in plan.topics]
     return cameras or images
 
@@ -577,10 +577,9 @@ class _RosEndpoints:
             raise
 
     def publish_clock(self, bag_ns: int) -> None:
-        from builtin_interfaces.msg import Time
+        from fsmde_ros.conversions import ns_to_stamp
 
-        sec, nanosec = divmod(int(bag_ns), 1_000_000_000)
-        self._clock_pub.publish(self._clock_cls(clock=Time(sec=sec, nanosec=nanosec)))
+        self._clock_pub.publish(self._clock_cls(clock=ns_to_stamp(bag_ns)))
 
     def subscription_count(self, topic: str) -> int:
         pub = self._clock_pub if topic == CLOCK_TOPIC else self.publishers[topic]

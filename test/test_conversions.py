@@ -1,4 +1,6 @@
-"""Tests of fsmde_ros.conversions: every encoding, padding, byte order, errors, clouds, stamps.
+"""Tests of the message layer (fsmde_core.messages, through fsmde_ros.conversions): every encoding,
+padding, byte order, errors, clouds, stamps, ROI/binning intrinsics, the image size guard, and that
+rosbags-deserialised messages (offline) decode exactly like rclpy ones (online).
 
 Messages are built here independently of the code under test (byte layouts
 written out by hand / with numpy structured arrays), and most round trips go
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import array
 import io
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -23,6 +27,15 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 
 from fsmde_core.camera import CameraModel
+from fsmde_core.messages import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageTooLargeError,
+    MalformedMessageError,
+    UnsupportedEncodingError,
+    cloud_xyz,
+    declared_size,
+    message_to_rgb,
+)
 from fsmde_ros.conversions import (
     COLOR_ENCODINGS,
     ConversionError,
@@ -56,6 +69,7 @@ def _channels_for(rgb: np.ndarray, encoding: str) -> np.ndarray:
         "rgba8": np.concatenate([rgb, alpha], axis=2),
         "bgra8": np.concatenate([rgb[..., ::-1], alpha], axis=2),
         "mono8": rgb[..., :1],
+        "8uc1": rgb[..., :1],
     }[encoding]
 
 
@@ -74,7 +88,7 @@ def _image_msg(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool 
 @pytest.mark.parametrize("pad", [0, 5])
 def test_color_encodings_round_trip(encoding: str, pad: int) -> None:
     rgb = RNG.integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    if encoding == "mono8":
+    if COLOR_ENCODINGS[encoding].rgb_index is None:
         rgb[...] = rgb[..., :1]  # grey image: the expected output replicates one channel
     msg = _roundtrip(_image_msg(_channels_for(rgb, encoding), encoding, pad))
     out = image_to_rgb(msg)
@@ -98,7 +112,7 @@ def test_unpadded_rgb8_is_a_read_only_zero_copy_view() -> None:
 @settings(max_examples=60, deadline=None)
 def test_color_any_size_and_padding(h: int, w: int, pad: int, encoding: str, seed: int) -> None:
     rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    if encoding == "mono8":
+    if COLOR_ENCODINGS[encoding].rgb_index is None:
         rgb[...] = rgb[..., :1]
     np.testing.assert_array_equal(image_to_rgb(_image_msg(_channels_for(rgb, encoding), encoding, pad)), rgb)
 
@@ -429,3 +443,164 @@ def test_cross_check_sensor_msgs_py() -> None:
     np.testing.assert_array_equal(theirs, xyz)
     ref = pc2.create_cloud_xyz32(HEADER, xyz.tolist())
     np.testing.assert_array_equal(cloud_to_points(ref)[0], xyz)
+
+
+# ------------------------------------------------- ROI and binning (REP 104)
+def _project(model: CameraModel, pts: np.ndarray) -> np.ndarray:
+    uv, _ = model.project(pts)
+    return uv
+
+
+@pytest.mark.parametrize(("roi", "binning"), [
+    ((0, 0, 0, 0), (2, 2)),          # binning only, sizes divisible
+    ((0, 0, 0, 0), (3, 2)),          # 640 / 3 leaves one column the camera cannot bin
+    ((10, 20, 300, 200), (1, 1)),    # ROI only
+    ((33, 17, 301, 203), (2, 3)),    # ROI, then binning with remainders in both directions
+    ((0, 0, 640, 384), (0, 0)),      # full-size ROI and binning 0 = the plain image
+])
+def test_roi_and_binning_map_every_pixel_centre_like_the_sensor(roi: tuple, binning: tuple) -> None:
+    """A 3D point seen at full-sensor pixel u must be at ``(u - x0 - (b - 1) / 2) / b`` in the image
+    a cropping / binning driver sends (pixel centres at integers): checked by projecting the same
+    points through the full model and the model built from the CameraInfo, distortion included."""
+    full = _model()
+    msg = model_to_camera_info(full, HEADER)
+    msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height = roi
+    msg.binning_x, msg.binning_y = binning
+    got = camera_info_to_model(_roundtrip(msg))
+    x0, y0, rw, rh = roi
+    bx, by = max(binning[0], 1), max(binning[1], 1)
+    rw, rh = (rw or full.width), (rh or full.height)
+    assert (got.width, got.height) == (rw // bx, rh // by)
+    pts = np.stack([RNG.uniform(-3, 3, 50), RNG.uniform(-2, 2, 50), RNG.uniform(4, 30, 50)], axis=1)
+    uv_full = _project(full, pts)
+    want = np.stack([(uv_full[:, 0] - x0 - (bx - 1) / 2) / bx, (uv_full[:, 1] - y0 - (by - 1) / 2) / by], axis=1)
+    np.testing.assert_allclose(_project(got, pts), want, atol=1e-9)
+    np.testing.assert_array_equal(got.D, full.D)
+
+
+def test_roi_outside_the_sensor_is_refused_with_the_frame() -> None:
+    msg = model_to_camera_info(_model(), HEADER)
+    msg.roi.x_offset, msg.roi.width, msg.roi.height = 400, 300, 200
+    with pytest.raises(ConversionError, match=r"bad roi / binning.*outside") as exc:
+        camera_info_to_model(msg)
+    assert "cam_front_optical" in str(exc.value)
+
+
+# ------------------------------------------- rosbags (offline) == rclpy (online)
+def _as_rosbags(msg: object) -> object:
+    """The message as the offline reader gets it: rclpy's CDR bytes deserialised by rosbags."""
+    from rosbags.typesys import Stores, get_typestore
+
+    typename = type(msg).__module__.split(".")[0] + "/msg/" + type(msg).__name__
+    return get_typestore(Stores.ROS2_KILTED).deserialize_cdr(serialize_message(msg), typename)
+
+
+def test_offline_and_online_messages_decode_identically() -> None:
+    rgb = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    info = model_to_camera_info(_model(), HEADER)
+    info.binning_x = info.binning_y = 2
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 8, 4, 600, 360
+    depth = RNG.uniform(1, 9, (5, 7)).astype(np.float32)
+    cloud = points_to_cloud(RNG.normal(size=(20, 3)).astype(np.float32), RNG.integers(0, 256, (20, 3), np.uint8),
+                            HEADER)
+    for encoding in COLOR_ENCODINGS:
+        raw = _image_msg(_channels_for(rgb, encoding), encoding, pad=3)
+        np.testing.assert_array_equal(image_to_rgb(_as_rosbags(raw)), image_to_rgb(raw))
+    png = CompressedImage(header=HEADER, format="png", data=_encode(rgb, "PNG"))
+    np.testing.assert_array_equal(message_to_rgb(_as_rosbags(png)), rgb)
+    assert camera_info_to_model(_as_rosbags(info)) == camera_info_to_model(info)
+    np.testing.assert_array_equal(image_to_depth(_as_rosbags(depth_to_image(depth, HEADER))), depth)
+    for a, b in zip(cloud_to_points(_as_rosbags(cloud)), cloud_to_points(cloud), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert stamp_to_ns(_as_rosbags(HEADER).stamp) == stamp_to_ns(HEADER.stamp)
+
+
+def test_error_kinds_tell_topic_problems_from_message_problems() -> None:
+    """Offline, an unsupported encoding stops with the topic named, a malformed message is skipped:
+    both readers must raise the kind that gets that reaction (and both are ConversionError)."""
+    with pytest.raises(UnsupportedEncodingError):
+        image_to_rgb(Image(header=HEADER, height=2, width=2, encoding="bayer_rggb8", step=2, data=bytes(4)))
+    with pytest.raises(UnsupportedEncodingError, match="h264"):
+        compressed_to_rgb(CompressedImage(header=HEADER, format="h264", data=bytes(8)))
+    with pytest.raises(MalformedMessageError):
+        image_to_rgb(Image(header=HEADER, height=2, width=2, encoding="rgb8", step=6, data=bytes(11)))
+    no_z = _roundtrip(points_to_cloud(RNG.normal(size=(4, 3)), None, HEADER))
+    no_z.fields = [f for f in no_z.fields if f.name != "z"]
+    with pytest.raises(UnsupportedEncodingError, match="no z field"):
+        cloud_xyz(no_z)
+    assert issubclass(UnsupportedEncodingError, ConversionError) and issubclass(ImageTooLargeError, ConversionError)
+
+
+def test_float64_cloud_keeps_float64_precision_offline() -> None:
+    """UTM-scale coordinates: float64 clouds read as float64 keep millimetres that float32 loses."""
+    xyz = np.array([[500_000.001, 4_000_000.002, 10.003]])
+    dtype = np.dtype([("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
+    fields = [PointField(name=n, offset=8 * i, datatype=PointField.FLOAT64, count=1) for i, n in enumerate("xyz")]
+    msg = PointCloud2(header=HEADER, height=1, width=1, fields=fields, is_bigendian=False, point_step=24,
+                      row_step=24, data=np.array([tuple(xyz[0])], dtype=dtype).tobytes(), is_dense=True)
+    np.testing.assert_array_equal(cloud_xyz(msg, np.float64), xyz)
+
+
+# ------------------------------------------------------------ image size guard
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` (valid signature, IHDR with CRC, IEND) but holds no pixels:
+    what an oversized camera frame looks like to any reader of its header, at 57 bytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def _jpeg_declaring(width: int, height: int, progressive: bool = False) -> bytes:
+    """A real 16x8 JPEG whose start-of-frame is patched to declare ``width x height``."""
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(RNG.integers(0, 256, (8, 16, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", progressive=progressive)
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_declared_size_reads_png_and_jpeg_headers_without_decoding() -> None:
+    assert declared_size(_png_header_only(16000, 12000)) == (16000, 12000)
+    assert declared_size(_jpeg_declaring(16, 8)) == (16, 8)
+    assert declared_size(_jpeg_declaring(9000, 7000, progressive=True)) == (9000, 7000)
+    rgb = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    assert declared_size(_encode(rgb, "PNG")) == (32, 24)
+    assert declared_size(b"not an image") is None and declared_size(b"\xff\xd8\xff") is None
+
+
+@pytest.mark.parametrize("limit", [DEFAULT_MAX_IMAGE_PIXELS, None])
+def test_oversized_png_is_a_conversion_error_naming_size_and_limit(limit: int | None) -> None:
+    """16000x12000 made PIL raise DecompressionBombError, which is no ConversionError and escaped the
+    node's per-camera handling. With a limit it is refused from the header; without one (None) PIL's
+    own bomb check still ends as an ImageTooLargeError."""
+    msg = CompressedImage(header=HEADER, format="png", data=_png_header_only(16000, 12000))
+    with pytest.raises(ImageTooLargeError) as exc:
+        compressed_to_rgb(msg, max_pixels=limit)
+    text = str(exc.value)
+    assert "cam_front_optical" in text and "'png'" in text
+    if limit is not None:
+        assert "16000x12000" in text and str(limit) in text and "max_image_pixels" in text
+
+
+def test_size_guard_on_jpeg_raw_and_headerless_formats() -> None:
+    jpeg = CompressedImage(header=HEADER, format="jpeg", data=_jpeg_declaring(9000, 9000))
+    with pytest.raises(ImageTooLargeError, match="9000x9000"):
+        compressed_to_rgb(jpeg)
+    rgb = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    bmp = CompressedImage(header=HEADER, format="", data=_encode(rgb, "BMP"))  # no header we parse: PIL's size
+    np.testing.assert_array_equal(compressed_to_rgb(bmp), rgb)
+    with pytest.raises(ImageTooLargeError, match="32x24"):
+        compressed_to_rgb(bmp, max_pixels=32 * 24 - 1)
+    raw = _image_msg(rgb, "rgb8")
+    np.testing.assert_array_equal(image_to_rgb(raw, max_pixels=32 * 24), rgb)  # the limit is inclusive
+    with pytest.raises(ImageTooLargeError, match="32x24"):
+        image_to_rgb(raw, max_pixels=32 * 24 - 1)
+    # a raw header larger than its data is malformed, whatever the limit
+    with pytest.raises(MalformedMessageError, match="data has"):
+        image_to_rgb(Image(header=HEADER, height=4000, width=4000, encoding="rgb8", step=12000, data=bytes(12)))

@@ -30,13 +30,12 @@ from fsmde_core.data import (
     read_samples,
 )
 from fsmde_core.data.bag import Moment
-from fsmde_core.data.decode import decode_cloud_xyz, header_stamp_ns
-from fsmde_core.data.errors import UnsupportedEncodingError
 from fsmde_core.data.inspect import add_inspect_arguments, run_inspect
 from fsmde_core.data.layout import camera_name_from_topic, sibling_info_topic
 from fsmde_core.data.sample import resize_nearest
 from fsmde_core.data.store import StoreKeyError
 from fsmde_core.data.tf import TfLookupError, TfTree
+from fsmde_core.messages import UnsupportedEncodingError, cloud_xyz, header_stamp_ns
 from fsmde_core.rig import make_transform, optical_to_base_rotation
 
 RING = ["front", "front_left", "back_left", "back", "back_right", "front_right"]
@@ -323,6 +322,19 @@ def test_bad_bags_raise_bag_error_naming_bag_and_topic(tmp_path: Path, case: str
     assert isinstance(err, ValueError)
 
 
+def test_images_above_max_image_pixels_are_refused_naming_topic_size_and_limit(tmp_path: Path) -> None:
+    """Offline the same size guard as the node: refused from the header (jpeg on front, raw elsewhere)."""
+    path = _write(tmp_path, "big", storage="mcap", compressed={"front": "jpeg"})
+    assert len(list(read_samples([path], DataConfig(max_image_pixels=64 * 48)))) == 2  # 64x48: inclusive
+    with pytest.raises(BagError) as info:
+        list(read_samples([path], DataConfig(max_image_pixels=100)))
+    err = info.value
+    assert err.topic is not None and err.topic.startswith("/cameras/") and err.topic in str(err)
+    assert "64x48" in str(err) and "max_image_pixels" in str(err) and "above the limit of 100 pixels" in str(err)
+    with pytest.raises(ValueError, match="max_image_pixels must be positive"):
+        DataConfig(max_image_pixels=0)
+
+
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_truncated_storage_file_is_a_clear_error(tmp_path: Path, storage: str) -> None:
     path = _truncated(tmp_path, storage)
@@ -350,7 +362,7 @@ def test_cloud_without_float_xyz_is_unsupported() -> None:
         header=None, height=1, width=1, fields=[PF(name="x", offset=0, datatype=7, count=1)],
         is_bigendian=False, point_step=4, row_step=4, data=np.zeros(4, np.uint8), is_dense=True)
     with pytest.raises(UnsupportedEncodingError, match="y/z"):
-        decode_cloud_xyz(msg)
+        cloud_xyz(msg)
 
 
 def test_data_config_validation() -> None:

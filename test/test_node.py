@@ -741,6 +741,38 @@ class TestPartialPolicy:
 
         assert driver.wait_until(back_silent, 5.0)
 
+    def test_oversized_png_drops_only_that_camera(self, partial_node, rig: Rig) -> None:
+        """A 16000x12000 PNG used to raise PIL's DecompressionBombError, which escaped the per-camera
+        handling: the whole set was dropped as an inference error. Now it is front_left's input problem
+        (refused from the header against input.max_image_pixels) and the other cameras get depth."""
+        import struct
+        import zlib
+
+        from sensor_msgs.msg import CompressedImage
+
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 16000, 12000, 8, 2, 0, 0, 0))
+        huge_png = b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IEND", b"")  # header only: 57 bytes on the wire
+        node, driver = partial_node
+        alive = tuple(c for c in CAMERAS if c != "back")
+        tick = next_tick()
+        stamps = camera_stamps(tick, alive)
+        images = make_images(tick)
+        publish_set(driver, rig, images, {c: s for c, s in stamps.items() if c != "front_left"}, compressed=True)
+        cam = rig.camera("front_left")
+        hdr = header(stamps["front_left"], cam.frame_id)
+        driver.publish("front_left", CompressedImage(header=hdr, format="png", data=huge_png),
+                       model_to_camera_info(cam.model.scaled_to(IMG_W, IMG_H), hdr))
+        rest = {c: s for c, s in stamps.items() if c != "front_left"}
+        assert driver.wait_until(lambda: driver.outputs_at(rest, max(stamps.values())), 15.0), node.log()
+        assert not driver.depth["front_left"].get(stamps["front_left"])
+        assert driver.wait_until(lambda: "16000x12000" in node.log(), 5.0), node.log()
+        line = next(row for row in node.log().splitlines() if "16000x12000" in row)
+        assert "camera 'front_left'" in line and "max_image_pixels" in line and "16000000" in line
+        assert "inference" not in line.lower()
+
 
 @pytest.mark.ros
 @pytest.mark.parametrize(("overrides", "code", "message"), [

@@ -14,10 +14,11 @@ from typing import Any
 
 from fsmde_core.data.bag import BagSource, Moment, ReadStats, read_samples
 from fsmde_core.data.config import CameraTopics, DataConfig
-from fsmde_core.data.errors import BagError, MalformedMessageError
+from fsmde_core.data.errors import BagError
 from fsmde_core.data.inspect import add_inspect_arguments, inspect_bag, run_inspect
 from fsmde_core.data.layout import BagLayout
 from fsmde_core.data.sample import SampleSource, SurroundSample
+from fsmde_core.messages import MalformedMessageError
 
 _LAZY = {
     "TensorStore": "fsmde_core.data.store",

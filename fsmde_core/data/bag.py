@@ -36,18 +36,20 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from fsmde_core.data.config import DataConfig
-from fsmde_core.data.decode import (
-    decode_cloud_xyz,
-    decode_depth32,
-    decode_image,
-)
-from fsmde_core.data.errors import BagError, MalformedMessageError, UnsupportedEncodingError
+from fsmde_core.data.errors import BagError
 from fsmde_core.data.grouping import Stamped
 from fsmde_core.data.layout import BagLayout, discover_layout
 from fsmde_core.data.motion import compensated_sparse_depth, decode_point_times, stamp_sparse_depth
 from fsmde_core.data.reader import check_bag_path, deserialize, iter_raw, message_stamp_ns, open_bag
 from fsmde_core.data.sample import SampleSource, SurroundSample, load_mask, resize_nearest, resize_rgb
 from fsmde_core.geometry import lidar_to_sparse_depth
+from fsmde_core.messages import (
+    MalformedMessageError,
+    UnsupportedEncodingError,
+    cloud_xyz,
+    image_to_depth,
+    message_to_rgb,
+)
 from fsmde_core.sync import ApproximateTimeSynchronizer
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ class SampleBuilder:
         cam = self.layout.cameras[k]
         msg = deserialize(self.reader, raw, cam.image_type, cam.image_topic)
         try:
-            img = decode_image(msg, cam.image_type)
+            img = message_to_rgb(msg, self.config.max_image_pixels)
         except UnsupportedEncodingError as exc:
             raise BagError(self.layout.bag, cam.image_topic, str(exc)) from exc
         except MalformedMessageError as exc:
@@ -158,7 +160,7 @@ class SampleBuilder:
         topic = self.layout.lidar_topic
         msg = deserialize(self.reader, lidar.item, "sensor_msgs/msg/PointCloud2", topic)
         try:
-            pts = decode_cloud_xyz(msg)
+            pts = cloud_xyz(msg, np.float64)
             # per-point times only matter when there is a trajectory to move the points along
             wanted = self.config.motion_compensation == "auto" and self.layout.motion is not None
             times = decode_point_times(msg, lidar.stamp_ns) if wanted else None
@@ -206,7 +208,7 @@ class SampleBuilder:
                 continue
             msg = deserialize(self.reader, g.item, "sensor_msgs/msg/Image", cam.gt_topic)
             try:
-                depth = decode_depth32(msg)
+                depth = image_to_depth(msg)
             except UnsupportedEncodingError as exc:
                 raise BagError(self.layout.bag, cam.gt_topic, str(exc)) from exc
             except MalformedMessageError as exc:

@@ -34,11 +34,12 @@ from tqdm import tqdm
 from fsmde_core.camera import CameraModel
 from fsmde_core.data.bag import BagSource, Moment
 from fsmde_core.data.config import DataConfig
-from fsmde_core.data.errors import BagError, MalformedMessageError
+from fsmde_core.data.errors import BagError
 from fsmde_core.data.layout import discover_cameras
 from fsmde_core.data.reader import open_bag, topic_table
 from fsmde_core.data.sample import SurroundSample
 from fsmde_core.data.store import StoreKeyError, TensorStore, atomic_write_text, key_hash
+from fsmde_core.messages import MalformedMessageError
 from fsmde_core.rig import Rig, RigCamera, RigError
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fsmde_core.messages.images import DEFAULT_MAX_IMAGE_PIXELS
+
 EXTRINSICS_SOURCES = ("auto", "tf", "yaml")
 MOTION_COMPENSATION = ("auto", "stamp", "off")
 
@@ -79,6 +81,9 @@ class DataConfig:
             cloud's ``t``/``time``/``timestamp`` field, to each image's stamp),
             ``stamp`` (the same, but every point at the sweep's stamp: for
             clouds deskewed by the driver that kept firing times) or ``off``.
+        max_image_pixels: images declaring more pixels (width x height, read
+            from the header before decoding) are skipped as malformed, so one
+            bad message cannot make the reader allocate gigabytes.
     """
 
     cameras: list[CameraTopics] | None = None
@@ -99,6 +104,7 @@ class DataConfig:
     horizon_s: float = 1.0
     tf_topic: str = "/tf"
     motion_compensation: str = "auto"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         if self.cameras is not None:
@@ -115,6 +121,8 @@ class DataConfig:
         if self.extrinsics not in EXTRINSICS_SOURCES:
             raise ValueError(
                 f"DataConfig.extrinsics must be one of {EXTRINSICS_SOURCES}, got {self.extrinsics!r}")
+        if int(self.max_image_pixels) <= 0:
+            raise ValueError(f"DataConfig.max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.motion_compensation not in MOTION_COMPENSATION:
             raise ValueError(f"DataConfig.motion_compensation must be one of {MOTION_COMPENSATION}, "
                              f"got {self.motion_compensation!r}")

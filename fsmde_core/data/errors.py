@@ -1,14 +1,11 @@
-"""Errors raised while reading recordings.
+"""The error raised when a recording as a whole cannot be used as asked.
 
-Two kinds, because they call for different reactions:
-
-* :class:`BagError` — the recording as a whole cannot be used as asked (bag
-  missing or corrupt, a topic missing, an unsupported encoding, calibration
-  that does not match the images). Fatal: training on half-understood data is
-  worse than stopping, so the message names the bag and the topic to fix.
-* :class:`MalformedMessageError` — one message's payload is broken (a truncated
-  JPEG, a point cloud shorter than its header says). Recorders do produce
-  these; the reader skips the message, warns and counts it.
+:class:`BagError`: bag missing or corrupt, a topic missing, an unsupported
+encoding, calibration that does not match the images. Fatal: training on
+half-understood data is worse than stopping, so the message names the bag and
+the topic to fix. One broken message is not a BagError but a
+:class:`fsmde_core.messages.MalformedMessageError`: the reader skips it,
+warns and counts it.
 """
 
 from __future__ import annotations
@@ -32,10 +29,3 @@ class BagError(ValueError):
         where = f"bag {self.bag}" + (f", topic {topic}" if topic else "")
         super().__init__(f"{where}: {detail}")
 
-
-class MalformedMessageError(ValueError):
-    """One message's payload cannot be decoded; skip it, do not stop."""
-
-
-class UnsupportedEncodingError(ValueError):
-    """A message uses an encoding this reader does not handle (a topic-level problem)."""

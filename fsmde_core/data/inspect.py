@@ -34,9 +34,10 @@ import numpy as np
 
 from fsmde_core.data.bag import reader_synchronizer
 from fsmde_core.data.config import DataConfig
-from fsmde_core.data.errors import BagError, MalformedMessageError
+from fsmde_core.data.errors import BagError
 from fsmde_core.data.layout import BagLayout, check_one_sample_size, discover_layout
 from fsmde_core.data.reader import check_bag_path, iter_raw, message_stamp_ns, open_bag
+from fsmde_core.messages import MalformedMessageError
 from fsmde_core.sync import estimate_phases, nearest_stamps, suggest_tolerance_ms
 
 #: Topic of the dynamic transforms (ego motion) by ROS convention.

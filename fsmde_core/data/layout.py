@@ -18,23 +18,19 @@ from rosbags.highlevel import AnyReader
 
 from fsmde_core.camera import CameraModel
 from fsmde_core.data.config import CameraTopics, DataConfig
-from fsmde_core.data.decode import (
-    CLOUD_TYPE,
-    COMPRESSED_TYPE,
-    IMAGE_TYPE,
-    IMAGE_TYPES,
-    INFO_TYPE,
-    TF_TYPE,
-    camera_model_from_info,
-    check_image_encoding,
-    cloud_layout,
-    decode_depth32,
-    decode_image,
-)
-from fsmde_core.data.errors import BagError, MalformedMessageError, UnsupportedEncodingError
+from fsmde_core.data.errors import BagError
 from fsmde_core.data.motion import EgoTrajectory
 from fsmde_core.data.reader import TopicSummary, deserialize, iter_raw, topic_table
 from fsmde_core.data.tf import TfLookupError, TfTree, TransformBuffer, normalise_frame
+from fsmde_core.messages import (
+    MalformedMessageError,
+    UnsupportedEncodingError,
+    camera_info_to_model,
+    check_xyz_fields,
+    image_to_depth,
+    message_to_rgb,
+)
+from fsmde_core.messages.types import CLOUD_TYPE, COMPRESSED_TYPE, IMAGE_TYPE, IMAGE_TYPES, INFO_TYPE, TF_TYPE
 from fsmde_core.rig import Rig, RigCamera, RigError
 
 log = logging.getLogger(__name__)
@@ -325,10 +321,10 @@ def _read_firsts(reader: AnyReader, layout: BagLayout) -> _Firsts:
             f.info[topic] = msg
             pending.discard(topic)
         elif topic in images:
-            _first_image(f, layout, topic, msg, msgtype, pending)
+            _first_image(f, layout, topic, msg, pending)
         elif topic in gts:
             try:
-                decode_depth32(msg)
+                image_to_depth(msg)
             except UnsupportedEncodingError as exc:
                 layout.problem(topic, str(exc))
             except MalformedMessageError:
@@ -336,7 +332,7 @@ def _read_firsts(reader: AnyReader, layout: BagLayout) -> _Firsts:
             pending.discard(topic)
         elif topic == layout.lidar_topic:
             try:
-                cloud_layout(msg)
+                check_xyz_fields(msg)
             except UnsupportedEncodingError as exc:
                 layout.problem(topic, str(exc))
             f.cloud = msg
@@ -346,11 +342,10 @@ def _read_firsts(reader: AnyReader, layout: BagLayout) -> _Firsts:
     return f
 
 
-def _first_image(f: _Firsts, layout: BagLayout, topic: str, msg, msgtype: str, pending: set[str]) -> None:
+def _first_image(f: _Firsts, layout: BagLayout, topic: str, msg, pending: set[str]) -> None:
     f.image_frame.setdefault(topic, normalise_frame(msg.header.frame_id))
     try:
-        check_image_encoding(msg, msgtype)
-        f.image[topic] = decode_image(msg, msgtype)
+        f.image[topic] = message_to_rgb(msg, layout.config.max_image_pixels)
         pending.discard(topic)
     except UnsupportedEncodingError as exc:
         layout.problem(topic, str(exc))
@@ -393,7 +388,7 @@ def _resolve_intrinsics(layout: BagLayout, cam: CameraStream, firsts: _Firsts, r
     ycam = _yaml_camera(rig_yaml, cam.name)
     if info is not None:
         try:
-            cam.model = camera_model_from_info(info)
+            cam.model = camera_info_to_model(info)
         except ValueError as exc:
             layout.problem(cam.info_topic, f"camera {cam.name}: unusable camera_info: {exc}")
             return

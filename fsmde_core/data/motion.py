@@ -33,16 +33,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fsmde_core.data.decode import _rows
-from fsmde_core.data.errors import MalformedMessageError, UnsupportedEncodingError
 from fsmde_core.data.tf import DEFAULT_TOLERANCE_NS, TfTree, TransformBuffer
 from fsmde_core.geometry import points_to_sparse_depth
+from fsmde_core.messages import UnsupportedEncodingError, cloud_field
 from fsmde_core.rig import Rig
 
 POINT_TIME_FIELDS = ("t", "time", "timestamp", "time_stamp")  # Ouster/ours, Velodyne, Hesai/Livox, Autoware
 _ABSOLUTE_S = 1e6  # float64 times above this are epoch seconds (11 days after 1970), not offsets
 _ABSOLUTE_NS = 1e15  # ... and above this, epoch nanoseconds
-# PointField datatype -> numpy kind (INT32, UINT32, FLOAT32, FLOAT64)
+# PointField datatypes a time field may have -> numpy kind (INT32, UINT32, FLOAT32, FLOAT64)
 _TIME_DTYPES = {5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 
 
@@ -54,7 +53,7 @@ def point_time_field(msg) -> object | None:
 
 def decode_point_times(msg, stamp_ns: int) -> np.ndarray | None:
     """(M,) int64 absolute firing time (ns) of every point of a PointCloud2, in the order of
-    :func:`~fsmde_core.data.decode.decode_cloud_xyz`; None when the cloud has no time field.
+    :func:`~fsmde_core.messages.cloud_xyz`; None when the cloud has no time field.
 
     See the module docstring for the units of each datatype. NaN times stay
     unusable (returned as the int64 minimum, which lies outside any /tf span).
@@ -65,17 +64,8 @@ def decode_point_times(msg, stamp_ns: int) -> np.ndarray | None:
     if f.datatype not in _TIME_DTYPES or f.count not in (0, 1):
         raise UnsupportedEncodingError(
             f"PointCloud2 time field {f.name!r} has datatype {f.datatype} (need INT32, UINT32, FLOAT32 or FLOAT64)")
-    h, w, step = int(msg.height), int(msg.width), int(msg.point_step)
-    if h * w == 0:
-        return np.zeros(0, dtype=np.int64)
     kind = _TIME_DTYPES[f.datatype]
-    if step < int(f.offset) + int(kind[1]):
-        raise MalformedMessageError(f"PointCloud2 point_step {step} is smaller than its time field")
-    dtype = np.dtype({"names": ["t"], "formats": [(">" if msg.is_bigendian else "<") + kind],
-                      "offsets": [int(f.offset)], "itemsize": step})
-    rows = _rows(np.asarray(msg.data, dtype=np.uint8), h, int(msg.row_step), w * step, "PointCloud2")
-    raw = np.ascontiguousarray(rows).reshape(-1).view(dtype)["t"]
-    return _absolute_ns(raw, kind, f.name, int(stamp_ns))
+    return _absolute_ns(cloud_field(msg, f.name), kind, f.name, int(stamp_ns))
 
 
 def _absolute_ns(raw: np.ndarray, kind: str, name: str, stamp_ns: int) -> np.ndarray:

@@ -16,8 +16,8 @@ from pathlib import Path
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from fsmde_core.data.decode import header_stamp_ns, stamp_to_ns
-from fsmde_core.data.errors import BagError, MalformedMessageError
+from fsmde_core.data.errors import BagError
+from fsmde_core.messages import MalformedMessageError, header_stamp_ns, stamp_to_ns
 
 log = logging.getLogger(__name__)
 

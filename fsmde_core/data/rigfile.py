@@ -20,10 +20,10 @@ from typing import Any
 import yaml
 
 from fsmde_core.data.config import DataConfig
-from fsmde_core.data.decode import COMPRESSED_TYPE
 from fsmde_core.data.errors import BagError
 from fsmde_core.data.layout import BagLayout, discover_layout
 from fsmde_core.data.reader import open_bag
+from fsmde_core.messages.types import COMPRESSED_TYPE
 from fsmde_core.rig import Rig, RigError
 
 #: Node name the parameters file addresses (any namespace), as in config/surround_depth.yaml.

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fsmde_core.messages.stamps import stamp_to_ns
 from fsmde_core.rig import make_transform, quaternion_to_matrix, quaternions_to_matrices
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ class TransformBuffer:
         n = 0
         for ts in msg.transforms:
             t, q = ts.transform.translation, ts.transform.rotation
-            stamp = int(ts.header.stamp.sec) * 1_000_000_000 + int(ts.header.stamp.nanosec)
+            stamp = stamp_to_ns(ts.header.stamp)
             try:
                 self.add(ts.header.frame_id, ts.child_frame_id, stamp, [t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
                 n += 1
