@@ -34,6 +34,9 @@ from std_msgs.msg import Header
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "surround_depth.yaml"
+#: How long a test waits for something the node must do (an output, a diagnostic, a log line). A deadlock
+#: guard, not a speed requirement: ``wait_until`` returns as soon as it happens, and CI cores may be busy.
+DEADLINE_S = 120.0
 
 
 def stamp_ns(stamp: Time) -> int:

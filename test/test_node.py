@@ -32,6 +32,7 @@ torch = pytest.importorskip("torch", reason="torch is needed for the student")
 
 from geometry_msgs.msg import TransformStamped  # noqa: E402
 from node_harness import (  # noqa: E402
+    DEADLINE_S,
     REPO,
     Driver,
     NodeProcess,
@@ -125,7 +126,7 @@ def masked_calibration(tmp_path_factory: pytest.TempPathFactory, rig: Rig) -> tu
 
 def _start(params: dict[str, str], log: Path, domain: int, driver: Driver) -> NodeProcess:
     node = start_node(params, log, domain)
-    if not driver.wait_until(driver.node_ready, 60.0):
+    if not driver.wait_until(driver.node_ready, DEADLINE_S):
         node.stop()
         driver.close()
         pytest.fail(f"node did not become ready; log:\n{node.log()}")
@@ -527,7 +528,7 @@ class TestRunningNode:
             images, stamps = make_images(tick), camera_stamps(tick, CAMERAS)
             reference = max(stamps.values())
             publish_set(driver, rig, images, stamps)
-            assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), 15.0), \
+            assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), DEADLINE_S), \
                 f"no complete output for set {tick}; log:\n{main_node[0].log()}"
             time.sleep(0.1)  # any duplicate would arrive now
             offline = offline_depth(backend, [images[c] for c in CAMERAS])
@@ -577,7 +578,7 @@ class TestRunningNode:
         tick = next_tick()
         stamps = camera_stamps(tick, CAMERAS)
         publish_set(driver, rig, make_images(tick), stamps)
-        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
+        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), DEADLINE_S), node.log()
         for dropped in broken:  # a bad camera drops its whole set under policy "wait"
             assert not any(driver.depth[c].get(s) for c, s in dropped.items())
             assert not driver.clouds.get(max(dropped.values()))
@@ -592,7 +593,7 @@ class TestRunningNode:
             p_values = {kv.key: kv.value for kv in pipeline.values} if pipeline else {}
             return values.get("bad_input_decode") == "1" and int(p_values.get("sets_dropped", 0)) >= 2
 
-        assert driver.wait_until(reported, 5.0), "diagnostics do not count the bad input"
+        assert driver.wait_until(reported, DEADLINE_S), "diagnostics do not count the bad input"
 
 
     def test_diagnostics_report_rate_latency_model_and_skew(self, main_node, rig: Rig) -> None:
@@ -600,9 +601,9 @@ class TestRunningNode:
         tick = next_tick()
         stamps = camera_stamps(tick, CAMERAS)
         publish_set(driver, rig, make_images(tick), stamps)
-        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
+        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), DEADLINE_S), node.log()
         n_before = len(driver.diagnostics)
-        assert driver.wait_until(lambda: len(driver.diagnostics) > n_before, 5.0)
+        assert driver.wait_until(lambda: len(driver.diagnostics) > n_before, DEADLINE_S)
         status = driver.latest_status("pipeline")
         values = {kv.key: kv.value for kv in status.values}
         for key in ("output_rate_hz", "latency_mean_ms", "latency_max_ms", "model_time_mean_ms",
@@ -626,14 +627,14 @@ class TestRunningNode:
         tick = next_tick()
         stamps = camera_stamps(tick, CAMERAS)
         publish_set(driver, rig, make_images(tick), stamps)
-        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), 15.0), node.log()
+        assert driver.wait_until(lambda: driver.outputs_at(stamps, max(stamps.values())), DEADLINE_S), node.log()
 
         def named() -> bool:
             status = driver.latest_status("pipeline")
             values = {kv.key: kv.value for kv in status.values} if status else {}
             return CLOCK_HINT in status.message and values.get("latency_mean_ms") == f"n/a ({CLOCK_HINT})"
 
-        assert driver.wait_until(named, 5.0), _diagnostics_text(driver)
+        assert driver.wait_until(named, DEADLINE_S), _diagnostics_text(driver)
         status = driver.latest_status("pipeline")
         offset = float({kv.key: kv.value for kv in status.values}["stamp_clock_offset_s"])
         assert offset == pytest.approx(time.time() - max(stamps.values()) / 1e9, abs=30.0)
@@ -645,7 +646,7 @@ class TestRunningNode:
             tick = next_tick()
             stamps = camera_stamps(tick, CAMERAS)
             publish_set(driver, rig, make_images(tick), stamps)
-            assert driver.wait_until(lambda s=stamps: driver.outputs_at(s, max(s.values())), 15.0), node.log()
+            assert driver.wait_until(lambda s=stamps: driver.outputs_at(s, max(s.values())), DEADLINE_S), node.log()
         names = rig.names
         keys = [f"cross_view_{names[i]}-{names[j]}" for i, j in rig.adjacent_pairs()]
         assert len(keys) == 6
@@ -655,7 +656,7 @@ class TestRunningNode:
             values = {kv.key: kv.value for kv in status.values} if status else {}
             return all(k in values for k in keys) and int(values.get(f"{keys[0]}_sets", 0)) >= 2
 
-        assert driver.wait_until(reported, 5.0), _diagnostics_text(driver)
+        assert driver.wait_until(reported, DEADLINE_S), _diagnostics_text(driver)
         values = {kv.key: kv.value for kv in driver.latest_status("calibration").values}
         finite = [float(values[k]) for k in keys if values[k] != "n/a"]
         assert finite and all(0 <= v < 1 for v in finite)
@@ -672,7 +673,7 @@ class TestRunningNode:
                 publish_set(driver, rig, make_images(tick), stamps)
                 assert driver.wait_until(
                     lambda s=stamps, n=attempt + 1: all(len(driver.depth[c].get(t, [])) >= n for c, t in s.items()),
-                    15.0), f"pass {attempt + 1}, set {tick}: no output; log:\n{node.log()}"
+                    DEADLINE_S), f"pass {attempt + 1}, set {tick}: no output; log:\n{node.log()}"
         assert "stamps jumped back by 0.2" in node.log()
 
         def counted() -> bool:
@@ -680,7 +681,7 @@ class TestRunningNode:
             values = {kv.key: kv.value for kv in status.values} if status else {}
             return int(values.get("stamp_jump_resets", 0)) >= 1
 
-        assert driver.wait_until(counted, 5.0)
+        assert driver.wait_until(counted, DEADLINE_S)
 
     def test_silent_camera_under_wait_is_explained_in_the_log(self, main_node, rig: Rig) -> None:
         """Policy wait with one camera silent: no set can form; the log says which camera and which
@@ -710,7 +711,7 @@ class TestPartialPolicy:
             # back is dead; front_right sends no camera_info: intrinsics come from the calibration file
             publish_set(driver, rig, images, stamps, compressed=True, no_info=("front_right",))
             reference = max(stamps.values())
-            assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), 15.0), node.log()
+            assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), DEADLINE_S), node.log()
         time.sleep(0.3)
         assert not driver.depth["back"] and not driver.info["back"]  # missing camera: no output
         decoded = [compressed_to_rgb(jpeg_msg(images[c], header(0, ""))) for c in alive]
@@ -731,7 +732,7 @@ class TestPartialPolicy:
         stamps = camera_stamps(tick, alive)
         publish_set(driver, rig, make_images(tick), stamps, compressed=True, bad={"front": "corrupt"})
         rest = {c: s for c, s in stamps.items() if c != "front"}
-        assert driver.wait_until(lambda: driver.outputs_at(rest, max(stamps.values())), 15.0), node.log()
+        assert driver.wait_until(lambda: driver.outputs_at(rest, max(stamps.values())), DEADLINE_S), node.log()
         assert not driver.depth["front"].get(stamps["front"])
         assert "camera 'front'" in node.log() and "cannot decode CompressedImage" in node.log()
 
@@ -739,7 +740,7 @@ class TestPartialPolicy:
             status = driver.latest_status("camera back")
             return status is not None and status.level == b"\x01" and "silent" in status.message
 
-        assert driver.wait_until(back_silent, 5.0)
+        assert driver.wait_until(back_silent, DEADLINE_S)
 
     def test_oversized_png_drops_only_that_camera(self, partial_node, rig: Rig) -> None:
         """A 16000x12000 PNG used to raise PIL's DecompressionBombError, which escaped the per-camera
@@ -766,9 +767,9 @@ class TestPartialPolicy:
         driver.publish("front_left", CompressedImage(header=hdr, format="png", data=huge_png),
                        model_to_camera_info(cam.model.scaled_to(IMG_W, IMG_H), hdr))
         rest = {c: s for c, s in stamps.items() if c != "front_left"}
-        assert driver.wait_until(lambda: driver.outputs_at(rest, max(stamps.values())), 15.0), node.log()
+        assert driver.wait_until(lambda: driver.outputs_at(rest, max(stamps.values())), DEADLINE_S), node.log()
         assert not driver.depth["front_left"].get(stamps["front_left"])
-        assert driver.wait_until(lambda: "16000x12000" in node.log(), 5.0), node.log()
+        assert driver.wait_until(lambda: "16000x12000" in node.log(), DEADLINE_S), node.log()
         line = next(row for row in node.log().splitlines() if "16000x12000" in row)
         assert "camera 'front_left'" in line and "max_image_pixels" in line and "16000000" in line
         assert "inference" not in line.lower()
@@ -876,7 +877,7 @@ def test_sweep_rig_without_phase_correction_is_explained_with_its_spread_and_the
             values = {kv.key: kv.value for kv in status.values} if status else {}
             return float(values.get("sync_attempt_skew_max_ms", "0") or 0) > 30.0
 
-        assert driver.wait_until(attempted_spread_reported, 10.0), _diagnostics_text(driver)
+        assert driver.wait_until(attempted_spread_reported, DEADLINE_S), _diagnostics_text(driver)
     finally:
         driver.close()
         assert node.stop() == 0, node.log()
@@ -893,20 +894,20 @@ def _replay_until_every_set_is_out(bag: Path, frames: list[dict[str, int]], driv
     image_topics = [f"/cameras/{c}/image_raw" for c in CAMERAS]
     player = None
     try:
-        assert driver.wait_until(lambda: driver.node_ready() and driver.graph_has(image_topics, True), 60.0), \
+        assert driver.wait_until(lambda: driver.node_ready() and driver.graph_has(image_topics, True), DEADLINE_S), \
             node.log()
         with open(tmp_path / "player.log", "w") as player_log:
             player = subprocess.Popen(
                 [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
                  "--wait-for-subscribers", "--wait-timeout", "60"],
                 cwd=REPO, env=ros_env(DOMAIN + 2), stdout=player_log, stderr=subprocess.STDOUT)
-        assert driver.wait_until(lambda: all(driver.outputs_at(f, max(f.values())) for f in frames), 60.0), \
+        assert driver.wait_until(lambda: all(driver.outputs_at(f, max(f.values())) for f in frames), DEADLINE_S), \
             f"outputs per frame: {[sum(bool(driver.depth[c].get(t)) for c, t in f.items()) for f in frames]}; " \
             f"diagnostics: {_diagnostics_text(driver)}\nnode log:\n{node.log()}\n" \
             f"player log:\n{(tmp_path / 'player.log').read_text()}"
         assert player.wait(30) == 0
         if then is not None:
-            assert driver.wait_until(then, 15.0), _diagnostics_text(driver)
+            assert driver.wait_until(then, DEADLINE_S), _diagnostics_text(driver)
     finally:
         if player is not None and player.poll() is None:
             player.kill()
