@@ -89,6 +89,7 @@ from fsmde_ros.conversions import (
     points_to_cloud,
     stamp_to_ns,
 )
+from fsmde_ros.instance_guard import guard_output_topics
 from fsmde_ros.params import (
     CloudSettings,
     NodeSettings,
@@ -607,6 +608,7 @@ class SurroundDepthNode(LifecycleNode):
             self._timers.append(self.create_timer(period, self._poll_sync, timer_group, clock=steady))
         self._timers.append(self.create_timer(s.diagnostics_period_s, self._publish_diagnostics, timer_group,
                                               clock=steady))
+        self._timers.append(guard_output_topics(self, s))  # warns of a second node on our output topics
         # /clock going back (ros2 bag play --loop --clock) restarts the time order of the synchronizer
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=False),

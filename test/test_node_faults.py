@@ -8,7 +8,6 @@ which the worker thread, the publishers and the rclpy context go away.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -35,6 +34,7 @@ from fsmde_core.checkpoint import save_student  # noqa: E402
 from fsmde_core.models.student import StudentConfig, SurroundDepthStudent  # noqa: E402
 from fsmde_core.rig import Rig  # noqa: E402
 from fsmde_ros.conversions import model_to_camera_info  # noqa: E402
+from fsmde_ros.instance_guard import foreign_publishers  # noqa: E402
 from fsmde_ros.params import DEFAULT_CAMERAS, unknown_parameter_warnings  # noqa: E402
 
 # Domains 230..232, the last ones Fast DDS can map to ports; test_node has 10..138, test_player 140..229.
@@ -166,18 +166,25 @@ def test_interrupt_mid_inference_stops_the_worker_first_and_exits_zero(
     rc = _interrupt_while_publishing(node, driver, signals)
     log = node.log()
     assert rc == 0, log
-    for bad in ("Traceback", "RCLError", "context is invalid", "[ERROR]"):
+    for bad in ("Traceback", "RCLError", "context is invalid", "[ERROR]", "another publisher"):
         assert bad not in log, log
     assert "shutting down" in log, log
 
 
 @pytest.mark.ros
-def test_shutdown_is_logged_by_the_namespaced_node_logger(tmp_path: Path, student_dir: Path) -> None:
-    domain = DOMAIN + 2
-    driver = Driver(domain, CAMERAS, publish=False)
+def test_misspelt_parameters_are_warned_and_shutdown_is_logged_by_the_namespaced_logger(
+    tmp_path: Path, student_dir: Path
+) -> None:
+    """One node run for two log lines that must carry the node's own (namespaced) logger name: the
+    typo warnings (params file and ``-p``) with the nearest real name, and the shutdown line."""
     import subprocess
 
-    cmd = [*node_command(_node_params(student_dir)), "-r", "__ns:=/fsmde_test"]
+    domain = DOMAIN + 2
+    typo_file = tmp_path / "typo.yaml"
+    typo_file.write_text("/**/surround_depth_node:\n  ros__parameters:\n    sync:\n      polcy: partial\n")
+    cmd = [*node_command(_node_params(student_dir)), "--params-file", str(typo_file), "-p", "cloud.strid:=2",
+           "-r", "__ns:=/fsmde_test"]
+    driver = Driver(domain, CAMERAS, publish=False)
     with open(tmp_path / "node.log", "w") as log_file:
         proc = subprocess.Popen(cmd, cwd=REPO, env=ros_env(domain), stdout=log_file, stderr=subprocess.STDOUT)
     node = NodeProcess(proc, tmp_path / "node.log")
@@ -190,5 +197,49 @@ def test_shutdown_is_logged_by_the_namespaced_node_logger(tmp_path: Path, studen
         rc = node.stop()
     log = node.log()
     assert rc == 0, log
+    logger = "[fsmde_test.surround_depth_node]"
+    for typo, meant in (("sync.polcy", "sync.policy"), ("cloud.strid", "cloud.stride")):
+        line = next((ln for ln in log.splitlines() if f"parameter {typo!r}" in ln), "")
+        assert "[WARN]" in line and logger in line and f"did you mean {meant!r}?" in line, log
     shutdown = [line for line in log.splitlines() if "shutting down" in line]
-    assert shutdown and all("[fsmde_test.surround_depth_node]" in line for line in shutdown), log
+    assert shutdown and all(logger in line for line in shutdown), log
+
+
+# ------------------------------------------------------------ a second instance
+def test_foreign_publishers_remove_only_our_own_endpoint() -> None:
+    from rclpy.topic_endpoint_info import TopicEndpointInfo
+
+    def endpoint(name: str, namespace: str) -> TopicEndpointInfo:
+        return TopicEndpointInfo(node_name=name, node_namespace=namespace)
+
+    ours = endpoint("surround_depth_node", "/")
+    assert foreign_publishers([ours], "/surround_depth_node") == []
+    # the same launch file started twice: same name, same namespace, still a second publisher
+    assert foreign_publishers([ours, ours], "/surround_depth_node") == ["/surround_depth_node"]
+    assert foreign_publishers([endpoint("surround_depth_node", "/car"), ours], "/surround_depth_node") == \
+        ["/car/surround_depth_node"]
+
+
+@pytest.mark.ros
+def test_a_second_node_on_the_same_topics_is_warned_about_by_both(tmp_path: Path, student_dir: Path) -> None:
+    domain = DOMAIN
+    driver = Driver(domain, CAMERAS, publish=False)
+    params = _node_params(student_dir, **{"diagnostics.period_s": "0.5"})
+    first = start_node(params, tmp_path / "first.log", domain, PARAMS_FILE)
+    second = None
+    try:
+        assert driver.wait_until(lambda: driver.node.count_publishers("/surround_depth/points") == 1, 60.0), \
+            first.log()
+        second = start_node(params, tmp_path / "second.log", domain, PARAMS_FILE)
+        for node in (first, second):
+            deadline = time.monotonic() + 60.0
+            while "another publisher" not in node.log() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            line = next((ln for ln in node.log().splitlines() if "another publisher" in ln), "")
+            named = ["/surround_depth/points", *(f"/cameras/{c}/depth" for c in CAMERAS)]
+            assert "[WARN]" in line and any(f"topic(s) {t}" in line for t in named), node.log()
+            assert "(node(s) /surround_depth_node)" in line, node.log()  # same name twice: still a second node
+    finally:
+        driver.close()
+        codes = [n.stop() for n in (first, second) if n is not None]
+    assert codes == [0, 0], first.log() + (second.log() if second else "")
