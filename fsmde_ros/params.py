@@ -49,6 +49,7 @@ __all__ = [
     "known_parameter_names",
     "load_settings",
     "make_set_parameters_check",
+    "params_file_problem",
     "ros_arguments_problem",
     "settings_from_values",
     "unknown_parameter_warnings",
@@ -621,7 +622,8 @@ def warn_unknown_overrides(node: Any) -> None:
         node.get_logger().warning(line)
 
 
-def _params_file_problem(path: str) -> str | None:
+def params_file_problem(path: str) -> str | None:
+    """Why ``path`` is not a usable ROS params file (missing, not YAML, not a mapping), or None."""
     import yaml
 
     file = Path(path).expanduser()
@@ -668,7 +670,7 @@ def ros_arguments_problem(argv: Sequence[str]) -> str | None:
             if i + 1 >= len(items):
                 return f"{arg} needs a value"
             follow = items[i + 1]
-            problem = _params_file_problem(follow) if arg == "--params-file" else _override_problem(follow)
+            problem = params_file_problem(follow) if arg == "--params-file" else _override_problem(follow)
             if problem:
                 return problem
     return None
