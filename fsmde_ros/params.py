@@ -640,6 +640,23 @@ def params_file_problem(path: str) -> str | None:
     if not isinstance(data, dict):
         return (f"params file {path!r} must map node names to ros__parameters "
                 f"(e.g. /**/surround_depth_node: {{ros__parameters: {{...}}}}), not a {type(data).__name__}")
+    mixed = _mixed_list(data)
+    if mixed:
+        return (f"params file {path!r}: parameter {mixed!r} mixes types in its list; a ROS list holds one type "
+                f"(write 1.0, not 1)")
+    return None
+
+
+def _mixed_list(tree: Mapping[str, Any], prefix: str = "") -> str | None:
+    """The first parameter whose list mixes value types (rcl refuses the whole file for it), or None."""
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            found = _mixed_list(value, "" if key == "ros__parameters" else name + ".")
+            if found:
+                return found
+        elif isinstance(value, list) and len({type(v) for v in value}) > 1:
+            return name
     return None
 
 

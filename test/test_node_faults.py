@@ -83,13 +83,16 @@ def _run_to_exit(cmd: list[str], domain: int) -> tuple[int, str, str]:
     (["--params-file", "/nonexistent/fsmde/params.yaml"], "/nonexistent/fsmde/params.yaml"),
     (["--params-file", "<broken>"], "broken.yaml"),
     (["--params-file", "<not-a-mapping>"], "list.yaml"),
+    (["--params-file", "<mixed>"], "mixed.yaml': parameter 'cameras.names' mixes types"),
 ])
 def test_bad_command_line_is_one_clear_line_not_a_traceback(tmp_path: Path, extra_args: list[str],
                                                             named: str) -> None:
     (tmp_path / "broken.yaml").write_text("surround_depth_node:\n  ros__parameters: [oops\n")
     (tmp_path / "list.yaml").write_text("- just\n- a list\n")
-    args = [{"<broken>": str(tmp_path / "broken.yaml"), "<not-a-mapping>": str(tmp_path / "list.yaml")}.get(a, a)
-            for a in extra_args]
+    (tmp_path / "mixed.yaml").write_text("/**/surround_depth_node:\n  ros__parameters:\n    cameras:\n"
+                                         "      names: [front, 2]\n")
+    files = {"<broken>": "broken.yaml", "<not-a-mapping>": "list.yaml", "<mixed>": "mixed.yaml"}
+    args = [str(tmp_path / files[a]) if a in files else a for a in extra_args]
     cmd = node_command({})[:-2] + args  # python -m fsmde_ros.node --ros-args <args>
     rc, out, err = _run_to_exit(cmd, DOMAIN)
     assert rc == 2, out + err
