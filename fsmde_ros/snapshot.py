@@ -123,7 +123,8 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], par
     """
     from fsmde_core.rig import Rig
 
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    os.environ.update({"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
+    env = dict(os.environ)  # the node, the player and this viewer: one domain, loopback only
     rig_yaml, node_params = out_dir / "rig.yaml", out_dir / "node_params.yaml"
     out_dir.mkdir(parents=True, exist_ok=True)
     run_step([sys.executable, "-m", "fsmde_core.cli", "rig", "--bag", str(bag), "--out", str(rig_yaml),
@@ -136,7 +137,7 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], par
     print(f"\n$ {' '.join(shlex.quote(c) for c in node_cmd)} &", flush=True)
     node_proc = subprocess.Popen(node_cmd, env=env)
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
+    rclpy.init(context=context)
     node = rclpy.create_node("fsmde_demo_viewer", context=context)
     recorder = NodeOutputRecorder(node, names, [f"/cameras/{n}/depth" for n in names], "/surround_depth/points")
     executor = SingleThreadedExecutor(context=context)
