@@ -590,19 +590,17 @@ def make_set_parameters_check(node: Any, on_live_change: Callable[[NodeSettings]
 
 
 # ------------------------------------------------- typos and the command line
-#: Parameters ROS itself may hand to any node (qos_overrides.<topic>.* configure QoS, not the node).
-_ROS_OWN_PREFIXES: tuple[str, ...] = ("qos_overrides.",)
-
-
 def unknown_parameter_warnings(given: Sequence[str], known: set[str], node_name: str) -> list[str]:
     """One warning per given parameter name that is not known, naming the nearest known name.
 
     Why: ROS ignores an override nobody declares, so ``cloud.strid: 2`` in a params file would
-    silently keep the default stride; the user only learns of it from a warning.
+    silently keep the default stride; the user only learns of it from a warning. ``known`` is every
+    declared parameter, rclpy's own included (use_sim_time; qos_overrides.* only exist where a
+    publisher accepts QoS overrides, which this node's do not, so those are warned about too).
     """
     warnings = []
     for name in given:
-        if name in known or name.startswith(_ROS_OWN_PREFIXES):
+        if name in known:
             continue
         line = f"parameter {name!r} is not a parameter of {node_name} and is ignored"
         close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)

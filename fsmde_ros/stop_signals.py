@@ -41,15 +41,17 @@ class StopRequest:
 def stop_signals() -> Iterator[StopRequest]:
     """Inside: SIGINT / SIGTERM set the yielded :class:`StopRequest`. After: they are ignored.
 
-    For process entry points only. Ignored afterwards because the process is exiting then, and
+    For process entry points only (elsewhere than the main thread nothing is installed: the caller
+    stops the node by shutting its context down). Ignored afterwards because the process is exiting then, and
     CPython resets Python-level handlers to the default (kill) during interpreter teardown: a
     second interrupt in that window would turn a clean exit into death by signal (exit -2).
     """
     stop = StopRequest()
-    for sig in STOP_SIGNALS:
+    installed = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    for sig in STOP_SIGNALS if installed else ():
         signal.signal(sig, stop._handle)
     try:
         yield stop
     finally:
-        for sig in STOP_SIGNALS:
+        for sig in STOP_SIGNALS if installed else ():
             signal.signal(sig, signal.SIG_IGN)

@@ -111,6 +111,8 @@ def test_unknown_parameter_warnings_suggest_the_nearest_name() -> None:
         "did you mean 'cloud.stride'?",
         "parameter 'sync.polcy' is not a parameter of /ns/surround_depth_node and is ignored; "
         "did you mean 'sync.policy'?",
+        "parameter 'qos_overrides./x.publisher.depth' is not a parameter of /ns/surround_depth_node and is "
+        "ignored",
         "parameter 'totally_unrelated_thing' is not a parameter of /ns/surround_depth_node and is ignored",
     ]
 
