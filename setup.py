@@ -33,5 +33,9 @@ setup(
             "fsmde = fsmde_core.cli:main",
             "surround_depth_node = fsmde_ros.node:main",
         ],
+        # commands of the ROS layer for `fsmde` (fsmde_core.cli.plugin_commands; fsmde_core never imports ROS)
+        "fsmde.commands": [
+            "play = fsmde_ros.commands:PLAY",
+        ],
     },
 )

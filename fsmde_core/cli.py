@@ -13,6 +13,8 @@ Also reachable as ``ros2 run fsmde_ros fsmde <command> ...``.
 
 Each subcommand lives in its own module and is imported only when chosen, so
 ``fsmde --help`` stays fast and ``fsmde inspect`` never loads torch or rclpy.
+Commands of the ROS layer (``play``) come from the ``fsmde.commands`` entry
+point group (fsmde_ros' setup.py): fsmde_core never imports fsmde_ros.
 """
 
 from __future__ import annotations
@@ -20,58 +22,115 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import NamedTuple
 
-# command -> (module, add-arguments function, run function, one-line help)
-COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "synth": ("fsmde_core.synthetic.writer", "add_synth_arguments", "run_synth",
-              "write a synthetic surround rosbag2 with LiDAR, tf_static and dense ground truth"),
-    "inspect": ("fsmde_core.data.inspect", "add_inspect_arguments", "run_inspect",
-                "print a bag's topics, rates, camera layout and what is missing"),
-    "rig": ("fsmde_core.data.rigfile", "add_rig_arguments", "run_rig",
-            "write the bag's rig calibration YAML (and node parameters) from /tf_static and camera_info"),
-    "train": ("fsmde_core.train", "add_train_arguments", "run_train",
-              "distil the student from a teacher on rosbag2 recordings"),
-    "eval": ("fsmde_core.evaluate", "add_eval_arguments", "run_eval",
-             "evaluate a checkpoint or teacher: metrics.json + report with pictures"),
-    "export": ("fsmde_core.export", "add_export_arguments", "run_export",
-               "export a checkpoint to ONNX (and a TensorRT engine where TensorRT exists)"),
-    "play": ("fsmde_ros.player", "add_play_arguments", "run_play",
-             "replay a rosbag2 into ROS 2 at recorded rate with /clock"),
-    "demo": ("fsmde_core.demo", "add_demo_arguments", "run_demo",
-             "the whole product end to end on a synthetic bag, with pictures"),
+PLUGIN_GROUP = "fsmde.commands"
+
+
+class Command(NamedTuple):
+    """A subcommand, named by strings so that choosing another one never imports it."""
+
+    module: str
+    add_arguments: str  # function(parser) in module
+    run: str  # function(args) -> exit code in module
+    help: str
+
+
+CORE_COMMANDS: dict[str, Command] = {
+    "synth": Command("fsmde_core.synthetic.writer", "add_synth_arguments", "run_synth",
+                     "write a synthetic surround rosbag2 with LiDAR, tf_static and dense ground truth"),
+    "inspect": Command("fsmde_core.data.inspect", "add_inspect_arguments", "run_inspect",
+                       "print a bag's topics, rates, camera layout and what is missing"),
+    "rig": Command("fsmde_core.data.rigfile", "add_rig_arguments", "run_rig",
+                   "write the bag's rig calibration YAML (and node parameters) from /tf_static and camera_info"),
+    "train": Command("fsmde_core.train", "add_train_arguments", "run_train",
+                     "distil the student from a teacher on rosbag2 recordings"),
+    "eval": Command("fsmde_core.evaluate", "add_eval_arguments", "run_eval",
+                    "evaluate a checkpoint or teacher: metrics.json + report with pictures"),
+    "export": Command("fsmde_core.export", "add_export_arguments", "run_export",
+                      "export a checkpoint to ONNX (and a TensorRT engine where TensorRT exists)"),
+    "demo": Command("fsmde_core.demo", "add_demo_arguments", "run_demo",
+                    "the whole product end to end on a synthetic bag, with pictures"),
 }
 
 
-def _top_parser() -> argparse.ArgumentParser:
+def plugin_commands() -> dict[str, Command]:
+    """Commands other packages register under the ``fsmde.commands`` entry point group.
+
+    Why a registry: the ROS layer (``fsmde play``) depends on the core, never the other way
+    round; fsmde_ros' setup.py names its commands here. An entry point must load a
+    :class:`Command` from a light module (no rclpy), so ``fsmde --help`` stays fast.
+    """
+    found = {}
+    for point in entry_points(group=PLUGIN_GROUP):
+        try:
+            command = point.load()
+        except ImportError as exc:
+            print(f"fsmde: command {point.name!r} ({point.value}) is unavailable: {exc}", file=sys.stderr)
+            continue
+        found[point.name] = Command(*command)
+    return found
+
+
+def all_commands() -> dict[str, Command]:
+    return {**CORE_COMMANDS, **plugin_commands()}
+
+
+def _top_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fsmde",
         description="Full-surround metric depth: synthetic data, distillation, evaluation, export, replay.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'fsmde <command> --help' for a command's options.",
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command",
-                        help="; ".join(f"{k}: {v[3]}" for k, v in COMMANDS.items()))
+    parser.add_argument("command", choices=sorted(commands), metavar="command",
+                        help="; ".join(f"{name}: {c.help}" for name, c in commands.items()))
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
+def _load(name: str, command: Command) -> ModuleType | None:
+    """The command's module; None (said in one line) when what it needs is not installed."""
+    try:
+        return importlib.import_module(command.module)
+    except ImportError as exc:
+        print(f"fsmde {name}: needs a package that is not installed: {exc} "
+              f"(ROS 2 commands: pip install -r requirements-ros.txt, or source a ROS 2 install)", file=sys.stderr)
+        return None
+
+
+def parse_command(argv: list[str], commands: dict[str, Command]) -> tuple[str, ModuleType, argparse.Namespace] | None:
+    """``[command, args...]`` -> (name, its module, its parsed arguments); None when it cannot load.
+
+    Intermixed parsing: ``key=value`` overrides may sit anywhere among the options, also after
+    ``--out`` (``fsmde train --out run optim.lr=1e-3``).
+    """
+    name = _top_parser(commands).parse_args(argv[:1]).command
+    command = commands[name]
+    module = _load(name, command)
+    if module is None:
+        return None
+    parser = argparse.ArgumentParser(prog=f"fsmde {name}", description=command.help)
+    getattr(module, command.add_arguments)(parser)
+    return name, module, parser.parse_intermixed_args(argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = _top_parser()
+    commands = all_commands()
     if not argv or argv[0] in ("-h", "--help"):
-        top.print_help()
+        _top_parser(commands).print_help()
         return 0 if argv else 2
-    ns = top.parse_args(argv[:1])
-    module_name, add_name, run_name, help_text = COMMANDS[ns.command]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"fsmde {ns.command}", description=help_text)
-    getattr(module, add_name)(parser)
-    # Intermixed: key=value overrides may sit anywhere among the options (fsmde train / eval / inspect).
-    args = parser.parse_intermixed_args(argv[1:])
+    parsed = parse_command(argv, commands)
+    if parsed is None:
+        return 2
+    name, module, args = parsed
     try:
-        return int(getattr(module, run_name)(args) or 0)
+        return int(getattr(module, commands[name].run)(args) or 0)
     except KeyboardInterrupt:
-        print(f"fsmde {ns.command}: interrupted", file=sys.stderr)
+        print(f"fsmde {name}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -46,6 +46,8 @@ and the model. ``autostart`` (default) runs configure + activate itself so
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
 import threading
 import time
@@ -95,6 +97,7 @@ from fsmde_ros.diagnostics import (
     silent_cameras,
     sync_failure_advice,
 )
+from fsmde_ros.instance_guard import guard_output_topics
 from fsmde_ros.params import (
     CloudSettings,
     NodeSettings,
@@ -102,7 +105,10 @@ from fsmde_ros.params import (
     declare_parameters,
     load_settings,
     make_set_parameters_check,
+    ros_arguments_problem,
+    warn_unknown_overrides,
 )
+from fsmde_ros.stop_signals import StopRequest, stop_signals
 
 NODE_NAME = "surround_depth_node"
 LOG_THROTTLE_S = 5.0
@@ -110,6 +116,7 @@ SYNC_FAIL_LOG_S = 10.0  # "sets fail to synchronize" is a configuration problem:
 MOTION_TF_WAIT_NS = 50_000_000  # odometry for the newest stamp may arrive a moment after the images
 WARMUP_ITERATIONS = 2
 WORKER_JOIN_S = 30.0  # a CPU forward pass of a big model can take seconds
+STOP_POLL_S = 0.2  # how often the main loop looks at SIGINT / SIGTERM (fsmde_ros.stop_signals)
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
@@ -240,6 +247,7 @@ class SurroundDepthNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         declare_parameters(self)  # ParameterError: wrong type/range in an override
+        warn_unknown_overrides(self)  # a misspelt name in a params file would otherwise be ignored
         # Validate at construction as well: a bad value refuses to start even under a manager.
         self.settings: NodeSettings = load_settings(self)
         self.autostart = self.settings.autostart
@@ -491,6 +499,7 @@ class SurroundDepthNode(LifecycleNode):
             self._timers.append(self.create_timer(period, self._poll_sync, timer_group, clock=steady))
         self._timers.append(self.create_timer(s.diagnostics_period_s, self._publish_diagnostics, timer_group,
                                               clock=steady))
+        self._timers.append(guard_output_topics(self, s))  # warns of a second node on our output topics
         # /clock going back (ros2 bag play --loop --clock) restarts the time order of the synchronizer
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=False),
@@ -872,33 +881,56 @@ class _ConfigureError(RuntimeError):
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``surround_depth_node`` / ``python -m fsmde_ros.node``.
 
-    Exit codes: 0 after SIGINT / shutdown, 2 for invalid parameters, 1 when
-    ``autostart`` could not configure or activate (e.g. the model does not load).
+    Exit codes: 0 after SIGINT / SIGTERM / shutdown, 2 for invalid parameters or
+    command line, 1 when ``autostart`` could not configure or activate (e.g. the
+    model does not load).
     """
-    rclpy.init(args=list(args) if args is not None else sys.argv)
-    node: SurroundDepthNode | None = None
-    executor: SingleThreadedExecutor | None = None
+    argv = list(args) if args is not None else sys.argv
+    problem = ros_arguments_problem(argv)
+    if problem is None:
+        problem = _init_rclpy(argv)
+    if problem is not None:
+        print(f"{NODE_NAME}: not starting: {problem}", file=sys.stderr)
+        return 2
+    with stop_signals() as stop:
+        return _run_until_stopped(stop)
+
+
+def _init_rclpy(argv: list[str]) -> str | None:
+    """``rclpy.init`` without rclpy's signal handlers (see :mod:`fsmde_ros.stop_signals`); rcl's
+    refusal of the command line as one line (its message without C source locations)."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+    from rclpy.signals import SignalHandlerOptions
+
     try:
-        try:
-            node = SurroundDepthNode()
-        except ParameterError as exc:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameters, not starting: {exc}")
-            return 2
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    except rclpy_implementation.RCLError as exc:
+        return re.sub(r",? at /\S+:\d+", "", " ".join(str(exc).split()))
+    return None
+
+
+def _run_until_stopped(stop: StopRequest) -> int:
+    """Spin until a stop signal or a context shutdown; then worker, node, context, in that order."""
+    try:
+        node = SurroundDepthNode()
+    except ParameterError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameters, not starting: {exc}")
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()  # why single-threaded: module doc
+    try:
         if node.autostart and not node.start():
             node.get_logger().fatal("could not configure and activate (see above); exiting")
             return 1
-        executor = SingleThreadedExecutor()  # why single-threaded: module doc
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        node_log = rclpy.logging.get_logger(NODE_NAME)
-        node_log.info("shutting down (interrupt or context shutdown)")
+        with contextlib.suppress(ExternalShutdownException):
+            while not stop.is_set() and rclpy.ok():
+                executor.spin_once(timeout_sec=STOP_POLL_S)
+        node.get_logger().info(f"shutting down ({stop.received or 'context shutdown'})")
     finally:
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-        if node is not None:
-            node.release()
-            node.destroy_node()
+        node.release()  # joins the inference worker while its publishers and the context still exist
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

@@ -22,6 +22,7 @@ Everything else is re-read on every lifecycle *configure*, so a
 
 from __future__ import annotations
 
+import difflib
 import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +51,11 @@ __all__ = [
     "known_parameter_names",
     "load_settings",
     "make_set_parameters_check",
+    "params_file_problem",
+    "ros_arguments_problem",
     "settings_from_values",
+    "unknown_parameter_warnings",
+    "warn_unknown_overrides",
 ]
 
 DEFAULT_CAMERAS: tuple[str, ...] = ("front", "front_left", "back_left", "back", "back_right", "front_right")
@@ -590,3 +595,105 @@ def make_set_parameters_check(node: Any, on_live_change: Callable[[NodeSettings]
         return SetParametersResult(successful=True)
 
     return check
+
+
+# ------------------------------------------------- typos and the command line
+def unknown_parameter_warnings(given: Sequence[str], known: set[str], node_name: str) -> list[str]:
+    """One warning per given parameter name that is not known, naming the nearest known name.
+
+    Why: ROS ignores an override nobody declares, so ``cloud.strid: 2`` in a params file would
+    silently keep the default stride; the user only learns of it from a warning. ``known`` is every
+    declared parameter, rclpy's own included (use_sim_time; qos_overrides.* only exist where a
+    publisher accepts QoS overrides, which this node's do not, so those are warned about too).
+    """
+    warnings = []
+    for name in given:
+        if name in known:
+            continue
+        line = f"parameter {name!r} is not a parameter of {node_name} and is ignored"
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
+        warnings.append(line + (f"; did you mean {close[0]!r}?" if close else ""))
+    return warnings
+
+
+def warn_unknown_overrides(node: Any) -> None:
+    """Log :func:`unknown_parameter_warnings` for the overrides (params files, ``-p``) given to ``node``.
+
+    rclpy keeps the overrides meant for this node (matched by its name and namespace) in
+    ``Node._parameter_overrides``; it has no public accessor. Call after every declaration.
+    """
+    overrides = getattr(node, "_parameter_overrides", {})
+    declared = set(node.list_parameters([], 0).names)  # ours and rclpy's own (use_sim_time, ...)
+    for line in unknown_parameter_warnings(sorted(overrides), declared, node.get_fully_qualified_name()):
+        node.get_logger().warning(line)
+
+
+def params_file_problem(path: str) -> str | None:
+    """Why ``path`` is not a usable ROS params file (missing, not YAML, not a mapping), or None."""
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return f"params file {path!r} does not exist (--params-file)"
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"params file {path!r} cannot be read: {exc}"
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        return f"params file {path!r} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}"
+    if not isinstance(data, dict):
+        return (f"params file {path!r} must map node names to ros__parameters "
+                f"(e.g. /**/surround_depth_node: {{ros__parameters: {{...}}}}), not a {type(data).__name__}")
+    mixed = _mixed_list(data)
+    if mixed:
+        return (f"params file {path!r}: parameter {mixed!r} mixes types in its list; a ROS list holds one type "
+                f"(write 1.0, not 1)")
+    return None
+
+
+def _mixed_list(tree: Mapping[str, Any], prefix: str = "") -> str | None:
+    """The first parameter whose list mixes value types (rcl refuses the whole file for it), or None."""
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            found = _mixed_list(value, "" if key == "ros__parameters" else name + ".")
+            if found:
+                return found
+        elif isinstance(value, list) and len({type(v) for v in value}) > 1:
+            return name
+    return None
+
+
+def _override_problem(rule: str) -> str | None:
+    name, sep, value = rule.partition(":=")
+    if not sep or not name:
+        return f"-p {rule!r} is not NAME:=VALUE"
+    if not value:
+        return f"-p {rule} has no value: write -p {name}:=VALUE (an empty string is -p {name}:=\"''\")"
+    return None
+
+
+def ros_arguments_problem(argv: Sequence[str]) -> str | None:
+    """The first problem rcl would refuse in the ``--ros-args`` part of ``argv``, said in one line.
+
+    rcl raises a multi-line RCLError (with C source locations) from ``rclpy.init`` for a missing or
+    unparsable params file or an empty ``-p`` value; checking first lets the node name the file or
+    parameter and exit with the invalid-parameters code instead of a traceback.
+    """
+    in_ros_args = False
+    items = list(argv)
+    for i, arg in enumerate(items):
+        if arg == "--ros-args":
+            in_ros_args = True
+        elif arg == "--":
+            in_ros_args = False
+        elif in_ros_args and arg in ("--params-file", "-p", "--param"):
+            if i + 1 >= len(items):
+                return f"{arg} needs a value"
+            follow = items[i + 1]
+            problem = params_file_problem(follow) if arg == "--params-file" else _override_problem(follow)
+            if problem:
+                return problem
+    return None

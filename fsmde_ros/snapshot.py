@@ -4,20 +4,36 @@ For machines without RViz (CI, servers, this project's demo): subscribes to the
 per-camera depth images and the fused cloud, keeps every set it receives, and
 writes ``node_depth.png`` (the six depth images, tiled as seen from above the
 car) and ``node_cloud_bev.png`` (bird's-eye view of the fused cloud).
+
+``python -m fsmde_ros.snapshot`` is the node step of ``fsmde demo``: node on a
+model, ``fsmde play`` of a bag into it, pictures of its outputs. It lives here,
+in the ROS layer, so that ``fsmde_core`` (and the demo) never import rclpy: the
+demo runs this module as the command a user would type.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 
+from fsmde_core.demo import run_step
 from fsmde_ros.conversions import cloud_to_points, image_to_depth, stamp_to_ns
 
 
@@ -91,3 +107,82 @@ class NodeOutputRecorder:
         if cloud is not None:
             written.append(save_png(out_dir / "node_cloud_bev.png", birds_eye_view(cloud[0], cloud[1], extent_m)))
         return written
+
+
+# ------------------------------------------------------------ the demo's node step
+def _spin_while(executor: SingleThreadedExecutor, keep_going: Callable[[], bool]) -> None:
+    while keep_going():
+        executor.spin_once(timeout_sec=0.1)
+
+
+def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], params_file: Path,
+                    domain_id: int, timeout_s: float = 240.0) -> dict:
+    """Start the node on ``model``, replay ``bag`` into it, save pictures of its outputs.
+
+    The node is configured from the bag itself (``fsmde rig``), as a user does with a recording.
+    """
+    from fsmde_core.rig import Rig
+
+    os.environ.update({"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
+    env = dict(os.environ)  # the node, the player and this viewer: one domain, loopback only
+    rig_yaml, node_params = out_dir / "rig.yaml", out_dir / "node_params.yaml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_step([sys.executable, "-m", "fsmde_core.cli", "rig", "--bag", str(bag), "--out", str(rig_yaml),
+          "--params", str(node_params), "--force"], env)
+    node_cmd = [sys.executable, "-m", "fsmde_ros.node", "--ros-args",
+                "--params-file", str(params_file), "--params-file", str(node_params),
+                "-p", f"model.path:={model}", "-p", "model.backend:=onnxruntime",
+                "-p", "pipeline.queue_size:=100",  # a replay: keep every set even on a loaded machine
+                "-p", "use_sim_time:=true"]
+    print(f"\n$ {' '.join(shlex.quote(c) for c in node_cmd)} &", flush=True)
+    node_proc = subprocess.Popen(node_cmd, env=env)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("fsmde_demo_viewer", context=context)
+    recorder = NodeOutputRecorder(node, names, [f"/cameras/{n}/depth" for n in names], "/surround_depth/points")
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    play_cmd = [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
+                "--wait-for-subscribers", "--wait-timeout", "120"]  # waits for every camera topic
+    try:
+        print(f"\n$ {' '.join(shlex.quote(c) for c in play_cmd)}", flush=True)
+        player = subprocess.Popen(play_cmd, env=env)
+        deadline = time.monotonic() + timeout_s
+        _spin_while(executor, lambda: player.poll() is None and time.monotonic() < deadline)
+        settle = time.monotonic() + 10.0  # let the node finish the last set
+        _spin_while(executor, lambda: time.monotonic() < settle)
+        if player.poll() is None:
+            player.terminate()
+        pictures = recorder.save_pictures(out_dir, Rig.load(rig_yaml).ring_order())
+        sets, clouds = recorder.counts()
+    finally:
+        node_proc.terminate()
+        try:
+            node_proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            node_proc.kill()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return {"depth_sets": sets, "clouds": clouds, "pictures": [str(p) for p in pictures]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fsmde_ros.snapshot``: the node replay; its summary goes to ``OUT/node_summary.json``."""
+    parser = argparse.ArgumentParser(prog="python -m fsmde_ros.snapshot", description=run_node_replay.__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="exported student (.onnx)")
+    parser.add_argument("--bag", type=Path, required=True, help="rosbag2 to replay into the node")
+    parser.add_argument("--out", type=Path, required=True, help="folder for rig.yaml, node params, pictures")
+    parser.add_argument("--cameras", required=True, help="camera names, comma separated, in the model's order")
+    parser.add_argument("--params-file", type=Path, required=True, help="the node's base params file")
+    parser.add_argument("--domain-id", type=int, default=77, help="ROS_DOMAIN_ID (DDS stays on localhost)")
+    parser.add_argument("--timeout", type=float, default=240.0, help="longest replay [s]")
+    args = parser.parse_args(argv)
+    summary = run_node_replay(args.model, args.bag, args.out, args.cameras.split(","), args.params_file,
+                              args.domain_id, args.timeout)
+    (args.out / "node_summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,16 +3,25 @@
     ros2 launch fsmde_ros surround_depth.launch.py model:=/path/to/run
     ros2 launch fsmde_ros surround_depth.launch.py model:=student.onnx device:=cuda \\
         bag:=/data/drive_0001 rviz:=true
+    ros2 launch fsmde_ros surround_depth.launch.py model:=/path/to/run \\
+        extrinsics_source:=calibration calibration_file:=/path/to/rig.yaml     # no tf2_ros needed
 
 Arguments:
-    params_file   node parameters (default: the installed config/surround_depth.yaml)
-    model         overrides model.path ("" keeps the params file's value)
-    backend       overrides model.backend (auto | torch | onnxruntime | tensorrt; "" keeps it)
-    device        overrides model.device (cpu | cuda | cuda:N; "" keeps it)
-    bag           rosbag2 to replay with `ros2 bag play BAG --clock` ("" = live cameras)
-    use_sim_time  true | false | auto (default: true exactly when a bag is given)
-    rviz          start rviz2 with config/surround_depth.rviz (default false)
-    namespace     namespace of the node (topics in the params file are absolute)
+    params_file        node parameters (default: the installed config/surround_depth.yaml)
+    model              overrides model.path ("" keeps the params file's value)
+    backend            overrides model.backend (auto | torch | onnxruntime | tensorrt; "" keeps it)
+    device             overrides model.device (cpu | cuda | cuda:N; "" keeps it)
+    extrinsics_source  overrides extrinsics.source (tf | calibration; "" keeps it)
+    calibration_file   overrides extrinsics.calibration_file (a rig YAML; "" keeps it)
+    bag                rosbag2 to replay with `ros2 bag play BAG --clock` ("" = live cameras;
+                       without the ros2 CLI: `python -m fsmde_ros.player`)
+    use_sim_time       true | false | auto (default: true exactly when a bag is given)
+    rviz               start rviz2 with config/surround_depth.rviz (default false)
+    namespace          namespace of the node (topics in the params file are absolute)
+
+Every program and file is found and checked (fsmde_ros.launch_plan) before
+any process starts: rviz:=true without rviz2, say, stops the launch with one
+line and never leaves a node running.
 
 The node is a lifecycle node that configures and activates itself
 (parameter ``autostart``, true in the default params file); set it to false
@@ -26,16 +35,17 @@ from pathlib import Path
 
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode, Node
+from launch_ros.actions import LifecycleNode
 
+from fsmde_ros.launch_plan import plan_launch
 from launch import LaunchContext, LaunchDescription
 
 PACKAGE = "fsmde_ros"
-EXECUTABLE = "surround_depth_node"
 NODE_NAME = "surround_depth_node"  # the params file's key is /**/surround_depth_node
 PARAMS_FILE = ("config", "surround_depth.yaml")
 RVIZ_FILE = ("config", "surround_depth.rviz")
-TRUE_WORDS = ("true", "1", "yes", "on")
+ARGUMENTS = ("params_file", "model", "backend", "device", "extrinsics_source", "calibration_file", "bag",
+             "use_sim_time", "rviz", "namespace")
 
 
 def _share_file(parts: tuple[str, ...]) -> str:
@@ -52,37 +62,19 @@ def _share_file(parts: tuple[str, ...]) -> str:
     return str(Path(__file__).resolve().parents[1].joinpath(*parts))
 
 
-def _as_bool(text: str, name: str) -> bool:
-    value = text.strip().lower()
-    if value not in (*TRUE_WORDS, "false", "0", "no", "off"):
-        raise ValueError(f"launch argument {name}:={text!r} is not a boolean (true/false)")
-    return value in TRUE_WORDS
-
-
 def _launch_setup(context: LaunchContext) -> list:
-    """Resolve the arguments once, so `use_sim_time:=auto` can depend on `bag`."""
-    arg = {name: LaunchConfiguration(name).perform(context) for name in
-           ("params_file", "model", "backend", "device", "bag", "use_sim_time", "rviz", "namespace")}
-    bag = arg["bag"].strip()
-    sim = arg["use_sim_time"].strip().lower()
-    use_sim_time = bool(bag) if sim in ("", "auto") else _as_bool(sim, "use_sim_time")
-    overrides: dict[str, object] = {"use_sim_time": use_sim_time}
-    for launch_name, param in (("model", "model.path"), ("backend", "model.backend"), ("device", "model.device")):
-        if arg[launch_name].strip():
-            overrides[param] = arg[launch_name].strip()
+    """Resolve the arguments once, check them and find every program, then return the actions."""
+    plan = plan_launch({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS},
+                       rviz_config=_share_file(RVIZ_FILE))
     actions: list = [
         LifecycleNode(
-            package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME, namespace=arg["namespace"],
-            parameters=[arg["params_file"], overrides], output="screen", emulate_tty=True,
+            package=plan.node_package, executable=plan.node_executable, name=NODE_NAME, namespace=plan.namespace,
+            parameters=[plan.params_file, plan.overrides], output="screen", emulate_tty=True,
         )
     ]
-    if bag:
-        actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen"))
-    if _as_bool(arg["rviz"], "rviz"):
-        actions.append(Node(
-            package="rviz2", executable="rviz2", name="rviz2", output="screen",
-            arguments=["-d", _share_file(RVIZ_FILE)], parameters=[{"use_sim_time": use_sim_time}],
-        ))
+    for command in (plan.bag_command, plan.rviz_command):
+        if command is not None:
+            actions.append(ExecuteProcess(cmd=command, output="screen"))
     return actions
 
 
@@ -95,6 +87,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("backend", default_value="",
                               description="auto | torch | onnxruntime | tensorrt ('' = params file)"),
         DeclareLaunchArgument("device", default_value="", description="cpu | cuda | cuda:N ('' = params file)"),
+        DeclareLaunchArgument("extrinsics_source", default_value="",
+                              description="tf | calibration ('' = params file)"),
+        DeclareLaunchArgument("calibration_file", default_value="",
+                              description="Rig calibration YAML for extrinsics.calibration_file ('' = params file)"),
         DeclareLaunchArgument("bag", default_value="", description="rosbag2 to replay with --clock"),
         DeclareLaunchArgument("use_sim_time", default_value="auto",
                               description="true | false | auto (= true when a bag is given)"),

@@ -1031,7 +1031,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-LAUNCH_ARGUMENTS = {"params_file", "model", "backend", "device", "bag", "use_sim_time", "rviz", "namespace"}
+LAUNCH_ARGUMENTS = {"params_file", "model", "backend", "device", "extrinsics_source", "calibration_file", "bag",
+                    "use_sim_time", "rviz", "namespace"}
 
 
 def test_launch_defaults_point_to_a_valid_params_file_and_rviz_config(student_dir: Path) -> None:
