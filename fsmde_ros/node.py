@@ -790,7 +790,7 @@ class SurroundDepthNode(LifecycleNode):
                     return  # the adjacency ring needs every camera's pose once
                 self._cross_view = CrossViewMonitor.for_rig(rig, stride=self.settings.cross_view_stride)
             self._cross_view.update(depth, rig)
-        except ImportError as exc:  # the metric lives in fsmde_core.evaluate (needs torch)
+        except ImportError as exc:  # a broken install: say so in diagnostics, keep depth flowing
             self._cross_view_note = f"unavailable ({exc})"
             self._cross_view_off = True
             return

@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from fsmde_core.messages import DEFAULT_MAX_IMAGE_PIXELS
+from fsmde_core.names import SURROUND_CAMERAS
+from fsmde_core.runtime.devices import check_device, check_precision_on_device
+from fsmde_core.runtime.factory import MODEL_SUFFIXES, backend_for_model
 
 __all__ = [
     "BACKENDS",
@@ -58,13 +61,11 @@ __all__ = [
     "warn_unknown_overrides",
 ]
 
-DEFAULT_CAMERAS: tuple[str, ...] = ("front", "front_left", "back_left", "back", "back_right", "front_right")
+DEFAULT_CAMERAS: tuple[str, ...] = SURROUND_CAMERAS
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
 _TOPIC_RE = re.compile(r"^[~/]?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _FRAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
-_MODEL_SUFFIXES = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt",
-                   ".plan": "tensorrt", ".trt": "tensorrt"}
 
 
 class ParameterError(ValueError):
@@ -400,18 +401,19 @@ def _model(values: Mapping[str, Any]) -> ModelSettings:
         raise ParameterError(f"parameter 'model.path': {str(path)!r} does not exist")
     backend = _typed(values, _spec("model.backend"))
     if backend == "auto":
-        backend = "torch" if path.is_dir() else _MODEL_SUFFIXES.get(path.suffix.lower(), "")
+        backend = backend_for_model(path) or ""
         if not backend:
             raise ParameterError(
                 f"parameter 'model.path': cannot tell the backend of {str(path)!r} from its extension; "
-                f"use a run directory, {', '.join(_MODEL_SUFFIXES)}, or set model.backend"
+                f"use a run directory, {', '.join(MODEL_SUFFIXES)}, or set model.backend"
             )
     device = _typed(values, _spec("model.device")).strip()
-    if not (device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ParameterError(f"parameter 'model.device' is {device!r}; expected cpu, cuda or cuda:<index>")
     precision = _typed(values, _spec("model.precision"))
-    if precision == "fp16" and device == "cpu":
-        raise ParameterError("parameter 'model.precision' is fp16 but model.device is cpu; fp16 needs cuda")
+    try:  # the device rules of every backend (fsmde_core.runtime.devices): one place
+        check_device(device)
+        check_precision_on_device(precision, device)
+    except ValueError as exc:
+        raise ParameterError(f"parameter 'model.device'/'model.precision': {exc}") from None
     return ModelSettings(path=path, backend=backend, device=device, precision=precision)
 
 
