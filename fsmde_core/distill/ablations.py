@@ -33,6 +33,8 @@ Targets (``loss.ckd_target``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
 
@@ -49,6 +51,28 @@ from fsmde_core.distill.masked import EPS
 ABLATION_TARGETS = ("kernel", "linear")
 #: ``loss.ckd_anchor`` values (read by the ablation targets only).
 ANCHORS = ("gt_fit", "gt", "student")
+
+
+@dataclass(frozen=True)
+class AblationTarget:
+    """Which ablation target, with its settings: ``loss.ckd_target`` / ``ckd_anchor`` / ``ckd_sigma`` /
+    ``tau_ckd`` and the student's ``readout`` (the target is read out as the student reads depth)."""
+
+    target: str = "kernel"
+    anchor: str = "gt_fit"
+    sigma: float = 0.05
+    tau: float = 1.0
+    readout: str = "log"
+    min_anchor_points: int = 32
+
+    def __post_init__(self) -> None:
+        if self.target not in ABLATION_TARGETS:
+            raise ValueError(f"target must be one of {ABLATION_TARGETS}, got {self.target!r}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
+        if self.tau <= 0 or self.sigma <= 0:
+            raise ValueError(f"tau and sigma must be > 0, got tau={self.tau}, sigma={self.sigma}")
+        check_readout(self.readout)
 
 
 def _median(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -146,14 +170,8 @@ def ablation_bin_log_probs(
     student_depth: torch.Tensor,
     teacher_inv_depth: torch.Tensor,
     mask: torch.Tensor | None = None,
-    *,
-    target: str = "kernel",
-    anchor: str = "gt_fit",
     gt_depth: torch.Tensor | None = None,
-    sigma: float = 0.05,
-    tau: float = 1.0,
-    readout: str = "log",
-    min_anchor_points: int = 32,
+    spec: AblationTarget = AblationTarget(),  # frozen: a shared default is safe
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``kernel`` / ``linear`` CKD target over the student's bins, and where it is defined.
 
@@ -165,26 +183,19 @@ def ablation_bin_log_probs(
         log_p: (B, K, H, W) log-probabilities (finite everywhere).
         valid: (B, 1, H, W) region mask, finite teacher, finite positive student depth.
     """
-    if target not in ABLATION_TARGETS:
-        raise ValueError(f"target must be one of {ABLATION_TARGETS}, got {target!r}")
-    if anchor not in ANCHORS:
-        raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
-    if tau <= 0 or sigma <= 0:
-        raise ValueError(f"tau and sigma must be > 0, got tau={tau}, sigma={sigma}")
-    check_readout(readout)
     with torch.no_grad():
         depth = student_depth.detach()
         teacher, valid = teacher_at(teacher_inv_depth, depth, mask)
         valid = valid & torch.isfinite(depth) & (depth > 0)
-        u_t, m, s = _anchored_space(teacher, depth, valid, gt_depth, anchor, min_anchor_points)
+        u_t, m, s = _anchored_space(teacher, depth, valid, gt_depth, spec.anchor, spec.min_anchor_points)
         centres = student_centres.detach().to(depth.dtype)
         u_t = torch.where(valid, u_t, torch.zeros((), dtype=depth.dtype, device=depth.device))
-        if target == "linear":
-            return _linear_bin_log_probs(centres, m, s, u_t, readout), valid
+        if spec.target == "linear":
+            return _linear_bin_log_probs(centres, m, s, u_t, spec.readout), valid
         u_hat = (1.0 / centres.clamp_min(EPS) - m[:, None]) / s[:, None]  # (B, K)
         # (B, K, H, W) teacher logits -|u^T - û_k| / (sigma * tau), built in place: this
         # tensor is as large as the student's logits, temporaries cost real memory.
-        logits_t = torch.sub(u_t, u_hat[:, :, None, None]).abs_().mul_(-1.0 / (sigma * tau))
+        logits_t = torch.sub(u_t, u_hat[:, :, None, None]).abs_().mul_(-1.0 / (spec.sigma * spec.tau))
         return F.log_softmax(logits_t, dim=1), valid
 
 
@@ -194,13 +205,8 @@ def ablation_ckd_loss(
     student_depth: torch.Tensor,
     teacher_inv_depth: torch.Tensor,
     mask: torch.Tensor | None = None,
-    *,
-    target: str = "kernel",
-    anchor: str = "gt_fit",
     gt_depth: torch.Tensor | None = None,
-    sigma: float = 0.05,
-    tau: float = 1.0,
-    readout: str = "log",
+    spec: AblationTarget = AblationTarget(),  # frozen: a shared default is safe
 ) -> torch.Tensor:
     """tau^2 KL from an ablation target (:func:`ablation_bin_log_probs`) to softmax(z / tau).
 
@@ -211,12 +217,12 @@ def ablation_ckd_loss(
         teacher_inv_depth: (B, 1, h, w) relative inverse depth, any affine frame.
         mask: optional (B, 1, H, W) bool region mask (not the sparse GT).
         gt_depth: (B, 1, H, W) sparse GT at the logits' size, for the ``gt_fit`` / ``gt`` anchors.
+        spec: the target and its settings.
     """
     b, k, h, w = student_logits.shape
     if student_centres.shape != (b, k):
         raise ValueError(f"centres {tuple(student_centres.shape)} do not match logits (B={b}, K={k})")
     if student_depth.shape != (b, 1, h, w):
         raise ValueError(f"depth {tuple(student_depth.shape)} must be {(b, 1, h, w)} like the logits")
-    log_p, valid = ablation_bin_log_probs(student_centres, student_depth, teacher_inv_depth, mask, target=target,
-                                          anchor=anchor, gt_depth=gt_depth, sigma=sigma, tau=tau, readout=readout)
-    return ckd_kl(student_logits, log_p, valid, tau)
+    log_p, valid = ablation_bin_log_probs(student_centres, student_depth, teacher_inv_depth, mask, gt_depth, spec)
+    return ckd_kl(student_logits, log_p, valid, spec.tau)

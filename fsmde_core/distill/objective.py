@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
 
-from fsmde_core.distill.ablations import ABLATION_TARGETS, ANCHORS, ablation_ckd_loss
+from fsmde_core.distill.ablations import ABLATION_TARGETS, ANCHORS, AblationTarget, ablation_ckd_loss
 from fsmde_core.distill.ckd import check_readout, ckd_centre_loss, ckd_loss
 from fsmde_core.distill.supervised import bin_centre_chamfer, silog_loss
 from fsmde_core.distill.vrkd import vrkd_loss
@@ -167,10 +167,9 @@ def _ckd_terms(
     # the ablation anchors read the sparse GT at the logits' size (nearest, so NaN holes stay holes)
     gt_small = gt_depth if tuple(gt_depth.shape[-2:]) == logit_size else F.interpolate(
         gt_depth, size=logit_size, mode="nearest")
-    return {"ckd": ablation_ckd_loss(
-        out.logits, out.centres, _resize_to(out.depth, logit_size), teacher.inv_depth, logit_mask,
-        target=cfg.ckd_target, anchor=cfg.ckd_anchor, gt_depth=gt_small, sigma=cfg.ckd_sigma, tau=cfg.tau_ckd,
-        readout=readout)}
+    spec = AblationTarget(cfg.ckd_target, cfg.ckd_anchor, cfg.ckd_sigma, cfg.tau_ckd, readout)
+    return {"ckd": ablation_ckd_loss(out.logits, out.centres, _resize_to(out.depth, logit_size), teacher.inv_depth,
+                                     logit_mask, gt_small, spec)}
 
 
 def compute_losses(
