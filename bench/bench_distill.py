@@ -61,11 +61,14 @@ VARIANTS = {
     "b_ckd": ["loss.use_vrkd=false"],
     "c_ckd_vrkd": [],
 }
-#: Ablations run only when asked for (--variants): VRKD over whole images, the CKD kernel target,
-#: supervised-only with AdaBins' arithmetic bin readout (the baseline's best readout).
+#: Ablations run only when asked for (--variants): VRKD over whole images, the CKD targets kept in
+#: fsmde_core/distill/ablations.py (kernel; linear with the LiDAR line-fit anchor, then with the
+#: median/MAD one), supervised-only with AdaBins' arithmetic bin readout (the baseline's best readout).
 EXTRA_VARIANTS = {
     "c_vrkd_whole_image": ["loss.vrkd_region=image", "loss.vrkd_grid=[4,8]"],
     "b_ckd_kernel_target": ["loss.use_vrkd=false", "loss.ckd_target=kernel"],
+    "b_ckd_linear_target": ["loss.use_vrkd=false", "loss.ckd_target=linear", "loss.ckd_anchor=gt_fit"],
+    "b_ckd_linear_moments_anchor": ["loss.use_vrkd=false", "loss.ckd_target=linear", "loss.ckd_anchor=gt"],
     "a_supervised_linear_readout": [*VARIANTS["a_supervised"], "student.readout=linear"],
 }
 

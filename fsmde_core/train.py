@@ -39,7 +39,7 @@ from fsmde_core.checkpoint import (
     save_training_state,
 )
 from fsmde_core.config import ConfigError, load_config
-from fsmde_core.distill.losses import DistillLossConfig, compute_losses
+from fsmde_core.distill.objective import DistillLossConfig, compute_losses
 from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
 from fsmde_core.models.teachers.base import TeacherOutput
 from fsmde_core.rig import Rig, RigCamera
@@ -376,7 +376,8 @@ def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | No
                 out = ddp_model(batch["images"])
             out = type(out)(*(x.float() for x in out))
             step_cfg = kd_ramped(loss_cfg, step, int(o.get("kd_warmup_steps") or 0))
-            losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands)
+            losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands,
+                                    readout=scfg.readout)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
             scaler.unscale_(optimizer)

@@ -1,1 +1,1 @@
-"""Distillation losses: SILog, bin-centre Chamfer, cross-interaction KD, view-relational KD."""
+"""Distillation losses, one module per job: supervised, ckd, vrkd, ablations, objective (the sum the trainer calls)."""

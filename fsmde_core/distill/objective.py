@@ -1,0 +1,242 @@
+"""The distillation objective the trainer calls: its configuration and the weighted sum of the terms.
+
+Why apart from the terms: the terms are pure functions of tensors; this is
+where the configuration (switches, weights, which CKD target) meets the
+student's output, the resolutions are reconciled, and a configuration that
+would silently do less than it says is refused. The method is DESIGN.md §5:
+SILog + Chamfer make the student metric, CKD transfers the teacher's
+structure as bin probabilities, VRKD transfers cross-view feature relations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
+
+from fsmde_core.distill.ablations import ABLATION_TARGETS, ANCHORS, AblationTarget, ablation_ckd_loss
+from fsmde_core.distill.ckd import check_readout, ckd_centre_loss, ckd_loss
+from fsmde_core.distill.supervised import bin_centre_chamfer, silog_loss
+from fsmde_core.distill.vrkd import vrkd_loss
+from fsmde_core.models.teachers.base import TeacherOutput
+
+CKD_TARGETS = ("rank", *ABLATION_TARGETS)
+
+#: Loss keys that only some CKD targets read -> those targets. Setting one away from its
+#: default for another target is refused: the run would not do what its config says.
+TARGET_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "ckd_sigma": ("kernel",),
+    "ckd_anchor": ABLATION_TARGETS,
+    "w_ckd_centres": ("rank",),
+    "ckd_centres_variance_focus": ("rank",),
+}
+
+
+class StudentOutputLike(Protocol):
+    """What ``compute_losses`` reads from the student (duck-typed on purpose).
+
+    depth (B,1,H,W) metres; logits (B,K,H,W); centres (B,K) metres;
+    features (B,C,hf,wf).
+    """
+
+    depth: torch.Tensor
+    logits: torch.Tensor
+    centres: torch.Tensor
+    features: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DistillLossConfig:
+    """Weights and switches of the distillation objective (``loss:`` in the training YAML).
+
+    One switch per term, for ablations. Supervised defaults follow AdaBins
+    (``w_silog=10`` with the square-rooted SILog = BTS/AdaBins' ``10*sqrt(D)``;
+    Chamfer 0.1); KD terms have unit weight. ``ckd_target`` "rank" is the kept
+    CKD (:mod:`fsmde_core.distill.ckd`), its centre term weighs
+    ``w_ckd * w_ckd_centres`` and is plain log-RMSE by default (the teacher
+    fixes the structure, scale is what is left). "kernel" / "linear" and
+    ``ckd_anchor`` / ``ckd_sigma`` are ablations
+    (:mod:`fsmde_core.distill.ablations`); a key the chosen target does not
+    read may not be set away from its default (:data:`TARGET_ONLY_KEYS`).
+    ``tau_vrkd`` 0.2: cosine similarities live in [-1, 1], a softmax at tau 1
+    is nearly uniform. Why these values: bench/results/ckd_targets.md,
+    bench/results/vrkd_overlap.md, bench/results/distill.md.
+    """
+
+    use_silog: bool = True
+    use_bins: bool = True
+    use_ckd: bool = True
+    use_vrkd: bool = True
+    w_silog: float = 10.0
+    w_bins: float = 0.1
+    w_ckd: float = 1.0
+    w_vrkd: float = 1.0
+    w_ckd_centres: float = 10.0
+    ckd_centres_variance_focus: float = 0.0
+    tau_ckd: float = 1.0
+    ckd_sigma: float = 0.05
+    ckd_anchor: str = "gt_fit"
+    ckd_target: str = "rank"
+    tau_vrkd: float = 0.2
+    vrkd_grid: tuple[int, int] = (4, 8)
+    vrkd_region: str = "image"
+    variance_focus: float = 0.85
+
+    def __post_init__(self) -> None:
+        if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd)):
+            raise ValueError("DistillLossConfig: every loss term is switched off")
+        for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd", "w_ckd_centres"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DistillLossConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("tau_ckd", "ckd_sigma", "tau_vrkd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DistillLossConfig.{name} must be > 0, got {getattr(self, name)}")
+        _check_choice("ckd_anchor", self.ckd_anchor, ANCHORS)
+        _check_choice("ckd_target", self.ckd_target, CKD_TARGETS)
+        _check_choice("vrkd_region", self.vrkd_region, ("image", "overlap"))
+        grid = tuple(int(g) for g in self.vrkd_grid)
+        if len(grid) != 2 or min(grid) < 1:
+            raise ValueError(f"DistillLossConfig.vrkd_grid must be two positive ints, got {self.vrkd_grid}")
+        object.__setattr__(self, "vrkd_grid", grid)
+        for name in ("variance_focus", "ckd_centres_variance_focus"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DistillLossConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        self._refuse_keys_the_target_ignores()
+
+    def _refuse_keys_the_target_ignores(self) -> None:
+        """Refuse (not warn): a warning would repeat at every KD ramp step, and the fix is to delete one key."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for key, readers in TARGET_ONLY_KEYS.items():
+            value = getattr(self, key)
+            if self.ckd_target not in readers and value != defaults[key]:
+                raise ValueError(
+                    f"loss.{key}={value!r} has no effect with loss.ckd_target={self.ckd_target!r} "
+                    f"(only {', '.join(readers)} reads it): remove it or choose that target")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> DistillLossConfig:
+        """Build from a YAML-style dict; unknown keys are an error (catches typos in configs)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown DistillLossConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    @property
+    def needs_teacher(self) -> bool:
+        """True when a KD term is on, so the trainer must provide teacher outputs."""
+        return self.use_ckd or self.use_vrkd
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """One error line naming the loss key and its valid values."""
+    if value not in choices:
+        raise ValueError(f"DistillLossConfig.{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a dense prediction (no-op when the size already matches)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _resize_mask(mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """Nearest resize of a region mask (it marks regions, so no interpolation of truth values)."""
+    if mask is None or tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask.float(), size=tuple(size), mode="nearest") > 0.5
+
+
+def _ckd_terms(
+    out: StudentOutputLike, gt_depth: torch.Tensor, mask: torch.Tensor | None, teacher: TeacherOutput,
+    cfg: DistillLossConfig, readout: str,
+) -> dict[str, torch.Tensor]:
+    """The CKD term(s) of ``cfg.ckd_target`` at the logits' resolution (the centre term at the GT's)."""
+    logit_size = (out.logits.shape[-2], out.logits.shape[-1])
+    logit_mask = _resize_mask(mask, logit_size)
+    if cfg.ckd_target == "rank":
+        return {
+            "ckd": ckd_loss(out.logits, teacher.inv_depth, logit_mask, cfg.tau_ckd),
+            "ckd_centres": ckd_centre_loss(out.centres, teacher.inv_depth, gt_depth, mask,
+                                           cfg.ckd_centres_variance_focus, readout),
+        }
+    # the ablation anchors read the sparse GT at the logits' size (nearest, so NaN holes stay holes)
+    gt_small = gt_depth if tuple(gt_depth.shape[-2:]) == logit_size else F.interpolate(
+        gt_depth, size=logit_size, mode="nearest")
+    spec = AblationTarget(cfg.ckd_target, cfg.ckd_anchor, cfg.ckd_sigma, cfg.tau_ckd, readout)
+    return {"ckd": ablation_ckd_loss(out.logits, out.centres, _resize_to(out.depth, logit_size), teacher.inv_depth,
+                                     logit_mask, gt_small, spec)}
+
+
+def compute_losses(
+    out: StudentOutputLike,
+    gt_depth: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    teacher: TeacherOutput | None = None,
+    pairs: torch.Tensor | Sequence[tuple[int, int]] | None = None,
+    cfg: DistillLossConfig | None = None,
+    bands: torch.Tensor | None = None,
+    *,
+    readout: str,
+) -> dict[str, torch.Tensor]:
+    """All enabled loss terms plus their weighted sum.
+
+    Terms that are switched off are not computed at all. Returned values are
+    *unweighted* (for logging) under ``"silog"``, ``"bins"``, ``"ckd"``
+    (+ ``"ckd_centres"`` for the rank target), ``"vrkd"``; ``"total"`` is the
+    weighted sum. If the student's depth is smaller than the GT it is
+    upsampled bilinearly for SILog (sparse GT is never resampled); CKD runs at
+    the logits' resolution (mask resized nearest).
+
+    Args:
+        out: student output with ``.depth``, ``.logits``, ``.centres``, ``.features``.
+        gt_depth: (B, 1, H, W) sparse metric GT (NaN / Inf / <= 0 invalid).
+        mask: optional (B, 1, H, W) bool region mask (e.g. ego-vehicle pixels False).
+        teacher: teacher output for the same B images; required by CKD / VRKD.
+        pairs: (P, 2) adjacent-view pairs of flattened batch indices; required by VRKD.
+        cfg: weights and switches (default ``DistillLossConfig()``).
+        bands: (P, 2, 2) overlap bands of the pairs; required by VRKD when
+            ``cfg.vrkd_region == "overlap"``.
+        readout: the student's ``StudentConfig.readout`` ("log" / "linear"), required
+            so the CKD targets read depth out of bins exactly as the student does.
+
+    Raises:
+        ValueError: a KD term is on but ``teacher`` (or ``pairs`` / ``bands`` for VRKD) is missing.
+    """
+    cfg = cfg or DistillLossConfig()
+    check_readout(readout)
+    if cfg.needs_teacher and teacher is None:
+        on = [n for n, f in (("ckd", cfg.use_ckd), ("vrkd", cfg.use_vrkd)) if f]
+        raise ValueError(f"loss terms {on} need teacher outputs but teacher is None; "
+                         "switch them off (use_ckd/use_vrkd=False) for a supervised-only run")
+    if cfg.use_vrkd and pairs is None:
+        raise ValueError("VRKD is enabled but no adjacent-view pairs were given")
+    if cfg.use_vrkd and cfg.vrkd_region == "overlap" and bands is None:
+        raise ValueError("vrkd_region 'overlap' needs the pairs' overlap bands")
+    gt_size = (gt_depth.shape[-2], gt_depth.shape[-1])
+    terms: dict[str, torch.Tensor] = {}
+    weights: dict[str, float] = {}
+    if cfg.use_silog:
+        terms["silog"] = silog_loss(_resize_to(out.depth, gt_size), gt_depth, mask, cfg.variance_focus)
+        weights["silog"] = cfg.w_silog
+    if cfg.use_bins:
+        terms["bins"] = bin_centre_chamfer(out.centres, gt_depth, mask)
+        weights["bins"] = cfg.w_bins
+    if cfg.use_ckd:
+        assert teacher is not None
+        terms.update(_ckd_terms(out, gt_depth, mask, teacher, cfg, readout))
+        weights["ckd"] = cfg.w_ckd
+        weights["ckd_centres"] = cfg.w_ckd * cfg.w_ckd_centres
+    if cfg.use_vrkd:
+        assert teacher is not None and pairs is not None
+        terms["vrkd"] = vrkd_loss(out.features, teacher.features, pairs, cfg.vrkd_grid, cfg.tau_vrkd,
+                                  bands if cfg.vrkd_region == "overlap" else None)
+        weights["vrkd"] = cfg.w_vrkd
+    total = sum(weights[name] * value for name, value in terms.items())
+    assert isinstance(total, torch.Tensor)
+    terms["total"] = total
+    return terms
