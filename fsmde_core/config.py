@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -283,17 +282,14 @@ def default_config() -> dict[str, Any]:
     })
 
 
-def _nearest_first(key: str, valid: tuple[str, ...]) -> list[str]:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    return close + sorted(k for k in valid if k not in close)
-
-
 def unknown_key_error(where: str, dotted: str, valid: tuple[str, ...], what: str = "key") -> ConfigError:
     """One line: where, the dotted key, and the valid keys with the nearest first."""
+    from fsmde_core.data.config import nearest_first
+
     parts = dotted.split(".")
     scope = f"{'.'.join(parts[:-1])} " if len(parts) > 1 else ""
     return ConfigError(f"{where}: unknown {what} {dotted!r}; valid {scope}{what}s: "
-                       f"{', '.join(_nearest_first(parts[-1], valid))}")
+                       f"{', '.join(nearest_first(parts[-1], valid))}")
 
 
 def _check_section_name(section: str, where: str) -> None:
