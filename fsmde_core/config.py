@@ -162,6 +162,12 @@ class TrainDataConfig:
     val_bags: list[str] = field(default_factory=list)  # held-out bags scored every log.val_every steps
     cache_dir: str | None = None  # None = $FSMDE_CACHE or .fsmde_cache beside the run directory
 
+    def __post_init__(self) -> None:
+        for key in ("bags", "val_bags"):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(b, str) for b in value):
+                raise ValueError(f"data.{key} must be a list of bag paths, got {value!r}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

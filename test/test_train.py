@@ -345,6 +345,8 @@ def test_a_pretrained_file_that_matches_no_encoder_name_is_refused(tmp_path):
                                                   r"\d+ tensors .*encoder \['conv1.weight'.*file \['backbone\."):
         load_pretrained_encoder(enc, foreign, min_match=0.9)
     torch.testing.assert_close(enc.conv1.weight, before)  # nothing half-loaded
+    with pytest.raises(PretrainedLoadError, match="matches only 0"):  # the default is the config's 0.9
+        load_pretrained_encoder(enc, foreign)
     assert load_pretrained_encoder(enc, foreign, min_match=0.0).loaded == []  # forced: loads what matches
 
     res = subprocess.run(_train_cmd(tmp_path / "unused", tmp_path / "run", f"student.pretrained={foreign}"),

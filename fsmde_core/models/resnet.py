@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fsmde_core.config import PretrainedConfig
+
 log = logging.getLogger(__name__)
 
 #: Blocks per stage for the supported depths (torchvision's BasicBlock variants).
@@ -239,7 +241,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained_encoder(encoder: nn.Module, path: str | Path, strict: bool = False,
-                            min_match: float = 0.0) -> LoadReport:
+                            min_match: float = PretrainedConfig.pretrained_min_match) -> LoadReport:
     """Copy matching tensors from a torchvision-style checkpoint into ``encoder``.
 
     Keys are matched by name; ``fc.*`` is ignored; tensors whose shape differs are
