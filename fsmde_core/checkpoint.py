@@ -15,47 +15,83 @@ A run directory looks like::
 Why not ``torch.save``: checkpoints travel between people, and unpickling a
 file runs whatever code it contains. Safetensors holds only tensors; the rest
 is JSON. Every loader error names the file and what is wrong with it.
+
+Every safetensors file written here carries the sha256 of its tensors in its
+metadata (:data:`HASH_KEY`), checked on load: a flipped byte in tensor data
+otherwise loads silently (a student off by metres). A corrupt latest training
+checkpoint falls back to the previous one (two are kept) and says so. Writes
+are atomic (temporary file + rename), so a full disk loses nothing: the error
+names the path and the previous files stay intact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 STUDENT_WEIGHTS = "student.safetensors"
 STUDENT_META = "student.json"
 CHECKPOINT_DIR = "checkpoints"
+#: safetensors metadata key holding :func:`tensors_sha256` of the file's tensors.
+HASH_KEY = "sha256"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or does not match the model."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + f".tmp{os.getpid()}")
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``; on failure (disk full) remove tmp and name ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except (OSError, SafetensorError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {exc} (the previous files are intact)") from exc
+
+
+def _write_bytes_synced(tmp: Path, data: bytes) -> None:
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+    """JSON written whole or not at all."""
+    data = json.dumps(obj, indent=2, sort_keys=True).encode()
+    _replace_atomically(Path(path), lambda tmp: _write_bytes_synced(tmp, data))
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    """Safetensors written whole or not at all, with the tensors' sha256 in the metadata."""
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {**(metadata or {}), HASH_KEY: tensors_sha256(cpu)}
+    _replace_atomically(Path(path), lambda tmp: save_file(cpu, str(tmp), metadata=meta))
 
 
 def read_json(path: Path, what: str = "file") -> dict:
@@ -67,13 +103,24 @@ def read_json(path: Path, what: str = "file") -> dict:
         raise CheckpointError(f"{path}: corrupt {what} (not valid JSON: {exc})") from exc
 
 
+def _stored_hash(path: Path) -> str | None:
+    with safe_open(str(path), framework="pt") as fh:
+        return (fh.metadata() or {}).get(HASH_KEY)
+
+
 def read_tensors(path: Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Load a safetensors file and check its content hash (files written before hashes have none)."""
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        stored = _stored_hash(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated {what} ({exc})") from exc
+    if stored is not None and tensors_sha256(tensors) != stored:
+        raise CheckpointError(f"{path}: corrupt {what}: its tensor data does not match the sha256 recorded "
+                              "when it was written (flipped bytes on disk or in transfer)")
+    return tensors
 
 
 # --------------------------------------------------------------- optimizer
@@ -139,26 +186,59 @@ def save_training_state(
     return base.with_suffix(".safetensors")
 
 
+def _checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
+    """Checkpoint bases to try, newest first: the one ``latest.json`` names, then the others by step.
+
+    A corrupt ``latest.json`` only loses the pointer: the step files are still listed.
+    """
+    bases = sorted({p.with_suffix("") for p in ckpt_dir.glob("step_*.safetensors")}, reverse=True)
+    try:
+        named = ckpt_dir / str(read_json(ckpt_dir / "latest.json", "checkpoint pointer").get("file", ""))
+    except (CheckpointError, AttributeError):
+        return bases
+    return [named, *(b for b in bases if b != named)]
+
+
+def _read_checkpoint(base: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of one checkpoint, both checked; CheckpointError naming the file otherwise."""
+    meta = read_json(base.with_suffix(".json"), "checkpoint metadata")
+    if not all(k in meta for k in ("step", "epoch", "batch_in_epoch", "optimizer")):
+        raise CheckpointError(f"{base.with_suffix('.json')}: corrupt checkpoint metadata (keys missing)")
+    return meta, read_tensors(base.with_suffix(".safetensors"))
+
+
+def _newest_intact_checkpoint(ckpt_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The newest checkpoint that reads back intact, saying on stderr which corrupt ones were passed over."""
+    failures: list[str] = []
+    for base in _checkpoint_candidates(ckpt_dir):
+        try:
+            meta, tensors = _read_checkpoint(base)
+        except CheckpointError as exc:
+            failures.append(str(exc))
+            continue
+        for failure in failures:
+            print(f"warning: {failure}; resuming from the previous checkpoint {base.name} instead", file=sys.stderr)
+        return meta, tensors
+    raise CheckpointError(f"{ckpt_dir}: no intact checkpoint to resume from ({'; '.join(failures)}); "
+                          "remove the folder to start over")
+
+
 def load_training_state(
     run_dir: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict | None:
-    """Restore the latest checkpoint into ``model``/``optimizer``; None if there is none."""
+    """Restore the newest intact checkpoint into ``model``/``optimizer``; None if there is none."""
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
-    latest = ckpt_dir / "latest.json"
-    if not latest.is_file():
+    if not (ckpt_dir / "latest.json").is_file() and not any(ckpt_dir.glob("step_*.safetensors")):
         return None
-    pointer = read_json(latest, "checkpoint pointer")
-    base = ckpt_dir / str(pointer.get("file", ""))
-    meta = read_json(base.with_suffix(".json"), "checkpoint metadata")
-    tensors = read_tensors(base.with_suffix(".safetensors"))
+    meta, tensors = _newest_intact_checkpoint(ckpt_dir)
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_sd, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{base.with_suffix('.safetensors')}: does not match the model: {exc}") from exc
+        raise CheckpointError(f"{ckpt_dir}: step {meta['step']} does not match the model: {exc}") from exc
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     if scaler is not None and meta.get("scaler"):

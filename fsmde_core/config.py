@@ -1,64 +1,244 @@
-"""Training configuration: YAML files + ``key.path=value`` overrides.
+"""Training configuration: typed sections, YAML files and ``key.path=value`` overrides.
 
-The YAML is a plain nested mapping (see ``config/train_*.yaml``); overrides on
-the command line use dotted paths, e.g. ``loss.use_vrkd=false optim.lr=3e-4``.
-Values are parsed as YAML scalars so ``true``, ``1e-4`` and ``[320, 192]`` mean
-what they look like. Unknown top-level sections, unknown ``data`` keys and
-options the chosen teacher does not take are refused, so a typo fails at start
-instead of silently training the wrong thing.
+Every section is a dataclass (:class:`OptimConfig`, :class:`LogConfig`, ...);
+their defaults ARE the config defaults (:func:`default_config` derives the
+plain nested dict from them, nothing is repeated). A config travels as that
+plain dict (YAML in, ``config.json`` out, read back by ``fsmde eval`` and by
+resume) and is checked by building :class:`TrainConfig` from it.
 
-Teacher options belong to a teacher kind: choosing a kind (in the YAML or with
-``teacher.kind=...``) starts from that kind's defaults
-(:data:`fsmde_core.models.teachers.registry.TEACHER_KINDS`); options given for
-another kind in an earlier layer are dropped, options given in the same layer
-(``teacher.kind=onnx teacher.options.model_path=m.onnx``) are kept.
+Overrides use dotted paths (``loss.use_vrkd=false optim.lr=3e-4``); values are
+YAML scalars, so ``true``, ``1e-4`` and ``[320, 192]`` mean what they look like.
+An unknown section or key, in a file or on the command line, is refused with
+one line naming where it came from, the dotted key and the valid keys (nearest
+first), so a typo fails at start instead of silently training the wrong thing.
+
+Teacher options belong to a teacher kind: a layer (a YAML file's teacher
+section, or the command line's ``teacher.*`` overrides together) that names
+another kind starts from that kind's defaults
+(:mod:`fsmde_core.models.teachers.registry`) and lays its own options over them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+if TYPE_CHECKING:
+    from fsmde_core.data.config import DataConfig
+    from fsmde_core.distill.objective import DistillLossConfig
+    from fsmde_core.models.student import StudentConfig
+
 SECTIONS = ("data", "student", "teacher", "loss", "optim", "log", "seed", "eval")
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "data": {
-        "bags": [],
-        "width": 320,
-        "height": 192,
-        "rig_yaml": None,
-        "cache_dir": None,
-        "sync_tolerance_ms": 10.0,  # phase-corrected spread (fsmde_core.data.config.DataConfig)
-        "lidar_tolerance_ms": 60.0,
-    },
-    "student": {"encoder": "resnet18", "num_bins": 64, "min_depth": 0.5, "max_depth": 80.0,
-                "pretrained": None},
-    "teacher": {"kind": "synthetic", "cache_height": None, "cache_width": None,
-                "options": {"quality": 0.7, "seed": 0}},  # = default_options("synthetic"); test checks
-    "loss": {},
-    "optim": {
-        "epochs": 10, "batch_size": 1, "lr": 2e-4, "weight_decay": 1e-2, "warmup_steps": 50,
-        "grad_clip": 1.0, "amp": True, "checkpoint_every": 100,
-        "max_steps": None, "kd_warmup_steps": 0,
-    },
-    "log": {"tensorboard": True, "image_every": 100, "scalar_every": 10},
-    "eval": {"cap": None},
-}
+#: The command line, as a source in error messages.
+COMMAND_LINE = "command line"
 
+#: Training defaults of reader settings whose reader default (native size, 50 ms) does not suit training.
+TRAIN_DATA_DEFAULTS: dict[str, Any] = {"width": 320, "height": 192, "lidar_tolerance_ms": 60.0}
 
-#: ``data`` keys that are not DataConfig fields (training-only).
-TRAIN_ONLY_DATA_KEYS = ("bags", "cache_dir")
+#: StudentConfig fields that come from the data section (the sample size), not the student section.
+STUDENT_SIZE_FIELDS = ("input_height", "input_width")
 
 
 class ConfigError(ValueError):
-    """The training config is malformed; the message names the file and key."""
+    """The training config is malformed; the message names the file (or command line) and key."""
 
 
+# ------------------------------------------------------------ the sections
+def _positive_int(section: str, key: str, value: Any, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{section}.{key} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule (AdamW, linear warm-up, cosine decay; see ``fsmde_core.train.lr_at``)."""
+
+    epochs: int = 10
+    batch_size: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    amp: bool = True
+    checkpoint_every: int = 100
+    max_steps: int | None = None
+    kd_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "checkpoint_every"):
+            _positive_int("optim", key, getattr(self, key))
+        _positive_int("optim", "max_steps", self.max_steps, allow_none=True)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What is logged and how often (TensorBoard scalars/images, held-out validation)."""
+
+    tensorboard: bool = True
+    image_every: int = 100
+    scalar_every: int = 10
+    val_every: int = 100  # steps between validations on data.val_bags (and once at the end)
+
+    def __post_init__(self) -> None:
+        for key in ("image_every", "scalar_every", "val_every"):
+            _positive_int("log", key, getattr(self, key))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How validation during training scores the student (as ``fsmde eval --gt GT --cap CAP``)."""
+
+    cap: float | None = None  # None = the student's max_depth
+    gt: str = "lidar"  # lidar | synthetic (dense GT topics of synthetic bags)
+    max_frames: int | None = None  # per validation; None = every set of the held-out bags
+
+    def __post_init__(self) -> None:
+        if self.gt not in ("lidar", "synthetic"):
+            raise ValueError(f"eval.gt must be lidar or synthetic, got {self.gt!r}")
+        if self.cap is not None and not (isinstance(self.cap, (int, float)) and self.cap > 0):
+            raise ValueError(f"eval.cap must be > 0 metres or null, got {self.cap!r}")
+        _positive_int("eval", "max_frames", self.max_frames, allow_none=True)
+
+
+def _synthetic_defaults() -> dict[str, Any]:
+    return _teacher_registry().default_options("synthetic")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Which teacher, its options (checked against the registry), and the size its outputs are cached at."""
+
+    kind: str | None = "synthetic"
+    options: dict[str, Any] = field(default_factory=_synthetic_defaults)
+    cache_height: int | None = None  # None = half the training height
+    cache_width: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, dict):
+            raise ValueError(f"teacher.options must be a mapping, got {self.options!r}")
+        _teacher_registry().check_teacher_options(self.kind, self.options)
+        _positive_int("teacher", "cache_height", self.cache_height, allow_none=True)
+        _positive_int("teacher", "cache_width", self.cache_width, allow_none=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind not in _teacher_registry().NO_TEACHER
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """The optional ImageNet encoder initialisation (``student.pretrained*`` keys).
+
+    A file whose names match less than ``pretrained_min_match`` of the encoder's
+    tensors is refused: it initialises (almost) nothing, and training from
+    scratch by accident is the costliest silent failure there is.
+    """
+
+    pretrained: str | None = None
+    pretrained_min_match: float = 0.9
+    pretrained_force: bool = False  # load whatever matches, however little
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.pretrained_min_match) <= 1.0:
+            raise ValueError(f"student.pretrained_min_match must be in [0, 1], got {self.pretrained_min_match!r}")
+
+
+@dataclass(frozen=True)
+class TrainDataConfig:
+    """The ``data`` keys only training has (the rest is the reader's DataConfig)."""
+
+    bags: list[str] = field(default_factory=list)
+    val_bags: list[str] = field(default_factory=list)  # held-out bags scored every log.val_every steps
+    cache_dir: str | None = None  # None = $FSMDE_CACHE or .fsmde_cache beside the run directory
+
+    def __post_init__(self) -> None:
+        for key in ("bags", "val_bags"):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(b, str) for b in value):
+                raise ValueError(f"data.{key} must be a list of bag paths, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole training config, typed; built from (and checked against) the plain dict form."""
+
+    seed: int
+    data: DataConfig
+    train_data: TrainDataConfig
+    student: StudentConfig
+    pretrained: PretrainedConfig
+    teacher: TeacherConfig
+    loss: DistillLossConfig
+    optim: OptimConfig
+    log: LogConfig
+    eval: EvalConfig
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any], source: str = "<config>") -> TrainConfig:
+        """Typed sections of a plain config; a bad value is a ConfigError naming ``source`` and the key."""
+        from fsmde_core.distill.objective import DistillLossConfig
+        from fsmde_core.models.student import StudentConfig
+
+        check_keys(cfg, source)
+        d = cfg["data"]
+        for key in ("width", "height"):
+            if isinstance(d.get(key), bool) or not isinstance(d.get(key), int) or d[key] <= 0 or d[key] % 32:
+                raise ConfigError(f"{source}: data.{key} must be a positive multiple of 32, got {d.get(key)!r}")
+        s = cfg["student"]
+        pre_keys = _field_names(PretrainedConfig)
+        arch = {k: v for k, v in s.items() if k not in pre_keys}
+        return cls(
+            seed=_seed(cfg["seed"], source),
+            data=data_config_from_section(d, source),
+            train_data=_section(source, "data", TrainDataConfig,
+                                {k: d[k] for k in _field_names(TrainDataConfig) if k in d}),
+            student=_section(source, "student", StudentConfig,
+                             {**arch, "input_height": d["height"], "input_width": d["width"]}),
+            pretrained=_section(source, "student", PretrainedConfig, {k: s[k] for k in pre_keys if k in s}),
+            teacher=_section(source, "teacher", TeacherConfig, cfg["teacher"]),
+            loss=_section(source, "loss", DistillLossConfig, cfg["loss"]),
+            optim=_section(source, "optim", OptimConfig, cfg["optim"]),
+            log=_section(source, "log", LogConfig, cfg["log"]),
+            eval=_section(source, "eval", EvalConfig, cfg["eval"]),
+        )
+
+
+def _seed(value: Any, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{source}: seed must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _section(source: str, name: str, build: Any, values: Any) -> Any:
+    """``build(**values)`` with its TypeError/ValueError turned into one ConfigError line."""
+    try:
+        return build(**values)
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        raise ConfigError(f"{source}: {text if text.startswith(name) else f'{name}: {text}'}") from exc
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _plain(obj: Any) -> Any:
+    """The JSON form (tuples -> lists, Paths -> str), so a default compares equal to its config.json copy."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ------------------------------------------------------ defaults and keys
 def _teacher_registry():
     """Imported on use: the registry lives in the teachers package, which imports torch."""
     from fsmde_core.models.teachers import registry
@@ -66,16 +246,88 @@ def _teacher_registry():
     return registry
 
 
-def _teacher_layer(current: dict, layer: dict, where: str) -> dict:
-    """Apply one layer (a YAML file's or a ``teacher=`` override's) of the teacher section.
+def _data_keys() -> tuple[str, ...]:
+    from fsmde_core.data.config import DataConfig
 
-    A layer that names a different kind starts from that kind's defaults; its
-    own ``options`` are laid over them. Same kind: options merge as before.
+    return _field_names(DataConfig) + _field_names(TrainDataConfig)
+
+
+def section_keys(section: str) -> tuple[str, ...]:
+    """The valid keys of one section (imports the section's class: torch for student and loss)."""
+    if section == "data":
+        return _data_keys()
+    if section == "student":
+        from fsmde_core.models.student import StudentConfig
+
+        arch = tuple(k for k in _field_names(StudentConfig) if k not in STUDENT_SIZE_FIELDS)
+        return arch + _field_names(PretrainedConfig)
+    if section == "loss":
+        from fsmde_core.distill.objective import DistillLossConfig
+
+        return _field_names(DistillLossConfig)
+    classes = {"teacher": TeacherConfig, "optim": OptimConfig, "log": LogConfig, "eval": EvalConfig}
+    return _field_names(classes[section])
+
+
+def default_config() -> dict[str, Any]:
+    """The defaults as a plain nested dict, derived from the section dataclasses."""
+    from fsmde_core.data.config import DataConfig
+    from fsmde_core.distill.objective import DistillLossConfig
+    from fsmde_core.models.student import StudentConfig
+
+    student = {k: v for k, v in asdict(StudentConfig()).items() if k not in STUDENT_SIZE_FIELDS}
+    return _plain({
+        "seed": 0,
+        "data": {**asdict(DataConfig(**TRAIN_DATA_DEFAULTS)), **asdict(TrainDataConfig())},
+        "student": {**student, **asdict(PretrainedConfig())},
+        "teacher": asdict(TeacherConfig()),
+        "loss": asdict(DistillLossConfig()),
+        "optim": asdict(OptimConfig()),
+        "log": asdict(LogConfig()),
+        "eval": asdict(EvalConfig()),
+    })
+
+
+def unknown_key_error(where: str, dotted: str, valid: tuple[str, ...], what: str = "key") -> ConfigError:
+    """One line: where, the dotted key, and the valid keys with the nearest first."""
+    from fsmde_core.data.config import nearest_first
+
+    parts = dotted.split(".")
+    scope = f"{'.'.join(parts[:-1])} " if len(parts) > 1 else ""
+    return ConfigError(f"{where}: unknown {what} {dotted!r}; valid {scope}{what}s: "
+                       f"{', '.join(nearest_first(parts[-1], valid))}")
+
+
+def _check_section_name(section: str, where: str) -> None:
+    if section not in SECTIONS:
+        raise unknown_key_error(where, section, SECTIONS, "section")
+
+
+def check_keys(cfg: dict[str, Any], where: str) -> None:
+    """Refuse unknown sections and keys of a (partial) config; teacher options are the registry's job."""
+    for section, body in cfg.items():
+        _check_section_name(section, where)
+        if section == "seed" or body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: {section} must be a mapping of keys, got {body!r}")
+        valid = section_keys(section)
+        for key in body:
+            if key not in valid:
+                raise unknown_key_error(where, f"{section}.{key}", valid)
+
+
+# ----------------------------------------------------------------- layers
+def _teacher_layer(current: dict, layer: dict, where: str) -> dict:
+    """Lay one teacher layer (a file's section, or the command line's teacher.* keys) over ``current``.
+
+    A layer naming a different kind starts from that kind's defaults; its own
+    ``options`` are laid over them. Same kind: options merge.
     """
-    out = {k: copy.deepcopy(v) for k, v in current.items()}
     options = layer.get("options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"{where}: teacher.options must be a mapping, got {options!r}")
+    out = copy.deepcopy(current)
     kind = layer.get("kind", current.get("kind"))
     if kind != current.get("kind"):
         try:
@@ -87,86 +339,63 @@ def _teacher_layer(current: dict, layer: dict, where: str) -> dict:
     return out
 
 
-def _merge(base: dict, update: dict, where: str) -> dict:
-    out = copy.deepcopy(base)
-    for key, val in update.items():
-        if key == "teacher" and isinstance(val, dict) and isinstance(out.get(key), dict):
-            out[key] = _teacher_layer(out[key], val, where)
-            continue
-        if isinstance(val, dict) and isinstance(out.get(key), dict) and key not in ("options", "loss"):
-            out[key] = _merge(out[key], val, f"{where}.{key}")
-        elif isinstance(val, dict) and isinstance(out.get(key), dict):
-            merged = dict(out[key])
-            merged.update(val)
-            out[key] = merged
+def merge_layer(cfg: dict, layer: dict, where: str) -> dict:
+    """``cfg`` with one layer (a YAML file or the command line, as a partial config) laid over it."""
+    check_keys(layer, where)
+    out = copy.deepcopy(cfg)
+    for section, body in layer.items():
+        if body is None and section != "seed":
+            continue  # an empty section in a YAML file
+        if section == "teacher":
+            out["teacher"] = _teacher_layer(out["teacher"], body, where)
+        elif section == "seed":
+            out["seed"] = body
         else:
-            out[key] = copy.deepcopy(val)
+            out[section] = {**out[section], **copy.deepcopy(body)}
     return out
 
 
-def apply_override(cfg: dict, override: str) -> None:
-    """Apply one ``a.b.c=value`` override in place."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r} is not of the form key.path=value")
-    path, raw = override.split("=", 1)
-    keys = path.strip().split(".")
-    if keys[0] not in SECTIONS:
-        raise ConfigError(f"override {override!r}: unknown section {keys[0]!r} (known: {', '.join(SECTIONS)})")
+def _parse_value(override: str, raw: str) -> Any:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"{COMMAND_LINE}: {override!r}: value is not valid YAML ({exc})") from exc
     if isinstance(value, str):
         # YAML 1.1 reads "1e-3" (no dot) as a string; users mean a number.
         with contextlib.suppress(ValueError):
             value = float(value)
-    node = cfg
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
-            node[k] = {}
-        node = node[k]
-    node[keys[-1]] = value
+    return value
 
 
-def _is_teacher_options_override(override: str) -> bool:
-    return override.split("=", 1)[0].strip().startswith("teacher.options")
+def overrides_layer(overrides: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "teacher.options.quality=0.9"]`` as one partial config (later wins)."""
+    layer: dict[str, Any] = {}
+    for ov in overrides:
+        path, sep, raw = ov.partition("=")
+        keys = path.strip().split(".")
+        if not sep or not all(keys):
+            raise ConfigError(f"{COMMAND_LINE}: {ov!r} is not of the form key.path=value")
+        _check_section_name(keys[0], COMMAND_LINE)
+        deepest = 3 if keys[:2] == ["teacher", "options"] else 2
+        if len(keys) > deepest:
+            raise ConfigError(f"{COMMAND_LINE}: {ov!r}: {'.'.join(keys[:deepest])} takes a value, not sub-keys")
+        value = _parse_value(ov, raw)
+        node = layer
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if isinstance(value, dict) and isinstance(node.get(keys[-1]), dict):
+            node[keys[-1]].update(value)
+        else:
+            node[keys[-1]] = value
+    return layer
 
 
-def apply_overrides(cfg: dict, overrides: list[str]) -> None:
-    """Apply command-line overrides in place, teacher-kind aware.
+def read_config_file(path: str | Path, sections: tuple[str, ...] = SECTIONS) -> dict:
+    """A training YAML as a partial config: ``sections`` of it, keys checked, relative paths made absolute.
 
-    Everything except ``teacher.options*`` goes first, in order; a changed
-    ``teacher.kind`` then resets the options to the new kind's defaults; the
-    ``teacher.options*`` overrides of the same command line are applied last, so
-    they are kept whatever their position relative to ``teacher.kind=``.
+    ``fsmde eval``/``inspect`` ask for the data section only: checking the
+    student and loss keys would import torch for nothing.
     """
-    before = copy.deepcopy(cfg.get("teacher") or {})
-    for ov in overrides:
-        if not _is_teacher_options_override(ov):
-            apply_override(cfg, ov)
-    teacher = cfg.get("teacher")
-    if isinstance(teacher, dict) and teacher.get("kind") != before.get("kind"):
-        given = teacher.get("options") if teacher.get("options") != before.get("options") else None
-        try:
-            teacher["options"] = {**_teacher_registry().default_options(teacher.get("kind")), **(given or {})}
-        except ValueError as exc:
-            raise ConfigError(f"override teacher.kind: {exc}") from exc
-    for ov in overrides:
-        if _is_teacher_options_override(ov):
-            path, _, _ = ov.partition("=")
-            if path.strip() == "teacher.options":  # a whole mapping: lay it over the kind's defaults
-                scratch: dict = {"teacher": {}}
-                apply_override(scratch, ov)
-                value = scratch["teacher"]["options"]
-                if not isinstance(value, dict):
-                    raise ConfigError(f"override {ov!r}: teacher.options must be a mapping")
-                cfg["teacher"].setdefault("options", {}).update(value)
-            else:
-                apply_override(cfg, ov)
-
-
-def read_config_file(path: str | Path) -> dict:
-    """A training YAML as a mapping, sections checked and relative paths made absolute."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"training config not found: {p}")
@@ -176,33 +405,37 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{p}: unknown sections {unknown} (known: {', '.join(SECTIONS)})")
+    for name in data:
+        _check_section_name(name, str(p))
+    data = {k: v for k, v in data.items() if k in sections}
+    check_keys(data, str(p))
     # Relative bag / rig paths in a config file are relative to the file.
-    data_sec = data.get("data", {}) or {}
+    data_sec = data.get("data") or {}
     for key in ("rig_yaml", "cache_dir"):
         if data_sec.get(key) and not Path(data_sec[key]).is_absolute():
             data_sec[key] = str((p.parent / data_sec[key]).resolve())
-    if data_sec.get("bags"):
-        data_sec["bags"] = [b if Path(b).is_absolute() else str((p.parent / b).resolve())
-                            for b in data_sec["bags"]]
+    for key in ("bags", "val_bags"):
+        if data_sec.get(key):
+            data_sec[key] = [b if Path(b).is_absolute() else str((p.parent / b).resolve()) for b in data_sec[key]]
     return data
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:
-    """Defaults <- YAML file <- overrides; validated."""
-    cfg = copy.deepcopy(DEFAULTS)
-    source = "<defaults>"
+    """Defaults <- YAML file <- command-line overrides, as a plain dict checked by building TrainConfig."""
+    cfg = default_config()
+    sources = []
     if path is not None:
-        source = str(path)
-        cfg = _merge(cfg, read_config_file(path), source)
-    apply_overrides(cfg, list(overrides or []))
-    validate(cfg, source)
-    return cfg
+        sources.append(str(path))
+        cfg = merge_layer(cfg, read_config_file(path), str(path))
+    if overrides:
+        sources.append(COMMAND_LINE)
+        cfg = merge_layer(cfg, overrides_layer(list(overrides)), COMMAND_LINE)
+    TrainConfig.from_dict(cfg, " + ".join(sources) or "defaults")
+    return _plain(cfg)
 
 
-def data_config_from_section(data: dict, source: str = "<config>"):
+# ----------------------------------------------------------- data section
+def data_config_from_section(data: dict, source: str = "<config>") -> DataConfig:
     """The reader's :class:`~fsmde_core.data.config.DataConfig` from a config's ``data`` section.
 
     Training-only keys (bags, cache dir) are left out and so are unset (None)
@@ -210,14 +443,13 @@ def data_config_from_section(data: dict, source: str = "<config>"):
     is a ConfigError naming the key, so ``data.sync_tolerance=25`` cannot pass
     silently.
     """
-    from dataclasses import fields
-
     from fsmde_core.data.config import DataConfig
 
-    known = {f.name for f in fields(DataConfig)}
-    unknown = sorted(set(data) - known - set(TRAIN_ONLY_DATA_KEYS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown data keys {unknown} (known: {', '.join(sorted(known))})")
+    valid = _data_keys()
+    for key in data:
+        if key not in valid:
+            raise unknown_key_error(source, f"data.{key}", valid)
+    known = _field_names(DataConfig)
     keep = {k: v for k, v in data.items() if k in known and v is not None}
     try:
         return DataConfig.from_dict(keep)
@@ -226,7 +458,7 @@ def data_config_from_section(data: dict, source: str = "<config>"):
 
 
 def load_data_config(base: dict | None, config_path: str | Path | None, overrides: list[str],
-                     source: str = "<data>", explicit: dict | None = None):
+                     source: str = "<data>", explicit: dict | None = None) -> DataConfig:
     """DataConfig from ``base`` (a run's data section) <- a YAML's data section <- ``explicit``
     (command-line flags) <- ``data.*`` overrides.
 
@@ -236,41 +468,11 @@ def load_data_config(base: dict | None, config_path: str | Path | None, override
     """
     data = copy.deepcopy(base or {})
     if config_path is not None:
-        data.update(read_config_file(config_path).get("data") or {})
+        data.update(read_config_file(config_path, ("data",)).get("data") or {})
         source = str(config_path)
     data.update(explicit or {})
-    scratch: dict = {"data": data}
     for ov in overrides:
         if not ov.split("=", 1)[0].strip().startswith("data."):
             raise ConfigError(f"override {ov!r}: only data.* settings apply here (e.g. data.sync_tolerance_ms=25)")
-        apply_override(scratch, ov)
-    return data_config_from_section(scratch["data"], source)
-
-
-def validate(cfg: dict, source: str = "<config>") -> None:
-    o = cfg["optim"]
-    for key in ("epochs", "batch_size", "checkpoint_every"):
-        if not isinstance(o.get(key), int) or o[key] < 1:
-            raise ConfigError(f"{source}: optim.{key} must be a positive integer, got {o.get(key)!r}")
-    if not (isinstance(o.get("lr"), (int, float)) and o["lr"] > 0):
-        raise ConfigError(f"{source}: optim.lr must be > 0, got {o.get('lr')!r}")
-    d = cfg["data"]
-    for key in ("width", "height"):
-        if not isinstance(d.get(key), int) or d[key] <= 0 or d[key] % 32:
-            raise ConfigError(f"{source}: data.{key} must be a positive multiple of 32, got {d.get(key)!r}")
-    from dataclasses import fields
-
-    from fsmde_core.data.config import DataConfig
-
-    unknown = sorted(set(d) - {f.name for f in fields(DataConfig)} - set(TRAIN_ONLY_DATA_KEYS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown data keys {unknown} "
-                          f"(known: {', '.join(sorted({f.name for f in fields(DataConfig)}))})")
-    t = cfg["teacher"]
-    options = t.get("options") or {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"{source}: teacher.options must be a mapping, got {options!r}")
-    try:
-        _teacher_registry().check_teacher_options(t.get("kind"), options)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+    data.update(overrides_layer(list(overrides)).get("data", {}))
+    return data_config_from_section(data, source)

@@ -22,12 +22,15 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from fsmde_core.camera import CameraModel
@@ -38,15 +41,15 @@ from fsmde_core.checkpoint import (
     save_student,
     save_training_state,
 )
-from fsmde_core.config import ConfigError, load_config
+from fsmde_core.config import ConfigError, TrainConfig, load_config
 from fsmde_core.distill.objective import DistillLossConfig, compute_losses
-from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
+from fsmde_core.models.student import SurroundDepthStudent
 from fsmde_core.models.teachers.base import TeacherOutput
 from fsmde_core.rig import Rig, RigCamera
 
 # Config keys that may change between a run and its resumption without
 # changing what is being trained.
-_RESUME_FREE_KEYS = {("log",), ("data", "cache_dir")}
+_RESUME_FREE_KEYS = {("log",), ("data", "cache_dir"), ("data", "val_bags"), ("eval",)}
 
 
 # ------------------------------------------------------------------ helpers
@@ -180,15 +183,24 @@ def data_config_from(cfg: dict):
     return data_config_from_section(cfg["data"], "data")
 
 
-def default_cache_root(cfg: dict, out_dir: Path) -> Path:
+def default_cache_root(cache_dir: str | None, out_dir: Path) -> Path:
     """Shared across runs beside the run dir, so ablations reuse decoded data and teacher outputs."""
-    if cfg["data"].get("cache_dir"):
-        return Path(cfg["data"]["cache_dir"])
+    if cache_dir:
+        return Path(cache_dir)
     return Path(os.environ.get("FSMDE_CACHE", out_dir.resolve().parent / ".fsmde_cache"))
 
 
+def check_bags_exist(bags: list[Path], key: str) -> None:
+    """Refuse a missing bag before anything is written, naming the config key that listed it."""
+    if not bags:
+        raise ConfigError(f"no bags given: pass --bag BAG or set {key} in the config")
+    for bag in bags:
+        if not bag.exists():
+            raise ConfigError(f"{key}: bag not found: {bag}")
+
+
 # ---------------------------------------------------------- teacher cache
-def teacher_cache(cfg: dict, dataset, cache_key: str, cache_root: Path, info: DistInfo, progress: bool):
+def teacher_cache(cfg: TrainConfig, dataset, cache_key: str, cache_root: Path, info: DistInfo, progress: bool):
     """Run the teacher once per sample and keep fp16 outputs on disk.
 
     Keyed by the teacher's identity (weights + settings), the data cache key
@@ -198,21 +210,20 @@ def teacher_cache(cfg: dict, dataset, cache_key: str, cache_root: Path, info: Di
     from fsmde_core.data.cache import TensorStore
     from fsmde_core.models.teachers import build_teacher
 
-    tcfg = cfg["teacher"]
-    loss_cfg = DistillLossConfig.from_mapping(cfg["loss"])
-    if not loss_cfg.needs_teacher or tcfg.get("kind") in (None, "none"):
-        if loss_cfg.needs_teacher:
-            raise ConfigError("loss.use_ckd/use_vrkd need a teacher but teacher.kind is none")
+    tcfg = cfg.teacher
+    if not cfg.loss.needs_teacher:
         return None
-    teacher = build_teacher(tcfg["kind"], **(tcfg.get("options") or {}))
-    h = tcfg.get("cache_height") or cfg["data"]["height"] // 2
-    w = tcfg.get("cache_width") or cfg["data"]["width"] // 2
+    if not tcfg.enabled:
+        raise ConfigError("loss.use_ckd/use_vrkd need a teacher but teacher.kind is none")
+    teacher = build_teacher(tcfg.kind, **tcfg.options)
+    h = tcfg.cache_height or cfg.student.input_height // 2
+    w = tcfg.cache_width or cfg.student.input_width // 2
     key = {"teacher": teacher.identity, "data": cache_key, "size": [h, w], "format": 1}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     store = TensorStore(cache_root / "teacher" / digest, key)
     todo = [i for i in range(len(dataset)) if not store.has(i)]
     if todo and info.is_main:
-        bar = tqdm(todo, desc=f"teacher {tcfg['kind']}", unit="sample", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(todo, desc=f"teacher {tcfg.kind}", unit="sample", disable=not progress, dynamic_ncols=True)
         for i in bar:
             item = dataset[i]
             extras = {"seed": torch.full((item["images"].shape[0],), i, dtype=torch.long)}
@@ -242,8 +253,10 @@ def check_replicas_in_sync(model: torch.nn.Module, info: DistInfo) -> None:
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    keys = ("images", "sparse_depth", "masks")
-    return {k: torch.cat([it[k] for it in items]) for k in keys}
+    """Surround samples -> one camera batch (B = samples x cameras) + the sample indices (teacher cache)."""
+    out = {k: torch.cat([it[k] for it in items]) for k in ("images", "sparse_depth", "masks")}
+    out["index"] = torch.tensor([int(it["index"]) for it in items], dtype=torch.long)
+    return out
 
 
 def depth_grid_image(depth: torch.Tensor, max_depth: float) -> np.ndarray:
@@ -255,192 +268,303 @@ def depth_grid_image(depth: torch.Tensor, max_depth: float) -> np.ndarray:
     return colour_inverse_depth(row, near=1.0, far=max_depth).transpose(2, 0, 1)
 
 
+class SkipFirstBatches(Sampler[list[int]]):
+    """An epoch's batches minus the first ``skip`` (those a resumed run already trained on).
+
+    Skipping at the sampler level, not the loader's, means the skipped samples
+    are never read from the cache.
+    """
+
+    def __init__(self, batches: BatchSampler, skip: int) -> None:
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i, batch in enumerate(self.batches):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.skip)
+
+
+@dataclass
+class Position:
+    """Where training stands: resumable from exactly these three numbers."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+class Trainer:
+    """One training run: set up once, then epochs of steps, logging and checkpoints.
+
+    ``setup`` does everything that can fail on bad input (bags, data, teacher,
+    pretrained weights, resume state) before the run directory's config.json
+    is written, so fixing the input and re-running the same command is never
+    refused as "a different run".
+    """
+
+    def __init__(self, cfg: dict, out_dir: Path, progress: bool = True, device_name: str | None = None) -> None:
+        self.raw_cfg = cfg
+        self.cfg = TrainConfig.from_dict(cfg, "config")
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.info = DistInfo()
+        self.pos = Position()
+        self.collapsed_checks = 0
+        self.writer: Any = None
+        self.validator: Any = None
+
+    # ------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Data, teacher cache, model, optimiser, resume state, loader, loggers (in that order)."""
+        self.info = setup_distributed(self.device)
+        if self.device.type == "cuda" and self.info.world > 1:
+            self.device = torch.device("cuda", self.info.local_rank)
+            torch.cuda.set_device(self.device)
+        self._refuse_a_different_run()
+        seed_everything(self.cfg.seed)
+        self._setup_data()
+        self._setup_model()
+        self._resume()
+        self._setup_loader()
+        self._setup_logging()
+        if self.info.is_main:
+            atomic_write_json(self.out_dir / "config.json", self.raw_cfg)
+
+    def _refuse_a_different_run(self) -> None:
+        cfg_path = self.out_dir / "config.json"
+        if cfg_path.is_file():
+            diffs = config_differences(read_json(cfg_path, "run config"), self.raw_cfg)
+            if diffs:
+                raise ConfigError(f"{self.out_dir} holds a run with a different config; use a new --out or the "
+                                  f"same settings. Differences: {'; '.join(diffs)}")
+
+    def _setup_data(self) -> None:
+        from fsmde_core.data.cache import SurroundDataset, build_cache
+
+        bags = [Path(b) for b in self.cfg.train_data.bags]
+        check_bags_exist(bags, "data.bags")
+        self.cache_root = default_cache_root(self.cfg.train_data.cache_dir, self.out_dir)
+        if self.info.is_main:  # rank 0 decodes, the others wait and read the cache
+            index = build_cache(bags, self.cfg.data, self.cache_root / "samples", progress=self.progress)
+        barrier(self.info)
+        if not self.info.is_main:
+            index = build_cache(bags, self.cfg.data, self.cache_root / "samples", progress=False)
+        self.dataset = SurroundDataset(index)
+        if len(self.dataset) == 0:
+            raise ConfigError(f"no complete surround samples in {', '.join(map(str, bags))}: run 'fsmde inspect'")
+        self.names = list(index.camera_names)
+        first = self.dataset[0]
+        self.num_cams = first["images"].shape[0]
+        self.data_rig = rig_from_item(first, self.names)
+        self.base_pairs = self.data_rig.adjacent_pairs()
+        self.base_bands = overlap_bands_for(self.data_rig, self.base_pairs)
+        self.store = teacher_cache(self.cfg, self.dataset, index.key_digest, self.cache_root, self.info,
+                                   self.progress)
+
+    def _setup_model(self) -> None:
+        self.model = SurroundDepthStudent(self.cfg.student)
+        pre = self.cfg.pretrained
+        if pre.pretrained:
+            from fsmde_core.models.resnet import load_pretrained_encoder
+
+            report = load_pretrained_encoder(self.model.encoder, pre.pretrained,
+                                             min_match=0.0 if pre.pretrained_force else pre.pretrained_min_match)
+            if self.info.is_main:
+                print(f"pretrained encoder: {report}", file=sys.stderr)
+        self.model.to(self.device)
+        o = self.cfg.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(o.lr), weight_decay=float(o.weight_decay))
+        self.use_amp = bool(o.amp) and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.ddp_model: torch.nn.Module = self.model
+        if self.info.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _resume(self) -> None:
+        meta = load_training_state(self.out_dir, self.model, self.optimizer, self.scaler)
+        if meta is not None:
+            self.pos = Position(int(meta["step"]), int(meta["epoch"]), int(meta["batch_in_epoch"]))
+            if self.info.is_main:
+                print(f"resuming {self.out_dir} from step {self.pos.step} (epoch {self.pos.epoch}, "
+                      f"batch {self.pos.batch_in_epoch})", file=sys.stderr)
+
+    def _setup_loader(self) -> None:
+        """Shuffled per epoch (seeded by seed x 1000 + epoch), padded and sharded across ranks."""
+        self.sampler = DistributedSampler(self.dataset, num_replicas=self.info.world, rank=self.info.rank,
+                                          shuffle=True, seed=self.cfg.seed * 1000, drop_last=False)
+        self.batches_per_epoch = len(BatchSampler(self.sampler, self.cfg.optim.batch_size, drop_last=False))
+        self.total_steps = self.batches_per_epoch * self.cfg.optim.epochs
+        if self.cfg.optim.max_steps:
+            self.total_steps = min(self.total_steps, self.cfg.optim.max_steps)
+
+    def _loader(self, epoch: int, skip: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        batches = BatchSampler(self.sampler, self.cfg.optim.batch_size, drop_last=False)
+        # its own generator: creating an iterator must not draw from the global RNG (resume equivalence)
+        return DataLoader(self.dataset, batch_sampler=SkipFirstBatches(batches, skip), collate_fn=collate,
+                          generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def _setup_logging(self) -> None:
+        if not self.info.is_main:
+            return
+        if self.cfg.log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.pos.step or None)
+        if self.cfg.train_data.val_bags:
+            from fsmde_core.validation import HeldOutValidator
+
+            self.validator = HeldOutValidator(
+                [Path(b) for b in self.cfg.train_data.val_bags], self.cfg.data, self.cfg.eval,
+                self.cache_root / "val_samples", self.names, self.cfg.student.max_depth, self.out_dir,
+                progress=self.progress)
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> Path:
+        """Set up, train to ``total_steps`` (resuming where a killed run stopped), save the student."""
+        self.setup()
+        self.bar = tqdm(total=self.total_steps, initial=self.pos.step, desc="train", unit="step",
+                        disable=not (self.progress and self.info.is_main), dynamic_ncols=True)
+        self.model.train()
+        self.t_start = time.perf_counter()
+        while self.pos.step < self.total_steps:
+            self.run_epoch()
+        self.bar.close()
+        return self.finish()
+
+    def run_epoch(self) -> None:
+        """The rest of the current epoch (all of it unless resuming mid-epoch), then the next epoch."""
+        for batch in self._loader(self.pos.epoch, self.pos.batch_in_epoch):
+            self.pos.batch_in_epoch += 1
+            out, losses = self.step(batch)
+            self.log(out, losses)
+            self.maybe_validate()
+            self.maybe_checkpoint()
+            if self.pos.step >= self.total_steps:
+                return
+        self.pos = Position(self.pos.step, self.pos.epoch + 1, 0)
+
+    def _teacher_outputs(self, indices: torch.Tensor) -> TeacherOutput | None:
+        if self.store is None:
+            return None
+        t = [self.store.get(int(i)) for i in indices]
+        return TeacherOutput(inv_depth=torch.cat([x["inv_depth"] for x in t]).float().to(self.device),
+                             features=torch.cat([x["features"] for x in t]).float().to(self.device))
+
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, torch.Tensor]]:
+        """One optimiser step on one batch; returns the student output and the loss terms."""
+        o = self.cfg.optim
+        samples = len(batch["index"])
+        teacher_out = self._teacher_outputs(batch["index"])
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "index"}
+        pairs = pairs_for_batch(self.base_pairs, samples, self.num_cams).to(self.device)
+        bands = self.base_bands.repeat(samples, 1, 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.pos.step, self.total_steps, float(o.lr), o.warmup_steps)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            out = self.ddp_model(batch["images"])
+        out = type(out)(*(x.float() for x in out))
+        step_cfg = kd_ramped(self.cfg.loss, self.pos.step, o.kd_warmup_steps)
+        losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands,
+                                readout=self.cfg.student.readout)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["total"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(o.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.pos.step += 1
+        if not torch.isfinite(losses["total"]):
+            raise FloatingPointError(f"loss became {losses['total'].item()} at step {self.pos.step}: "
+                                     f"terms {({k: float(v) for k, v in losses.items()})}")
+        return out, losses
+
+    def log(self, out: Any, losses: dict[str, torch.Tensor]) -> None:
+        """Progress bar; every ``log.scalar_every`` steps the collapse guard and scalars; images."""
+        step = self.pos.step
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()}, refresh=False)
+        if step % self.cfg.log.scalar_every == 0:
+            max_prob, spread = self._check_collapse(out)
+            if self.writer is not None:
+                for k, v in losses.items():
+                    self.writer.add_scalar(f"loss/{k}", float(v.detach()), step)
+                self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], step)
+                self.writer.add_scalar("student/max_bin_prob", max_prob, step)
+                self.writer.add_scalar("student/depth_spread", spread, step)
+        if self.writer is not None and step % self.cfg.log.image_every == 0:
+            self.writer.add_image("depth/pred", depth_grid_image(out.depth[: self.num_cams],
+                                                                 self.cfg.student.max_depth), step)
+
+    def _check_collapse(self, out: Any) -> tuple[float, float]:
+        max_prob, spread = collapse_stats(out.logits, out.depth)
+        if self.info.world > 1:  # every rank must take the same decision, or the others hang in all-reduce
+            stats = torch.tensor([max_prob, spread], device=self.device)
+            dist.all_reduce(stats)
+            max_prob, spread = (stats / self.info.world).tolist()
+        collapsed = max_prob > COLLAPSE_MAX_PROB and spread < COLLAPSE_DEPTH_SPREAD
+        self.collapsed_checks = self.collapsed_checks + 1 if collapsed else 0
+        if self.collapsed_checks >= COLLAPSE_PATIENCE:
+            raise StudentCollapsedError(
+                f"{self.out_dir}: the student collapsed by step {self.pos.step}: largest bin probability "
+                f"{max_prob:.3f} on average and depth spread {100 * spread:.1f} % within an image, so "
+                "the softmax is saturated and training cannot recover. Start a new --out with another "
+                "seed or a lower optim.lr (the checkpoints written so far are collapsed too).")
+        return max_prob, spread
+
+    def maybe_validate(self) -> None:
+        """Held-out metrics every ``log.val_every`` steps and after the last one (rank 0 only)."""
+        step = self.pos.step
+        if self.validator is not None and (step % self.cfg.log.val_every == 0 or step == self.total_steps):
+            result = self.validator(self.model, self.device, step, self.writer)
+            mean = result["mean"]
+            print(f"validation at step {step}: abs_rel {mean['abs_rel']}, rmse {mean['rmse']}, a1 {mean['a1']} "
+                  f"({result['frames']} frames)", file=sys.stderr)
+
+    def maybe_checkpoint(self) -> None:
+        step = self.pos.step
+        if self.info.is_main and (step % self.cfg.optim.checkpoint_every == 0 or step == self.total_steps):
+            save_training_state(self.out_dir, step, self.pos.epoch, self.pos.batch_in_epoch, self.model,
+                                self.optimizer, self.scaler, extra={"elapsed_s": time.perf_counter() - self.t_start})
+
+    def finish(self) -> Path:
+        """Check DDP replicas agree, write the deliverable student (rank 0)."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.info.world > 1:
+            check_replicas_in_sync(self.model, self.info)
+        weights = self.out_dir / "student.safetensors"
+        if self.info.is_main:
+            weights = save_student(self.out_dir, self.model, self.student_meta())
+            print(f"student saved to {weights} after {self.pos.step} steps", file=sys.stderr)
+        barrier(self.info)
+        return weights
+
+    def student_meta(self) -> dict[str, Any]:
+        """student.json: the architecture plus what inference needs (camera order, ring, rig, size)."""
+        scfg = self.cfg.student
+        return {
+            "student": scfg.to_dict(),
+            "camera_names": self.names,
+            "pairs": [list(p) for p in self.base_pairs],
+            "input_size": [scfg.input_height, scfg.input_width],
+            "steps": self.pos.step,
+            "teacher": self.cfg.teacher.kind,
+            "loss": dict(self.raw_cfg["loss"]),
+            "rig": self.data_rig.to_dict(),
+        }
+
+
 def train(cfg: dict, out_dir: Path, progress: bool = True, device_name: str | None = None) -> Path:
     """Train (or resume) a student into ``out_dir``; returns the student weights path."""
-    from fsmde_core.data.cache import SurroundDataset, build_cache
-
-    out_dir = Path(out_dir)
-    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    info = setup_distributed(device)
-    if device.type == "cuda" and info.world > 1:
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    bags = [Path(b) for b in cfg["data"]["bags"]]
-    if not bags:
-        raise ConfigError("no bags given: pass --bag BAG or set data.bags in the config")
-
-    # --- run directory and resume policy
-    cfg_path = out_dir / "config.json"
-    if cfg_path.is_file():
-        saved = read_json(cfg_path, "run config")
-        diffs = config_differences(saved, cfg)
-        if diffs:
-            raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or the same "
-                              f"settings. Differences: {'; '.join(diffs)}")
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg_path, cfg)
-    seed_everything(int(cfg["seed"]))
-
-    # --- data (rank 0 decodes, the others wait and read the cache)
-    cache_root = default_cache_root(cfg, out_dir)
-    data_cfg = data_config_from(cfg)
-    if info.is_main:
-        index = build_cache(bags, data_cfg, cache_root / "samples", progress=progress)
-    barrier(info)
-    if not info.is_main:
-        index = build_cache(bags, data_cfg, cache_root / "samples", progress=False)
-    dataset = SurroundDataset(index)
-    if len(dataset) == 0:
-        raise ConfigError(f"no complete surround samples in {', '.join(map(str, bags))}: run 'fsmde inspect'")
-    names = list(index.camera_names)
-    first = dataset[0]
-    num_cams = first["images"].shape[0]
-    data_rig = rig_from_item(first, names)
-    base_pairs = data_rig.adjacent_pairs()
-    base_bands = overlap_bands_for(data_rig, base_pairs)
-    store = teacher_cache(cfg, dataset, index.key_digest, cache_root, info, progress)
-
-    # --- model and optimiser
-    scfg = StudentConfig(
-        encoder=cfg["student"]["encoder"], num_bins=int(cfg["student"]["num_bins"]),
-        min_depth=float(cfg["student"]["min_depth"]), max_depth=float(cfg["student"]["max_depth"]),
-        input_height=int(cfg["data"]["height"]), input_width=int(cfg["data"]["width"]),
-        readout=str(cfg["student"].get("readout", "log")),
-    )
-    model = SurroundDepthStudent(scfg)
-    if cfg["student"].get("pretrained"):
-        from fsmde_core.models.resnet import load_pretrained_encoder
-
-        report = load_pretrained_encoder(model.encoder, cfg["student"]["pretrained"])
-        if info.is_main:
-            print(f"pretrained encoder: {report}", file=sys.stderr)
-    model.to(device)
-    o = cfg["optim"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(o["lr"]), weight_decay=float(o["weight_decay"]))
-    use_amp = bool(o.get("amp")) and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    loss_cfg = DistillLossConfig.from_mapping(cfg["loss"])
-
-    meta = load_training_state(out_dir, model, optimizer, scaler)
-    step, start_epoch, skip = 0, 0, 0
-    if meta is not None:
-        step, start_epoch, skip = int(meta["step"]), int(meta["epoch"]), int(meta["batch_in_epoch"])
-        if info.is_main:
-            print(f"resuming {out_dir} from step {step} (epoch {start_epoch}, batch {skip})", file=sys.stderr)
-    ddp_model = model
-    if info.world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    per_rank = math.ceil(len(dataset) / info.world)
-    batches_per_epoch = math.ceil(per_rank / int(o["batch_size"]))
-    total_steps = batches_per_epoch * int(o["epochs"])
-    if o.get("max_steps"):
-        total_steps = min(total_steps, int(o["max_steps"]))
-    writer = None
-    if info.is_main and cfg["log"].get("tensorboard"):
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step if step else None)
-
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not (progress and info.is_main),
-               dynamic_ncols=True)
-    model.train()
-    t_start = time.perf_counter()
-    epoch = start_epoch
-    collapsed_checks = 0
-    while step < total_steps:
-        gen = torch.Generator().manual_seed(int(cfg["seed"]) * 1000 + epoch)
-        perm = torch.randperm(len(dataset), generator=gen).tolist()
-        perm = (perm * info.world)[: per_rank * info.world][info.rank::info.world]  # pad, then shard
-        batches = [perm[i:i + int(o["batch_size"])] for i in range(0, len(perm), int(o["batch_size"]))]
-        for b_idx in range(skip, len(batches)):
-            if step >= total_steps:
-                break
-            items = [dataset[i] for i in batches[b_idx]]
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate(items).items()}
-            teacher_out = None
-            if store is not None:
-                t = [store.get(i) for i in batches[b_idx]]
-                teacher_out = TeacherOutput(
-                    inv_depth=torch.cat([x["inv_depth"] for x in t]).float().to(device),
-                    features=torch.cat([x["features"] for x in t]).float().to(device),
-                )
-            pairs = pairs_for_batch(base_pairs, len(items), num_cams).to(device)
-            bands = base_bands.repeat(len(items), 1, 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, float(o["lr"]), int(o["warmup_steps"]))
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                out = ddp_model(batch["images"])
-            out = type(out)(*(x.float() for x in out))
-            step_cfg = kd_ramped(loss_cfg, step, int(o.get("kd_warmup_steps") or 0))
-            losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands,
-                                    readout=scfg.readout)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.unscale_(optimizer)
-            if o.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(o["grad_clip"]))
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            if not torch.isfinite(losses["total"]):
-                raise FloatingPointError(f"loss became {losses['total'].item()} at step {step}: "
-                                         f"terms {({k: float(v) for k, v in losses.items()})}")
-            bar.update(1)
-            bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()}, refresh=False)
-            if step % int(cfg["log"]["scalar_every"]) == 0:
-                max_prob, spread = collapse_stats(out.logits, out.depth)
-                if info.world > 1:  # every rank must take the same decision, or the others hang in all-reduce
-                    stats = torch.tensor([max_prob, spread], device=device)
-                    dist.all_reduce(stats)
-                    max_prob, spread = (stats / info.world).tolist()
-                collapsed_checks = collapsed_checks + 1 if (
-                    max_prob > COLLAPSE_MAX_PROB and spread < COLLAPSE_DEPTH_SPREAD) else 0
-                if collapsed_checks >= COLLAPSE_PATIENCE:
-                    raise StudentCollapsedError(
-                        f"{out_dir}: the student collapsed by step {step}: largest bin probability "
-                        f"{max_prob:.3f} on average and depth spread {100 * spread:.1f} % within an image, so "
-                        "the softmax is saturated and training cannot recover. Start a new --out with another "
-                        "seed or a lower optim.lr (the checkpoints written so far are collapsed too).")
-                if writer is not None:
-                    for k, v in losses.items():
-                        writer.add_scalar(f"loss/{k}", float(v.detach()), step)
-                    writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
-                    writer.add_scalar("student/max_bin_prob", max_prob, step)
-                    writer.add_scalar("student/depth_spread", spread, step)
-            if writer is not None and step % int(cfg["log"]["image_every"]) == 0:
-                writer.add_image("depth/pred", depth_grid_image(out.depth[:num_cams], scfg.max_depth), step)
-            if info.is_main and (step % int(o["checkpoint_every"]) == 0 or step == total_steps):
-                save_training_state(out_dir, step, epoch, b_idx + 1, model, optimizer, scaler,
-                                    extra={"elapsed_s": time.perf_counter() - t_start})
-        else:
-            epoch += 1
-            skip = 0
-            continue
-        break
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if info.world > 1:
-        check_replicas_in_sync(model, info)
-    weights = out_dir / "student.safetensors"
-    if info.is_main:
-        weights = save_student(out_dir, model, {
-            "student": scfg.to_dict(),
-            "camera_names": names,
-            "pairs": [list(p) for p in base_pairs],
-            "input_size": [scfg.input_height, scfg.input_width],
-            "steps": step,
-            "teacher": cfg["teacher"].get("kind"),
-            "loss": {k: v for k, v in cfg["loss"].items()},
-            "rig": data_rig.to_dict(),
-        })
-        print(f"student saved to {weights} after {step} steps", file=sys.stderr)
-    barrier(info)
-    return weights
+    return Trainer(cfg, out_dir, progress, device_name).run()
 
 
 # -------------------------------------------------------------------- CLI
@@ -448,6 +572,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="training YAML (config/train_*.yaml)")
     parser.add_argument("--bag", type=Path, action="append", default=[],
                         help="rosbag2 directory to train on (repeatable; overrides data.bags)")
+    parser.add_argument("--val-bag", type=Path, action="append", default=[],
+                        help="held-out rosbag2 directory scored every log.val_every steps and at the end "
+                             "(repeatable; overrides data.val_bags)")
     parser.add_argument("--out", type=Path, required=True, help="run directory (resumed if it exists)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -456,10 +583,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``fsmde train``: every expected failure is one line and exit status 2, never a traceback."""
     try:
         cfg = load_config(args.config, args.overrides)
         if args.bag:
             cfg["data"]["bags"] = [str(b.resolve()) for b in args.bag]
+        if args.val_bag:
+            cfg["data"]["val_bags"] = [str(b.resolve()) for b in args.val_bag]
         train(cfg, args.out, progress=not args.no_progress, device_name=args.device)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"fsmde train: error: {exc}", file=sys.stderr)

@@ -366,7 +366,7 @@ def test_cloud_without_float_xyz_is_unsupported() -> None:
 
 
 def test_data_config_validation() -> None:
-    with pytest.raises(ValueError, match="unknown data config keys"):
+    with pytest.raises(ValueError, match=r"^unknown data key .widht.; valid data keys: width, height, "):
         DataConfig.from_dict({"widht": 3})
     with pytest.raises(ValueError, match="both"):
         DataConfig(width=32)

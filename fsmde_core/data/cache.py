@@ -187,7 +187,7 @@ class _Builder:
         elif (names, width, height) != (self.index.camera_names, self.index.width, self.index.height):
             first = f"{self.index.camera_names} at {self.index.width}x{self.index.height}"
             raise BagError(where.source.bag, None, f"cameras {names} at {width}x{height} differ from the "
-                           f"earlier bags' {first}; set DataConfig.cameras and width/height so all bags "
+                           f"earlier bags' {first}; set data.cameras and data.width/height so all bags "
                            "give the same layout")
 
     def resumed(self, ordinal: int, m: Moment) -> bool:

@@ -9,6 +9,7 @@ dataset cache key, so every field must be JSON-serialisable via
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ from typing import Any
 from fsmde_core.messages.images import DEFAULT_MAX_IMAGE_PIXELS
 
 EXTRINSICS_SOURCES = ("auto", "tf", "yaml")
+
+
+def nearest_first(key: str, valid: list[str] | tuple[str, ...]) -> list[str]:
+    """``valid`` with the closest matches of a misspelt ``key`` first (difflib), then the rest sorted."""
+    near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    return near + sorted(k for k in valid if k not in near)
 MOTION_COMPENSATION = ("auto", "stamp", "off")
 
 
@@ -162,10 +169,10 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DataConfig:
-        """Build from a YAML mapping; unknown keys are refused so typos do not pass silently."""
+        """Build from a YAML mapping; unknown keys are refused (nearest valid key first) so typos do not pass."""
         data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown data config keys {unknown} (known: {sorted(known)})")
+        known = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in known:
+                raise ValueError(f"unknown data key {key!r}; valid data keys: {', '.join(nearest_first(key, known))}")
         return cls(**data)

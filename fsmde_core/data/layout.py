@@ -234,7 +234,7 @@ def _select_lidar(layout: BagLayout, rig_yaml: Rig | None) -> None:
     elif rig_yaml is not None and rig_yaml.lidar_topic in clouds:
         topic = rig_yaml.lidar_topic
     else:
-        layout.problem(None, f"several PointCloud2 topics {clouds}: set DataConfig.lidar_topic")
+        layout.problem(None, f"several PointCloud2 topics {clouds}: set data.lidar_topic")
         return
     if topics[topic].count == 0:
         layout.problem(topic, "LiDAR topic has no messages")
@@ -416,7 +416,7 @@ def _choose_extrinsics(layout: BagLayout, rig_yaml: Rig | None) -> str | None:
     if layout.tf is None:
         why = "not in the bag" if tf_topic not in layout.topics else "empty or not tf2_msgs/msg/TFMessage"
         layout.problem(tf_topic, f"no {tf_topic} ({why}) and no rig calibration YAML: "
-                       "camera extrinsics are unknown (set DataConfig.rig_yaml)")
+                       "camera extrinsics are unknown (set data.rig_yaml)")
         return None
     return "tf"
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fsmde_core.config import PretrainedConfig
+
 log = logging.getLogger(__name__)
 
 #: Blocks per stage for the supported depths (torchvision's BasicBlock variants).
@@ -162,6 +164,18 @@ class LoadReport:
         """True when every encoder tensor came from the file with the right shape."""
         return not (self.missing or self.unexpected or self.shape_mismatch)
 
+    def matched_fraction(self, encoder_tensors: int) -> float:
+        """Share of the encoder's tensors that the file provided."""
+        return len(self.loaded) / max(1, encoder_tensors)
+
+    def too_few_matched(self, encoder_tensors: int, min_match: float) -> str:
+        """One line: the file, how much matched, and a few names on each side that did not."""
+        file_side = self.unexpected[:3] + [k for k, *_ in self.shape_mismatch[:3]]
+        return (f"pretrained encoder {self.path}: matches only {len(self.loaded)} of the encoder's "
+                f"{encoder_tensors} tensors ({100 * self.matched_fraction(encoder_tensors):.0f} % < "
+                f"{100 * min_match:.0f} %); unmatched, e.g. encoder {self.missing[:3]}, file {file_side[:3]}; "
+                "set student.pretrained_force=true (or student.pretrained_min_match=0) to load it anyway")
+
     def summary(self) -> str:
         """Multi-line human-readable account, listing every problem key."""
         lines = [
@@ -226,7 +240,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _unwrap_checkpoint(obj, path)
 
 
-def load_pretrained_encoder(encoder: nn.Module, path: str | Path, strict: bool = False) -> LoadReport:
+def load_pretrained_encoder(encoder: nn.Module, path: str | Path, strict: bool = False,
+                            min_match: float = PretrainedConfig.pretrained_min_match) -> LoadReport:
     """Copy matching tensors from a torchvision-style checkpoint into ``encoder``.
 
     Keys are matched by name; ``fc.*`` is ignored; tensors whose shape differs are
@@ -238,6 +253,10 @@ def load_pretrained_encoder(encoder: nn.Module, path: str | Path, strict: bool =
         encoder: a :class:`ResNetEncoder` (or any module with torchvision names).
         path: ``.safetensors``, ``.pth`` or ``.pt`` file.
         strict: raise ``PretrainedLoadError`` unless ``report.ok``.
+        min_match: raise ``PretrainedLoadError`` (loading nothing) when fewer than
+            this fraction of the encoder's tensors come from the file: a file of
+            another architecture or naming scheme matches almost nothing, and
+            training on from random weights would look like a working run.
     """
     path = Path(path)
     source = read_state_dict(path)
@@ -257,6 +276,8 @@ def load_pretrained_encoder(encoder: nn.Module, path: str | Path, strict: bool =
     report.loaded = sorted(to_load)
     if strict and not report.ok:
         raise PretrainedLoadError(report.summary())
+    if report.matched_fraction(len(target)) < min_match:
+        raise PretrainedLoadError(report.too_few_matched(len(target), min_match))
     encoder.load_state_dict(to_load, strict=False)
     log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
     return report
