@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from fsmde_core.atomic import atomic_output
 
 STUDENT_WEIGHTS = "student.safetensors"
 STUDENT_META = "student.json"
@@ -48,33 +50,23 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or does not match the model."""
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + f".tmp{os.getpid()}")
-
-
-def _replace_atomically(path: Path, write) -> None:
-    """``write(tmp)`` then rename over ``path``; on failure (disk full) remove tmp and name ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename over ``path`` (:func:`fsmde_core.atomic.atomic_output`); a failure
+    (disk full) is a CheckpointError naming ``path``, and the previous file stays as it was."""
     try:
-        write(tmp)
-        tmp.replace(path)
-    except (OSError, SafetensorError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {exc} (the previous files are intact)") from exc
-
-
-def _write_bytes_synced(tmp: Path, data: bytes) -> None:
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        with atomic_output(path) as tmp:
+            try:
+                write(tmp)
+            except SafetensorError as exc:  # safetensors reports a failed write as its own type
+                raise OSError(str(exc)) from exc
+    except OSError as exc:  # an AtomicWriteError: names ``path`` and says the old file is unchanged
+        raise CheckpointError(str(exc)) from exc
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON written whole or not at all."""
     data = json.dumps(obj, indent=2, sort_keys=True).encode()
-    _replace_atomically(Path(path), lambda tmp: _write_bytes_synced(tmp, data))
+    _replace_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:

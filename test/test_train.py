@@ -395,8 +395,8 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
     assert main(["train", "--config", str(TINY), "--bag", str(bag), "--out", str(run), "--no-progress", *FAST,
                  "optim.max_steps=4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"fsmde train: error: cannot write {run}/checkpoints/step_00000004.safetensors: [Errno 28] "
-                       "No space left on device (the previous files are intact)")
+    assert err[-1] == (f"fsmde train: error: cannot write {run}/checkpoints/step_00000004.safetensors: "
+                       "No space left on device; the previous file (if any) is unchanged")
     assert "Traceback" not in "\n".join(err)
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["latest.json", "step_00000002.json", "step_00000002.safetensors"]  # no temporary left
