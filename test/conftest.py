@@ -85,7 +85,7 @@ def saved_student(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pat
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def surround_rig() -> Callable[..., Rig]:
     """Factory ``surround_rig(name="ddad", width=160, height=96)``: a freshly built preset rig per call.
 
