@@ -32,18 +32,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))  # the tests' sweep phases
+from bagfactory import SWEEP_OFFSETS_MS
 from bench_synth import machine
 
 from fsmde_core.geometry import CameraRays
 from fsmde_core.motion import compensate_points
+from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.rig import Rig, make_transform, matrix_to_quaternion, preset, quaternion_to_matrix
 from fsmde_core.synthetic.raycast import RayGrid, cast
 from fsmde_core.synthetic.world import make_world
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cloud_motion.md"
 # Sweep trigger phases [ms] (the LiDAR passes the cameras in this order, 50 ms per turn)
-PHASES_MS = {"front": 0.0, "front_right": 8.5, "back_right": 17.0, "back": 25.5, "back_left": 34.0,
-             "front_left": 42.6}
+SWEEP_ORDER = (SURROUND_CAMERAS[0], *reversed(SURROUND_CAMERAS[1:]))  # front, then clockwise
+PHASES_MS = dict(zip(SWEEP_ORDER, SWEEP_OFFSETS_MS, strict=True))
 ODOM_PERIOD_S = 0.02
 
 

@@ -55,7 +55,7 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
 
 
 def assignment_rows(repeat: int) -> list[tuple[str, Callable[[], object], int]]:
-    """Ways to put 5.9 MB of depth into ``Image.data`` (the DESIGN.md slow path)."""
+    """Ways to put 5.9 MB of depth into ``Image.data`` (assigning a numpy array is the slow path, ~400 ms for 7 MB)."""
     depth = np.random.default_rng(0).uniform(0, 80, (N_CAM, H, W)).astype(np.float32)
     rows = []
     for check in (False, True):

@@ -2,7 +2,7 @@
 
 ``fsmde eval``, the trainer's validation and the node's calibration-health
 check all score depth with these functions, so every number means the same
-thing wherever it is printed (DESIGN.md §5 "Evaluation").
+thing wherever it is printed (the protocol: docs/method.md §6 "Evaluation").
 
 * **Eigen metrics** per image — AbsRel, SqRel, RMSE, RMSElog, δ<1.25ⁿ — over
   pixels whose ground truth is finite, > 0, at most ``cap`` metres and not on

@@ -25,6 +25,9 @@ T0_NS = 1_700_000_000 * 1_000_000_000
 R_LINK_OPT = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 MOUNT_T = np.array([0.2, 0.0, 1.0])  # base_link -> roof_mount
 LIDAR_YAW_DEG = 90.0
+#: Trigger phases [ms] of a sweep-triggered (nuScenes-like) rig at 12 Hz, in the order the LiDAR passes
+#: the cameras: six stamps spread over 42.6 ms, beyond half the 83.3 ms period.
+SWEEP_OFFSETS_MS = (0.0, 8.5, 17.0, 25.5, 34.0, 42.6)
 
 
 @dataclass

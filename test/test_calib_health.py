@@ -8,11 +8,13 @@ extrinsics are right.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from fsmde_core.calib_health import CrossViewMonitor
-from fsmde_core.rig import Rig, RigCamera, preset
+from fsmde_core.rig import Rig, RigCamera
 from fsmde_core.synthetic.raycast import RayGrid, cast
 from fsmde_core.synthetic.world import make_world
 
@@ -35,8 +37,8 @@ def rotate(rig: Rig, camera: str, degrees: float) -> Rig:
 
 
 @pytest.fixture(scope="module")
-def rig() -> Rig:
-    return preset("ddad", 96, 64)
+def rig(surround_rig: Callable[..., Rig]) -> Rig:
+    return surround_rig("ddad", 96, 64)
 
 
 @pytest.fixture(scope="module")

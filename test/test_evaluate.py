@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from bagfactory import SWEEP_OFFSETS_MS, BagSpec, write_bag
 from PIL import Image
 
 from fsmde_core.evaluate import add_eval_arguments, evaluate, run_eval
@@ -23,9 +24,8 @@ from fsmde_core.metrics import (
     depth_metrics,
     median_scale,
 )
-from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.predictors import EvalError, parse_teacher_options
-from fsmde_core.rig import Rig, preset
+from fsmde_core.rig import Rig
 
 
 # ------------------------------------------------------------------ metrics
@@ -147,8 +147,8 @@ def ground_plane_depths(rig: Rig, max_depth: float = 60.0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def plane_rig() -> tuple[Rig, np.ndarray]:
-    rig = preset("ddad", 320, 192)
+def plane_rig(surround_rig: Callable[..., Rig]) -> tuple[Rig, np.ndarray]:
+    rig = surround_rig("ddad", 320, 192)
     return rig, ground_plane_depths(rig)
 
 
@@ -198,29 +198,9 @@ def test_cross_view_ignores_masked_pixels_and_occlusions(plane_rig) -> None:
 
 
 # -------------------------------------------------------------- end to end
-CAMERAS = list(SURROUND_CAMERAS)
-
-
 @pytest.fixture(scope="module")
-def tiny_bag(tmp_path_factory) -> Path:
-    from fsmde_core.synthetic.writer import generate_bag
-
-    out = tmp_path_factory.mktemp("bag") / "tiny"
-    generate_bag("ddad", frames=3, seed=0, out=out, width=160, height=96, progress=False, workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def random_student(tmp_path_factory) -> Path:
-    from fsmde_core.checkpoint import save_student
-    from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
-
-    torch.manual_seed(0)
-    cfg = StudentConfig(num_bins=16, decoder_channels=(16, 16, 16, 16), input_height=96, input_width=160,
-                        max_depth=80.0)
-    run = tmp_path_factory.mktemp("run")
-    save_student(run, SurroundDepthStudent(cfg), {"student": cfg.to_dict(), "camera_names": CAMERAS})
-    return run
+def random_student(saved_student: Callable[..., Path]) -> Path:
+    return saved_student(96, 160)  # the synthetic bag's size: no resizing in the loop
 
 
 def _png_is_nontrivial(path: Path) -> bool:
@@ -230,12 +210,12 @@ def _png_is_nontrivial(path: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def student_report(tiny_bag, random_student, tmp_path_factory) -> tuple[dict, Path]:
+def student_report(synthetic_bag, random_student, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("report")
-    return evaluate(random_student, tiny_bag, out, gt="synthetic", progress=False), out
+    return evaluate(random_student, synthetic_bag, out, gt="synthetic", progress=False), out
 
 
-def test_student_eval_writes_the_metrics_schema(student_report) -> None:
+def test_student_eval_writes_the_metrics_schema(student_report, camera_names: list[str]) -> None:
     result, out = student_report
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == result
@@ -244,8 +224,8 @@ def test_student_eval_writes_the_metrics_schema(student_report) -> None:
     assert on_disk["cap"] == 80.0  # the student's max_depth
     assert on_disk["frames"] == 3
     assert set(on_disk["mean"]) == {*METRIC_KEYS, "cross_view"}
-    assert list(on_disk["per_camera"]) == CAMERAS  # the checkpoint's camera order
-    for name in CAMERAS:
+    assert list(on_disk["per_camera"]) == camera_names  # the checkpoint's camera order
+    for name in camera_names:
         assert set(on_disk["per_camera"][name]) == set(METRIC_KEYS)
         assert all(np.isfinite(v) for v in on_disk["per_camera"][name].values())
     assert len(on_disk["cross_view_pairs"]) == 6
@@ -254,15 +234,15 @@ def test_student_eval_writes_the_metrics_schema(student_report) -> None:
     assert on_disk["source"].startswith("checkpoint:")
     # mean = mean of cameras
     assert on_disk["mean"]["abs_rel"] == pytest.approx(
-        np.mean([on_disk["per_camera"][n]["abs_rel"] for n in CAMERAS]))
+        np.mean([on_disk["per_camera"][n]["abs_rel"] for n in camera_names]))
 
 
-def test_student_eval_writes_the_report_and_pictures(student_report) -> None:
+def test_student_eval_writes_the_report_and_pictures(student_report, camera_names: list[str]) -> None:
     _, out = student_report
     for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png"):
         assert _png_is_nontrivial(out / name), name
     md = (out / "report.md").read_text()
-    for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png", "| **mean** |", *CAMERAS):
+    for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png", "| **mean** |", *camera_names):
         assert name in md
 
 
@@ -271,19 +251,19 @@ def test_dense_gt_is_far_more_cross_view_consistent_than_a_random_student(studen
     assert result["cross_view_gt"] < 0.5 * result["mean"]["cross_view"]
 
 
-def test_synthetic_teacher_in_affine_mode_beats_a_random_student(tiny_bag, student_report, tmp_path) -> None:
+def test_synthetic_teacher_in_affine_mode_beats_a_random_student(synthetic_bag, student_report, tmp_path) -> None:
     from fsmde_core.models.teachers import build_teacher
 
     student, _ = student_report
-    result = evaluate(build_teacher("synthetic", quality=0.8), tiny_bag, tmp_path, gt="synthetic",
+    result = evaluate(build_teacher("synthetic", quality=0.8), synthetic_bag, tmp_path, gt="synthetic",
                       progress=False)
     assert result["mode"] == "affine" and result["source"].startswith("teacher:synthetic")
     assert result["mean"]["abs_rel"] < 0.25 * student["mean"]["abs_rel"]
     assert result["mean"]["a1"] > student["mean"]["a1"] + 0.3
 
 
-def test_lidar_gt_and_max_frames(tiny_bag, random_student, tmp_path) -> None:
-    result = evaluate(random_student, tiny_bag, tmp_path, gt="lidar", mode="median", max_frames=2,
+def test_lidar_gt_and_max_frames(synthetic_bag, random_student, tmp_path) -> None:
+    result = evaluate(random_student, synthetic_bag, tmp_path, gt="lidar", mode="median", max_frames=2,
                       cap=50.0, progress=False)
     assert result["frames"] == 2 and result["gt"] == "lidar" and result["cap"] == 50.0
     assert np.isfinite(result["mean"]["abs_rel"])
@@ -296,17 +276,17 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_intermixed_args(list(argv))  # as fsmde_core.cli parses it
 
 
-def test_cli_teacher_run(tiny_bag, tmp_path, capsys) -> None:
+def test_cli_teacher_run(synthetic_bag, tmp_path, capsys) -> None:
     out = tmp_path / "rep"
-    rc = run_eval(_args("--teacher", "synthetic", "--teacher-option", "quality=0.9", "--bag", str(tiny_bag),
+    rc = run_eval(_args("--teacher", "synthetic", "--teacher-option", "quality=0.9", "--bag", str(synthetic_bag),
                         "--out", str(out), "--gt", "synthetic", "--max-frames", "1", "--no-progress"))
     assert rc == 0
     assert json.loads((out / "metrics.json").read_text())["frames"] == 1
     assert "abs_rel" in capsys.readouterr().out
 
 
-def test_cli_missing_checkpoint_exits_2(tiny_bag, tmp_path, capsys) -> None:
-    rc = run_eval(_args("--checkpoint", str(tmp_path / "nope"), "--bag", str(tiny_bag),
+def test_cli_missing_checkpoint_exits_2(synthetic_bag, tmp_path, capsys) -> None:
+    rc = run_eval(_args("--checkpoint", str(tmp_path / "nope"), "--bag", str(synthetic_bag),
                         "--out", str(tmp_path / "r")))
     assert rc == 2
     assert "checkpoint not found" in capsys.readouterr().err
@@ -319,25 +299,19 @@ def test_cli_needs_exactly_one_of_checkpoint_or_teacher(tmp_path) -> None:
         _args("--checkpoint", "c", "--teacher", "synthetic", "--bag", "b", "--out", "o")
 
 
-def test_missing_synthetic_gt_is_a_clear_error(tmp_path, random_student, capsys) -> None:
-    from bagfactory import BagSpec, write_bag
-
-    bag = write_bag(tmp_path / "nogt", BagSpec(width=64, height=48, n_frames=2, with_gt=False)).path
-    rc = run_eval(_args("--checkpoint", str(random_student), "--bag", str(bag), "--out", str(tmp_path / "r"),
+def test_missing_synthetic_gt_is_a_clear_error(tmp_path, random_student, small_bag, capsys) -> None:
+    assert not small_bag.spec.with_gt
+    rc = run_eval(_args("--checkpoint", str(random_student), "--bag", str(small_bag.path), "--out", str(tmp_path / "r"),
                         "--gt", "synthetic", "--no-progress"))
     assert rc == 2
     assert "no dense synthetic ground truth" in capsys.readouterr().err
 
 
-def test_bag_without_a_checkpoint_camera_is_a_clear_error(tmp_path, tiny_bag) -> None:
-    from fsmde_core.checkpoint import save_student
-    from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
-
-    cfg = StudentConfig(num_bins=4, decoder_channels=(8, 8, 8, 8), input_height=32, input_width=64)
-    save_student(tmp_path / "run", SurroundDepthStudent(cfg),
-                 {"student": cfg.to_dict(), "camera_names": [*CAMERAS[:5], "roof"]})
+def test_bag_without_a_checkpoint_camera_is_a_clear_error(tmp_path, synthetic_bag, saved_student,
+                                                         camera_names: list[str]) -> None:
+    run = saved_student(32, 64, camera_names=[*camera_names[:5], "roof"])
     with pytest.raises(EvalError, match=r"lacks camera\(s\) \['roof'\]"):
-        evaluate(tmp_path / "run", tiny_bag, tmp_path / "r", gt="synthetic", progress=False)
+        evaluate(run, synthetic_bag, tmp_path / "r", gt="synthetic", progress=False)
 
 
 def test_teacher_options_are_parsed_as_yaml_values() -> None:
@@ -348,15 +322,10 @@ def test_teacher_options_are_parsed_as_yaml_values() -> None:
 
 
 # ------------------------------------------------- the run's data settings
-SWEEP_OFFSETS = [0.0, 8.5, 17.0, 25.5, 34.0, 42.6]  # nuScenes-like trigger phases at 12 Hz
-
-
 @pytest.fixture(scope="module")
 def sweep_bag(tmp_path_factory) -> Path:
-    from bagfactory import BagSpec, write_bag
-
     return write_bag(tmp_path_factory.mktemp("b") / "sweep",
-                     BagSpec(n_frames=4, period_ms=83.3, offsets_ms=SWEEP_OFFSETS, latency_ms=(1.0, 3.0))).path
+                     BagSpec(n_frames=4, period_ms=83.3, offsets_ms=list(SWEEP_OFFSETS_MS), latency_ms=(1.0, 3.0))).path
 
 
 @pytest.fixture(scope="module")
@@ -377,8 +346,6 @@ def sweep_run(tmp_path_factory, random_student) -> Path:
 
 def test_eval_reads_the_runs_data_settings(sweep_run, tmp_path, capsys) -> None:
     """LiDAR 70 ms after the cameras (5 Hz): the defaults (50 ms) keep no set, the run's 80 ms keeps all."""
-    from bagfactory import BagSpec, write_bag
-
     bag = write_bag(tmp_path / "late", BagSpec(n_frames=3, period_ms=200.0, lidar_offset_ms=70.0)).path
     rc = run_eval(_args("--checkpoint", str(sweep_run), "--bag", str(bag), "--out", str(tmp_path / "r"),
                         "--no-progress"))
@@ -407,8 +374,6 @@ def test_eval_overrides_anywhere_and_the_error_names_the_spread(sweep_run, sweep
 
 
 def test_eval_names_missing_lidar_sweeps_and_the_setting(random_student, tmp_path, capsys) -> None:
-    from bagfactory import BagSpec, write_bag
-
     bag = write_bag(tmp_path / "late", BagSpec(n_frames=3, lidar_offset_ms=45.0)).path
     args = ("--checkpoint", str(random_student), "--bag", str(bag), "--no-progress")
     assert run_eval(_args(*args, "--out", str(tmp_path / "r"), "data.lidar_tolerance_ms=20")) == 2
@@ -418,17 +383,17 @@ def test_eval_names_missing_lidar_sweeps_and_the_setting(random_student, tmp_pat
     assert run_eval(_args(*args, "--out", str(tmp_path / "ok"), "data.lidar_tolerance_ms=60")) == 0
 
 
-def test_eval_refuses_non_data_overrides_and_unknown_keys(random_student, tiny_bag, tmp_path, capsys) -> None:
-    base = ("--checkpoint", str(random_student), "--bag", str(tiny_bag), "--out", str(tmp_path / "r"))
+def test_eval_refuses_non_data_overrides_and_unknown_keys(random_student, synthetic_bag, tmp_path, capsys) -> None:
+    base = ("--checkpoint", str(random_student), "--bag", str(synthetic_bag), "--out", str(tmp_path / "r"))
     assert run_eval(_args(*base, "optim.lr=1")) == 2
     assert "only data.* settings apply here" in capsys.readouterr().err
     assert run_eval(_args(*base, "data.sync_tol=3")) == 2
     assert "unknown key 'data.sync_tol'; valid data keys: sync_tolerance_ms, " in capsys.readouterr().err
 
 
-def test_eval_teacher_option_errors_name_the_kind_and_valid_options(tiny_bag, tmp_path, capsys) -> None:
+def test_eval_teacher_option_errors_name_the_kind_and_valid_options(synthetic_bag, tmp_path, capsys) -> None:
     rc = run_eval(_args("--teacher", "depth_anything_v2", "--teacher-option", "quality=0.7", "--teacher-option",
-                        "path_or_id=/models/da2", "--bag", str(tiny_bag), "--out", str(tmp_path / "r")))
+                        "path_or_id=/models/da2", "--bag", str(synthetic_bag), "--out", str(tmp_path / "r")))
     assert rc == 2
     err = capsys.readouterr().err
     assert "'depth_anything_v2' has no option 'quality'; valid options: path_or_id" in err

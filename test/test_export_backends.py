@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 
 from fsmde_core.atomic import AtomicWriteError, atomic_write_bytes
-from fsmde_core.checkpoint import CheckpointError, save_student
+from fsmde_core.checkpoint import CheckpointError
 from fsmde_core.export import (
     add_export_arguments,
     export_onnx,
@@ -33,8 +34,6 @@ from fsmde_core.export import (
     structured_images,
     to_uint8_nhwc,
 )
-from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
-from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.runtime import (
     BackendError,
     BackendUnavailableError,
@@ -51,26 +50,12 @@ from fsmde_core.runtime.tensorrt_backend import TensorRTBackend
 from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine, engine_cache_key, onnx_input_shape
 
 H, W = 64, 96
-CAMERAS = list(SURROUND_CAMERAS)
-CFG = StudentConfig(
-    encoder="resnet18",
-    num_bins=16,
-    min_depth=0.5,
-    max_depth=80.0,
-    decoder_channels=(32, 16, 16, 8),
-    input_height=H,
-    input_width=W,
-)
 NO_CUDA = "needs a CUDA device (torch.cuda.is_available() is False)"
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    run_dir = tmp_path_factory.mktemp("run")
-    model = SurroundDepthStudent(CFG)
-    save_student(run_dir, model, {"student": CFG.to_dict(), "camera_names": CAMERAS, "rig": "test_rig"})
-    return run_dir
+def student_dir(saved_student: Callable[..., Path]) -> Path:
+    return saved_student(H, W, rig="test_rig")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +69,8 @@ def _images(n: int, seed: int = 1) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ export
-def test_export_passes_checker_and_matches_torch(exported: tuple[Path, dict], student_dir: Path) -> None:
+def test_export_passes_checker_and_matches_torch(exported: tuple[Path, dict], student_dir: Path,
+                                                  camera_names: list[str]) -> None:
     path, report = exported
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     graph = onnx.load(str(path)).graph
@@ -97,12 +83,13 @@ def test_export_passes_checker_and_matches_torch(exported: tuple[Path, dict], st
     weights = (student_dir / "student.safetensors").read_bytes()
     assert sidecar["source_checkpoint_sha256"] == hashlib.sha256(weights).hexdigest()
     assert (sidecar["input_height"], sidecar["input_width"], sidecar["num_cameras"]) == (H, W, 6)
-    assert sidecar["camera_names"] == CAMERAS and sidecar["opset"] == 17
+    assert sidecar["camera_names"] == camera_names and sidecar["opset"] == 17
     assert (sidecar["min_depth"], sidecar["max_depth"]) == (0.5, 80.0)
 
 
-def test_torch_and_onnx_backends_agree(exported: tuple[Path, dict], student_dir: Path) -> None:
-    path, _ = exported
+def test_torch_and_onnx_backends_agree(exported: tuple[Path, dict], student_dir: Path,
+                                       camera_names: list[str]) -> None:
+    path, report = exported
     torch_backend = build_backend("torch", student_dir)
     ort_backend = build_backend("auto", path, intra_op_threads=1)
     assert isinstance(ort_backend, OnnxBackend)
@@ -111,13 +98,13 @@ def test_torch_and_onnx_backends_agree(exported: tuple[Path, dict], student_dir:
     images = _images(6)
     a, b = torch_backend.infer(images), ort_backend.infer(images)
     assert a.shape == b.shape == (6, H, W) and a.dtype == b.dtype == np.float32
-    assert np.all((a >= CFG.min_depth) & (a <= CFG.max_depth))
+    assert np.all((a >= report["min_depth"]) & (a <= report["max_depth"]))
     assert np.abs(a - b).max() < 1e-3
     # Different inputs must give different depth (the comparison is not vacuous).
     assert np.abs(ort_backend.infer(_images(6, seed=2)) - b).max() > 1e-3
     info = ort_backend.describe()
     assert info["backend"] == "onnxruntime" and info["providers"] == ["CPUExecutionProvider"]
-    assert info["camera_names"] == CAMERAS and info["batch_size"] == 6
+    assert info["camera_names"] == camera_names and info["batch_size"] == 6
     assert torch_backend.describe()["precision"] == "fp32"
     ort_backend.warmup(iterations=1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bagfactory import SWEEP_OFFSETS_MS
 
 from fsmde_core.motion import compensate_clouds, compensate_points, relative_motion
 from fsmde_core.rig import make_transform
@@ -37,7 +38,7 @@ def test_static_point_seen_by_two_cameras_lands_on_one_spot() -> None:
 def test_six_cameras_at_six_instants_share_the_reference_frame() -> None:
     rng = np.random.default_rng(0)
     world = rng.uniform([-40, -40, 0], [40, 40, 5], size=(200, 3))
-    stamps = np.array([0.0, 8.5, 17.0, 25.5, 34.0, 42.6]) * 1e-3
+    stamps = np.array(SWEEP_OFFSETS_MS) * 1e-3
     t_ref = stamps.max()
     clouds = [to_base(pose_at(t), world).astype(np.float32) for t in stamps]
     out = compensate_clouds(clouds, [pose_at(t) for t in stamps], pose_at(t_ref))

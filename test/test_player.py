@@ -351,23 +351,23 @@ def test_tf_static_needs_tf2_msgs(bag: Path) -> None:
 CAMS = ("back", "front", "front_left")
 
 
-def _camera_bag(tmp_path: Path, stamps: dict | None = None) -> tuple[Path, list[str]]:
-    """A six-camera bag (bagfactory); three of its image topics are played. ``stamps`` gets each camera's."""
-    sys.path.insert(0, str(Path(__file__).parent))
+@pytest.fixture(scope="module")
+def camera_bag(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], dict[str, list[int]]]:
+    """A six-camera bag (bagfactory, 8x6 px: the player only moves bytes), three of whose image topics are
+    played: (bag, those topics, each played topic's recorded stamps)."""
     from bagfactory import BagSpec, write_bag
 
-    written = write_bag(tmp_path / "cams", BagSpec(width=8, height=6, n_frames=3))
-    if stamps is not None:
-        stamps.update({f"/cameras/{n}/image_raw": written.camera_stamps[n] for n in CAMS})
-    return written.path, [f"/cameras/{n}/image_raw" for n in CAMS]
+    written = write_bag(tmp_path_factory.mktemp("cams") / "bag", BagSpec(width=8, height=6, n_frames=3))
+    topics = [f"/cameras/{n}/image_raw" for n in CAMS]
+    return written.path, topics, {t: written.camera_stamps[n] for t, n in zip(topics, CAMS, strict=True)}
 
 
-def test_wait_for_subscribers_without_topics_means_every_image_topic(tmp_path: Path) -> None:
+def test_wait_for_subscribers_without_topics_means_every_image_topic(camera_bag) -> None:
     from fsmde_ros.player import ALL_IMAGES, wait_topics_argument
 
     assert wait_topics_argument(None) == () and wait_topics_argument([]) == (ALL_IMAGES,)
     assert wait_topics_argument(["/a", "/b"]) == ("/a", "/b")
-    bag, cams = _camera_bag(tmp_path)
+    bag, cams, _ = camera_bag
     with BagPlayer(bag, topics=cams, wait_for_subscribers=[ALL_IMAGES, "/clock"]) as player:
         assert player.wait_topics == (*cams, "/clock")
     with pytest.raises(PlayerError, match="not played"):
@@ -375,15 +375,14 @@ def test_wait_for_subscribers_without_topics_means_every_image_topic(tmp_path: P
 
 
 @pytest.mark.ros
-def test_playback_waits_for_every_camera_then_delivers_each_first_image(tmp_path: Path) -> None:
+def test_playback_waits_for_every_camera_then_delivers_each_first_image(camera_bag) -> None:
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
     from fsmde_ros.player import ALL_IMAGES
 
-    recorded: dict[str, list[int]] = {}
-    bag, cams = _camera_bag(tmp_path, recorded)
+    bag, cams, recorded = camera_bag
     ctx = Context()
     rclpy.init(context=ctx, domain_id=DOMAIN_ID)
     node = rclpy.create_node("player_wait_listener", context=ctx)
@@ -420,11 +419,11 @@ def test_playback_waits_for_every_camera_then_delivers_each_first_image(tmp_path
 
 
 @pytest.mark.ros
-def test_wait_timeout_names_every_topic_still_without_a_subscriber(tmp_path: Path,
+def test_wait_timeout_names_every_topic_still_without_a_subscriber(camera_bag,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     from fsmde_ros.player import ALL_IMAGES
 
-    bag, cams = _camera_bag(tmp_path)
+    bag, cams, _ = camera_bag
     with BagPlayer(bag, topics=cams, publish_clock=False, wait_for_subscribers=[ALL_IMAGES],
                    wait_timeout=0.3) as player, caplog.at_level("WARNING"):
         stats = player.play()
@@ -433,15 +432,12 @@ def test_wait_timeout_names_every_topic_still_without_a_subscriber(tmp_path: Pat
     assert "3 topic(s)" in line and all(t in line for t in cams)
 
 
-def test_waiting_for_every_image_topic_means_the_cameras_not_recorded_depth(tmp_path: Path) -> None:
+def test_waiting_for_every_image_topic_means_the_cameras_not_recorded_depth(synthetic_bag: Path,
+                                                                           camera_names: list[str]) -> None:
     """Recorded depth / synthetic GT are Image topics without a camera_info: nobody consumes them, so
     ``--wait-for-subscribers`` must not wait for them (it did, for the whole timeout, on every synthetic bag)."""
-    from fsmde_core.synthetic.writer import generate_bag
     from fsmde_ros.player import ALL_IMAGES
 
-    bag = tmp_path / "synth"
-    generate_bag("ddad", frames=1, seed=0, out=bag, width=32, height=24, progress=False, workers=1)
-    with BagPlayer(bag, skip_unknown_types=True, wait_for_subscribers=[ALL_IMAGES]) as player:
-        six = ("front", "front_left", "back_left", "back", "back_right", "front_right")
-        assert player.wait_topics == tuple(sorted(f"/cameras/{n}/image_raw" for n in six))
+    with BagPlayer(synthetic_bag, skip_unknown_types=True, wait_for_subscribers=[ALL_IMAGES]) as player:
+        assert player.wait_topics == tuple(sorted(f"/cameras/{n}/image_raw" for n in camera_names))
         assert "/synthetic_gt/front/depth" in player.plan.topics  # still played, just not waited for

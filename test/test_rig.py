@@ -25,7 +25,6 @@ from fsmde_core.rig import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-RING_NAMES = ["front", "front_left", "back_left", "back", "back_right", "front_right"]
 EX, EY, EZ = np.eye(3)
 
 
@@ -130,10 +129,10 @@ def test_quaternion_known_answers():
 
 # ------------------------------------------------------------ presets
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_preset_has_six_cameras_in_ccw_ring(name):
+def test_preset_has_six_cameras_in_ccw_ring(name, camera_names):
     rig = preset(name)
     assert len(rig) == 6
-    assert [rig.cameras[i].name for i in rig.ring_order()] == RING_NAMES
+    assert [rig.cameras[i].name for i in rig.ring_order()] == camera_names
     yaws = [rig.cameras[i].yaw_deg for i in rig.ring_order()]
     assert yaws[0] == pytest.approx(0.0, abs=1e-9)
     ccw = np.mod(yaws, 360.0)
@@ -178,14 +177,14 @@ def test_preset_errors():
 # ------------------------------------------------------------ ring order
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_ring_order_does_not_depend_on_listing_order(name, seed):
+def test_ring_order_does_not_depend_on_listing_order(name, seed, camera_names):
     rig = preset(name)
     cams = list(rig.cameras)
     random.Random(seed).shuffle(cams)
     shuffled = Rig(rig.name, cams)
-    assert [shuffled.cameras[i].name for i in shuffled.ring_order()] == RING_NAMES
+    assert [shuffled.cameras[i].name for i in shuffled.ring_order()] == camera_names
     pair_names = {(shuffled.cameras[i].name, shuffled.cameras[j].name) for i, j in shuffled.adjacent_pairs()}
-    assert pair_names == set(zip(RING_NAMES, RING_NAMES[1:] + RING_NAMES[:1], strict=True))
+    assert pair_names == set(zip(camera_names, camera_names[1:] + camera_names[:1], strict=True))
 
 
 def test_ring_starts_at_front_camera_mounted_slightly_right():
@@ -208,9 +207,9 @@ def test_adjacent_pairs_of_small_rigs():
 
 
 # ------------------------------------------------------------ rig object
-def test_rig_queries_and_equality():
+def test_rig_queries_and_equality(camera_names):
     rig = preset("ddad")
-    assert rig.names == RING_NAMES  # listed in ring order in the preset
+    assert rig.names == camera_names  # listed in ring order in the preset
     assert rig.camera("back").name == "back" and rig.index("back") == 3
     with pytest.raises(KeyError, match="no camera 'roof'"):
         rig.camera("roof")
@@ -364,7 +363,7 @@ def test_ego_mask_paths_resolve_relative_to_the_yaml(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_yaml_listing_order_does_not_change_the_ring(tmp_path, seed):
+def test_yaml_listing_order_does_not_change_the_ring(tmp_path, seed, camera_names):
     path = _yaml_rig(tmp_path, lambda d: random.Random(seed).shuffle(d["cameras"]))
     rig = Rig.load(path)
-    assert [rig.cameras[i].name for i in rig.ring_order()] == RING_NAMES
+    assert [rig.cameras[i].name for i in rig.ring_order()] == camera_names

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from bagfactory import BagSpec, write_bag
+from bagfactory import BagSpec, WrittenBag, write_bag
 
 from fsmde_core.data.config import DataConfig
 from fsmde_core.data.rigfile import NODE_KEY, RigFileError, bag_layout, write_rig_files
@@ -17,7 +17,6 @@ from fsmde_core.rig import Rig
 from fsmde_ros.params import known_parameter_names, settings_from_values
 
 ROOT = Path(__file__).resolve().parents[1]
-CAMERAS = ["front", "front_left", "back_left", "back", "back_right", "front_right"]
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -53,12 +52,12 @@ def _assert_same_rig(a: Rig, b: Rig) -> None:
         np.testing.assert_allclose(ca.T_base_cam, cb.T_base_cam, atol=1e-9)
 
 
-def test_rig_and_params_round_trip(tmp_path: Path) -> None:
-    written = write_bag(tmp_path / "bag", BagSpec(n_frames=2))
+def test_rig_and_params_round_trip(tmp_path: Path, small_bag: WrittenBag, camera_names: list[str]) -> None:
+    written = small_bag
     loaded, expected, flat = _rig(written.path, tmp_path)
     _assert_same_rig(loaded, expected)
     # the bag's calibration, as the bag factory wrote it, cameras in ring order (front first, CCW)
-    assert loaded.names == CAMERAS
+    assert loaded.names == camera_names
     for cam in loaded.cameras:
         np.testing.assert_allclose(cam.T_base_cam, written.rig.camera(cam.name).T_base_cam, atol=1e-9)
         np.testing.assert_allclose(cam.model.K, written.rig.camera(cam.name).model.K, atol=1e-9)
@@ -67,15 +66,15 @@ def test_rig_and_params_round_trip(tmp_path: Path) -> None:
     model = tmp_path / "student.onnx"
     model.write_bytes(b"")  # the node validates the path exists; no model is loaded here
     settings = settings_from_values({**flat, "model.path": str(model)})
-    assert [c.name for c in settings.cameras] == CAMERAS
+    assert [c.name for c in settings.cameras] == camera_names
     assert settings.extrinsics.source == "calibration"
     assert Path(settings.extrinsics.calibration_file) == (tmp_path / "rig.yaml").resolve()
     assert settings.cloud.frame_id == loaded.base_frame and settings.image_transport == "raw"
-    assert [c.image_topic for c in settings.cameras] == [f"/cameras/{n}/image_raw" for n in CAMERAS]
+    assert [c.image_topic for c in settings.cameras] == [f"/cameras/{n}/image_raw" for n in camera_names]
 
 
-def test_compressed_cameras_give_the_compressed_transport(tmp_path: Path) -> None:
-    bag = write_bag(tmp_path / "bag", BagSpec(n_frames=2, compressed={n: "jpeg" for n in CAMERAS})).path
+def test_compressed_cameras_give_the_compressed_transport(tmp_path: Path, camera_names: list[str]) -> None:
+    bag = write_bag(tmp_path / "bag", BagSpec(n_frames=2, compressed={n: "jpeg" for n in camera_names})).path
     loaded, expected, flat = _rig(bag, tmp_path)
     _assert_same_rig(loaded, expected)
     model = tmp_path / "student.onnx"
@@ -86,15 +85,15 @@ def test_compressed_cameras_give_the_compressed_transport(tmp_path: Path) -> Non
         assert cam.subscribe_topic == c.image_topic  # the node's <image_topic>/compressed is the bag's topic
 
 
-def test_refusals_are_one_line(tmp_path: Path) -> None:
-    bag = write_bag(tmp_path / "bag", BagSpec(n_frames=2)).path
+def test_refusals_are_one_line(tmp_path: Path, small_bag: WrittenBag, camera_names: list[str]) -> None:
+    bag = small_bag.path
     out = tmp_path / "rig.yaml"
     out.write_text("keep me")
     with pytest.raises(RigFileError, match="exists; pass --force"):
         write_rig_files(bag, out)
     assert out.read_text() == "keep me"
     write_rig_files(bag, out, force=True)
-    assert Rig.load(out).names == CAMERAS
+    assert Rig.load(out).names == camera_names
     mixed = write_bag(tmp_path / "mixed", BagSpec(n_frames=2, compressed={"front": "jpeg"})).path
     with pytest.raises(RigFileError, match="mix raw and compressed"):
         write_rig_files(mixed, tmp_path / "m.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +78,9 @@ TORCHVISION_RESNET18_SHAPES = {
 
 
 @pytest.fixture(scope="module")
-def small_cfg() -> StudentConfig:
-    return StudentConfig(
-        encoder="resnet18",
-        num_bins=16,
-        min_depth=0.5,
-        max_depth=80.0,
-        decoder_channels=(64, 32, 24, 16),
-        input_height=H,
-        input_width=W,
-    )
+def small_cfg(student_config: Callable[..., StudentConfig]) -> StudentConfig:
+    # uneven decoder widths: a JSON round trip that swapped or dropped a stage would show
+    return student_config(H, W, decoder_channels=(64, 32, 24, 16))
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +166,8 @@ def test_gradients_reach_every_part(small_cfg: StudentConfig) -> None:
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
-def test_resnet34_student_runs() -> None:
-    cfg = StudentConfig(
-        encoder="resnet34", num_bins=8, decoder_channels=(32, 16, 16, 8), input_height=64, input_width=64
-    )
+def test_resnet34_student_runs(student_config: Callable[..., StudentConfig]) -> None:
+    cfg = student_config(64, 64, encoder="resnet34", num_bins=8)
     with torch.no_grad():
         out = SurroundDepthStudent(cfg).eval()(torch.rand(1, 3, 64, 64))
     assert out.depth.shape == (1, 1, 64, 64) and torch.isfinite(out.depth).all()

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet, estimate_phases
 
 
@@ -29,7 +30,6 @@ def plain(*args, **kwargs) -> ApproximateTimeSynchronizer:
 
 
 MS = 1_000_000
-SIX = ("front", "front_left", "rear_left", "rear", "rear_right", "front_right")
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,8 @@ def check_invariants(
 
 # --------------------------------------------------------------- scenarios
 def test_jittered_rig_gives_every_set_and_skew_stats() -> None:
-    sync = plain(SIX, slop_ns=10 * MS, queue_size=5)
-    events = rig_stream(SIX, frames=50)
+    sync = plain(SURROUND_CAMERAS, slop_ns=10 * MS, queue_size=5)
+    events = rig_stream(SURROUND_CAMERAS, frames=50)
     sets = feed(sync, events)
     check_invariants(sync, sets, events)
     assert [frame_of(s.stamp_ns) for s in sets] == list(range(50))
@@ -153,15 +153,15 @@ def test_reference_stamp_is_latest_member_and_minimum_skew() -> None:
 
 
 def test_dropped_frame_under_wait_is_counted_unmatched_as_soon_as_known() -> None:
-    events = rig_stream(SIX, frames=10, skip=[("rear", 3)])
-    sync = plain(SIX, slop_ns=10 * MS, policy="wait")
+    events = rig_stream(SURROUND_CAMERAS, frames=10, skip=[("back", 3)])
+    sync = plain(SURROUND_CAMERAS, slop_ns=10 * MS, policy="wait")
     sets: list[SyncedSet] = []
-    rear4 = next(i for i, e in enumerate(events) if e.camera == "rear" and frame_of(e.stamp) == 4)
-    sets += feed(sync, events[:rear4])
-    assert sync.stats.dropped_total == 0  # "rear" might still send frame 3
-    sets += feed(sync, events[rear4 : rear4 + 1])
+    back4 = next(i for i, e in enumerate(events) if e.camera == "back" and frame_of(e.stamp) == 4)
+    sets += feed(sync, events[:back4])
+    assert sync.stats.dropped_total == 0  # "back" might still send frame 3
+    sets += feed(sync, events[back4 : back4 + 1])
     assert sync.stats.dropped_total >= 1  # now certain: the oldest frame-3 image goes
-    sets += feed(sync, events[rear4 + 1 :])
+    sets += feed(sync, events[back4 + 1 :])
     # The other frame-3 images go as their cameras' frame 4 proves that no
     # second frame-3 image is coming: five in all, nothing else.
     assert sync.stats.dropped_total == 5
@@ -173,14 +173,14 @@ def test_dropped_frame_under_wait_is_counted_unmatched_as_soon_as_known() -> Non
 def test_lagging_camera_reordered_across_frames() -> None:
     """One camera is delivered three frames late: messages of different
     instants interleave, yet every set is found, in time order."""
-    events = rig_stream(SIX, frames=20)
-    lag = [Event(e.camera, e.stamp, e.arrival + 300 * MS) if e.camera == "rear" else e for e in events]
+    events = rig_stream(SURROUND_CAMERAS, frames=20)
+    lag = [Event(e.camera, e.stamp, e.arrival + 300 * MS) if e.camera == "back" else e for e in events]
     lag.sort(key=lambda e: e.arrival)
-    sync = plain(SIX, slop_ns=10 * MS, queue_size=5)
+    sync = plain(SURROUND_CAMERAS, slop_ns=10 * MS, queue_size=5)
     sets: list[SyncedSet] = []
     for ev in lag:
         got = sync.add(ev.camera, ev.stamp, ev.payload, ev.arrival)
-        assert len(got) == (1 if ev.camera == "rear" else 0)  # rear completes each set
+        assert len(got) == (1 if ev.camera == "back" else 0)  # back completes each set
         sets += got
     check_invariants(sync, sets, lag)
     assert [frame_of(s.stamp_ns) for s in sets] == list(range(20))
@@ -217,7 +217,7 @@ def test_burst_after_a_stall_releases_sets_in_order() -> None:
     """A camera stalls for eight frames then flushes them in one burst (one
     arrival time, its own order kept as on one DDS topic), interleaved with
     the other cameras' fresh frames."""
-    events = rig_stream(SIX, frames=12, seed=3)
+    events = rig_stream(SURROUND_CAMERAS, frames=12, seed=3)
     burst_at = 1_000 * MS + 850 * MS
     rng = random.Random(1)
     stalled = [
@@ -232,7 +232,7 @@ def test_burst_after_a_stall_releases_sets_in_order() -> None:
         if after[0].camera != "front" and rng.random() < 0.3:
             merged.append(after.pop(0))
     merged += after
-    sync = plain(SIX, slop_ns=10 * MS, queue_size=10)
+    sync = plain(SURROUND_CAMERAS, slop_ns=10 * MS, queue_size=10)
     burst_sets = feed(sync, before)
     assert burst_sets == [] and max(sync.pending().values()) == 9
     sets = feed(sync, merged[len(before) :])
@@ -256,9 +256,9 @@ def test_burst_overflowing_queues_keeps_newest_frames() -> None:
 def test_dead_camera_under_wait_keeps_memory_bounded_and_recovers() -> None:
     queue = 10
     events = [
-        e for e in rig_stream(SIX, frames=60) if not (e.camera == "rear" and 4 <= frame_of(e.stamp) < 50)
+        e for e in rig_stream(SURROUND_CAMERAS, frames=60) if not (e.camera == "back" and 4 <= frame_of(e.stamp) < 50)
     ]
-    sync = plain(SIX, slop_ns=10 * MS, queue_size=queue, policy="wait")
+    sync = plain(SURROUND_CAMERAS, slop_ns=10 * MS, queue_size=queue, policy="wait")
     sets: list[SyncedSet] = []
     for ev in events:
         sets += sync.add(ev.camera, ev.stamp, ev.payload, ev.arrival)
@@ -267,20 +267,20 @@ def test_dead_camera_under_wait_keeps_memory_bounded_and_recovers() -> None:
     assert [frame_of(s.stamp_ns) for s in sets] == [0, 1, 2, 3, *range(50, 60)]
     assert all(s.complete for s in sets)
     stats = sync.stats
-    for cam in SIX:
-        if cam != "rear":
+    for cam in SURROUND_CAMERAS:
+        if cam != "back":
             # frames 4..49 waited in a full queue: the oldest overflowed, the
-            # last `queue` were found unmatched once "rear" came back.
+            # last `queue` were found unmatched once "back" came back.
             assert stats.dropped[cam].overflow == 46 - queue
             assert stats.dropped[cam].unmatched == queue
-    assert stats.dropped["rear"].total == 0
+    assert stats.dropped["back"].total == 0
 
 
 def test_dead_camera_under_partial_emits_after_timeout_via_poll() -> None:
     timeout = 50 * MS
-    events = [e for e in rig_stream(SIX, frames=30) if not (e.camera == "rear" and frame_of(e.stamp) >= 5)]
+    events = [e for e in rig_stream(SURROUND_CAMERAS, frames=30) if not (e.camera == "back" and frame_of(e.stamp) >= 5)]
     sync = plain(
-        SIX, slop_ns=10 * MS, policy="partial", timeout_ns=timeout, min_cameras=4
+        SURROUND_CAMERAS, slop_ns=10 * MS, policy="partial", timeout_ns=timeout, min_cameras=4
     )
     sets: list[SyncedSet] = []
     emitted_at: list[int] = []
@@ -302,7 +302,7 @@ def test_dead_camera_under_partial_emits_after_timeout_via_poll() -> None:
     for ev in events:
         first_arrival.setdefault(frame_of(ev.stamp), ev.arrival)
     for s, t in zip(sets[5:29], emitted_at[5:], strict=True):
-        assert s.missing == ("rear",) and s.messages["rear"] is None
+        assert s.missing == ("back",) and s.messages["back"] is None
         assert s.stamp_ns == max(m[0] for m in s.messages.values() if m is not None)
         # released by the timer within one tick of the timeout, not later
         assert timeout <= t - first_arrival[frame_of(s.stamp_ns)] < timeout + poll_period
@@ -322,22 +322,22 @@ def test_partial_timeout_also_fires_inside_add_and_camera_dead_from_start() -> N
 def test_partial_is_emitted_without_timeout_when_absence_is_certain() -> None:
     """A single dropped frame: the missing camera's next frame proves the
     absence, so the partial set does not wait for the (long) timeout."""
-    events = rig_stream(SIX, frames=6, skip=[("rear", 3)])
-    sync = plain(SIX, slop_ns=10 * MS, policy="partial", timeout_ns=10**12)
+    events = rig_stream(SURROUND_CAMERAS, frames=6, skip=[("back", 3)])
+    sync = plain(SURROUND_CAMERAS, slop_ns=10 * MS, policy="partial", timeout_ns=10**12)
     sets: list[SyncedSet] = []
     for ev in events:
         got = sync.add(ev.camera, ev.stamp, ev.payload, ev.arrival)
-        if ev.camera == "rear" and frame_of(ev.stamp) == 4:
-            assert [frame_of(s.stamp_ns) for s in got] == [3] and got[0].missing == ("rear",)
+        if ev.camera == "back" and frame_of(ev.stamp) == 4:
+            assert [frame_of(s.stamp_ns) for s in got] == [3] and got[0].missing == ("back",)
         sets += got
     check_invariants(sync, sets, events)
     assert [frame_of(s.stamp_ns) for s in sets] == list(range(6))
 
 
 def test_partial_below_min_cameras_is_dropped_not_emitted() -> None:
-    events = [e for e in rig_stream(SIX, frames=12) if not (e.camera == "rear" and frame_of(e.stamp) >= 2)]
+    events = [e for e in rig_stream(SURROUND_CAMERAS, frames=12) if not (e.camera == "back" and frame_of(e.stamp) >= 2)]
     sync = plain(
-        SIX, slop_ns=10 * MS, queue_size=4, policy="partial", timeout_ns=60 * MS, min_cameras=6
+        SURROUND_CAMERAS, slop_ns=10 * MS, queue_size=4, policy="partial", timeout_ns=60 * MS, min_cameras=6
     )
     sets = feed(sync, events) + sync.poll(10**12)
     check_invariants(sync, sets, events)
@@ -410,11 +410,11 @@ def test_concurrent_callbacks_one_thread_per_camera() -> None:
     thread. Whatever the interleaving, every frame is matched exactly once
     (the algorithm is optimal for any cross-camera interleaving)."""
     frames = 300
-    events = rig_stream(SIX, frames=frames, seed=7)
-    sync = plain(SIX, slop_ns=10 * MS, queue_size=frames + 1)
+    events = rig_stream(SURROUND_CAMERAS, frames=frames, seed=7)
+    sync = plain(SURROUND_CAMERAS, slop_ns=10 * MS, queue_size=frames + 1)
     results: list[SyncedSet] = []
     results_lock = threading.Lock()
-    barrier = threading.Barrier(len(SIX))
+    barrier = threading.Barrier(len(SURROUND_CAMERAS))
 
     def run(cam: str) -> None:
         barrier.wait()
@@ -424,7 +424,7 @@ def test_concurrent_callbacks_one_thread_per_camera() -> None:
                 with results_lock:
                     results.extend(got)
 
-    threads = [threading.Thread(target=run, args=(cam,)) for cam in SIX]
+    threads = [threading.Thread(target=run, args=(cam,)) for cam in SURROUND_CAMERAS]
     for t in threads:
         t.start()
     for t in threads:
@@ -601,7 +601,7 @@ def test_property_partial_policy_invariants_on_any_stream(
 
 
 # ====================================================== trigger phases (default)
-NUSC = ("front", "front_right", "back_right", "back", "back_left", "front_left")
+NUSC = (SURROUND_CAMERAS[0], *reversed(SURROUND_CAMERAS[1:]))  # clockwise: the order a LiDAR sweep passes them
 
 
 @dataclass(frozen=True)
@@ -622,12 +622,12 @@ def nuscenes_rig(rng: np.random.Generator) -> Rig:
 
 def ddad_rig(rng: np.random.Generator) -> Rig:
     """Near-simultaneous: phases within 0.5 ms at 10 Hz."""
-    return Rig(100.0, {cam: float(rng.uniform(0, 0.5)) for cam in SIX}, 0.1)
+    return Rig(100.0, {cam: float(rng.uniform(0, 0.5)) for cam in SURROUND_CAMERAS}, 0.1)
 
 
 def synthetic_rig(rng: np.random.Generator) -> Rig:
     """This project's synthetic rig (fsmde_core.synthetic.writer): offsets 0-8 ms at 10 Hz, jitter 40 us."""
-    return Rig(100.0, {cam: float(rng.uniform(0, 8)) for cam in SIX}, 0.04)
+    return Rig(100.0, {cam: float(rng.uniform(0, 8)) for cam in SURROUND_CAMERAS}, 0.04)
 
 
 RIGS = {"nuscenes": nuscenes_rig, "ddad": ddad_rig, "synthetic": synthetic_rig}
@@ -811,9 +811,9 @@ def test_nuscenes_stream_plain_matching_loses_every_set_corrected_keeps_all() ->
 def test_first_set_is_emitted_before_the_phases_are_known() -> None:
     """A node publishing one set at a time (as test_node does) gets each set at once: during the
     warm-up sets are matched on raw stamps within 50 ms. warmup_slop_ns=0 holds them instead."""
-    stamps = {cam: 3 * MS * i for i, cam in enumerate(SIX)}  # 15 ms spread > the 10 ms slop
-    sync = ApproximateTimeSynchronizer(SIX, slop_ns=10 * MS)
-    holding = ApproximateTimeSynchronizer(SIX, slop_ns=10 * MS, warmup_slop_ns=0)
+    stamps = {cam: 3 * MS * i for i, cam in enumerate(SURROUND_CAMERAS)}  # 15 ms spread > the 10 ms slop
+    sync = ApproximateTimeSynchronizer(SURROUND_CAMERAS, slop_ns=10 * MS)
+    holding = ApproximateTimeSynchronizer(SURROUND_CAMERAS, slop_ns=10 * MS, warmup_slop_ns=0)
     for k in range(6):
         got = [sync.add(cam, k * 100 * MS + s, k) for cam, s in stamps.items()][-1]
         held = [holding.add(cam, k * 100 * MS + s, k) for cam, s in stamps.items()][-1]

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from fsmde_core.camera import CameraModel
-from fsmde_core.rig import preset, quaternion_to_matrix
+from fsmde_core.rig import Rig, preset, quaternion_to_matrix
 from fsmde_core.synthetic.messages import TYPESTORE
 from fsmde_core.synthetic.raycast import RayGrid, cast, shadow_mask
 from fsmde_core.synthetic.world import DRAW_DISTANCE, make_world
@@ -143,16 +143,21 @@ def ddad(ddad_bag) -> dict[str, list]:
     return by_topic(read_sqlite3(ddad_bag[0]))
 
 
+@pytest.fixture(scope="module")
+def ddad_rig(surround_rig) -> Rig:
+    """The rig ``ddad_bag`` was rendered with: the preset at its native size (read only)."""
+    return surround_rig("ddad", None, None)
+
+
 # ---------------------------------------------------------------- structure
-def test_topics_types_counts(ddad_bag, ddad):
+def test_topics_types_counts(ddad_bag, ddad, ddad_rig):
     out, summary = ddad_bag
-    rig = preset("ddad")
     expected = {
         "/tf_static": ("tf2_msgs/msg/TFMessage", 1),
         "/tf": ("tf2_msgs/msg/TFMessage", 2 * 5 + 1),
-        rig.lidar_topic: ("sensor_msgs/msg/PointCloud2", 2),
+        ddad_rig.lidar_topic: ("sensor_msgs/msg/PointCloud2", 2),
     }
-    for cam in rig.cameras:
+    for cam in ddad_rig.cameras:
         expected[cam.image_topic] = ("sensor_msgs/msg/Image", 2)
         expected[cam.info_topic] = ("sensor_msgs/msg/CameraInfo", 2)
         expected[f"/synthetic_gt/{cam.name}/depth"] = ("sensor_msgs/msg/Image", 2)
@@ -180,22 +185,20 @@ def test_tf_static_is_transient_local(ddad_bag):
     assert meta["version"] == 9 and meta["storage_identifier"] == "sqlite3"
 
 
-def test_tf_static_matches_rig(ddad):
-    rig = preset("ddad")
+def test_tf_static_matches_rig(ddad, ddad_rig):
     ((_, msg),) = ddad["/tf_static"]
-    assert {t.header.frame_id for t in msg.transforms} == {rig.base_frame}
+    assert {t.header.frame_id for t in msg.transforms} == {ddad_rig.base_frame}
     tfs = static_tf(ddad["/tf_static"])
-    for cam in rig.cameras:
+    for cam in ddad_rig.cameras:
         np.testing.assert_allclose(tfs[cam.frame_id], cam.T_base_cam, atol=1e-9)
-    np.testing.assert_allclose(tfs[rig.lidar_frame], rig.T_base_lidar, atol=1e-9)
+    np.testing.assert_allclose(tfs[ddad_rig.lidar_frame], ddad_rig.T_base_lidar, atol=1e-9)
 
 
-def test_headers_stamps_and_log_times(ddad):
-    rig = preset("ddad")
-    lidar = ddad[rig.lidar_topic]
+def test_headers_stamps_and_log_times(ddad, ddad_rig):
+    lidar = ddad[ddad_rig.lidar_topic]
     delays = []
     offsets = defaultdict(list)
-    for cam in rig.cameras:
+    for cam in ddad_rig.cameras:
         imgs, infos = ddad[cam.image_topic], ddad[cam.info_topic]
         gts = ddad[f"/synthetic_gt/{cam.name}/depth"]
         for (log, img), (_, info), (_, gt), (_, cloud) in zip(imgs, infos, gts, lidar, strict=True):
@@ -211,13 +214,12 @@ def test_headers_stamps_and_log_times(ddad):
         assert np.ptp(off) < 0.1e6, f"{name}: offset must be fixed per camera (up to jitter)"
     assert len({round(np.mean(o), -5) for o in offsets.values()}) > 1, "cameras have different offsets"
     for log, cloud in lidar:
-        assert cloud.header.frame_id == rig.lidar_frame
+        assert cloud.header.frame_id == ddad_rig.lidar_frame
         assert log - stamp_ns(cloud) >= 100e6, "a sweep is published after its 100 ms revolution"
 
 
-def test_camera_info_matches_rig(ddad):
-    rig = preset("ddad")
-    for cam in rig.cameras:
+def test_camera_info_matches_rig(ddad, ddad_rig):
+    for cam in ddad_rig.cameras:
         _, info = ddad[cam.info_topic][0]
         assert (info.width, info.height) == (640, 384)
         assert info.distortion_model == "plumb_bob"
@@ -304,19 +306,18 @@ def _sample_inverse_depth(depth: np.ndarray, bad: np.ndarray, uv: np.ndarray) ->
         return np.where(ok, 1.0 / val, np.nan), ok
 
 
-def test_lidar_agrees_with_rendered_depth(ddad):
+def test_lidar_agrees_with_rendered_depth(ddad, ddad_rig):
     """LiDAR points, moved with the bag's own TF (static extrinsics + odometry between the sweep's
     and the image's stamps) and projected into each camera, land where the GT depth agrees."""
     tfs = static_tf(ddad["/tf_static"])
     odo = Odometry(ddad["/tf"])
-    rig = preset("ddad")
     errors, per_cam = [], {}
     for frame in range(2):
-        _, cloud = ddad[rig.lidar_topic][frame]
+        _, cloud = ddad[ddad_rig.lidar_topic][frame]
         pts = cloud_xyz(cloud).reshape(-1, 3).astype(np.float64)
         pts = pts[np.isfinite(pts).all(1)]
         T_odom_lidar = odo.at(stamp_ns(cloud)) @ tfs[cloud.header.frame_id]
-        for cam in rig.cameras:
+        for cam in ddad_rig.cameras:
             _, img = ddad[cam.image_topic][frame]
             _, info = ddad[cam.info_topic][frame]
             _, gt = ddad[f"/synthetic_gt/{cam.name}/depth"][frame]
@@ -336,12 +337,11 @@ def test_lidar_agrees_with_rendered_depth(ddad):
     assert (rel < 0.05).mean() > 0.9, f"only {(rel < 0.05).mean():.3f} within 5 %"
 
 
-def test_sky_is_positive_infinity_and_only_above_the_horizon(ddad):
+def test_sky_is_positive_infinity_and_only_above_the_horizon(ddad, ddad_rig):
     tfs = static_tf(ddad["/tf_static"])
     odo = Odometry(ddad["/tf"])
-    rig = preset("ddad")
     n_sky = 0
-    for cam in rig.cameras:
+    for cam in ddad_rig.cameras:
         _, img = ddad[cam.image_topic][0]
         _, gt = ddad[f"/synthetic_gt/{cam.name}/depth"][0]
         _, info = ddad[cam.info_topic][0]
@@ -361,21 +361,20 @@ def test_sky_is_positive_infinity_and_only_above_the_horizon(ddad):
     assert n_sky > 1000
 
 
-def test_adjacent_cameras_overlap(ddad):
+def test_adjacent_cameras_overlap(ddad, ddad_rig):
     """GT points of each camera reappear in its ring neighbour at the depth that camera rendered."""
     tfs = static_tf(ddad["/tf_static"])
     odo = Odometry(ddad["/tf"])
-    rig = preset("ddad")
     msgs = {
         c.name: (
             ddad[c.image_topic][0][1],
             ddad[f"/synthetic_gt/{c.name}/depth"][0][1],
             ddad[c.info_topic][0][1],
         )
-        for c in rig.cameras
+        for c in ddad_rig.cameras
     }
-    for i, j in rig.adjacent_pairs():
-        a, b = rig.cameras[i], rig.cameras[j]
+    for i, j in ddad_rig.adjacent_pairs():
+        a, b = ddad_rig.cameras[i], ddad_rig.cameras[j]
         img_a, gt_a, info_a = msgs[a.name]
         img_b, gt_b, info_b = msgs[b.name]
         depth_a = depth_of(gt_a)[::2, ::2]

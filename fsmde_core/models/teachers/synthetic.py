@@ -1,6 +1,6 @@
 """A simulated relative-depth foundation model, for synthetic bags only.
 
-Why it exists: the distillation method (DESIGN.md §5) needs a teacher that is
+Why it exists: the distillation method (docs/method.md) needs a teacher that is
 *good at structure but blind to metric scale*. On the procedural surround world
 we have dense ground truth, so we can manufacture such a teacher with known,
 controllable quality and run the whole pipeline (cache, CKD, VRKD, ablations)
