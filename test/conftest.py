@@ -26,37 +26,11 @@ if TYPE_CHECKING:  # torch and rosbags load only in the modules that use these f
 
     from fsmde_core.models.student import StudentConfig
 
-#: Architecture of every test student: ResNet-18, 16 bins over 0.5-80 m, a narrow decoder.
-TINY_STUDENT = {"encoder": "resnet18", "num_bins": 16, "min_depth": 0.5, "max_depth": 80.0,
-                "decoder_channels": (32, 16, 16, 8)}
 #: Size of the shared synthetic recording (``synthetic_bag``): the ddad preset rendered small.
 SYNTHETIC_BAG_SIZE = (160, 96)  # width, height
 
 
 # ------------------------------------------------------------------ plain factories
-def tiny_student_config(height: int, width: int, **overrides: object) -> StudentConfig:
-    """The tiny student at ``height`` x ``width``; ``overrides`` change single fields on purpose."""
-    from fsmde_core.models.student import StudentConfig
-
-    return StudentConfig(**{**TINY_STUDENT, "input_height": height, "input_width": width, **overrides})
-
-
-def save_tiny_student(run: Path, cfg: StudentConfig, camera_names: Sequence[str] = SURROUND_CAMERAS,
-                      seed: int = 0, rig: str | None = None) -> Path:
-    """Randomly initialised (seeded) weights of ``cfg`` saved as ``fsmde train`` leaves a run directory."""
-    import torch
-
-    from fsmde_core.checkpoint import save_student
-    from fsmde_core.models.student import SurroundDepthStudent
-
-    torch.manual_seed(seed)
-    meta: dict[str, object] = {"student": cfg.to_dict(), "camera_names": list(camera_names)}
-    if rig is not None:
-        meta["rig"] = rig
-    save_student(run, SurroundDepthStudent(cfg), meta)
-    return run
-
-
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")
 def camera_names() -> list[str]:
@@ -67,6 +41,8 @@ def camera_names() -> list[str]:
 @pytest.fixture(scope="session")
 def student_config() -> Callable[..., StudentConfig]:
     """Factory ``student_config(height, width, **overrides)`` of the tiny student's config."""
+    from tiny_students import tiny_student_config  # torch: only for the tests that ask
+
     return tiny_student_config
 
 
@@ -76,6 +52,8 @@ def saved_student(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pat
 
     Every call writes a new directory, so a module may export into or copy from its own run freely.
     """
+
+    from tiny_students import save_tiny_student, tiny_student_config
 
     def make(height: int, width: int, camera_names: Sequence[str] = SURROUND_CAMERAS, seed: int = 0,
              rig: str | None = None, **overrides: object) -> Path:

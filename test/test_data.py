@@ -36,9 +36,10 @@ from fsmde_core.data.sample import resize_nearest
 from fsmde_core.data.store import StoreKeyError
 from fsmde_core.data.tf import TfLookupError, TfTree
 from fsmde_core.messages import UnsupportedEncodingError, cloud_xyz, header_stamp_ns
+from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.rig import make_transform, optical_to_base_rotation
 
-RING = ["front", "front_left", "back_left", "back", "back_right", "front_right"]
+RING = list(SURROUND_CAMERAS)
 SMALL = DataConfig(width=32, height=24)
 
 

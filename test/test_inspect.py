@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from bagfactory import BagSpec, write_bag
+from bagfactory import SWEEP_OFFSETS_MS, BagSpec, write_bag
 
 from fsmde_core.data.config import DataConfig
 from fsmde_core.data.inspect import TopicTimes, inspect_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A sweep-triggered rig (nuScenes-like): six phases over 42.6 ms at 12 Hz.
-SWEEP_OFFSETS = [0.0, 8.5, 17.0, 25.5, 34.0, 42.6]
+SWEEP_OFFSETS = list(SWEEP_OFFSETS_MS)
 
 
 @pytest.fixture(scope="module")

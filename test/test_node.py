@@ -529,7 +529,7 @@ class TestRunningNode:
             reference = max(stamps.values())
             publish_set(driver, rig, images, stamps)
             assert driver.wait_until(lambda s=stamps, r=reference: driver.outputs_at(s, r), DEADLINE_S), \
-                f"no complete output for set {tick}; log:\n{main_node[0].log()}"
+                f"no complete output for set {tick}; log:\n{main_node[0].log()}\n{_diagnostics_text(driver)}"
             time.sleep(0.1)  # any duplicate would arrive now
             offline = offline_depth(backend, [images[c] for c in CAMERAS])
             depth = np.stack([received_depth(driver, c, stamps[c]) for c in CAMERAS])

@@ -1,4 +1,4 @@
-"""Tiny ResNet-18 students for tests that run the real backends (node and estimator tests).
+"""The tiny ResNet-18 student every test uses (``conftest`` fixtures wrap it), and two with set weights.
 
 *Textured*: the bin logits are sharpened, so depth varies strongly across pixels (~7 to
 ~70 m) and comparing an output with the backend's own prediction checks every pixel's
@@ -15,17 +15,34 @@ import torch
 
 from fsmde_core.checkpoint import save_student
 from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
+from fsmde_core.names import SURROUND_CAMERAS
 
 PLANE_DEPTH_M = 8.5  # bin 1 of 16 equal bins over [1, 81] m
 
 
-def _config(height: int, width: int, min_depth: float, max_depth: float) -> StudentConfig:
-    return StudentConfig(encoder="resnet18", num_bins=16, min_depth=min_depth, max_depth=max_depth,
-                         decoder_channels=(32, 16, 16, 8), input_height=height, input_width=width)
+#: Architecture of every test student: ResNet-18, 16 bins over 0.5-80 m, a narrow decoder.
+TINY_STUDENT = {"encoder": "resnet18", "num_bins": 16, "min_depth": 0.5, "max_depth": 80.0,
+                "decoder_channels": (32, 16, 16, 8)}
+
+
+def tiny_student_config(height: int, width: int, **overrides: object) -> StudentConfig:
+    """The tiny student at ``height`` x ``width``; ``overrides`` change single fields on purpose."""
+    return StudentConfig(**{**TINY_STUDENT, "input_height": height, "input_width": width, **overrides})
+
+
+def save_tiny_student(run: Path, cfg: StudentConfig, camera_names: Sequence[str] = SURROUND_CAMERAS,
+                      seed: int = 0, rig: str | None = None) -> Path:
+    """Randomly initialised (seeded) weights of ``cfg`` saved as ``fsmde train`` leaves a run directory."""
+    torch.manual_seed(seed)
+    meta: dict[str, object] = {"student": cfg.to_dict(), "camera_names": list(camera_names)}
+    if rig is not None:
+        meta["rig"] = rig
+    save_student(run, SurroundDepthStudent(cfg), meta)
+    return run
 
 
 def save_textured_student(run: Path, cameras: Sequence[str], height: int, width: int) -> Path:
-    cfg = _config(height, width, 0.5, 80.0)
+    cfg = tiny_student_config(height, width)
     torch.manual_seed(0)
     model = SurroundDepthStudent(cfg)
     with torch.no_grad():  # peaky bin probabilities: depth varies from ~7 to ~70 m
@@ -36,7 +53,7 @@ def save_textured_student(run: Path, cameras: Sequence[str], height: int, width:
 
 
 def save_plane_student(run: Path, cameras: Sequence[str], height: int, width: int) -> Path:
-    cfg = _config(height, width, 1.0, 81.0)
+    cfg = tiny_student_config(height, width, min_depth=1.0, max_depth=81.0)
     torch.manual_seed(0)
     model = SurroundDepthStudent(cfg)
     with torch.no_grad():

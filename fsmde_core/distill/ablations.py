@@ -14,13 +14,13 @@ median / MAD taken from an *anchor* (``loss.ckd_anchor``):
   LiDAR pixels (:func:`lidar_affine_fit`), so m + s u^T = a x + b.
 * ``gt``: the median / MAD of the teacher matched to those of the LiDAR
   inverse depth ("moments": a poor estimate of a pointwise map).
-* ``student``: the student's own inverse-depth statistics (DESIGN.md §5's
+* ``student``: the student's own inverse-depth statistics (docs/method.md's
   reading, and the fallback of the two above for an image with fewer than
   ``min_anchor_points`` LiDAR pixels or a failed fit): blind to metric scale.
 
 Targets (``loss.ckd_target``):
 
-* ``kernel``: p^T_k = softmax_k(-|u^T - û_k| / (sigma * tau)), DESIGN.md §5.
+* ``kernel``: p^T_k = softmax_k(-|u^T - û_k| / (sigma * tau)), docs/method.md.
   ``sigma`` (``loss.ckd_sigma``, MAD units) is kept apart from tau because at
   the optimum of tau^2 KL the student's logits are -|u^T - û_k| / sigma
   whatever tau is. Its expectation is biased deep (Jensen).

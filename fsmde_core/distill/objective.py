@@ -3,7 +3,7 @@
 Why apart from the terms: the terms are pure functions of tensors; this is
 where the configuration (switches, weights, which CKD target) meets the
 student's output, the resolutions are reconciled, and a configuration that
-would silently do less than it says is refused. The method is DESIGN.md §5:
+would silently do less than it says is refused. The method is docs/method.md:
 SILog + Chamfer make the student metric, CKD transfers the teacher's
 structure as bin probabilities, VRKD transfers cross-view feature relations.
 """

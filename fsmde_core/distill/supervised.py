@@ -1,7 +1,7 @@
 """Supervised terms against sparse metric LiDAR: SILog and the bin-centre Chamfer.
 
 Why a module of their own: these are the terms that make the student
-*metric* (scale from LiDAR, DESIGN.md §5), whatever the teacher says; the KD
+*metric* (scale from LiDAR, docs/method.md), whatever the teacher says; the KD
 terms (:mod:`fsmde_core.distill.ckd`, :mod:`fsmde_core.distill.vrkd`) only
 transfer structure. Invalid GT is dropped on its own: NaN, +/-Inf (REP 117:
 +Inf = beyond range / sky) and values ``<= 0``. An image without usable GT
