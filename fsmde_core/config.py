@@ -32,6 +32,7 @@ import yaml
 if TYPE_CHECKING:
     from fsmde_core.data.config import DataConfig
     from fsmde_core.distill.objective import DistillLossConfig
+    from fsmde_core.models.resnet import PretrainedConfig
     from fsmde_core.models.student import StudentConfig
 
 SECTIONS = ("data", "student", "teacher", "loss", "optim", "log", "seed", "eval")
@@ -137,24 +138,6 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class PretrainedConfig:
-    """The optional ImageNet encoder initialisation (``student.pretrained*`` keys).
-
-    A file whose names match less than ``pretrained_min_match`` of the encoder's
-    tensors is refused: it initialises (almost) nothing, and training from
-    scratch by accident is the costliest silent failure there is.
-    """
-
-    pretrained: str | None = None
-    pretrained_min_match: float = 0.9
-    pretrained_force: bool = False  # load whatever matches, however little
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= float(self.pretrained_min_match) <= 1.0:
-            raise ValueError(f"student.pretrained_min_match must be in [0, 1], got {self.pretrained_min_match!r}")
-
-
-@dataclass(frozen=True)
 class TrainDataConfig:
     """The ``data`` keys only training has (the rest is the reader's DataConfig)."""
 
@@ -188,6 +171,7 @@ class TrainConfig:
     def from_dict(cls, cfg: dict[str, Any], source: str = "<config>") -> TrainConfig:
         """Typed sections of a plain config; a bad value is a ConfigError naming ``source`` and the key."""
         from fsmde_core.distill.objective import DistillLossConfig
+        from fsmde_core.models.resnet import PretrainedConfig
         from fsmde_core.models.student import StudentConfig
 
         check_keys(cfg, source)
@@ -257,6 +241,7 @@ def section_keys(section: str) -> tuple[str, ...]:
     if section == "data":
         return _data_keys()
     if section == "student":
+        from fsmde_core.models.resnet import PretrainedConfig
         from fsmde_core.models.student import StudentConfig
 
         arch = tuple(k for k in _field_names(StudentConfig) if k not in STUDENT_SIZE_FIELDS)
@@ -273,6 +258,7 @@ def default_config() -> dict[str, Any]:
     """The defaults as a plain nested dict, derived from the section dataclasses."""
     from fsmde_core.data.config import DataConfig
     from fsmde_core.distill.objective import DistillLossConfig
+    from fsmde_core.models.resnet import PretrainedConfig
     from fsmde_core.models.student import StudentConfig
 
     student = {k: v for k, v in asdict(StudentConfig()).items() if k not in STUDENT_SIZE_FIELDS}

@@ -15,7 +15,6 @@ from fsmde_core.config import (
     EvalConfig,
     LogConfig,
     OptimConfig,
-    PretrainedConfig,
     TeacherConfig,
     TrainConfig,
     TrainDataConfig,
@@ -23,6 +22,7 @@ from fsmde_core.config import (
     load_config,
     load_data_config,
 )
+from fsmde_core.models.resnet import PretrainedConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "config" / "train_tiny.yaml"

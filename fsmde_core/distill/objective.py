@@ -10,9 +10,9 @@ structure as bin probabilities, VRKD transfers cross-view feature relations.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
@@ -115,15 +115,6 @@ class DistillLossConfig:
                 raise ValueError(
                     f"loss.{key}={value!r} has no effect with loss.ckd_target={self.ckd_target!r} "
                     f"(only {', '.join(readers)} reads it): remove it or choose that target")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> DistillLossConfig:
-        """Build from a YAML-style dict; unknown keys are an error (catches typos in configs)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DistillLossConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
 
     @property
     def needs_teacher(self) -> bool:

@@ -20,8 +20,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fsmde_core.config import PretrainedConfig
-
 log = logging.getLogger(__name__)
 
 #: Blocks per stage for the supported depths (torchvision's BasicBlock variants).
@@ -39,6 +37,25 @@ IGNORED_PREFIXES: tuple[str, ...] = ("fc.",)
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """The optional ImageNet encoder initialisation (``student.pretrained*`` keys).
+
+    A file whose names match less than ``pretrained_min_match`` of the encoder's
+    tensors is refused: it initialises (almost) nothing, and training from
+    scratch by accident is the costliest silent failure there is.
+    """
+
+    pretrained: str | None = None
+    pretrained_min_match: float = 0.9
+    pretrained_force: bool = False  # load whatever matches, however little
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.pretrained_min_match) <= 1.0:
+            raise ValueError(f"student.pretrained_min_match must be in [0, 1], got {self.pretrained_min_match!r}")
+
 
 
 class BasicBlock(nn.Module):
