@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from fsmde_core.config import ConfigError, TrainConfig, load_config
 from fsmde_core.distill.ckd import ckd_centre_loss
 from fsmde_core.distill.objective import TARGET_ONLY_KEYS, DistillLossConfig, compute_losses
 from fsmde_core.distill.supervised import silog_loss
@@ -90,7 +91,7 @@ def test_compute_losses_upsamples_low_res_depth_for_silog() -> None:
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_config_validation_and_from_mapping() -> None:
+def test_config_validation_and_typed_loss_section() -> None:
     with pytest.raises(ValueError, match="switched off"):
         DistillLossConfig(use_silog=False, use_bins=False, use_ckd=False, use_vrkd=False)
     with pytest.raises(ValueError, match="tau_ckd"):
@@ -101,9 +102,9 @@ def test_config_validation_and_from_mapping() -> None:
         DistillLossConfig(ckd_target="hat")
     with pytest.raises(ValueError, match="ckd_anchor"):
         DistillLossConfig(ckd_target="linear", ckd_anchor="median")
-    with pytest.raises(ValueError, match="unknown"):
-        DistillLossConfig.from_mapping({"w_silgo": 1.0})
-    cfg = DistillLossConfig.from_mapping({"vrkd_grid": [3, 6], "use_vrkd": False})
+    with pytest.raises(ConfigError, match=r"unknown key 'loss\.w_silgo'"):
+        load_config(None, ["loss.w_silgo=1.0"])
+    cfg = TrainConfig.from_dict(load_config(None, ["loss.vrkd_grid=[3, 6]", "loss.use_vrkd=false"])).loss
     assert cfg.vrkd_grid == (3, 6) and cfg.needs_teacher
 
 
@@ -129,7 +130,7 @@ def test_compute_losses_rank_target_adds_the_centre_term() -> None:
 ])
 def test_config_refuses_a_key_the_chosen_target_ignores(target: str, key: str, value: object) -> None:
     with pytest.raises(ValueError, match=rf"loss\.{key}=.* no effect with loss\.ckd_target='{target}'"):
-        DistillLossConfig.from_mapping({"ckd_target": target, key: value})
+        DistillLossConfig(ckd_target=target, **{key: value})
 
 
 def test_config_accepts_target_keys_for_their_target_and_ignored_keys_at_their_default() -> None:
@@ -143,7 +144,7 @@ def test_config_accepts_target_keys_for_their_target_and_ignored_keys_at_their_d
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_set_no_loss_key_their_target_ignores(path: Path) -> None:
     loss = yaml.safe_load(path.read_text())["loss"]
-    cfg = DistillLossConfig.from_mapping(loss)
+    cfg = TrainConfig.from_dict(load_config(path), str(path)).loss
     ignored = sorted(k for k, readers in TARGET_ONLY_KEYS.items() if k in loss and cfg.ckd_target not in readers)
     assert ignored == [], f"{path.name} sets {ignored}, which ckd_target {cfg.ckd_target!r} does not read"
 
