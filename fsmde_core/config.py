@@ -261,7 +261,8 @@ def default_config() -> dict[str, Any]:
     from fsmde_core.models.resnet import PretrainedConfig
     from fsmde_core.models.student import StudentConfig
 
-    student = {k: v for k, v in asdict(StudentConfig()).items() if k not in STUDENT_SIZE_FIELDS}
+    # the preset and None (= the preset's value) for its fields, so a YAML's preset is not outvoted by defaults
+    student = {k: v for k, v in StudentConfig.section_defaults().items() if k not in STUDENT_SIZE_FIELDS}
     return _plain({
         "seed": 0,
         "data": {**asdict(DataConfig(**TRAIN_DATA_DEFAULTS)), **asdict(TrainDataConfig())},

@@ -87,9 +87,10 @@ def test_defaults_come_from_the_section_dataclasses():
     assert d["eval"] == asdict(EvalConfig()) and d["teacher"] == asdict(TeacherConfig())
     loss = json.loads(json.dumps(asdict(DistillLossConfig())))
     assert d["loss"] == loss
-    student = {k: v for k, v in json.loads(json.dumps(asdict(StudentConfig()))).items()
-               if k not in ("input_height", "input_width")}
+    student = {k: v for k, v in StudentConfig.section_defaults().items() if k not in ("input_height", "input_width")}
     assert d["student"] == {**student, **asdict(PretrainedConfig())}
+    # the preset is the default; what it fills in is unset, so a YAML's preset is not outvoted by defaults
+    assert d["student"]["preset"] == "base" and d["student"]["encoder"] is None and d["student"]["num_bins"] is None
     reader = {k: d["data"][k] for k in asdict(DataConfig())}
     assert DataConfig.from_dict({k: v for k, v in reader.items() if v is not None}).size == (320, 192)
     assert {k: d["data"][k] for k in asdict(TrainDataConfig())} == asdict(TrainDataConfig())
@@ -105,6 +106,26 @@ def test_every_student_key_reaches_the_student_config():
     assert cfg.student.decoder_channels == (16, 16, 8, 8) and cfg.student.readout == "linear"
     assert (cfg.student.input_width, cfg.student.input_height) == (64, 32)
     assert cfg.student.num_bins == 32  # from the YAML
+
+
+def test_a_preset_fills_what_the_config_leaves_unset_and_explicit_keys_win(tmp_path):
+    from fsmde_core.models.student import PRESETS
+
+    yaml_file = tmp_path / "lite.yaml"
+    yaml_file.write_text("student: {preset: lite, num_bins: 48}\n")
+    lite = TrainConfig.from_dict(load_config(yaml_file)).student
+    assert (lite.preset, lite.num_bins) == ("lite", 48)  # the file's explicit key wins over the preset
+    assert lite.encoder == PRESETS["lite"]["encoder"] and lite.decoder_channels == PRESETS["lite"]["decoder_channels"]
+    large = TrainConfig.from_dict(load_config(yaml_file, ["student.preset=large"])).student
+    assert (large.encoder, large.num_bins) == ("resnet34", 48)  # the command line's preset; the file's key stays
+    tiny = TrainConfig.from_dict(load_config(TINY)).student
+    assert tiny.preset == "base" and tiny.encoder == "mobilenetv3_large"  # the shipped tiny config chooses base
+
+
+def test_an_unknown_preset_is_refused_with_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"command line: student: preset must be one of "
+                                          r"\['base', 'large', 'legacy', 'lite'\], got 'tiny'"):
+        load_config(TINY, ["student.preset=tiny"])
 
 
 def test_the_config_stays_a_plain_json_dict_that_eval_and_resume_read(tmp_path):

@@ -31,8 +31,9 @@ RESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
 #: Channels of the five feature maps returned by the encoder (stride 2, 4, 8, 16, 32).
 ENCODER_CHANNELS: tuple[int, int, int, int, int] = (64, 64, 128, 256, 512)
 
-#: Prefixes of checkpoint keys that are silently dropped (ImageNet classifier).
-IGNORED_PREFIXES: tuple[str, ...] = ("fc.",)
+#: Prefixes of checkpoint keys that are silently dropped: the ImageNet classifier of a
+#: torchvision ResNet (``fc``) or MobileNetV3 (``classifier``).
+IGNORED_PREFIXES: tuple[str, ...] = ("fc.", "classifier.")
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -163,7 +164,7 @@ class LoadReport:
         path: the checkpoint file.
         loaded: encoder keys that received a tensor from the file.
         missing: encoder keys the file did not provide (they keep their init).
-        unexpected: file keys the encoder does not have (``fc.*`` excluded).
+        unexpected: file keys the encoder does not have (the classifier excluded).
         shape_mismatch: ``(key, encoder_shape, file_shape)`` for keys present in
             both but with different shapes (not loaded).
         ignored: file keys dropped on purpose (the ImageNet classifier).
@@ -197,7 +198,7 @@ class LoadReport:
         """Multi-line human-readable account, listing every problem key."""
         lines = [
             f"pretrained encoder {self.path}: loaded {len(self.loaded)} tensors, "
-            f"ignored {len(self.ignored)} (fc), missing {len(self.missing)}, "
+            f"ignored {len(self.ignored)} (classifier), missing {len(self.missing)}, "
             f"unexpected {len(self.unexpected)}, shape mismatches {len(self.shape_mismatch)}"
         ]
         lines += [f"  missing:    {k}" for k in self.missing]
@@ -261,13 +262,13 @@ def load_pretrained_encoder(encoder: nn.Module, path: str | Path, strict: bool =
                             min_match: float = PretrainedConfig.pretrained_min_match) -> LoadReport:
     """Copy matching tensors from a torchvision-style checkpoint into ``encoder``.
 
-    Keys are matched by name; ``fc.*`` is ignored; tensors whose shape differs are
-    skipped and reported rather than crashing, so a partially compatible
-    checkpoint still initialises what it can. The report is logged (warning
+    Keys are matched by name; the classifier (``fc.*``, ``classifier.*``) is
+    ignored; tensors whose shape differs are skipped and reported rather than
+    crashing, so a partially compatible checkpoint still initialises what it can. The report is logged (warning
     level when anything is off) and returned.
 
     Args:
-        encoder: a :class:`ResNetEncoder` (or any module with torchvision names).
+        encoder: a :class:`ResNetEncoder`, a MobileNetV3 encoder, or any module with torchvision names.
         path: ``.safetensors``, ``.pth`` or ``.pt`` file.
         strict: raise ``PretrainedLoadError`` unless ``report.ok``.
         min_match: raise ``PretrainedLoadError`` (loading nothing) when fewer than

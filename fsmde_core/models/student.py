@@ -1,4 +1,4 @@
-"""The distilled student: ResNet encoder + U-Net decoder + metric bin head.
+"""The distilled student family: an encoder + U-Net decoder + metric bin head.
 
 One network with shared weights serves every camera of the rig: a surround
 frame is simply a batch of B = n_cameras images. Depth is predicted as a
@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
-from fsmde_core.models.resnet import RESNET_LAYERS, ResNetEncoder, build_encoder
+from fsmde_core.models.decoder import DECODER_BLOCKS, UpBlock
+from fsmde_core.models.encoders import ENCODERS, build_student_encoder
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -32,17 +33,49 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 STUDENT_STRIDE = 32
 
 
+#: The student family (``student.preset``): architecture fields a preset fills in where the
+#: config leaves them unset (None); an explicit key always wins. Which to choose for which
+#: hardware, and what each costs, is in README "Student" and bench/results/student.md.
+#: ``legacy`` is the student before the family existed (issue 14): a run directory whose
+#: student.json has no preset was trained with it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lite": {"encoder": "mobilenetv3_large", "num_bins": 32, "decoder_channels": (64, 32, 24),
+             "decoder_block": "conv"},
+    "base": {"encoder": "mobilenetv3_large", "num_bins": 64, "decoder_channels": (128, 64, 48, 24),
+             "decoder_block": "dwsep"},
+    "large": {"encoder": "resnet34", "num_bins": 64, "decoder_channels": (256, 128, 64, 32),
+              "decoder_block": "dwsep"},
+    "legacy": {"encoder": "resnet18", "num_bins": 64, "decoder_channels": (256, 128, 64, 32),
+               "decoder_block": "conv"},
+}
+
+#: The preset of a StudentConfig built without one.
+DEFAULT_PRESET = "base"
+
+#: The preset of a checkpoint written before presets existed.
+PRESETLESS_CHECKPOINT_PRESET = "legacy"
+
+#: Decoder stages at stride 16, 8, 4, 2: 3 widths resolve the bins at stride 4, 4 widths at stride 2.
+DECODER_STAGE_STRIDES = (16, 8, 4, 2)
+
+
 @dataclass(frozen=True)
 class StudentConfig:
     """Hyper-parameters that define the student's architecture and output range.
 
     Attributes:
-        encoder: ``"resnet18"`` or ``"resnet34"``.
+        preset: ``lite`` | ``base`` | ``large`` | ``legacy`` (:data:`PRESETS`): fills
+            every architecture field left None; explicit values win. After
+            construction every field holds its resolved value.
+        encoder: ``"mobilenetv3_large"``, ``"resnet18"`` or ``"resnet34"``
+            (:data:`fsmde_core.models.encoders.ENCODERS`).
         num_bins: K, the number of adaptive depth bins per image.
         min_depth, max_depth: metric range in metres covered by the bins; every
             prediction lies in ``[min_depth, max_depth]``.
-        decoder_channels: output channels of the four decoder stages (stride 16,
-            8, 4, 2).
+        decoder_channels: output channels of the decoder stages at stride 16, 8,
+            4 and (if given) 2. The bin logits live at the last stage's stride
+            (4 with three widths, 2 with four); only depth is upsampled to the input.
+        decoder_block: ``"dwsep"`` (depthwise-separable) or ``"conv"`` (3x3).
         input_height, input_width: the resolution the network is trained and
             exported at (multiples of 32).
         readout: how depth is read out of the bins: ``"log"`` (geometric
@@ -50,20 +83,25 @@ class StudentConfig:
             arithmetic mean); see :func:`bin_expectation`.
     """
 
-    encoder: str = "resnet18"
-    num_bins: int = 64
+    preset: str = DEFAULT_PRESET
+    encoder: str | None = None
+    num_bins: int | None = None
     min_depth: float = 0.5
     max_depth: float = 80.0
-    decoder_channels: tuple[int, int, int, int] = (256, 128, 64, 32)
+    decoder_channels: tuple[int, ...] | None = None
+    decoder_block: str | None = None
     input_height: int = 384
     input_width: int = 640
     readout: str = "log"
 
     def __post_init__(self) -> None:
+        self._fill_from_preset()
         # JSON round trips turn tuples into lists; normalise before validating.
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
-        if self.encoder not in RESNET_LAYERS:
-            raise ValueError(f"encoder must be one of {sorted(RESNET_LAYERS)}, got {self.encoder!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {self.encoder!r}")
+        if self.decoder_block not in DECODER_BLOCKS:
+            raise ValueError(f"decoder_block must be one of {list(DECODER_BLOCKS)}, got {self.decoder_block!r}")
         if self.readout not in ("log", "linear"):
             raise ValueError(f"readout must be 'log' or 'linear', got {self.readout!r}")
         if int(self.num_bins) != self.num_bins or self.num_bins < 2:
@@ -72,27 +110,49 @@ class StudentConfig:
             raise ValueError(
                 f"need 0 < min_depth < max_depth, got min_depth={self.min_depth}, max_depth={self.max_depth}"
             )
-        if len(self.decoder_channels) != 4 or min(self.decoder_channels) < 1:
-            raise ValueError(f"decoder_channels must be 4 positive ints, got {self.decoder_channels!r}")
+        if len(self.decoder_channels) not in (3, 4) or min(self.decoder_channels) < 1:
+            raise ValueError(f"decoder_channels must be 3 or 4 positive ints (stages at stride 16, 8, 4[, 2]), "
+                             f"got {self.decoder_channels!r}")
         for name in ("input_height", "input_width"):
             value = getattr(self, name)
             if int(value) != value or value <= 0 or value % STUDENT_STRIDE:
                 raise ValueError(f"{name} must be a positive multiple of {STUDENT_STRIDE}, got {value!r}")
 
+    def _fill_from_preset(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+
+    @property
+    def logit_stride(self) -> int:
+        """The stride of the bin logits (and of the depth before its upsampling)."""
+        return DECODER_STAGE_STRIDES[len(self.decoder_channels) - 1]
+
+    @classmethod
+    def section_defaults(cls) -> dict[str, Any]:
+        """The config section's defaults: the preset, and None for what the preset fills in."""
+        return {f.name: f.default for f in fields(cls)}
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (tuples become lists)."""
+        """JSON-serialisable dict: the preset and every resolved field (tuples become lists)."""
         out = asdict(self)
         out["decoder_channels"] = list(self.decoder_channels)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudentConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (catches typos in YAML)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (catches typos in YAML).
+
+        A dict without ``preset`` comes from a checkpoint written before the
+        family existed: it describes the ``legacy`` architecture.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown StudentConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(data))
+        return cls(**{"preset": PRESETLESS_CHECKPOINT_PRESET, **dict(data)})
 
 
 class StudentOutput(NamedTuple):
@@ -101,54 +161,18 @@ class StudentOutput(NamedTuple):
     Attributes:
         depth: (B, 1, H, W) metric depth in metres, in ``[min_depth, max_depth]``:
             the bin expectation (in log depth, :func:`bin_expectation`) at
-            stride 2, bilinearly upsampled.
-        logits: (B, K, H/2, W/2) per-pixel bin logits z at stride 2 (CKD uses
+            the logit stride s (``StudentConfig.logit_stride``, 2 or 4), bilinearly upsampled.
+        logits: (B, K, H/s, W/s) per-pixel bin logits z (CKD uses
             ``softmax(z / tau)`` at this resolution).
         centres: (B, K) bin centres in metres, strictly increasing per image.
         features: (B, C, H/16, W/16) first decoder stage (bottleneck fused with
-            layer3); the student side of view-relational KD.
+            the stride-16 skip); the student side of view-relational KD.
     """
 
     depth: torch.Tensor
     logits: torch.Tensor
     centres: torch.Tensor
     features: torch.Tensor
-
-
-#: Channels per GroupNorm group in the decoder (groups = channels // this, at least 1).
-DECODER_GROUP_CHANNELS = 8
-
-
-class ConvELU(nn.Sequential):
-    """3x3 conv + GroupNorm + ELU.
-
-    Why a normalisation: without one, 2 of the last 4 supervised-only
-    students trained on synthetic data collapsed (every pixel's softmax
-    saturated on one bin by step 80, depth flat, held-out AbsRel 0.9-1.0; see
-    bench/results/distill.md); with it none of 3 did, and even lr 1.0 trains
-    on. Nothing kept the decoder's activations, and so
-    the logits, at a scale where the softmax still passes gradient. AdaBins
-    normalises its decoder with BatchNorm; GroupNorm does the same job without
-    depending on the batch (6 cameras in training, 6 or fewer at inference).
-    """
-
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        groups = max(1, out_ch // DECODER_GROUP_CHANNELS)
-        super().__init__(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1),
-                         nn.GroupNorm(groups, out_ch), nn.ELU(inplace=True))
-
-
-class UpBlock(nn.Module):
-    """Upsample to the skip's resolution, concatenate the skip, two ConvELU."""
-
-    def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.conv1 = ConvELU(in_ch + skip_ch, out_ch)
-        self.conv2 = ConvELU(out_ch, out_ch)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = nnf.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.conv2(self.conv1(torch.cat([x, skip], dim=1)))
 
 
 class BinHead(nn.Module):
@@ -186,14 +210,16 @@ class SurroundDepthStudent(nn.Module):
         cfg = self.config
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.encoder: ResNetEncoder = build_encoder(cfg.encoder)
-        enc = self.encoder.channels  # (64, 64, 128, 256, 512) at strides 2..32
-        d = cfg.decoder_channels
-        self.up16 = UpBlock(enc[4], enc[3], d[0])
-        self.up8 = UpBlock(d[0], enc[2], d[1])
-        self.up4 = UpBlock(d[1], enc[1], d[2])
-        self.up2 = UpBlock(d[2], enc[0], d[3])
-        self.logit_head = nn.Conv2d(d[3], cfg.num_bins, kernel_size=3, padding=1)
+        self.encoder = build_student_encoder(cfg.encoder)
+        enc = self.encoder.channels  # widths at strides 2, 4, 8, 16, 32
+        d, kind = cfg.decoder_channels, cfg.decoder_block
+        self.up16 = UpBlock(enc[4], enc[3], d[0], kind)
+        self.up8 = UpBlock(d[0], enc[2], d[1], kind)
+        self.up4 = UpBlock(d[1], enc[1], d[2], kind)
+        # Three widths stop at stride 4: the stride-2 stage costs as much as the
+        # rest of a slim decoder together (bench/results/student.md).
+        self.up2 = UpBlock(d[2], enc[0], d[3], kind) if len(d) == 4 else None
+        self.logit_head = nn.Conv2d(d[-1], cfg.num_bins, kernel_size=3, padding=1)
         self.bin_head = BinHead(enc[4], cfg.num_bins, cfg.min_depth, cfg.max_depth)
         self.feature_channels: int = d[0]
         self.feature_stride: int = 16
@@ -203,17 +229,19 @@ class SurroundDepthStudent(nn.Module):
         f0, f1, f2, f3, f4 = self.encoder(x)
         centres = self.bin_head(f4)
         d16 = self.up16(f4, f3)
-        d2 = self.up2(self.up4(self.up8(d16, f2), f1), f0)
-        # The bins are resolved at stride 2 and only the 1-channel depth is
-        # upsampled. Upsampling the K-channel logits first (as AdaBins does)
+        d_last = self.up4(self.up8(d16, f2), f1)
+        if self.up2 is not None:
+            d_last = self.up2(d_last, f0)
+        # The bins are resolved at the logit stride (2 or 4) and only the 1-channel
+        # depth is upsampled. Upsampling the K-channel logits first (as AdaBins does)
         # would run the softmax and the expectation on 4x the pixels and resize
         # K channels instead of one: 2.63 -> 2.22 s per 6x384x640 set on 2 CPU
-        # cores for K = 64 (-16 %), and CKD runs at stride 2 too. Bilinear
+        # cores for K = 64 (-16 %), and CKD runs at the logit stride too. Bilinear
         # upsampling is a convex combination, so depth stays in [min_depth, max_depth].
-        logits = self.logit_head(d2)
+        logits = self.logit_head(d_last)
         probs = torch.softmax(logits, dim=1)
-        depth_half = bin_expectation(probs, centres, log_space=self.config.readout == "log")
-        depth = nnf.interpolate(depth_half, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        depth_low = bin_expectation(probs, centres, log_space=self.config.readout == "log")
+        depth = nnf.interpolate(depth_low, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return StudentOutput(depth=depth, logits=logits, centres=centres, features=d16)
 
 
@@ -254,3 +282,16 @@ class DepthOnly(nn.Module):
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with ``requires_grad``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_gflops(module: nn.Module, *inputs: Any, **kw_inputs: Any) -> float:
+    """GFLOPs of one forward pass (``torch.utils.flop_counter``: a multiply-add counts 2).
+
+    Deterministic and machine-independent, unlike a timing: the number the
+    student family's targets (x fewer than Depth Anything V2-Small) are stated in.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*inputs, **kw_inputs)
+    return counter.get_total_flops() / 1e9
