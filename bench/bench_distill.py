@@ -30,6 +30,12 @@ and a report newer than its checkpoint too, so re-running the script only
 fills in what is missing; delete ``--work`` after changing code or settings.
 
     python bench/bench_distill.py [--work /tmp/fsmde_distill] [--steps 300] [--seeds 0,1,2]
+    python bench/bench_distill.py --preset lite --summary-json lite.json   # one student of the family
+
+``--preset`` trains that student preset (``student.preset=...``; the tiny
+config's 32 bins stay, so presets differ in encoder and decoder only) in run
+directories of its own; ``bench/bench_student.py`` runs it per preset for the
+accuracy half of its speed/accuracy table and reads ``--summary-json``.
 """
 
 from __future__ import annotations
@@ -106,7 +112,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float
     return (time.perf_counter() - t0) / repeats
 
 
-def speed_table(repeats: int) -> list[tuple[str, str, float, float]]:
+def speed_table(repeats: int, preset: str | None) -> list[tuple[str, str, float, float]]:
     """Student (deployment size 384x640) vs DA-V2-Small (518-class input 378x644), 6 cameras."""
     from transformers import DepthAnythingForDepthEstimation
 
@@ -114,10 +120,11 @@ def speed_table(repeats: int) -> list[tuple[str, str, float, float]]:
     from fsmde_core.models.teachers.depth_anything_v2 import small_depth_anything_v2_config
 
     torch.manual_seed(0)
-    student = SurroundDepthStudent(StudentConfig(input_height=384, input_width=640)).eval()
+    cfg = StudentConfig(**({"preset": preset} if preset else {}), input_height=384, input_width=640)
+    student = SurroundDepthStudent(cfg).eval()
     teacher = DepthAnythingForDepthEstimation(small_depth_anything_v2_config()).eval()
     rows = []
-    for name, model, shape in (("student ResNet-18 + bins", student, (6, 3, 384, 640)),
+    for name, model, shape in ((f"student {cfg.preset} ({cfg.encoder}) + bins", student, (6, 3, 384, 640)),
                                ("teacher Depth Anything V2-Small", teacher, (6, 3, 378, 644))):
         params = sum(p.numel() for p in model.parameters()) / 1e6
         sec = time_forward(model, torch.rand(shape), repeats)
@@ -136,7 +143,11 @@ def main() -> int:
                     help="training seeds per variant, comma-separated (default 0,1,2)")
     ap.add_argument("--variants", type=lambda v: v.split(","), default=list(VARIANTS),
                     help=f"comma-separated, default {','.join(VARIANTS)}; ablations: {','.join(EXTRA_VARIANTS)}")
-    ap.add_argument("--speed-repeats", type=int, default=3)
+    ap.add_argument("--speed-repeats", type=int, default=3, help="0 skips the speed table")
+    ap.add_argument("--preset", default=None,
+                    help="student preset to train (lite|base|large|legacy); default: the config's own")
+    ap.add_argument("--summary-json", type=Path, default=None,
+                    help="also write each variant's per-seed and mean held-out metrics here (JSON)")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results/distill.md")
     args = ap.parse_args()
     work = args.work
@@ -163,10 +174,11 @@ def main() -> int:
     unknown = sorted(set(args.variants) - set(chosen))
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {sorted(chosen)}")
+    student_overrides = [f"student.preset={args.preset}"] if args.preset else []
     for name in args.variants:
-        overrides = chosen[name]
+        overrides = [*chosen[name], *student_overrides]
         for seed in args.seeds:
-            tag = f"{name}_seed{seed}"
+            tag = f"{args.preset}_{name}_seed{seed}" if args.preset else f"{name}_seed{seed}"
             run_dir = work / "runs" / tag
             train_cmd = [*fsmde, "train", "--config", str(ROOT / "config" / "train_tiny.yaml"), *bag_args, "--out",
                          str(run_dir), "--no-progress", f"optim.max_steps={args.steps}", "optim.epochs=1000",
@@ -197,7 +209,7 @@ def main() -> int:
          "--mode", "affine", "--cap", "80"], log)
     teacher = metrics(rep)["mean"]
 
-    speed = speed_table(args.speed_repeats)
+    speed = speed_table(args.speed_repeats, args.preset) if args.speed_repeats > 0 else []
     ok_rows = {name: [r for r in rows if r is not None] for name, rows in per_seed.items()}
     ok_rows = {name: rows for name, rows in ok_rows.items() if rows}
     mean = {name: {k: statistics.fmean(r[k] for r in rows) for k in COLUMNS} for name, rows in ok_rows.items()}
@@ -205,11 +217,15 @@ def main() -> int:
               for name, rows in ok_rows.items()}
     base = mean["a_supervised"]["abs_rel"] if "a_supervised" in mean else math.nan
     n_seeds = len(args.seeds)
+    if args.summary_json is not None:
+        args.summary_json.write_text(json.dumps({"preset": args.preset, "steps": args.steps, "seeds": args.seeds,
+                                                 "per_seed": per_seed, "mean": mean, "spread": spread}, indent=1))
+    student_text = f"preset {args.preset}" if args.preset else "the config's preset"
     lines = [
         f"## Distillation experiment — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__} (CPU). Student: ResNet-18 + 32 metric bins at 192x320, "
+        f"torch {torch.__version__} (CPU). Student: {student_text} (config/train_tiny.yaml), 32 bins, 192x320, "
         f"{args.steps} steps, batch 1 surround set (6 cameras), synthetic teacher quality 0.7. "
         f"Train bags: ddad preset seeds {train_seeds[0]}..{train_seeds[-1]} ({args.train_frames} frames each); "
         f"held-out: seeds {', '.join(map(str, HELDOUT_SEEDS))} ({args.eval_frames} frames each). "
@@ -241,11 +257,12 @@ def main() -> int:
             f"{r['abs_rel']:.4f} / {r['cross_view']:.4f} / {r['cross_view_median']:.4f}" for r in rows) + " |")
     if failed:
         lines += ["", f"Runs that stopped with an error and are left out of the means: {', '.join(failed)}."]
-    lines += ["", "Speed, one 6-camera forward pass on this CPU (random weights, same architectures):", "",
-              "| model | input | params (M) | s / surround set |", "|---|---|---|---|"]
-    for name, shape, params, sec in speed:
-        lines.append(f"| {name} | {shape} | {params:.1f} | {sec:.3f} |")
-    lines.append(f"| ratio teacher / student | | | {speed[1][3] / speed[0][3]:.1f}x |")
+    if speed:
+        lines += ["", "Speed, one 6-camera forward pass on this CPU (random weights, same architectures):", "",
+                  "| model | input | params (M) | s / surround set |", "|---|---|---|---|"]
+        for name, shape, params, sec in speed:
+            lines.append(f"| {name} | {shape} | {params:.1f} | {sec:.3f} |")
+        lines.append(f"| ratio teacher / student | | | {speed[1][3] / speed[0][3]:.1f}x |")
     lines += ["", f"Total wall time {time.perf_counter() - t_all:.0f} s. Commands:", "", "```",
               *log, "```", ""]
     text = "\n".join(lines)

@@ -184,7 +184,7 @@ def make_model(work: Path) -> tuple[Path, Path, dict]:
     from fsmde_core.export import export_onnx
     from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
 
-    cfg = StudentConfig()  # resnet18, 64 bins, 384x640: the shipped default
+    cfg = StudentConfig()  # the default preset at 384x640: the shipped default
     torch.manual_seed(0)
     model = SurroundDepthStudent(cfg)
     run = work / "student"
