@@ -7,7 +7,13 @@ reports AbsRel per confidence decile (:func:`fsmde_core.metrics.abs_rel_by_confi
 the Spearman rank correlation between confidence and the pixel's abs-rel error
 (more negative = ranks errors better), and the sparsification area: the AbsRel of
 the most confident 10 %, 20 %, ..., 100 % of the pixels, averaged (lower = filtering
-by confidence removes more of the error). Results go to ``bench/results/confidence.md``.
+by confidence removes more of the error).
+
+It also checks the claim ``fsmde eval`` makes visible: with the default measure the most
+confident decile has a lower AbsRel than the least confident one, for every seed (exit 1
+otherwise). Not a unit test: students of a few dozen steps (3 frames, 36 steps, seeds
+0/1/2) gave most / least 0.33 / 0.40, 0.54 / 0.48, 0.30 / 0.60, so the ordering needs
+the trained student this bench builds. Results go to ``bench/results/confidence.md``.
 
     python bench/bench_confidence.py [--work /tmp/fsmde_confidence] [--steps 192] [--seeds 0,1]
 """
@@ -131,6 +137,7 @@ def main() -> int:
         "| Spearman(conf, error) | sparsification area |",
         "|---|---|---|---|---|---|---|",
     ]
+    failures = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         run_dir = train(train_bag, args.work / f"run_seed{seed}", args.steps, seed)
         for kind, r in measure(run_dir, held_out).items():
@@ -140,6 +147,9 @@ def main() -> int:
             print(row, flush=True)
             lines.append(row)
             print("   deciles:", " ".join(f"{x['abs_rel']:.3f}" for x in d), flush=True)
+            if kind == CONFIDENCE_KINDS[0] and not d[-1]["abs_rel"] < d[0]["abs_rel"]:
+                failures.append(f"seed {seed}: most confident decile AbsRel {d[-1]['abs_rel']:.3f} is not below "
+                                f"the least confident one's {d[0]['abs_rel']:.3f}")
             decile_text = " ".join(f"{x['abs_rel']:.2f}" for x in d)
             lines.append(f"|  | deciles (least -> most confident) | {decile_text} | | | | |")
     lines += ["", "Sparsification area: the AbsRel of the most confident 10 %, 20 %, ..., 100 % of the pixels, "
@@ -147,7 +157,9 @@ def main() -> int:
               "`fsmde_core/models/confidence.py`."]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"written {args.out}")
-    return 0
+    for failure in failures:
+        print(f"FAIL ({CONFIDENCE_KINDS[0]}): {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
