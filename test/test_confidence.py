@@ -143,6 +143,22 @@ def test_export_cli_writes_the_confidence_output(textured_run: Path, tmp_path: P
     assert build_backend("onnxruntime", out).has_confidence
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA device; none here")
+def test_tensorrt_engine_gives_the_confidence_of_onnx_runtime(exported, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT Python package not installed")
+    from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine
+
+    engine = build_tensorrt_engine(exported["confidence"], tmp_path / "c.engine", precision="fp32",
+                                   cache_dir=tmp_path / "cache")
+    trt = build_backend("tensorrt", engine, device="cuda")
+    assert trt.has_confidence
+    images = to_uint8_nhwc(structured_images(6, H, W, seed=4))
+    depth, conf = trt.infer_with_confidence(images)
+    ref_depth, ref_conf = build_backend("onnxruntime", exported["confidence"]).infer_with_confidence(images)
+    assert np.abs(conf - ref_conf).max() < 1e-2 and np.abs(depth - ref_depth).max() < 1e-2
+    np.testing.assert_array_equal(depth, trt.infer(images))
+
+
 # ------------------------------------------------------------------ estimator
 def test_estimator_carries_confidence_masked_like_depth(exported, rig: Rig) -> None:
     backend = build_backend("onnxruntime", exported["confidence"])
@@ -211,6 +227,17 @@ def test_eval_writes_the_confidence_deciles_and_the_plot(saved_student, syntheti
     assert overall == pytest.approx(_pixel_abs_rel(run, synthetic_bag), rel=1e-6)
     assert (tmp_path / "report" / "confidence_calibration.png").stat().st_size > 0
     assert "## Confidence calibration" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_teacher_has_no_confidence_deciles(synthetic_bag: Path, tmp_path: Path) -> None:
+    from fsmde_core.models.teachers import build_teacher
+
+    result = evaluate(build_teacher("synthetic", quality=0.8), synthetic_bag, tmp_path, gt="synthetic", max_frames=1,
+                      progress=False)
+    assert result["confidence_deciles"] is None
+    assert json.loads((tmp_path / "metrics.json").read_text())["confidence_deciles"] is None
+    assert not (tmp_path / "confidence_calibration.png").exists()
+    assert "Confidence calibration" not in (tmp_path / "report.md").read_text()
 
 
 def _pixel_abs_rel(run: Path, bag: Path) -> float:

@@ -42,13 +42,6 @@ T0 = 1_700_000_000 * 1_000_000_000
 
 
 @pytest.fixture(scope="module")
-def ros_env_vars() -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        yield
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = save_textured_student(tmp_path_factory.mktemp("student"), CAMERAS, H, W)
     out = tmp_path_factory.mktemp("onnx")
@@ -86,8 +79,9 @@ def test_settings_derive_the_confidence_topic_and_check_the_threshold(models) ->
 
 @pytest.mark.ros
 def test_node_publishes_confidence_with_the_depth_header_and_filters_the_cloud(
-    ros_env_vars, models, tmp_path: Path
+    models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # this process's participant: loopback only
     rig = Rig.load(RIG_FILE)
     images = make_images(0)
     # The threshold: the median confidence of this very set, so the filter visibly removes about half.
@@ -149,7 +143,7 @@ def _complete(driver: Driver, confidence: dict[str, dict[int, list[Image]]], sta
 @pytest.mark.ros
 @pytest.mark.parametrize("override", [{"outputs.confidence": "true"}, {"cloud.min_confidence": "0.5"}])
 def test_a_model_without_confidence_refuses_to_configure_naming_model_and_flag(
-    ros_env_vars, models, override: dict[str, str]
+    models, override: dict[str, str]
 ) -> None:
     model = str(models["depth_only"])
     rc, output = run_node_to_exit({"model.path": model, "extrinsics.source": "calibration",
