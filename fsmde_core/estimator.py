@@ -12,6 +12,11 @@ network's size; NaN = invalid or ego-masked, +Inf = beyond range, never 0 or a
 negative value. The cloud is unorganised xyz (+rgb) in the vehicle frame of the
 extrinsics (``T_vehicle_cam``), optionally moved to a reference instant.
 
+Per-pixel confidence (:mod:`fsmde_core.models.confidence`) comes from the same
+backend pass when the estimator is built with ``confidence=True``; it is NaN
+wherever depth is NaN (invalid or ego-masked), and ``CloudOptions.min_confidence``
+leaves less confident pixels out of the cloud.
+
 Constant work is cached across sets: each camera's rays (keyed on its intrinsics
 at the depth size, extrinsic and stride) and its ego mask at the depth size.
 """
@@ -31,7 +36,8 @@ from fsmde_core.motion import compensate_points
 from fsmde_core.rig import Rig, RigCamera
 from fsmde_core.runtime import resize_batch, resize_depth_nearest
 
-__all__ = ["CameraFrame", "CloudOptions", "DepthResult", "SurroundDepthEstimator", "Timings", "finish_depth"]
+__all__ = ["CameraFrame", "CloudOptions", "DepthResult", "SurroundDepthEstimator", "Timings", "finish_confidence",
+           "finish_depth"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +62,16 @@ class CameraFrame:
 @dataclass(frozen=True)
 class CloudOptions:
     """How the fused cloud is built: every ``stride``-th pixel, Euclidean range limits from
-    each camera centre, colour from the network-size image, and a bound on its size."""
+    each camera centre, colour from the network-size image, and a bound on its size.
+    ``min_confidence`` > 0 drops pixels whose confidence is below it (needs a result with
+    confidence); 0 = off."""
 
     stride: int = 4
     max_range: float = 80.0
     min_range: float = 0.0
     colour: bool = True
     max_points: int | None = None
+    min_confidence: float = 0.0
 
 
 @dataclass
@@ -95,6 +104,7 @@ class DepthResult:
     timings: Timings = field(default_factory=Timings)
     xyz: np.ndarray | None = None  # (M, 3) float32 in the vehicle frame, None = no cloud asked for
     rgb: np.ndarray | None = None  # (M, 3) uint8 with ``CloudOptions.colour``
+    confidence: np.ndarray | None = None  # (N, h, w) float32 in [0, 1], NaN where depth is NaN; None = not asked
 
     def posed_rig(self, base_frame: str = "base_link") -> tuple[Rig, np.ndarray] | None:
         """The cameras with an extrinsic as a :class:`Rig` at the depth size, and their depth maps:
@@ -125,13 +135,18 @@ def finish_depth(depth: np.ndarray, masks: Sequence[np.ndarray | None] = ()) -> 
 class SurroundDepthEstimator:
     """Runs a depth backend on a set of cameras and fuses the cloud (module doc).
 
-    ``backend``: an :class:`fsmde_core.runtime.InferenceBackend` (``input_size``,
-    ``batch_size``, ``infer``). ``backend_calls`` and ``ray_cache_builds`` count the
-    work done, for diagnostics and for tests that check the caches hold.
+    ``backend``: an :class:`fsmde_core.runtime.InferenceBackend` (``input_size``, ``batch_size``,
+    ``infer``; ``has_confidence`` and ``infer_with_confidence`` with ``confidence=True``).
+    ``backend_calls`` and ``ray_cache_builds`` count the work done, for diagnostics and for
+    tests that check the caches hold.
     """
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, confidence: bool = False) -> None:
+        if confidence and not backend.has_confidence:
+            raise ValueError("confidence asked for but the model has no confidence output; "
+                             "re-export it with `fsmde export --confidence`")
         self.backend = backend
+        self.confidence = bool(confidence)
         self.backend_calls = 0
         self.ray_cache_builds = 0
         self._rays: dict[str, tuple[tuple, CameraRays]] = {}
@@ -157,15 +172,17 @@ class SurroundDepthEstimator:
         t0 = time.perf_counter()
         images = resize_batch([f.rgb for f in frames], (height, width))
         t1 = time.perf_counter()
-        raw = self._infer(images)
+        raw, confidence = self._infer(images)
         t2 = time.perf_counter()
         depth = finish_depth(raw, [self._mask_at(f, height, width) for f in frames])
+        if confidence is not None:
+            confidence = finish_confidence(confidence, depth)
         t3 = time.perf_counter()
         return DepthResult(
             names=tuple(f.name for f in frames), depth=depth,
             models=tuple(f.model.scaled_to(width, height) for f in frames),
             extrinsics=tuple(f.extrinsic for f in frames), images=images,
-            timings=Timings(resize_s=t1 - t0, model_s=t2 - t1, finish_s=t3 - t2),
+            timings=Timings(resize_s=t1 - t0, model_s=t2 - t1, finish_s=t3 - t2), confidence=confidence,
         )
 
     def fuse(self, result: DepthResult, cloud: CloudOptions, ego_poses: Mapping[str, np.ndarray] | None = None,
@@ -178,6 +195,7 @@ class SurroundDepthEstimator:
         when both are given, else left in the vehicle frame of its own exposure.
         """
         t0 = time.perf_counter()
+        unsure = _below_confidence(result, cloud.min_confidence)
         xyz_parts, rgb_parts = [], []
         for k, name in enumerate(result.names):
             T = result.extrinsics[k]
@@ -185,7 +203,8 @@ class SurroundDepthEstimator:
                 continue
             rays = self._camera_rays(name, result.models[k], T, cloud.stride)
             xyz, rgb = rays.points(result.depth[k], result.images[k] if cloud.colour else None,
-                                   max_range=cloud.max_range, min_range=cloud.min_range)
+                                   max_range=cloud.max_range, min_range=cloud.min_range,
+                                   mask=None if unsure is None else unsure[k])
             pose = None if ego_poses is None else ego_poses.get(name)
             if pose is not None and reference_pose is not None:
                 xyz = compensate_points(xyz, pose, reference_pose)
@@ -200,8 +219,9 @@ class SurroundDepthEstimator:
         return replace(result, xyz=xyz, rgb=rgb, timings=timings)
 
     # ------------------------------------------------------------ the parts
-    def _infer(self, images: np.ndarray) -> np.ndarray:
-        """ONE backend call for the whole set; a fixed-batch export gets zero images as padding."""
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """ONE backend call for the whole set (depth, and confidence when asked for; else None);
+        a fixed-batch export gets zero images as padding."""
         backend, n = self.backend, images.shape[0]
         fixed = backend.batch_size
         if fixed is not None and n > fixed:
@@ -209,7 +229,10 @@ class SurroundDepthEstimator:
         if fixed is not None and n < fixed:
             images = np.concatenate([images, np.zeros((fixed - n, *images.shape[1:]), dtype=np.uint8)])
         self.backend_calls += 1
-        return backend.infer(images)[:n]
+        if not self.confidence:
+            return backend.infer(images)[:n], None
+        depth, confidence = backend.infer_with_confidence(images)
+        return depth[:n], confidence[:n]
 
     def _mask_at(self, frame: CameraFrame, height: int, width: int) -> np.ndarray | None:
         """The frame's ego mask at the depth size (nearest neighbour), cached while the same
@@ -233,6 +256,25 @@ class SurroundDepthEstimator:
         self._rays[name] = (key, rays)
         self.ray_cache_builds += 1
         return rays
+
+
+def finish_confidence(confidence: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Confidence masked like the finished ``depth``: NaN wherever depth is NaN (invalid or
+    ego), so a consumer never trusts a pixel that has no depth. In place, like :func:`finish_depth`."""
+    if confidence.dtype != np.float32 or not confidence.flags.writeable:
+        confidence = np.array(confidence, dtype=np.float32)
+    np.copyto(confidence, np.float32(np.nan), where=np.isnan(depth))
+    return confidence
+
+
+def _below_confidence(result: DepthResult, min_confidence: float) -> np.ndarray | None:
+    """(N, h, w) bool, True = confidence below ``min_confidence`` (left out of the cloud); None = no filter."""
+    if min_confidence <= 0.0:
+        return None
+    if result.confidence is None:
+        raise ValueError(f"CloudOptions.min_confidence is {min_confidence} but the result has no confidence; "
+                         "build the estimator with confidence=True (a model exported with --confidence)")
+    return result.confidence < np.float32(min_confidence)
 
 
 def _check_frames(frames: Sequence[CameraFrame]) -> None:

@@ -15,9 +15,14 @@ the loop that joins them to the bag reader, and the CLI:
   sampling, depth discontinuities), so its value is the floor a perfect model
   would reach.
 
+A student also yields per-pixel confidence (:mod:`fsmde_core.models.confidence`);
+its calibration, AbsRel per confidence decile over every scored pixel of the run,
+shows whether the error falls as confidence rises (teachers have none).
+
 Outputs: ``REPORT_DIR/metrics.json`` (schema in :func:`evaluate`) and
-``REPORT_DIR/report.md`` with ``depth_mosaic.png``, ``error_maps.png`` and
-``per_camera_metrics.png`` (see :mod:`fsmde_core.report`).
+``REPORT_DIR/report.md`` with ``depth_mosaic.png``, ``error_maps.png``,
+``per_camera_metrics.png`` and, for a student, ``confidence_calibration.png``
+(see :mod:`fsmde_core.report`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ from fsmde_core.metrics import (
     METRIC_KEYS,
     MODES,
     CrossViewResult,
+    abs_rel_by_confidence,
     align_depth,
+    confidence_histogram,
     cross_view_consistency,
     depth_metrics,
     eval_mask,
@@ -78,6 +85,16 @@ class _Accumulator:
     mosaic: list[Any] = field(default_factory=list)
     ring: list[int] = field(default_factory=list)
     pair_names: dict[tuple[int, int], str] = field(default_factory=dict)
+    confidence_count: np.ndarray | None = None  # per fine confidence bin (metrics.confidence_histogram)
+    confidence_err_sum: np.ndarray | None = None
+
+    def add_confidence(self, count: np.ndarray, err_sum: np.ndarray) -> None:
+        """Add one frame's confidence histogram to the run's."""
+        if self.confidence_count is None or self.confidence_err_sum is None:
+            self.confidence_count, self.confidence_err_sum = count, err_sum
+        else:
+            self.confidence_count = self.confidence_count + count
+            self.confidence_err_sum = self.confidence_err_sum + err_sum
 
     def add_error_map(self, pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, cap: float,
                       min_depth: float) -> np.ndarray:
@@ -207,6 +224,8 @@ def _summarise(acc: _Accumulator, mode: str, gt: str, cap: float, source: str) -
         "per_camera": per_camera,
         "cross_view_pairs": pairs,
         "cross_view_gt": nanmean(cv.mean for cv in acc.cross_view_gt) if acc.cross_view_gt else None,
+        "confidence_deciles": (None if acc.confidence_count is None or acc.confidence_err_sum is None
+                               else abs_rel_by_confidence(acc.confidence_count, acc.confidence_err_sum)),
         "source": source,
     })
 
@@ -218,10 +237,16 @@ def _evaluate_frame(
     from fsmde_core.report import MosaicFrame
 
     gt_depth = _ground_truth(sample, gt)
-    raw = predictor.predict(sample)
+    confidence = None
+    if predictor.predict_with_confidence is not None:
+        raw, confidence = predictor.predict_with_confidence(sample)
+    else:
+        raw = predictor.predict(sample)
     valid = ~np.asarray(sample.masks, dtype=bool)
     aligned = align_depth(raw, gt_depth, valid, mode, cap, pred_is_inverse=predictor.inverse)
     acc.per_frame.append(depth_metrics(aligned, gt_depth, valid, cap, min_depth))
+    if confidence is not None:
+        acc.add_confidence(*confidence_histogram(aligned, gt_depth, confidence, valid, cap, min_depth))
     rig = sample.rig()
     scored = np.where(np.isnan(aligned), np.nan, np.clip(aligned, min_depth, cap))
     acc.cross_view.append(cross_view_consistency(scored, rig, sample.masks))
@@ -276,6 +301,8 @@ def evaluate(
          "per_camera": {name: {abs_rel, ..., a3}},
          "cross_view_pairs": {"a/b": {"pred", "pred_inliers", "gt"}},   # adjacent pairs
          "cross_view_gt": float | null,   # dense-GT floor, null without dense GT
+         "confidence_deciles": [{confidence_min, confidence_max, abs_rel, pixels, fraction}, ...]
+                               | null,   # least confident first; null for a teacher (no confidence)
          "source": "checkpoint:<path>" | "teacher:<identity>"}
 
         NaN (e.g. no overlap, no valid GT) is written as null.

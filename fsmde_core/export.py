@@ -5,7 +5,9 @@
 
 The ONNX graph takes the whole surround frame as one batch: input ``images``
 ``(N, 3, H, W)`` float RGB in ``[0, 1]`` (normalisation is inside the graph),
-output ``depth`` ``(N, 1, H, W)`` metres, N = number of cameras. A fixed N
+output ``depth`` ``(N, 1, H, W)`` metres, N = number of cameras; with
+``--confidence`` a second output ``confidence`` ``(N, 1, H, W)`` in ``[0, 1]``
+(:mod:`fsmde_core.models.confidence`). A fixed N
 (the default) lets TensorRT pick kernels for exactly the rig's batch;
 ``--dynamic-batch`` makes N symbolic for rigs that drop cameras.
 
@@ -46,7 +48,7 @@ from fsmde_core.atomic import atomic_output
 from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.runtime.base import BackendError, BackendUnavailableError
 from fsmde_core.runtime.devices import PRECISIONS
-from fsmde_core.runtime.sidecar import sha256_file, write_sidecar
+from fsmde_core.runtime.sidecar import CONFIDENCE_OUTPUT, sha256_file, write_sidecar
 from fsmde_core.runtime.tensorrt_build import DEFAULT_CACHE_DIR, build_tensorrt_engine
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ OUTPUT_NAME = "depth"
 DEFAULT_CAMERAS = len(SURROUND_CAMERAS)
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE_M = 1e-3
+#: Largest |ORT - torch| confidence difference for an export to pass (confidence is in [0, 1]).
+CONFIDENCE_TOLERANCE = 1e-3
 
 
 class ExportError(RuntimeError):
@@ -116,11 +120,12 @@ def default_onnx_path(checkpoint: str | Path) -> Path:
 
 
 # -------------------------------------------------------------------- ONNX
-def _torch_to_onnx(model: Any, example: Any, tmp_path: Path, opset: int, dynamic_batch: bool) -> None:
+def _torch_to_onnx(model: Any, example: Any, tmp_path: Path, opset: int, dynamic_batch: bool,
+                   output_names: list[str]) -> None:
     """Trace ``model`` with the legacy exporter into ``tmp_path``."""
     import torch
 
-    dynamic_axes = {INPUT_NAME: {0: "cameras"}, OUTPUT_NAME: {0: "cameras"}} if dynamic_batch else None
+    dynamic_axes = {name: {0: "cameras"} for name in [INPUT_NAME, *output_names]} if dynamic_batch else None
     with warnings.catch_warnings():
         # The exporter announces its own deprecation on every call; the choice is documented above.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -133,7 +138,7 @@ def _torch_to_onnx(model: Any, example: Any, tmp_path: Path, opset: int, dynamic
             export_params=True,
             do_constant_folding=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=output_names,
             opset_version=int(opset),
             dynamic_axes=dynamic_axes,
         )
@@ -150,9 +155,9 @@ def _check_onnx(path: Path) -> None:
 
 
 def _compare_with_ort(
-    model: Any, onnx_path: Path, cases: dict[str, np.ndarray]
+    model: Any, onnx_path: Path, cases: dict[str, np.ndarray], output_names: list[str]
 ) -> dict[str, dict[str, float]]:
-    """Run each case through PyTorch and ONNX Runtime (CPU); per-case depth differences."""
+    """Run each case through PyTorch and ONNX Runtime (CPU); per-case depth (and confidence) differences."""
     import onnxruntime as ort
     import torch
 
@@ -160,9 +165,12 @@ def _compare_with_ort(
     results = {}
     for name, x in cases.items():
         with torch.inference_mode():
-            expected = model(torch.from_numpy(x)).numpy()
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
-        results[name] = depth_difference(expected, got)
+            expected = model(torch.from_numpy(x))
+        expected = [t.numpy() for t in expected] if isinstance(expected, tuple) else [expected.numpy()]
+        got = session.run(output_names, {INPUT_NAME: x})
+        results[name] = depth_difference(expected[0], got[0])
+        if len(output_names) > 1:  # confidence: absolute difference only, it is a probability
+            results[name]["confidence_max_abs_diff"] = float(np.abs(expected[1] - got[1]).max())
     return results
 
 
@@ -174,6 +182,7 @@ def export_onnx(
     dynamic_batch: bool = False,
     tolerance_m: float = DEFAULT_TOLERANCE_M,
     seed: int = 0,
+    confidence: bool = False,
 ) -> dict[str, Any]:
     """Export a student checkpoint to ONNX, verify it, and write ``OUT.onnx.json``.
 
@@ -185,11 +194,13 @@ def export_onnx(
         dynamic_batch: make N symbolic (``cameras``) instead of fixed.
         tolerance_m: max abs ORT-vs-torch difference (metres) for ``passed``.
         seed: seed of the random and structured check inputs.
+        confidence: add the per-pixel confidence as a second output ``confidence``
+            (checked against torch too, within :data:`CONFIDENCE_TOLERANCE`).
 
     Returns:
         The report (also the sidecar's content): sizes, cameras, depth range,
         opset, per-case and overall ``max_abs_diff_m`` / ``max_rel_diff``,
-        ``passed``, checkpoint and ONNX sha256.
+        ``passed``, ``confidence_output`` (the output's name, or None), checkpoint and ONNX sha256.
 
     Raises:
         CheckpointError: the checkpoint is missing or corrupt (names the file).
@@ -200,6 +211,7 @@ def export_onnx(
     import torch
 
     from fsmde_core.checkpoint import load_student, resolve_student_files
+    from fsmde_core.models.confidence import CONFIDENCE_KINDS, DepthAndConfidence
     from fsmde_core.models.student import DepthOnly
 
     started = time.perf_counter()
@@ -208,17 +220,20 @@ def export_onnx(
     weights_path, _ = resolve_student_files(checkpoint)
     camera_names = [str(c) for c in meta.get("camera_names") or []]
     n = _batch_size(num_cameras, camera_names)
-    wrapper = DepthOnly(model).eval()
+    wrapper = (DepthAndConfidence(model) if confidence else DepthOnly(model)).eval()
+    output_names = [OUTPUT_NAME, CONFIDENCE_OUTPUT] if confidence else [OUTPUT_NAME]
     cases = _check_cases(n, cfg.input_height, cfg.input_width, seed, dynamic_batch)
     with atomic_output(out_path) as tmp:
-        _torch_to_onnx(wrapper, torch.from_numpy(cases["structured"]), tmp, opset, dynamic_batch)
+        _torch_to_onnx(wrapper, torch.from_numpy(cases["structured"]), tmp, opset, dynamic_batch, output_names)
         _check_onnx(tmp)
-        diffs = _compare_with_ort(wrapper, tmp, cases)
+        diffs = _compare_with_ort(wrapper, tmp, cases, output_names)
         report: dict[str, Any] = {
             "format": "fsmde_student_onnx_v1",
             "onnx": str(out_path),
             "input_name": INPUT_NAME,
             "output_name": OUTPUT_NAME,
+            "confidence_output": CONFIDENCE_OUTPUT if confidence else None,
+            "confidence_kind": CONFIDENCE_KINDS[0] if confidence else None,
             "input_height": cfg.input_height,
             "input_width": cfg.input_width,
             "num_cameras": n,
@@ -270,13 +285,19 @@ def _check_cases(n: int, h: int, w: int, seed: int, dynamic_batch: bool) -> dict
 def _verdict(diffs: dict[str, dict[str, float]], tolerance_m: float) -> dict[str, Any]:
     """Per-case and overall ORT-vs-torch differences, and whether the largest is within tolerance."""
     max_abs = max(d["max_abs_diff_m"] for d in diffs.values())
-    return {
+    verdict = {
         "onnxruntime_checks": diffs,
         "max_abs_diff_m": max_abs,
         "max_rel_diff": max(d["max_rel_diff"] for d in diffs.values()),
         "tolerance_m": float(tolerance_m),
         "passed": bool(max_abs <= tolerance_m),
     }
+    confidence = [d["confidence_max_abs_diff"] for d in diffs.values() if "confidence_max_abs_diff" in d]
+    if confidence:
+        verdict["confidence_max_abs_diff"] = max(confidence)
+        verdict["confidence_tolerance"] = CONFIDENCE_TOLERANCE
+        verdict["passed"] = verdict["passed"] and max(confidence) <= CONFIDENCE_TOLERANCE
+    return verdict
 
 
 # ---------------------------------------------------------------- TensorRT
@@ -323,6 +344,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--dynamic-batch", action="store_true", help="symbolic batch axis instead of a fixed one"
     )
     parser.add_argument(
+        "--confidence",
+        action="store_true",
+        help="add per-pixel confidence in [0, 1] as a second output 'confidence' "
+        "(the node publishes it with outputs.confidence)",
+    )
+    parser.add_argument(
         "--max-batch",
         type=int,
         default=None,
@@ -362,10 +389,17 @@ def _print_onnx_report(report: dict[str, Any]) -> None:
         print(
             f"  ORT vs torch [{name}]: max abs diff {d['max_abs_diff_m']:.3e} m, "
             f"max rel diff {d['max_rel_diff']:.3e}"
+            + (f", confidence max abs diff {d['confidence_max_abs_diff']:.3e}"
+               if "confidence_max_abs_diff" in d else "")
         )
     verdict = "PASS" if report["passed"] else "FAIL"
+    confidence = ""
+    if "confidence_max_abs_diff" in report:
+        confidence = (f", confidence {report['confidence_max_abs_diff']:.3e} "
+                      f"(tolerance {report['confidence_tolerance']:.1e})")
     print(
-        f"max abs diff {report['max_abs_diff_m']:.3e} m (tolerance {report['tolerance_m']:.1e} m): {verdict}"
+        f"max abs diff {report['max_abs_diff_m']:.3e} m (tolerance {report['tolerance_m']:.1e} m)"
+        f"{confidence}: {verdict}"
     )
 
 
@@ -393,6 +427,7 @@ def run_export(args: argparse.Namespace) -> int:
             opset=args.opset,
             dynamic_batch=args.dynamic_batch,
             tolerance_m=args.tolerance,
+            confidence=args.confidence,
         )
         _print_onnx_report(report)
         if not report["passed"]:

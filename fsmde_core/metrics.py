@@ -295,3 +295,76 @@ def cross_view_consistency(
         inliers[(i, j)] = sum(r[1] for r in results) / total if total else math.nan
     return CrossViewResult(errs, inliers)
 
+
+
+# ==================================================== confidence calibration
+#: Fine confidence bins of :func:`confidence_histogram`; deciles are merged from them.
+CONFIDENCE_HISTOGRAM_BINS = 1000
+
+
+def confidence_histogram(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    confidence: np.ndarray,
+    valid: np.ndarray | None = None,
+    cap: float = 80.0,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+    bins: int = CONFIDENCE_HISTOGRAM_BINS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scored pixels and their summed abs-rel error per fine confidence bin over ``[0, 1]``.
+
+    Why a histogram and not the pixels: deciles need every pixel of every frame, and
+    summed per bin they cost ``bins`` numbers per run instead of growing with the bag.
+    Pixels are scored as in :func:`depth_metrics` (same mask and clipping); those
+    without a finite confidence are left out.
+
+    Returns:
+        ``(count, err_sum)``, each ``(bins,)``: int64 pixels and float64 sum of abs-rel.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    conf = np.asarray(confidence, dtype=np.float64)
+    if pred.shape != np.shape(gt) or pred.shape != conf.shape:
+        raise ValueError(f"pred, gt and confidence shapes differ: {pred.shape}, {np.shape(gt)}, {conf.shape}")
+    mask = eval_mask(gt, valid, cap) & ~np.isnan(pred) & np.isfinite(conf)
+    g = np.clip(np.asarray(gt, dtype=np.float64)[mask], min_depth, cap)
+    err = np.abs(np.clip(pred[mask], min_depth, cap) - g) / g
+    index = np.clip((np.clip(conf[mask], 0.0, 1.0) * bins).astype(np.int64), 0, bins - 1)
+    return (np.bincount(index, minlength=bins).astype(np.int64),
+            np.bincount(index, weights=err, minlength=bins))
+
+
+def abs_rel_by_confidence(count: np.ndarray, err_sum: np.ndarray, groups: int = 10) -> list[dict[str, float]]:
+    """AbsRel per confidence quantile group (deciles by default), least confident first.
+
+    Fine bins are merged in order until each group holds about ``1/groups`` of the
+    scored pixels (exact up to one fine bin: a bin is never split). Empty groups,
+    where one fine bin holds more than a group's share, are left out.
+
+    Returns:
+        Per group ``{"confidence_min", "confidence_max", "abs_rel", "pixels", "fraction"}``;
+        the confidence bounds are the edges of the fine bins it spans.
+    """
+    count = np.asarray(count, dtype=np.int64)
+    err_sum = np.asarray(err_sum, dtype=np.float64)
+    total = int(count.sum())
+    if total == 0:
+        return []
+    bins = count.size
+    # Group of a fine bin: by the cumulative count at its centre, so each bin lands in one group.
+    centre = np.cumsum(count) - count / 2.0
+    group = np.minimum((centre / total * groups).astype(np.int64), groups - 1)
+    out = []
+    for g in range(groups):
+        member = (group == g) & (count > 0)
+        if not member.any():
+            continue
+        idx = np.flatnonzero(member)
+        pixels = int(count[idx].sum())
+        out.append({
+            "confidence_min": float(idx[0] / bins),
+            "confidence_max": float((idx[-1] + 1) / bins),
+            "abs_rel": float(err_sum[idx].sum() / pixels),
+            "pixels": pixels,
+            "fraction": pixels / total,
+        })
+    return out

@@ -43,6 +43,8 @@ class Predictor:
         size: (width, height) to read samples at (None = native).
         cap: default evaluation cap (None = the bag rig's max depth).
         default_mode: alignment mode when none is asked for.
+        predict_with_confidence: sample -> (prediction, per-pixel confidence in [0, 1]) from
+            one pass; None = the model has no confidence (teachers).
     """
 
     source: str
@@ -52,6 +54,7 @@ class Predictor:
     size: tuple[int, int] | None
     cap: float | None
     default_mode: str
+    predict_with_confidence: Callable[[Any], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def eval_device(device: str | None) -> torch.device:
@@ -70,6 +73,7 @@ def _images_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 def student_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """Load a student checkpoint (run dir or .safetensors) as a :class:`Predictor`."""
     from fsmde_core.checkpoint import load_student
+    from fsmde_core.models.confidence import student_confidence
 
     p = Path(path)
     if not p.exists():
@@ -86,6 +90,12 @@ def student_predictor(path: str | Path, device: str = "cpu") -> Predictor:
             depth = model(_images_tensor(sample.images, dev)).depth
         return depth[:, 0].float().cpu().numpy()
 
+    def predict_with_confidence(sample: Any) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out = model(_images_tensor(sample.images, dev))
+            confidence = student_confidence(model, out)
+        return out.depth[:, 0].float().cpu().numpy(), confidence[:, 0].float().cpu().numpy()
+
     return Predictor(
         source=f"checkpoint:{p.resolve()}",
         predict=predict,
@@ -94,6 +104,7 @@ def student_predictor(path: str | Path, device: str = "cpu") -> Predictor:
         size=(cfg.input_width, cfg.input_height),
         cap=float(cfg.max_depth),
         default_mode="metric",
+        predict_with_confidence=predict_with_confidence,
     )
 
 

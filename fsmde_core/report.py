@@ -207,6 +207,28 @@ def save_metric_bars(path: Path, result: dict[str, Any], names: Sequence[str]) -
     fig.savefig(path)
 
 
+def save_confidence_calibration(path: Path, deciles: Sequence[dict[str, Any]], result: dict[str, Any]) -> None:
+    """``confidence_calibration.png``: AbsRel per confidence decile, least confident left.
+
+    A useful confidence makes the bars fall from left to right; the dashed line is the
+    run's pixel-weighted AbsRel over all deciles (pixels, not the per-camera mean).
+    """
+    fig = _figure(8, 3.6)
+    ax = fig.subplots()
+    x = np.arange(len(deciles))
+    ax.bar(x, [d["abs_rel"] for d in deciles], color="tab:purple")
+    pixels = sum(d["pixels"] for d in deciles)
+    overall = sum(d["abs_rel"] * d["pixels"] for d in deciles) / max(pixels, 1)
+    ax.axhline(overall, color="black", linestyle="--", linewidth=1, label=f"all pixels {overall:.3f}")
+    ax.legend(fontsize=8)
+    labels = [f"{d['confidence_min']:.2f}-{d['confidence_max']:.2f}" for d in deciles]
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    ax.set_xlabel("confidence (decile of scored pixels, least confident left)", fontsize=8)
+    ax.set_ylabel("abs_rel", fontsize=8)
+    ax.set_title(f"error per confidence decile ({result['mode']}, {result['gt']} GT)", fontsize=9)
+    fig.savefig(path)
+
+
 # --------------------------------------------------------------- markdown
 def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
@@ -257,15 +279,31 @@ def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence
     lines += [f"| {_md(p)} | {_fmt(v['pred'])} | {_fmt(v['pred_inliers'], 3)} | {_fmt(v['gt'])} |"
               for p, v in result["cross_view_pairs"].items()]
     lines += ["", "Correspondences with a relative difference above 0.5 count as occlusions and are left out "
-              "(inlier fraction).", "", "## Pictures", ""]
+              "(inlier fraction).", ""]
+    lines += _confidence_section(result.get("confidence_deciles"))
+    lines += ["## Pictures", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in pictures]
     return "\n".join(lines) + "\n"
+
+
+def _confidence_section(deciles: Sequence[dict[str, Any]] | None) -> list[str]:
+    """The report.md lines of the confidence calibration (none for a model without confidence)."""
+    if not deciles:
+        return []
+    lines = ["## Confidence calibration", "",
+             "AbsRel per confidence decile of the scored pixels (least confident first): "
+             "it should fall as confidence rises.", "",
+             "| confidence | abs_rel | pixels |", "|---|---|---|"]
+    lines += [f"| {d['confidence_min']:.3f}-{d['confidence_max']:.3f} | {_fmt(d['abs_rel'])} | {d['pixels']} |"
+              for d in deciles]
+    return [*lines, ""]
 
 
 def write_report(out_dir: Path, result: dict[str, Any], names: Sequence[str], ring: Sequence[int],
                  frames: Sequence[MosaicFrame], err_sum: np.ndarray | None, err_count: np.ndarray | None,
                  bags: Sequence[Path]) -> list[Path]:
-    """Write the three pictures and report.md into ``out_dir``; returns the paths written."""
+    """Write the pictures (three, and the confidence calibration for a model with confidence) and
+    report.md into ``out_dir``; returns the paths written."""
     out_dir = Path(out_dir)
     written = []
     if frames:
@@ -276,6 +314,9 @@ def write_report(out_dir: Path, result: dict[str, Any], names: Sequence[str], ri
         written.append(out_dir / "error_maps.png")
     save_metric_bars(out_dir / "per_camera_metrics.png", result, names)
     written.append(out_dir / "per_camera_metrics.png")
+    if result.get("confidence_deciles"):
+        save_confidence_calibration(out_dir / "confidence_calibration.png", result["confidence_deciles"], result)
+        written.append(out_dir / "confidence_calibration.png")
     md = out_dir / "report.md"
     md.write_text(markdown_report(result, names, bags, [p.name for p in written]))
     return [*written, md]

@@ -7,7 +7,7 @@ Data flow (one arrow per thread hand-over)::
       -> mailbox (one slot, newest wins; ``pipeline.queue_size`` > 1 queues sets for replays)
       -> inference worker thread: decode, then :class:`fsmde_core.estimator.SurroundDepthEstimator`
          (resize, ONE batched backend.infer, REP 117, masks, cloud), publish
-         <ns>/depth + <ns>/depth/camera_info per camera and the cloud
+         <ns>/depth + <ns>/depth/camera_info (+ <ns>/depth/confidence) per camera and the cloud
 
 Why a worker thread and a one-slot mailbox: the network takes longer than a
 camera period on a CPU (and on a small GPU with six cameras), and executor
@@ -268,6 +268,7 @@ class SurroundDepthNode(LifecycleNode):
         self._tf_cache: dict[str, np.ndarray] = {}
         self._depth_pubs: dict[str, Any] = {}
         self._info_pubs: dict[str, Any] = {}
+        self._confidence_pubs: dict[str, Any] = {}
         self._cloud_pub: Any = None
         self._diag_pub: Any = None
         self._subs: list[Any] = []
@@ -356,7 +357,8 @@ class SurroundDepthNode(LifecycleNode):
 
     def _release_all(self) -> None:
         self._destroy_pipeline()
-        for pub in [*self._depth_pubs.values(), *self._info_pubs.values(), self._cloud_pub]:
+        for pub in [*self._depth_pubs.values(), *self._info_pubs.values(), *self._confidence_pubs.values(),
+                    self._cloud_pub]:
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         if self._diag_pub is not None:
@@ -432,6 +434,11 @@ class SurroundDepthNode(LifecycleNode):
                 f"cannot load model {str(m.path)!r} with backend {m.backend!r} on {m.device}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        if self.settings.needs_confidence and not backend.has_confidence:
+            raise _ConfigureError(
+                f"model {str(m.path)!r} has no confidence output but outputs.confidence is on or "
+                f"cloud.min_confidence > 0; re-export it with `fsmde export --confidence`"
+            )
         n = len(self.settings.cameras)
         fixed = backend.batch_size
         if fixed is not None and fixed < n:
@@ -446,7 +453,7 @@ class SurroundDepthNode(LifecycleNode):
                 f"model {str(m.path)!r} failed its warm-up run: {type(exc).__name__}: {exc}"
             ) from None
         self.backend = backend
-        self.estimator = SurroundDepthEstimator(backend)
+        self.estimator = SurroundDepthEstimator(backend, confidence=self.settings.needs_confidence)
         self.backend_info = backend.describe()
         trained = self.backend_info.get("camera_names") or []
         if trained and set(trained) != set(self.settings.camera_names):
@@ -463,6 +470,8 @@ class SurroundDepthNode(LifecycleNode):
         for cam in s.cameras:
             self._depth_pubs[cam.name] = self.create_lifecycle_publisher(Image, cam.depth_topic, qos)
             self._info_pubs[cam.name] = self.create_lifecycle_publisher(CameraInfo, cam.depth_info_topic, qos)
+            if s.confidence:
+                self._confidence_pubs[cam.name] = self.create_lifecycle_publisher(Image, cam.confidence_topic, qos)
         if s.cloud.enabled:
             self._cloud_pub = self.create_lifecycle_publisher(PointCloud2, s.cloud.topic, qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -528,9 +537,11 @@ class SurroundDepthNode(LifecycleNode):
         self._mailbox = None
 
     def _apply_live(self, settings: NodeSettings) -> None:
-        """Cloud limits take effect on the next set (ray caches rebuild on a stride change)."""
+        """Cloud limits take effect on the next set (ray caches rebuild on a stride change);
+        cloud.min_confidence waits for configure, where the model's confidence output is checked."""
         self._cloud_settings = replace(settings.cloud, enabled=self._cloud_settings.enabled,
-                                       topic=self._cloud_settings.topic)
+                                       topic=self._cloud_settings.topic,
+                                       min_confidence=self._cloud_settings.min_confidence)
 
     # ------------------------------------------------------------ callbacks
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
@@ -638,6 +649,8 @@ class SurroundDepthNode(LifecycleNode):
         for k, f in enumerate(frames):
             self._depth_pubs[f.name].publish(depth_to_image(result.depth[k], f.header))
             self._info_pubs[f.name].publish(model_to_camera_info(result.models[k], f.header))
+            if f.name in self._confidence_pubs:  # 32FC1 like depth, the same header
+                self._confidence_pubs[f.name].publish(depth_to_image(result.confidence[k], f.header))
         if want_cloud:
             self._publish_cloud(synced.stamp_ns, frames, result, cloud)
         self.stats.output(result.timings.model_s, self._latency_s(synced.stamp_ns))
@@ -733,7 +746,8 @@ class SurroundDepthNode(LifecycleNode):
             ego = {f.name: pose for f, pose in zip(frames, poses[1], strict=True)
                    if stamp_to_ns(f.header.stamp) != stamp_ns}
         options = CloudOptions(stride=cloud.stride, max_range=cloud.max_range, min_range=cloud.min_range,
-                               colour=cloud.colour, max_points=cloud.max_points)
+                               colour=cloud.colour, max_points=cloud.max_points,
+                               min_confidence=cloud.min_confidence)
         fused = self.estimator.fuse(result, options, ego, None if poses is None else poses[0])
         header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=cloud.frame_id)
         self._cloud_pub.publish(points_to_cloud(fused.xyz, fused.rgb, header))

@@ -138,6 +138,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "<camera namespace>/<suffix>/camera_info; the namespace is image_topic without its last "
               "segment."),
     ParamSpec("outputs.cloud_topic", "/surround_depth/points", "Fused sensor_msgs/PointCloud2 topic."),
+    ParamSpec("outputs.confidence", False,
+              "Also publish per-pixel confidence on <camera namespace>/<depth_suffix>/confidence (32FC1 in "
+              "[0, 1], NaN where depth is NaN, the depth image's header). Needs a model with confidence: a "
+              "torch checkpoint, or an ONNX/engine exported with `fsmde export --confidence`."),
     ParamSpec("cloud.enabled", True, "Publish the fused point cloud."),
     ParamSpec("cloud.frame_id", "base_link",
               "Frame of the fused cloud (REP 105 vehicle frame); with extrinsics.source=calibration it "
@@ -152,6 +156,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Upper bound on cloud size; excess points are subsampled with a fixed pattern.",
               int_range=(1, 50_000_000)),
     ParamSpec("cloud.colour", True, "Add the packed rgb field (camera colour of each point)."),
+    ParamSpec("cloud.min_confidence", 0.0,
+              "Leave depth pixels whose confidence is below this out of the cloud (0: off). Needs a model "
+              "with confidence (see outputs.confidence); applied at the next configure.",
+              float_range=(0.0, 1.0)),
     ParamSpec("cloud.motion_compensation", "auto",
               "Re-express each camera's points in the vehicle frame at the set's reference stamp, using "
               "the ego motion between the camera's stamp and it (TF cloud.fixed_frame <- cloud.frame_id; "
@@ -228,6 +236,7 @@ class CameraSettings:
     subscribe_topic: str  # image_topic, or image_topic + "/compressed"
     depth_topic: str
     depth_info_topic: str
+    confidence_topic: str = ""  # depth_topic + "/confidence"
 
 
 @dataclass(frozen=True)
@@ -260,6 +269,7 @@ class CloudSettings:
     colour: bool
     motion_compensation: str = "auto"  # auto | on | off
     fixed_frame: str = "odom"
+    min_confidence: float = 0.0  # 0 = off
 
 
 @dataclass(frozen=True)
@@ -292,6 +302,12 @@ class NodeSettings:
     cross_view_every_n: int = 10
     cross_view_stride: int = 4
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    confidence: bool = False  # outputs.confidence
+
+    @property
+    def needs_confidence(self) -> bool:
+        """The model must give confidence: it is published, or it filters the cloud."""
+        return self.confidence or self.cloud.min_confidence > 0.0
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -377,7 +393,7 @@ def _cameras(values: Mapping[str, Any], names: tuple[str, ...], transport: str,
         cams.append(CameraSettings(
             name=name, image_topic=image, info_topic=info,
             subscribe_topic=image + "/compressed" if transport == "compressed" else image,
-            depth_topic=depth, depth_info_topic=depth + "/camera_info",
+            depth_topic=depth, depth_info_topic=depth + "/camera_info", confidence_topic=depth + "/confidence",
         ))
     topics = [c.depth_topic for c in cams]
     dup = sorted({t for t in topics if topics.count(t) > 1})
@@ -450,6 +466,7 @@ def _cloud(values: Mapping[str, Any]) -> CloudSettings:
         colour=_typed(values, _spec("cloud.colour")),
         motion_compensation=_typed(values, _spec("cloud.motion_compensation")),
         fixed_frame=fixed,
+        min_confidence=_typed(values, _spec("cloud.min_confidence")),
     )
 
 
@@ -515,6 +532,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         cross_view_every_n=_typed(values, _spec("diagnostics.cross_view_every_n")),
         cross_view_stride=_typed(values, _spec("diagnostics.cross_view_stride")),
         max_image_pixels=_typed(values, _spec("input.max_image_pixels")),
+        confidence=_typed(values, _spec("outputs.confidence")),
     )
 
 

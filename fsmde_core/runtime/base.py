@@ -10,10 +10,14 @@ narrow and numpy-only at the boundary:
   ``uint8`` crosses the host/device boundary four times cheaper than float32,
   and every backend converts to ``[0, 1]`` float the same way, so they cannot
   disagree on preprocessing.
-* output: ``(N, H, W)`` ``float32`` metric depth in metres.
+* output: ``(N, H, W)`` ``float32`` metric depth in metres; with
+  :meth:`InferenceBackend.infer_with_confidence`, also ``(N, H, W)`` ``float32``
+  per-pixel confidence in ``[0, 1]`` (:mod:`fsmde_core.models.confidence`) when
+  the model has it (:attr:`InferenceBackend.has_confidence`).
 
 The base class validates both ends so each backend implements only
-:meth:`InferenceBackend._infer`.
+:meth:`InferenceBackend._infer` (and :meth:`InferenceBackend._infer_with_confidence`
+when it can produce confidence).
 """
 
 from __future__ import annotations
@@ -60,6 +64,16 @@ class InferenceBackend(ABC):
     def _infer(self, images: np.ndarray) -> np.ndarray:
         """Run the model on validated input; return ``(N, H, W)`` or ``(N, 1, H, W)`` depth."""
 
+    @property
+    def has_confidence(self) -> bool:
+        """Whether the model also yields per-pixel confidence (an ONNX/engine exported with
+        ``--confidence``; a torch student always can)."""
+        return False
+
+    def _infer_with_confidence(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the model on validated input; return depth and confidence, each like :meth:`_infer`'s."""
+        raise NotImplementedError  # only called when has_confidence is True
+
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Metric depth for a batch of RGB images.
 
@@ -76,6 +90,27 @@ class InferenceBackend(ABC):
         self.validate_input(images)
         depth = np.asarray(self._infer(images))
         return self._finish_output(depth, images.shape[0])
+
+    def infer_with_confidence(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Metric depth and per-pixel confidence for a batch, in one model pass.
+
+        Returns:
+            ``(depth, confidence)``, each ``(N, H, W)`` ``float32``; confidence in ``[0, 1]``.
+
+        Raises:
+            BackendError: the model has no confidence output (re-export with ``--confidence``).
+            TypeError, ValueError: as :meth:`infer`.
+        """
+        if not self.has_confidence:
+            raise BackendError(
+                f"{self.name} backend: the model has no confidence output; "
+                "re-export it with `fsmde export --confidence`"
+            )
+        self.validate_input(images)
+        depth, confidence = self._infer_with_confidence(images)
+        n = images.shape[0]
+        return (self._finish_output(np.asarray(depth), n, "depth"),
+                self._finish_output(np.asarray(confidence), n, "confidence"))
 
     def validate_input(self, images: np.ndarray) -> None:
         """Raise a TypeError/ValueError that says exactly what is wrong with ``images``."""
@@ -107,16 +142,16 @@ class InferenceBackend(ABC):
                 f"(one per camera) but got {n}; re-export with --cameras {n} or --dynamic-batch"
             )
 
-    def _finish_output(self, depth: np.ndarray, n: int) -> np.ndarray:
+    def _finish_output(self, out: np.ndarray, n: int, what: str = "depth") -> np.ndarray:
         """Squeeze a channel axis, check the shape and return contiguous float32."""
-        if depth.ndim == 4 and depth.shape[1] == 1:
-            depth = depth[:, 0]
+        if out.ndim == 4 and out.shape[1] == 1:
+            out = out[:, 0]
         expected = (n, *self.input_size)
-        if depth.shape != expected:
+        if out.shape != expected:
             raise BackendError(
-                f"{self.name} backend: model returned depth of shape {depth.shape}, expected {expected}"
+                f"{self.name} backend: model returned {what} of shape {out.shape}, expected {expected}"
             )
-        return np.ascontiguousarray(depth, dtype=np.float32)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def warmup(self, iterations: int = 2, batch: int | None = None) -> None:
         """Run a few dummy batches so lazy initialisation (CUDA context, cuDNN/TensorRT

@@ -27,7 +27,7 @@ import numpy as np
 from fsmde_core.runtime.base import BackendError, InferenceBackend
 from fsmde_core.runtime.devices import check_device, check_precision, is_cuda_device
 from fsmde_core.runtime.preprocess import to_nchw_float
-from fsmde_core.runtime.sidecar import read_sidecar
+from fsmde_core.runtime.sidecar import CONFIDENCE_OUTPUT, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class OnnxBackend(InferenceBackend):
         self._input_size = self._spatial_size(shape, input_size)
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = "depth" if "depth" in outputs else outputs[0]
+        self.confidence_name = CONFIDENCE_OUTPUT if CONFIDENCE_OUTPUT in outputs else None
 
     def _spatial_size(self, shape: list[Any], input_size: tuple[int, int] | None) -> tuple[int, int]:
         h, w = shape[2], shape[3]
@@ -178,6 +179,7 @@ class OnnxBackend(InferenceBackend):
             "model": str(self.model_path),
             "input_name": self.input_name,
             "output_name": self.output_name,
+            "confidence_output": self.confidence_name,
             "input_size": list(self.input_size),
             "batch_size": self.batch_size,
         }
@@ -186,7 +188,17 @@ class OnnxBackend(InferenceBackend):
                 info[key] = self.sidecar[key]
         return info
 
+    @property
+    def has_confidence(self) -> bool:
+        """The ONNX graph has a ``confidence`` output (``fsmde export --confidence``)."""
+        return self.confidence_name is not None
+
     def _infer(self, images: np.ndarray) -> np.ndarray:
         x = to_nchw_float(images, self.input_dtype)
         (depth,) = self.session.run([self.output_name], {self.input_name: x})
         return depth
+
+    def _infer_with_confidence(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = to_nchw_float(images, self.input_dtype)
+        depth, confidence = self.session.run([self.output_name, self.confidence_name], {self.input_name: x})
+        return depth, confidence

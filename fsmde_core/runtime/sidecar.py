@@ -20,6 +20,11 @@ from fsmde_core.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
+#: Name of the optional second model output (per-pixel confidence, ``fsmde export --confidence``);
+#: the exporter writes it and the backends look for it by this name. The sidecar's
+#: ``confidence_output`` key records it (None: the model has depth only).
+CONFIDENCE_OUTPUT = "confidence"
+
 
 def sidecar_path(model_path: str | Path) -> Path:
     """``OUT.onnx -> OUT.onnx.json``; ``OUT.engine -> OUT.engine.json``."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from fsmde_core.runtime.base import BackendError, InferenceBackend
 from fsmde_core.runtime.factory import backend_for_model
-from fsmde_core.runtime.sidecar import read_sidecar
+from fsmde_core.runtime.sidecar import CONFIDENCE_OUTPUT, read_sidecar
 from fsmde_core.runtime.tensorrt_build import build_tensorrt_engine, tensorrt_prerequisites
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class TensorRTBackend(InferenceBackend):
             )
         self.input_name = inputs[0]
         self.output_name = "depth" if "depth" in self.output_names else self.output_names[0]
+        self.confidence_name = CONFIDENCE_OUTPUT if CONFIDENCE_OUTPUT in self.output_names else None
         shape = tuple(engine.get_tensor_shape(self.input_name))
         if len(shape) != 4 or shape[1] != 3 or min(shape[2:]) <= 0:
             raise BackendError(
@@ -199,7 +200,21 @@ class TensorRTBackend(InferenceBackend):
         # TensorRT expects dense linear NCHW: .contiguous() after the permute is required.
         return dev.permute(0, 3, 1, 2).to(torch.float32).div_(255.0).to(self.input_dtype).contiguous()
 
+    @property
+    def has_confidence(self) -> bool:
+        """The engine has a ``confidence`` output (built from an ONNX exported with ``--confidence``)."""
+        return self.confidence_name is not None
+
     def _infer(self, images: np.ndarray) -> np.ndarray:
+        (depth,) = self._run_engine(images, [self.output_name])
+        return depth
+
+    def _infer_with_confidence(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        depth, confidence = self._run_engine(images, [self.output_name, str(self.confidence_name)])
+        return depth, confidence
+
+    def _run_engine(self, images: np.ndarray, wanted: list[str]) -> list[np.ndarray]:
+        """One engine execution; the ``wanted`` outputs (only those are copied back) as float32 host arrays."""
         import torch
 
         with torch.cuda.device(self.torch_device), torch.cuda.stream(self.stream), torch.inference_mode():
@@ -215,4 +230,4 @@ class TensorRTBackend(InferenceBackend):
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise BackendError(f"TensorRT execution failed for engine {self.engine_path}")
             # .cpu() is enqueued on self.stream and blocks until it (and the engine) finished.
-            return outputs[self.output_name].float().cpu().numpy()
+            return [outputs[name].float().cpu().numpy() for name in wanted]

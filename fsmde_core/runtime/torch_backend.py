@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fsmde_core.models.confidence import student_confidence
+from fsmde_core.models.student import SurroundDepthStudent
 from fsmde_core.runtime.base import InferenceBackend
 from fsmde_core.runtime.devices import check_device, check_precision_on_device, is_cuda_device, require_cuda
 
@@ -121,13 +123,29 @@ class TorchBackend(InferenceBackend):
         x = host.permute(0, 3, 1, 2).float().div_(255.0)
         return x if self.on_cuda else x.contiguous()
 
+    @property
+    def has_confidence(self) -> bool:
+        """A student (its forward returns the bin logits) can always give confidence."""
+        return isinstance(self.model, SurroundDepthStudent)
+
+    def _forward(self, images: np.ndarray) -> Any:
+        """The model's raw output for a batch (autocast under fp16); call inside inference_mode."""
+        x = self._upload(images)
+        if self.precision == "fp16":
+            with torch.autocast(device_type="cuda", dtype=torch.float16):
+                return self.model(x)
+        return self.model(x)
+
     def _infer(self, images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = self._upload(images)
-            if self.precision == "fp16":
-                with torch.autocast(device_type="cuda", dtype=torch.float16):
-                    out = self.model(x)
-            else:
-                out = self.model(x)
+            out = self._forward(images)
             depth = getattr(out, "depth", out)
             return depth.float().cpu().numpy()
+
+    def _infer_with_confidence(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out = self._forward(images)
+            # In float32 even under fp16: the entropy / mass sums over K bins are where half rounds worst.
+            out = out._replace(logits=out.logits.float(), centres=out.centres.float(), depth=out.depth.float())
+            confidence = student_confidence(self.model, out)
+            return out.depth.float().cpu().numpy(), confidence.float().cpu().numpy()
