@@ -133,6 +133,9 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], par
                 "--params-file", str(params_file), "--params-file", str(node_params),
                 "-p", f"model.path:={model}", "-p", "model.backend:=onnxruntime",
                 "-p", "pipeline.queue_size:=100",  # a replay: keep every set even on a loaded machine
+                # ... and every image: the player publishes reliably; best effort lost 2-5 of 6 large frames
+                # per camera in a burst on a 2-core machine (measured), which no set survives
+                "-p", "qos.input_reliability:=reliable", "-p", "qos.input_depth:=20",
                 "-p", "use_sim_time:=true"]
     print(f"\n$ {' '.join(shlex.quote(c) for c in node_cmd)} &", flush=True)
     node_proc = subprocess.Popen(node_cmd, env=env)
