@@ -115,6 +115,17 @@ def _spin_while(executor: SingleThreadedExecutor, keep_going: Callable[[], bool]
         executor.spin_once(timeout_sec=0.1)
 
 
+def _camera_frames(bag: Path, rig_yaml: Path) -> int:
+    """The fewest messages any camera of the rig has in ``bag``: the sets a replay can give at most."""
+    from fsmde_core.data.reader import open_bag, topic_table
+    from fsmde_core.rig import Rig
+
+    topics = [cam.image_topic for cam in Rig.load(rig_yaml).cameras]
+    with open_bag(bag) as reader:
+        table = topic_table(reader)
+    return min((table[t].count for t in topics if t in table), default=0)
+
+
 def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], params_file: Path,
                     domain_id: int, timeout_s: float = 240.0) -> dict:
     """Start the node on ``model``, replay ``bag`` into it, save pictures of its outputs.
@@ -152,8 +163,11 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], par
         player = subprocess.Popen(play_cmd, env=env)
         deadline = time.monotonic() + timeout_s
         _spin_while(executor, lambda: player.poll() is None and time.monotonic() < deadline)
-        settle = time.monotonic() + 10.0  # let the node finish the last set
-        _spin_while(executor, lambda: time.monotonic() < settle)
+        # Let the node finish every set of the replay; a loaded machine may need long, so wait for the
+        # count (the cameras' smallest message count in the bag), with the deadline only as a guard.
+        expected = _camera_frames(bag, rig_yaml)
+        settle = time.monotonic() + max(10.0, deadline - time.monotonic())
+        _spin_while(executor, lambda: min(recorder.counts()) < expected and time.monotonic() < settle)
         if player.poll() is None:
             player.terminate()
         pictures = recorder.save_pictures(out_dir, Rig.load(rig_yaml).ring_order())
