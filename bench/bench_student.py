@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -123,7 +122,7 @@ def export_onnx_model(name: str, model: torch.nn.Module, size: tuple[int, int], 
     if name.startswith("da2_"):
         from fsmde_core.export import _torch_to_onnx
 
-        _torch_to_onnx(model, torch.rand(cameras, 3, *size), path, 17, dynamic_batch=False)
+        _torch_to_onnx(model, torch.rand(cameras, 3, *size), path, 17, dynamic_batch=False, output_names=["depth"])
         return path
     from fsmde_core.checkpoint import save_student
     from fsmde_core.export import export_onnx
@@ -181,12 +180,16 @@ def peak_memory_mb(name: str, height: int, width: int, cameras: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
 
 
 def report_peak(name: str, height: int, width: int, cameras: int) -> None:
@@ -197,7 +200,9 @@ def report_peak(name: str, height: int, width: int, cameras: int) -> None:
     model = build(name, height, width)
     size = input_size(name, height, width)
     torch_runner(model, torch.rand(cameras, 3, *size))()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline)
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork + exec, so every child
+    # reported the parent's peak (9662 MB for every model in the first recorded table)
+    print(_status_mb("VmHWM") - baseline)
 
 
 # ------------------------------------------------------------------- rows
