@@ -70,9 +70,11 @@ class InferenceBackend(ABC):
         ``--confidence``; a torch student always can)."""
         return False
 
+    @abstractmethod
     def _infer_with_confidence(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run the model on validated input; return depth and confidence, each like :meth:`_infer`'s."""
-        raise NotImplementedError  # only called when has_confidence is True
+        """Run the model on validated input; return depth and confidence, each like :meth:`_infer`'s.
+
+        Only called when :attr:`has_confidence` is True."""
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Metric depth for a batch of RGB images.
