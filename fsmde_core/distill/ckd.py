@@ -22,9 +22,7 @@ import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
 
 from fsmde_core.distill.masked import EPS, region_mask, resize_nan_safe
 from fsmde_core.distill.supervised import silog_loss
-
-#: How the student reads depth out of its bins (``StudentConfig.readout``); the cross depth must match.
-READOUTS = ("log", "linear")
+from fsmde_core.models.student import READOUTS
 
 #: Probability floor of the two-bin targets (spread over K bins) so their log stays finite.
 TARGET_FLOOR = 1e-4

@@ -29,6 +29,9 @@ from fsmde_core.models.encoders import ENCODERS, build_student_encoder
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+#: How depth is read out of the bins (:func:`bin_expectation`): log depth, or AdaBins' arithmetic mean.
+READOUTS: tuple[str, ...] = ("log", "linear")
+
 #: The encoder downsamples by 32; inputs must divide evenly so skips line up.
 STUDENT_STRIDE = 32
 
@@ -102,7 +105,7 @@ class StudentConfig:
             raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {self.encoder!r}")
         if self.decoder_block not in DECODER_BLOCKS:
             raise ValueError(f"decoder_block must be one of {list(DECODER_BLOCKS)}, got {self.decoder_block!r}")
-        if self.readout not in ("log", "linear"):
+        if self.readout not in READOUTS:
             raise ValueError(f"readout must be 'log' or 'linear', got {self.readout!r}")
         if int(self.num_bins) != self.num_bins or self.num_bins < 2:
             raise ValueError(f"num_bins must be an integer >= 2, got {self.num_bins!r}")
