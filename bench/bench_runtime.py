@@ -4,14 +4,16 @@ The question it answers (product issue): how much does the ROS pipeline add to
 the network itself? Target on CPU: overhead at most 15 % of the model time and
 never more than 20 ms per set.
 
-Workload: six cameras at the default size, 640x384 rgb8 images, the default
-student (ResNet-18, 64 bins, input 384x640) with random weights, saved with
-``save_student`` and exported with ``export_onnx`` (fixed batch of 6).
+Workload: six cameras at the default size, 640x384 rgb8 images, student presets
+(``--preset`` end to end, default the shipped default; ``--model-presets`` model
+only) with random weights at input 384x640, saved with ``save_student`` and
+exported with ``export_onnx`` (fixed batch of 6).
 
 Rows of the printed table:
 
 * **model only** - ``build_backend(kind, ...).infer`` on one ``(6, 384, 640, 3)``
-  uint8 batch, torch and ONNX Runtime, in this process, after a warm-up.
+  uint8 batch, torch and ONNX Runtime, every preset of ``--model-presets``, in
+  this process, after a warm-up, interleaved (one run of each per round).
 * **end to end** - a real ``python -m fsmde_ros.node`` subprocess (the params
   file ``config/surround_depth.yaml``, calibration extrinsics from
   ``config/rig_ddad.yaml``, the ONNX model) fed over DDS by this process: six
@@ -86,6 +88,7 @@ sys.path.insert(0, str(REPO / "test"))  # the node test harness: the same partic
 from node_harness import Driver, NodeProcess, header, image_msg, start_node  # noqa: E402
 
 from fsmde_core.estimator import CameraFrame, CloudOptions, DepthResult, SurroundDepthEstimator  # noqa: E402
+from fsmde_core.models.student import DEFAULT_PRESET, PRESETS  # noqa: E402
 from fsmde_core.names import SURROUND_CAMERAS  # noqa: E402
 from fsmde_core.rig import Rig  # noqa: E402
 from fsmde_core.sync import ApproximateTimeSynchronizer  # noqa: E402
@@ -176,18 +179,18 @@ def timed(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
 
 
 # ------------------------------------------------------------------ the model
-def make_model(work: Path) -> tuple[Path, Path, dict]:
-    """Default student with seeded random weights -> run dir (safetensors) + ONNX (batch 6)."""
+def make_model(work: Path, preset: str) -> tuple[Path, Path, dict]:
+    """A student preset with seeded random weights -> run dir (safetensors) + ONNX (batch 6)."""
     import torch
 
     from fsmde_core.checkpoint import save_student
     from fsmde_core.export import export_onnx
     from fsmde_core.models.student import StudentConfig, SurroundDepthStudent
 
-    cfg = StudentConfig()  # the default preset at 384x640: the shipped default
+    cfg = StudentConfig(preset=preset)  # at 384x640, the shipped input size
     torch.manual_seed(0)
     model = SurroundDepthStudent(cfg)
-    run = work / "student"
+    run = work / f"student_{preset}"
     save_student(run, model, {"student": cfg.to_dict(), "camera_names": list(CAMERAS), "rig": "ddad"})
     report = export_onnx(run, run / "student.onnx", num_cameras=len(CAMERAS))
     if not report["passed"]:
@@ -207,17 +210,29 @@ def make_images(n_sets: int, seed: int = 0) -> np.ndarray:
     return sets
 
 
-def model_rows(run: Path, onnx: Path, batch: np.ndarray, warmup: int, runs: int) -> list[Row]:
-    """Model-only time per set for torch and ONNX Runtime."""
+def model_rows(models: dict[str, tuple[Path, Path]], batch: np.ndarray, warmup: int, runs: int) -> list[Row]:
+    """Model-only time per set for every preset on torch and ONNX Runtime, interleaved.
+
+    One backend per (preset, kind) is built up front and each round times every one
+    of them once, so a slow minute of the machine lands on all rows alike and the
+    ratios between rows hold (run one after the other, torch moved by up to 1.7x
+    between runs on the same quiet machine). ``OnnxBackend`` disables ORT's idle
+    spinning, so its threads do not steal the cores from the torch runs after it.
+    """
     from fsmde_core.runtime import build_backend
 
-    rows = []
-    for kind, path in (("torch", run), ("onnxruntime", onnx)):
-        backend = build_backend(kind, path)
-        times = timed(lambda b=backend: b.infer(batch), warmup, runs)
-        rows.append(Row("model only", f"{kind} infer (6x384x640)", times,
-                        f"warm-up {warmup}, {runs} runs"))
-        del backend  # free its threads / arena before the next measurement
+    backends = {(preset, kind): build_backend(kind, run if kind == "torch" else onnx)
+                for preset, (run, onnx) in models.items() for kind in ("torch", "onnxruntime")}
+    for backend in backends.values():
+        for _ in range(warmup):
+            backend.infer(batch)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in backends}
+    for _ in range(runs):
+        for key, backend in backends.items():
+            times[key] += timed(lambda b=backend: b.infer(batch), 0, 1)
+    rows = [Row("model only", f"{preset}: {kind} infer (6x384x640)", times[(preset, kind)],
+                f"warm-up {warmup}, {runs} runs, interleaved") for preset, kind in backends]
+    backends.clear()  # free their threads / arenas before the next measurement
     return rows
 
 
@@ -586,7 +601,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--note", default="", help="free text recorded with the results")
     p.add_argument("--verbose", action="store_true", help="print one line per end-to-end set")
     p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(REPO)}")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help="the student the node runs end to end (default: the shipped default)")
+    p.add_argument("--model-presets", default="lite,base,large,legacy",
+                   help="comma-separated presets timed model-only on torch and ONNX Runtime")
     args = p.parse_args(argv)
+    presets = [x for x in args.model_presets.split(",") if x]
+    if unknown := [x for x in presets if x not in PRESETS]:
+        p.error(f"--model-presets: unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
     global VERBOSE
     VERBOSE = args.verbose
 
@@ -597,20 +619,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     monitor = CpuMonitor().start()
     with tempfile.TemporaryDirectory(prefix="fsmde_bench_runtime_") as tmp:
         work = Path(tmp)
-        run, onnx, cfg = make_model(work)
+        models = {preset: make_model(work, preset) for preset in dict.fromkeys([args.preset, *presets])}
+        _, onnx, cfg = models[args.preset]
         images = make_images(args.warmup_sets + args.sets)
         batch = np.ascontiguousarray(images[0])
         print("parts ...", flush=True)
         rows = [sync_row(500)]
         print("model only ...", flush=True)
-        m_rows = model_rows(run, onnx, batch, args.model_warmup, args.model_runs)
+        m_rows = model_rows({p: models[p][:2] for p in presets}, batch, args.model_warmup, args.model_runs)
         e_rows, result = estimator_rows(onnx, batch, 3, args.part_runs)
         rows = m_rows + rows + e_rows + conversion_rows(result, batch, 3, args.part_runs)
         print("end to end (node subprocess) ...", flush=True)
         e2e = end_to_end(onnx, images, args.warmup_sets, args.domain_id, work, args.transport,
                          args.input_reliability)
     n = f"{len(e2e.latency_ms)} sets"
-    rows[2:2] = [
+    rows[len(m_rows):len(m_rows)] = [
         Row("end to end", "last image in -> cloud out", e2e.latency_ms, f"{n}, {e2e.points} points, {e2e.lost} lost"),
         Row("end to end", "last image in -> last depth image out", e2e.depth_ms, n),
         Row("end to end", "node model time (its /diagnostics)", e2e.model_ms, "same sets"),
@@ -640,8 +663,10 @@ def main(argv: Sequence[str] | None = None) -> None:
              f"{' (16 MB shared-memory segments, see LARGE_SHM_PROFILE)' if args.transport == 'large-shm' else ''}, "
              f"node qos.input_reliability {args.input_reliability}, feeder publishes reliable, "
              "this process subscribes to the cloud, the six depth images and their camera_info",
-             f"- model: {cfg['encoder']}, {cfg['num_bins']} bins, input {cfg['input_height']}x{cfg['input_width']}, "
-             "random weights (seed 0), ONNX fixed batch 6",
+             f"- model: end to end the `{args.preset}` preset ({cfg['encoder']}, {cfg['num_bins']} bins, "
+             f"decoder {cfg['decoder_block']} {list(cfg['decoder_channels'])}), model-only rows presets "
+             f"{', '.join(presets)}; input {cfg['input_height']}x{cfg['input_width']}, random weights (seed 0), "
+             "ONNX fixed batch 6",
              f"- total run time {time.monotonic() - started:.0f} s"]
     if args.note:
         lines.append(f"- note: {args.note}")
