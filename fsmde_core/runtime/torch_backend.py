@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fsmde_core.models.confidence import student_confidence
+from fsmde_core.models.fusion import fold_batchnorm
 from fsmde_core.models.student import SurroundDepthStudent
 from fsmde_core.runtime.base import InferenceBackend
 from fsmde_core.runtime.devices import check_device, check_precision_on_device, is_cuda_device, require_cuda
@@ -64,7 +65,11 @@ class TorchBackend(InferenceBackend):
         # NHWC (channels_last) kernels are the fast path on tensor cores and on the CPU alike (oneDNN:
         # 1.7x for the base preset, 1.8x for lite, 6x384x640 on 2 cores, bench/results/student.md), and
         # the uint8 NHWC upload permuted to NCHW already has channels_last strides: no copy.
-        model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        # The backend owns the model: BatchNorms are folded into their convolutions (what ONNX Runtime and
+        # TensorRT do on their own; fsmde_core/models/fusion.py).
+        model = model.eval()
+        fold_batchnorm(model)
+        model = model.to(self.device).to(memory_format=torch.channels_last)
         if self.on_cuda:
             torch.backends.cudnn.benchmark = True  # fixed shapes: autotune once, reuse
         self.model = model
