@@ -8,6 +8,7 @@ follows from the geometry, not from the implementation.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,62 @@ def test_three_training_steps_with_both_terms_log_them_and_stay_finite(synthetic
         assert {"silog", "bins", "ckd", "vrkd", "xview", "ground", "total"} <= set(terms)
         assert all(np.isfinite(v) for v in terms.values())
         assert terms["xview"] > 0 and terms["ground"] > 0  # an untrained student is neither consistent nor metric
+
+
+# ------------------------------------------------- configuration and the objective
+def test_the_objective_adds_both_terms_with_their_weights():
+    from types import SimpleNamespace
+
+    from fsmde_core.distill.objective import DistillLossConfig, compute_losses
+
+    K, T = _rig()
+    truth = _render(K, T, pillar=True)
+    depth = (truth * torch.tensor([1.0, 1.2]).view(2, 1, 1, 1)).requires_grad_()
+    out = SimpleNamespace(depth=depth, logits=torch.zeros(2, 4, H, W), centres=torch.ones(2, 4),
+                          features=torch.zeros(2, 3, 4, 6))
+    cfg = DistillLossConfig(use_bins=False, use_ckd=False, use_vrkd=False, use_xview=True, use_ground=True,
+                            w_xview=2.0, w_ground=3.0, xview_stride=2, ground_stride=2)
+    losses = compute_losses(out, truth, None, None, PAIRS, cfg, readout="log", K=K, T_base_cam=T)
+    assert set(losses) == {"silog", "xview", "ground", "total"}
+    torch.testing.assert_close(losses["xview"], cross_view_loss(depth, K, T, PAIRS, stride=2))
+    torch.testing.assert_close(losses["ground"], ground_scale_loss(depth, K, T, stride=2))
+    torch.testing.assert_close(losses["total"], 10 * losses["silog"] + 2 * losses["xview"] + 3 * losses["ground"])
+    assert float(losses["xview"].detach()) > 0.1 and float(losses["ground"].detach()) > 0.05
+    with pytest.raises(ValueError, match=r"\['use_ground'\] need the cameras' K and T_base_cam"):
+        compute_losses(out, truth, cfg=DistillLossConfig(use_ckd=False, use_vrkd=False, use_ground=True),
+                       readout="log")
+    with pytest.raises(ValueError, match="use_xview is enabled but no adjacent-view pairs"):
+        compute_losses(out, truth, cfg=DistillLossConfig(use_ckd=False, use_vrkd=False, use_xview=True),
+                       readout="log", K=K, T_base_cam=T)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("loss.xview_stride=0", "loss.xview_stride must be an integer >= 1, got 0"),
+    ("loss.ground_stride=2.5", "loss.ground_stride must be an integer >= 1, got 2.5"),
+    ("loss.xview_gate=0", "loss.xview_gate must be > 0, got 0"),
+    ("loss.ground_half_width=-1", "loss.ground_half_width must be > 0, got -1"),
+    ("loss.w_ground=-1", "loss.w_ground must be >= 0, got -1"),
+])
+def test_bad_geometric_keys_are_one_config_line(override, message):
+    from fsmde_core.config import ConfigError, TrainConfig, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(message).replace(r"loss\.", r"(DistillLossConfig|loss)\.")):
+        TrainConfig.from_dict(load_config(TINY, [override]), "cmd")
+
+
+def test_geometric_terms_alone_are_refused():
+    from fsmde_core.distill.objective import DistillLossConfig
+
+    with pytest.raises(ValueError, match="alone do not determine depth"):
+        DistillLossConfig(use_silog=False, use_bins=False, use_ckd=False, use_vrkd=False, use_xview=True,
+                          use_ground=True)
+
+
+def test_the_shipped_configs_carry_the_geometric_keys_switched_off():
+    import yaml
+
+    for path in sorted(TINY.parent.glob("train_*.yaml")):
+        loss = yaml.safe_load(path.read_text())["loss"]
+        assert loss["use_xview"] is False and loss["use_ground"] is False, path.name
+        assert {"w_xview", "xview_stride", "xview_gate", "w_ground", "ground_z", "ground_max_depth",
+                "ground_half_width", "ground_band", "ground_stride"} <= set(loss), path.name
