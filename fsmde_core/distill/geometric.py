@@ -80,19 +80,15 @@ def _sample_at(x: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0, 0]
 
 
-def cross_view_residuals(
-    depth: torch.Tensor, K: torch.Tensor, T_base_cam: torch.Tensor, pairs: torch.Tensor,
-    valid: torch.Tensor, stride: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log z_ij - log d_j for the strided pixels of every directed pair -> (residual, comparable), (2P, N).
+def _project_into_targets(
+    depth: torch.Tensor, K: torch.Tensor, T_base_cam: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+    stride: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Strided source pixels -> (depth z in the target, target pixel uv, lands in front and inside), (2P, N[, 2]).
 
-    Source pixel -> point (K_i^-1, its depth) -> target frame (T_j^-1 T_i) ->
-    target pixel (K_j); z_ij is the point's depth in j, d_j j's depth sampled
-    there (bilinear). Comparable: source pixel valid, the point in front of j,
-    inside j's image and on valid pixels of j (all four bilinear neighbours).
+    Source pixel -> point (K_i^-1, its depth) -> target frame (T_j^-1 T_i) -> target pixel (K_j).
+    uv is zeroed where the point does not land inside (finite coordinates for grid_sample).
     """
-    directed = _as_directed_pairs(pairs, depth.shape[0], depth.device)
-    src, dst = directed[:, 0], directed[:, 1]
     h, w = depth.shape[-2:]
     pixels = _strided_pixels(h, w, stride, depth)
     d_src = _strided(depth, stride).index_select(0, src)
@@ -104,7 +100,23 @@ def cross_view_residuals(
     uvw = pts_dst @ K.index_select(0, dst).transpose(1, 2)
     uv = uvw[..., :2] / torch.where(in_front, z, torch.ones_like(z)).unsqueeze(-1)
     inside = in_front & (uv[..., 0] >= 0) & (uv[..., 0] <= w - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= h - 1)
-    uv = torch.where(inside.unsqueeze(-1), uv, torch.zeros_like(uv))  # finite coordinates for grid_sample
+    return z, torch.where(inside.unsqueeze(-1), uv, torch.zeros_like(uv)), inside
+
+
+def cross_view_residuals(
+    depth: torch.Tensor, K: torch.Tensor, T_base_cam: torch.Tensor, pairs: torch.Tensor,
+    valid: torch.Tensor, stride: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log z_ij - log d_j for the strided pixels of every directed pair -> (residual, comparable), (2P, N).
+
+    z_ij is the point's depth in j (:func:`_project_into_targets`), d_j j's
+    depth sampled there (bilinear). Comparable: source pixel valid, the point
+    in front of j, inside j's image and on valid pixels of j (all four
+    bilinear neighbours).
+    """
+    directed = _as_directed_pairs(pairs, depth.shape[0], depth.device)
+    src, dst = directed[:, 0], directed[:, 1]
+    z, uv, inside = _project_into_targets(depth, K, T_base_cam, src, dst, stride)
     d_dst = _sample_at(depth.index_select(0, dst), uv)
     valid_dst = _sample_at(valid.to(depth.dtype).index_select(0, dst), uv) > 1.0 - 1e-3
     comparable = inside & valid_dst & _strided(valid, stride).index_select(0, src)
