@@ -4,7 +4,7 @@ Pipeline (each stage cached, so re-runs and ablations are cheap)::
 
     rosbag2 bags --(fsmde_core.data, cached)--> decoded, resized samples
                  --(teacher, cached once per dataset)--> relative inv. depth + features
-                 --> student (cameras batched) --> SILog + bins + CKD + VRKD
+                 --> student (cameras batched) --> SILog + bins + CKD + VRKD (+ cross-view, ground)
 
 Runs on CPU or CUDA (mixed precision), on one process or many under
 ``torchrun`` (DistributedDataParallel; gloo on CPU, NCCL on CUDA). A run
@@ -253,8 +253,12 @@ def check_replicas_in_sync(model: torch.nn.Module, info: DistInfo) -> None:
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Surround samples -> one camera batch (B = samples x cameras) + the sample indices (teacher cache)."""
-    out = {k: torch.cat([it[k] for it in items]) for k in ("images", "sparse_depth", "masks")}
+    """Surround samples -> one camera batch (B = samples x cameras) + the sample indices (teacher cache).
+
+    K and T_base_cam travel per camera too: the geometric loss terms read the
+    calibration of each image (at the cache size, the LiDAR depth's size).
+    """
+    out = {k: torch.cat([it[k] for it in items]) for k in ("images", "sparse_depth", "masks", "K", "T_base_cam")}
     out["index"] = torch.tensor([int(it["index"]) for it in items], dtype=torch.long)
     return out
 
@@ -472,7 +476,7 @@ class Trainer:
         out = type(out)(*(x.float() for x in out))
         step_cfg = kd_ramped(self.cfg.loss, self.pos.step, o.kd_warmup_steps)
         losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands,
-                                readout=self.cfg.student.readout)
+                                readout=self.cfg.student.readout, K=batch["K"], T_base_cam=batch["T_base_cam"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
         self.scaler.unscale_(self.optimizer)

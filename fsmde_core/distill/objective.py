@@ -5,7 +5,9 @@ where the configuration (switches, weights, which CKD target) meets the
 student's output, the resolutions are reconciled, and a configuration that
 would silently do less than it says is refused. The method is docs/method.md:
 SILog + Chamfer make the student metric, CKD transfers the teacher's
-structure as bin probabilities, VRKD transfers cross-view feature relations.
+structure as bin probabilities, VRKD transfers cross-view feature relations,
+and the geometric terms (off by default) add the rig's own metric cues:
+cross-view depth consistency and the road plane.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
 
 from fsmde_core.distill.ablations import ABLATION_TARGETS, ANCHORS, AblationTarget, ablation_ckd_loss
 from fsmde_core.distill.ckd import check_readout, ckd_centre_loss, ckd_loss
+from fsmde_core.distill.geometric import cross_view_loss, ground_scale_loss
 from fsmde_core.distill.supervised import bin_centre_chamfer, silog_loss
 from fsmde_core.distill.vrkd import vrkd_loss
 from fsmde_core.models.teachers.base import TeacherOutput
@@ -64,6 +67,15 @@ class DistillLossConfig:
     ``tau_vrkd`` 0.2: cosine similarities live in [-1, 1], a softmax at tau 1
     is nearly uniform. Why these values: bench/results/ckd_targets.md,
     bench/results/vrkd_overlap.md, bench/results/distill.md.
+
+    The geometric terms (:mod:`fsmde_core.distill.geometric`) are off until
+    measured: ``use_xview`` (cross-view depth consistency of adjacent cameras,
+    every ``xview_stride``-th pixel, occlusion gate floor ``xview_gate`` in log
+    units) and ``use_ground`` (per-image scale from the road plane
+    z = ``ground_z`` in base_link, 0 when base_link is on the ground as in the
+    presets and nuScenes; plane depths up to ``ground_max_depth`` m and within
+    ``ground_half_width`` m of the vehicle's centre line, road pixels within
+    ``ground_band`` of the residual's mode, every ``ground_stride``-th pixel).
     """
 
     use_silog: bool = True
@@ -84,14 +96,33 @@ class DistillLossConfig:
     vrkd_grid: tuple[int, int] = (4, 8)
     vrkd_region: str = "image"
     variance_focus: float = 0.85
+    use_xview: bool = False
+    use_ground: bool = False
+    w_xview: float = 1.0
+    w_ground: float = 1.0
+    xview_stride: int = 4
+    xview_gate: float = 0.1
+    ground_z: float = 0.0
+    ground_max_depth: float = 20.0
+    ground_half_width: float = 1.5
+    ground_band: float = 0.1
+    ground_stride: int = 4
 
     def __post_init__(self) -> None:
         if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd)):
-            raise ValueError("DistillLossConfig: every loss term is switched off")
-        for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd", "w_ckd_centres"):
+            raise ValueError("DistillLossConfig: every loss term is switched off"
+                             + (" but the geometric ones, which alone do not determine depth (they constrain "
+                                "only cross-view agreement and the road's scale)"
+                                if self.use_xview or self.use_ground else ""))
+        for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd", "w_ckd_centres", "w_xview", "w_ground"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillLossConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("tau_ckd", "ckd_sigma", "tau_vrkd"):
+        for name in ("xview_stride", "ground_stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DistillLossConfig.{name} must be an integer >= 1, got {value!r}")
+        for name in ("tau_ckd", "ckd_sigma", "tau_vrkd", "xview_gate", "ground_max_depth", "ground_half_width",
+                     "ground_band"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DistillLossConfig.{name} must be > 0, got {getattr(self, name)}")
         _check_choice("ckd_anchor", self.ckd_anchor, ANCHORS)
@@ -163,6 +194,34 @@ def _ckd_terms(
                                      logit_mask, gt_small, spec)}
 
 
+def _check_geometric_inputs(
+    cfg: DistillLossConfig, pairs: object, K: torch.Tensor | None, T_base_cam: torch.Tensor | None,
+) -> None:
+    """One line naming what a switched-on geometric term lacks."""
+    on = [n for n, f in (("use_xview", cfg.use_xview), ("use_ground", cfg.use_ground)) if f]
+    if on and (K is None or T_base_cam is None):
+        raise ValueError(f"loss terms {on} need the cameras' K and T_base_cam; pass K= and T_base_cam=")
+    if cfg.use_xview and pairs is None:
+        raise ValueError("use_xview is enabled but no adjacent-view pairs were given")
+
+
+def _geometric_terms(
+    depth: torch.Tensor, mask: torch.Tensor | None, pairs: torch.Tensor | Sequence[tuple[int, int]] | None,
+    K: torch.Tensor | None, T_base_cam: torch.Tensor | None, cfg: DistillLossConfig,
+) -> dict[str, torch.Tensor]:
+    """The switched-on geometric terms on ``depth`` at K's (the GT's) size."""
+    terms: dict[str, torch.Tensor] = {}
+    if cfg.use_xview:
+        assert K is not None and T_base_cam is not None and pairs is not None
+        terms["xview"] = cross_view_loss(depth, K, T_base_cam, torch.as_tensor(pairs), mask, cfg.xview_stride,
+                                         cfg.xview_gate)
+    if cfg.use_ground:
+        assert K is not None and T_base_cam is not None
+        terms["ground"] = ground_scale_loss(depth, K, T_base_cam, mask, cfg.ground_z, cfg.ground_max_depth,
+                                            cfg.ground_half_width, cfg.ground_band, cfg.ground_stride)
+    return terms
+
+
 def compute_losses(
     out: StudentOutputLike,
     gt_depth: torch.Tensor,
@@ -173,14 +232,17 @@ def compute_losses(
     bands: torch.Tensor | None = None,
     *,
     readout: str,
+    K: torch.Tensor | None = None,
+    T_base_cam: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All enabled loss terms plus their weighted sum.
 
     Terms that are switched off are not computed at all. Returned values are
     *unweighted* (for logging) under ``"silog"``, ``"bins"``, ``"ckd"``
-    (+ ``"ckd_centres"`` for the rank target), ``"vrkd"``; ``"total"`` is the
-    weighted sum. If the student's depth is smaller than the GT it is
-    upsampled bilinearly for SILog (sparse GT is never resampled); CKD runs at
+    (+ ``"ckd_centres"`` for the rank target), ``"vrkd"``, ``"xview"``,
+    ``"ground"``; ``"total"`` is the weighted sum. If the student's depth is
+    smaller than the GT it is upsampled bilinearly for SILog and the geometric
+    terms (sparse GT is never resampled; K is at the GT's size); CKD runs at
     the logits' resolution (mask resized nearest).
 
     Args:
@@ -194,9 +256,12 @@ def compute_losses(
             ``cfg.vrkd_region == "overlap"``.
         readout: the student's ``StudentConfig.readout`` ("log" / "linear"), required
             so the CKD targets read depth out of bins exactly as the student does.
+        K: (B, 3, 3) intrinsics at the GT's size; required by the geometric terms.
+        T_base_cam: (B, 4, 4) camera optical frame -> base_link; required by the geometric terms.
 
     Raises:
-        ValueError: a KD term is on but ``teacher`` (or ``pairs`` / ``bands`` for VRKD) is missing.
+        ValueError: a KD term is on but ``teacher`` (or ``pairs`` / ``bands`` for VRKD) is missing,
+            or a geometric term is on but ``K`` / ``T_base_cam`` (or ``pairs`` for xview) is.
     """
     cfg = cfg or DistillLossConfig()
     check_readout(readout)
@@ -208,11 +273,12 @@ def compute_losses(
         raise ValueError("VRKD is enabled but no adjacent-view pairs were given")
     if cfg.use_vrkd and cfg.vrkd_region == "overlap" and bands is None:
         raise ValueError("vrkd_region 'overlap' needs the pairs' overlap bands")
-    gt_size = (gt_depth.shape[-2], gt_depth.shape[-1])
+    _check_geometric_inputs(cfg, pairs, K, T_base_cam)
+    depth_at_gt = _resize_to(out.depth, (gt_depth.shape[-2], gt_depth.shape[-1]))
     terms: dict[str, torch.Tensor] = {}
     weights: dict[str, float] = {}
     if cfg.use_silog:
-        terms["silog"] = silog_loss(_resize_to(out.depth, gt_size), gt_depth, mask, cfg.variance_focus)
+        terms["silog"] = silog_loss(depth_at_gt, gt_depth, mask, cfg.variance_focus)
         weights["silog"] = cfg.w_silog
     if cfg.use_bins:
         terms["bins"] = bin_centre_chamfer(out.centres, gt_depth, mask)
@@ -227,6 +293,8 @@ def compute_losses(
         terms["vrkd"] = vrkd_loss(out.features, teacher.features, pairs, cfg.vrkd_grid, cfg.tau_vrkd,
                                   bands if cfg.vrkd_region == "overlap" else None)
         weights["vrkd"] = cfg.w_vrkd
+    terms.update(_geometric_terms(depth_at_gt, mask, pairs, K, T_base_cam, cfg))
+    weights.update(xview=cfg.w_xview, ground=cfg.w_ground)
     total = sum(weights[name] * value for name, value in terms.items())
     assert isinstance(total, torch.Tensor)
     terms["total"] = total
