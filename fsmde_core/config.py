@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -65,7 +66,7 @@ class OptimConfig:
 
     epochs: int = 10
     batch_size: int = 1
-    lr: float = 2e-4
+    lr: float | None = None  # None: the student preset's rate (models/student.py PRESET_LEARNING_RATES)
     weight_decay: float = 1e-2
     warmup_steps: int = 50
     grad_clip: float = 1.0
@@ -78,8 +79,9 @@ class OptimConfig:
         for key in ("epochs", "batch_size", "checkpoint_every"):
             _positive_int("optim", key, getattr(self, key))
         _positive_int("optim", "max_steps", self.max_steps, allow_none=True)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not self.lr > 0):
+            raise ValueError(f"optim.lr must be > 0 (or null: the student preset's rate), got {self.lr!r}")
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ class TrainConfig:
         """Typed sections of a plain config; a bad value is a ConfigError naming ``source`` and the key."""
         from fsmde_core.distill.objective import DistillLossConfig
         from fsmde_core.models.resnet import PretrainedConfig
-        from fsmde_core.models.student import StudentConfig
+        from fsmde_core.models.student import PRESET_LEARNING_RATES, StudentConfig
 
         check_keys(cfg, source)
         d = cfg["data"]
@@ -182,17 +184,21 @@ class TrainConfig:
         s = cfg["student"]
         pre_keys = _field_names(PretrainedConfig)
         arch = {k: v for k, v in s.items() if k not in pre_keys}
+        student = _section(source, "student", StudentConfig,
+                           {**arch, "input_height": d["height"], "input_width": d["width"]})
+        optim = _section(source, "optim", OptimConfig, cfg["optim"])
+        if optim.lr is None:
+            optim = dataclasses.replace(optim, lr=PRESET_LEARNING_RATES[student.preset])
         return cls(
             seed=_seed(cfg["seed"], source),
             data=data_config_from_section(d, source),
             train_data=_section(source, "data", TrainDataConfig,
                                 {k: d[k] for k in _field_names(TrainDataConfig) if k in d}),
-            student=_section(source, "student", StudentConfig,
-                             {**arch, "input_height": d["height"], "input_width": d["width"]}),
+            student=student,
             pretrained=_section(source, "student", PretrainedConfig, {k: s[k] for k in pre_keys if k in s}),
             teacher=_section(source, "teacher", TeacherConfig, cfg["teacher"]),
             loss=_section(source, "loss", DistillLossConfig, cfg["loss"]),
-            optim=_section(source, "optim", OptimConfig, cfg["optim"]),
+            optim=optim,
             log=_section(source, "log", LogConfig, cfg["log"]),
             eval=_section(source, "eval", EvalConfig, cfg["eval"]),
         )

@@ -80,7 +80,7 @@ def test_defaults_come_from_the_section_dataclasses():
     """One source of truth: the plain defaults are the dataclasses' defaults, field for field."""
     from fsmde_core.data.config import DataConfig
     from fsmde_core.distill.objective import DistillLossConfig
-    from fsmde_core.models.student import StudentConfig
+    from fsmde_core.models.student import PRESET_LEARNING_RATES, StudentConfig
 
     d = default_config()
     assert d["optim"] == asdict(OptimConfig()) and d["log"] == asdict(LogConfig())
@@ -95,8 +95,21 @@ def test_defaults_come_from_the_section_dataclasses():
     assert DataConfig.from_dict({k: v for k, v in reader.items() if v is not None}).size == (320, 192)
     assert {k: d["data"][k] for k in asdict(TrainDataConfig())} == asdict(TrainDataConfig())
     typed = TrainConfig.from_dict(d)
-    assert typed.optim == OptimConfig() and typed.log == LogConfig() and typed.loss == DistillLossConfig()
+    # optim.lr null is filled with the preset's rate; every other optim key is the dataclass default
+    assert typed.optim == OptimConfig(lr=PRESET_LEARNING_RATES["base"]) and OptimConfig().lr is None
+    assert typed.log == LogConfig() and typed.loss == DistillLossConfig()
     assert typed.student == StudentConfig(input_height=192, input_width=320)
+
+
+@pytest.mark.parametrize("preset", ["lite", "base", "large", "legacy"])
+def test_a_null_learning_rate_is_the_presets_and_an_explicit_one_wins(preset: str) -> None:
+    from fsmde_core.models.student import PRESET_LEARNING_RATES
+
+    cfg = TrainConfig.from_dict(load_config(TINY, [f"student.preset={preset}"]))
+    assert cfg.optim.lr == PRESET_LEARNING_RATES[preset] > 0
+    cfg = TrainConfig.from_dict(load_config(TINY, [f"student.preset={preset}", "optim.lr=1e-5"]))
+    assert cfg.optim.lr == 1e-5
+    assert PRESET_LEARNING_RATES["base"] > PRESET_LEARNING_RATES["legacy"]  # MobileNet trains at a higher rate
 
 
 def test_every_student_key_reaches_the_student_config():

@@ -52,6 +52,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                "decoder_block": "conv"},
 }
 
+#: AdamW peak learning rate per preset, used where ``optim.lr`` is null (the shipped tiny config).
+#: Measured on the distillation benchmark (300 steps from random weights, held-out AbsRel, seed 0;
+#: bench/results/student.md): MobileNetV3 wants a far higher rate than ResNet (base: 0.333 at 3e-4,
+#: 0.239 at 1e-3, 0.222 at 2e-3, 0.202 at 4e-3), ResNet-18 the opposite (0.212 at 3e-4, 0.253 at 1e-3).
+PRESET_LEARNING_RATES: dict[str, float] = {"lite": 4e-3, "base": 4e-3, "large": 3e-4, "legacy": 3e-4}
+
 #: The preset of a StudentConfig built without one.
 DEFAULT_PRESET = "base"
 
