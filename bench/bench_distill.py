@@ -83,6 +83,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,7 +285,7 @@ def mean_and_spread(rows: list[dict | None]) -> tuple[dict[str, float], dict[str
     mean, spread = {}, {}
     for key in COLUMNS:
         vals = [v for v in seed_values(rows, key) if v is not None and math.isfinite(v)]
-        mean[key] = statistics.fmean(vals) if vals else math.nan
+        mean[key] = finite_mean(vals)
         spread[key] = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else math.nan
     return mean, spread
 
@@ -299,6 +300,16 @@ def paired_vs_baseline(rows: dict[str, list[dict | None]]) -> dict[str, dict[str
 
 
 # ----------------------------------------------------------------- tables
+def fmt(value: float | None, digits: int) -> str:
+    """A table number; n/a for a metric the evaluation could not compute (null in metrics.json)."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def finite_mean(values: Iterable[float | None]) -> float:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(vals) if vals else math.nan
+
+
 def fmt_interval(d: PairedDifference, digits: int) -> str:
     """``-0.0123 [-0.0200, -0.0046] *``: the star marks an interval that excludes 0 (the data tells)."""
     if d.n == 0:
@@ -358,9 +369,9 @@ def per_camera_table(set_name: str, rows: dict[str, list[dict | None]]) -> list[
             continue
         cells = []
         for cam in cams:
-            abs_rel = statistics.fmean(r["per_camera"][cam]["abs_rel"] for r in done)
-            bias = statistics.fmean(r["per_camera"][cam]["scale_bias_log"] for r in done)
-            cells.append(f"{abs_rel:.3f} / x{math.exp(bias):.2f}")
+            abs_rel = finite_mean(r["per_camera"][cam]["abs_rel"] for r in done)
+            bias = finite_mean(r["per_camera"][cam]["scale_bias_log"] for r in done)
+            cells.append(f"{fmt(abs_rel, 3)} / x{fmt(math.exp(bias), 2)}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -371,7 +382,8 @@ def per_seed_table(set_name: str, rows: dict[str, list[dict | None]], seeds: lis
     for name, seed_rows in rows.items():
         lines.append(f"| {name} | " + " | ".join(
             "stopped (error)" if r is None else
-            f"{r['abs_rel']:.4f} / {r['cross_view']:.4f} / {r['scale_spread_log']:.3f}" for r in seed_rows) + " |")
+            f"{fmt(r['abs_rel'], 4)} / {fmt(r['cross_view'], 4)} / {fmt(r['scale_spread_log'], 3)}"
+            for r in seed_rows) + " |")
     return lines
 
 

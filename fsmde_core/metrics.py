@@ -90,6 +90,16 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndar
         return np.where(mask, values, 0.0).sum(axis=1) / np.where(n > 0, n, np.nan)
 
 
+def _scored_pixels(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None,
+                   cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 ``pred``, ``gt`` and the (B, H*W) mask of pixels that are scored: one definition for every metric."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
+    return pred, gt, _flat_images(eval_mask(gt, valid, cap) & ~np.isnan(pred))
+
+
 def depth_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -111,12 +121,8 @@ def depth_metrics(
         pixels). Values are floats for one (H, W) image, else arrays of the
         leading shape. An image with no scored pixel gives NaN.
     """
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
+    pred, gt, mask = _scored_pixels(pred, gt, valid, cap)
     lead = pred.shape[:-2]
-    mask = _flat_images(eval_mask(gt, valid, cap) & ~np.isnan(pred))
     p = np.clip(_flat_images(pred), min_depth, cap)
     g = np.clip(np.where(mask, _flat_images(gt), 1.0), min_depth, cap)
     p = np.where(mask, p, 1.0)
@@ -159,11 +165,7 @@ def image_scale_factors(
     Returns:
         The leading shape of ``pred`` (a float for one (H, W) image); NaN where no pixel is scored.
     """
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
-    mask = _flat_images(eval_mask(gt, valid, cap) & ~np.isnan(pred))
+    pred, gt, mask = _scored_pixels(pred, gt, valid, cap)
     ratio = np.clip(_flat_images(pred), min_depth, cap) / np.clip(_flat_images(gt), min_depth, cap)
     with quiet_nan_warnings():
         s = np.nanmedian(np.where(mask, ratio, np.nan), axis=1)
@@ -182,8 +184,7 @@ def scale_error_summary(factors: Iterable[float] | np.ndarray) -> dict[str, floa
     s = np.asarray(factors if isinstance(factors, np.ndarray) else list(factors), dtype=np.float64).ravel()
     s = s[np.isfinite(s) & (s > 0)]
     if s.size == 0:
-        return {"bias_log": math.nan, "bias_factor": math.nan, "spread_log": math.nan, "p10": math.nan,
-                "p90": math.nan, "images": 0}
+        return {**dict.fromkeys(SCALE_KEYS, math.nan), "images": 0}
     log_s = np.log(s)
     bias = float(log_s.mean())
     return {"bias_log": bias, "bias_factor": math.exp(bias), "spread_log": float(log_s.std()),

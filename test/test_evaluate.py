@@ -18,6 +18,7 @@ from PIL import Image
 from fsmde_core.evaluate import add_eval_arguments, evaluate, run_eval
 from fsmde_core.metrics import (
     METRIC_KEYS,
+    SCALE_KEYS,
     affine_fit,
     align_depth,
     cross_view_consistency,
@@ -168,7 +169,8 @@ def test_scale_summary_of_mixed_scales_has_the_right_bias_and_spread() -> None:
     assert skewed["bias_log"] == pytest.approx(math.log(4.0) / 4)
     assert skewed["spread_log"] == pytest.approx(math.log(4.0) * math.sqrt(3) / 4)
     assert skewed["p10"] == pytest.approx(1.0) and skewed["p90"] == pytest.approx(3.1)
-    assert scale_error_summary([np.nan])["images"] == 0
+    empty = scale_error_summary([np.nan])
+    assert set(empty) == set(SCALE_KEYS) and empty["images"] == 0 and math.isnan(empty["bias_log"])
 
 
 def test_unknown_mode_is_refused() -> None:
@@ -280,6 +282,7 @@ def test_student_eval_writes_the_metrics_schema(student_report, camera_names: li
     assert scale["overall"]["images"] == 3 * len(camera_names)
     assert all(scale["per_camera"][n]["images"] == 3 for n in camera_names)
     for block in (scale["overall"], *scale["per_camera"].values()):
+        assert set(block) == set(SCALE_KEYS)
         assert block["bias_factor"] == pytest.approx(math.exp(block["bias_log"]))
         assert block["spread_log"] >= 0 and 0 < block["p10"] <= block["p90"]
     # mean = mean of cameras
