@@ -40,13 +40,25 @@ scale moves by more than the effects being measured, so:
   image: bias = mean log s, spread = std log s, :mod:`fsmde_core.metrics`) show
   where the metric scale goes wrong, which AbsRel alone hides.
 
-Time (2 shared CPU cores, ``base`` student, 300 steps): see TIME_NOTE below for
-the measured cost of one variant x one seed and the full-run estimate. A GPU
-run would change: far more steps (3000+, where the students stop being
-under-trained and the variants' gap is no longer dominated by how fast each
+**Time** (2 CPU cores, ``base`` student, 300 steps, c_ckd_vrkd, measured
+2026-11-30). The machine is shared, so the same work took: training 1.2 s/step
+on a quiet stretch (300 steps in 6.1 min with warm caches) and 16 s/step at
+load average 6 (another run); one evaluation of 32 surround sets 9-11 s quiet,
+141 s at load 5.9 (14 s of it process start). The first run of a work dir also
+decodes the training bags and runs the teacher once (sample and teacher caches,
+~5-10 min); synthesising the 32 bags ~3 min. The default full run (3 variants x
+3 seeds: 9 trainings, 36 evaluations of 16 sets, 2 teacher evaluations) is
+therefore ~50-60 min on a quiet 2-core machine, hours on a loaded one. Held-out
+frames per scene went from 8 to 4 so that two held-out sets cost what one did
+(32 surround sets per checkpoint and mode); training frames do not change the
+cost per step (batch 1, fixed steps), only the one-off cache.
+
+A GPU run would change: far more steps (3000+, where the students stop being
+under-trained and the gap between variants is no longer about how fast each
 loss gets going), 5-10 seeds (t(0.975) falls from 4.30 at 3 seeds to 2.26 at
-10, and the seed scatter is measured, not guessed), the full 384x640 input
-and more held-out frames per scene.
+10: the interval narrows by half for the same scatter), the full 384x640 input,
+more training scenes and more held-out frames per scene; evaluation and the
+process starts would then be the small part they should be.
 
 Every step is a ``fsmde`` CLI command, printed and recorded with the results in
 ``bench/results/distill.md`` so anyone can re-run them. A run directory whose
