@@ -334,6 +334,8 @@ def fmt_interval(d: PairedDifference, digits: int) -> str:
 
 def claim_table(paired: dict[str, dict[str, dict[str, PairedDifference]]]) -> list[str]:
     """The paired comparison with the baseline, per held-out set."""
+    if not any(paired.values()):
+        return [f"(no paired comparison: {BASELINE} and at least one other variant are needed in --variants)"]
     head = " | ".join(f"Δ {label} [95 % CI]" for _, label, _ in PAIRED_KEYS)
     lines = [f"| variant − {BASELINE} | held-out | seeds | {head} | AbsRel change |",
              "|---|---|---|" + "---|" * len(PAIRED_KEYS) + "---|"]
