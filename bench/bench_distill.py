@@ -355,6 +355,9 @@ def summary_table(set_name: str, rows: dict[str, list[dict | None]], teacher: di
              "", "| run | AbsRel | SqRel | RMSE | δ<1.25 | cross-view | AbsRel (median mode) | "
              "scale bias (factor) | scale spread (log) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, seed_rows in rows.items():
+        if all(r is None for r in seed_rows):
+            lines.append(f"| {name} | every run stopped (error) | | | | | | | |")
+            continue
         m, s = mean_and_spread(seed_rows)
 
         def pm(key: str, digits: int, m: dict = m, s: dict = s) -> str:
