@@ -25,7 +25,8 @@ scale moves by more than the effects being measured, so:
 * every variant is trained with the same seeds (default 0, 1, 2); a seed fixes
   the student's initialisation *and* the data order (the trainer seeds torch
   and numpy before building the model, and its sampler with ``seed x 1000``),
-  so variant and baseline of one seed differ only in the loss;
+  so variant and baseline of one seed differ only in the loss
+  (test/test_bench_pairing.py checks it, teacher cache cold or warm);
 * the claim is the PAIRED difference ``variant - a_supervised`` per seed: its
   mean, its 95 % t-interval (``bench/paired_stats.py``) and the relative change,
   for AbsRel, cross-view error and the per-image scale spread. An interval that
