@@ -43,8 +43,8 @@ scale moves by more than the effects being measured, so:
 
 **Time** (2 CPU cores, ``base`` student, 300 steps, c_ckd_vrkd, measured
 2026-11-30). The machine is shared, so the same work took: training 1.2 s/step
-on a quiet stretch (300 steps in 6.1 min with warm caches) and 16 s/step at
-load average 6 (another run); one evaluation of 32 surround sets 9-11 s quiet,
+on a quiet stretch (300 steps in 6.1 min with warm caches) and 9-16 s/step at
+load average 5-7 (150 steps in 31 min); one evaluation of 32 surround sets 9-11 s quiet,
 141 s at load 5.9 (14 s of it process start). The first run of a work dir also
 decodes the training bags and runs the teacher once (sample and teacher caches,
 ~5-10 min); synthesising the 32 bags ~3 min. The default full run (3 variants x
