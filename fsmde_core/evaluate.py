@@ -52,8 +52,10 @@ from fsmde_core.metrics import (
     cross_view_consistency,
     depth_metrics,
     eval_mask,
+    image_scale_factors,
     nanmean,
     quiet_nan_warnings,
+    scale_error_summary,
 )
 from fsmde_core.predictors import (
     EvalError,
@@ -78,6 +80,7 @@ class _Accumulator:
 
     names: list[str]
     per_frame: list[dict[str, np.ndarray]] = field(default_factory=list)
+    scale_factors: list[np.ndarray] = field(default_factory=list)  # per frame: (N cameras,) median(pred/gt)
     cross_view: list[CrossViewResult] = field(default_factory=list)
     cross_view_gt: list[CrossViewResult] = field(default_factory=list)
     err_sum: np.ndarray | None = None
@@ -224,10 +227,18 @@ def _summarise(acc: _Accumulator, mode: str, gt: str, cap: float, source: str) -
         "per_camera": per_camera,
         "cross_view_pairs": pairs,
         "cross_view_gt": nanmean(cv.mean for cv in acc.cross_view_gt) if acc.cross_view_gt else None,
+        "scale": _scale_summary(acc),
         "confidence_deciles": (None if acc.confidence_count is None or acc.confidence_err_sum is None
                                else abs_rel_by_confidence(acc.confidence_count, acc.confidence_err_sum)),
         "source": source,
     })
+
+
+def _scale_summary(acc: _Accumulator) -> dict[str, Any]:
+    """Per-image scale error: over all images of the run, and per camera (its images over frames)."""
+    factors = np.stack(acc.scale_factors)  # (frames, cameras)
+    return {"overall": scale_error_summary(factors),
+            "per_camera": {name: scale_error_summary(factors[:, k]) for k, name in enumerate(acc.names)}}
 
 
 def _evaluate_frame(
@@ -245,6 +256,7 @@ def _evaluate_frame(
     valid = ~np.asarray(sample.masks, dtype=bool)
     aligned = align_depth(raw, gt_depth, valid, mode, cap, pred_is_inverse=predictor.inverse)
     acc.per_frame.append(depth_metrics(aligned, gt_depth, valid, cap, min_depth))
+    acc.scale_factors.append(np.asarray(image_scale_factors(aligned, gt_depth, valid, cap, min_depth)))
     if confidence is not None:
         acc.add_confidence(*confidence_histogram(aligned, gt_depth, confidence, valid, cap, min_depth))
     rig = sample.rig()
@@ -301,6 +313,8 @@ def evaluate(
          "per_camera": {name: {abs_rel, ..., a3}},
          "cross_view_pairs": {"a/b": {"pred", "pred_inliers", "gt"}},   # adjacent pairs
          "cross_view_gt": float | null,   # dense-GT floor, null without dense GT
+         "scale": {"overall": S, "per_camera": {name: S}},   # per-image s = median(pred/gt) of the scored depth,
+                  # S = {bias_log, bias_factor, spread_log, p10, p90, images} (metrics.scale_error_summary)
          "confidence_deciles": [{confidence_min, confidence_max, abs_rel, pixels, fraction}, ...]
                                | null,   # least confident first; null for a teacher (no confidence)
          "source": "checkpoint:<path>" | "teacher:<identity>"}

@@ -23,6 +23,9 @@ thing wherever it is printed (the protocol: docs/method.md §6 "Evaluation").
     prediction (zero variance) gets the best constant ``s = 0, t = mean(1/gt)``;
     aligned inverse depth ``<= 0`` (beyond infinity) becomes ``cap``.
 
+* **Per-image scale error**: ``s = median(pred / gt)`` per image, summarised as
+  bias (mean of ``log s``) and spread (std of ``log s``): whether a metric model
+  is globally too near / far, and how much its scale wanders between images.
 * **Cross-view consistency** (our own metric, VRKD should lower it): for each
   adjacent camera pair of the ring (:meth:`fsmde_core.rig.Rig.adjacent_pairs`)
   and both directions, camera i's depth is projected into camera j
@@ -87,6 +90,16 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndar
         return np.where(mask, values, 0.0).sum(axis=1) / np.where(n > 0, n, np.nan)
 
 
+def _scored_pixels(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None,
+                   cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 ``pred``, ``gt`` and the (B, H*W) mask of pixels that are scored: one definition for every metric."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
+    return pred, gt, _flat_images(eval_mask(gt, valid, cap) & ~np.isnan(pred))
+
+
 def depth_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -108,12 +121,8 @@ def depth_metrics(
         pixels). Values are floats for one (H, W) image, else arrays of the
         leading shape. An image with no scored pixel gives NaN.
     """
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
+    pred, gt, mask = _scored_pixels(pred, gt, valid, cap)
     lead = pred.shape[:-2]
-    mask = _flat_images(eval_mask(gt, valid, cap) & ~np.isnan(pred))
     p = np.clip(_flat_images(pred), min_depth, cap)
     g = np.clip(np.where(mask, _flat_images(gt), 1.0), min_depth, cap)
     p = np.where(mask, p, 1.0)
@@ -133,6 +142,53 @@ def depth_metrics(
     if not lead:
         return {k: float(v[0]) for k, v in out.items()}
     return {k: v.reshape(lead) for k, v in out.items()}
+
+
+# ============================================================ per-image scale
+#: Keys of :func:`scale_error_summary` (metrics.json ``scale`` blocks).
+SCALE_KEYS: tuple[str, ...] = ("bias_log", "bias_factor", "spread_log", "p10", "p90", "images")
+
+
+def image_scale_factors(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    valid: np.ndarray | None = None,
+    cap: float = 80.0,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+) -> np.ndarray:
+    """Per image ``s = median(pred / gt)`` over the scored pixels: the image's metric scale factor.
+
+    Why: AbsRel mixes structure and scale; a metric student's main failure is a
+    per-image (per-camera) scale that drifts, which ``s`` isolates (``s = 1.2``:
+    the image is predicted 20 % too far). Pixels and clipping as in :func:`depth_metrics`.
+
+    Returns:
+        The leading shape of ``pred`` (a float for one (H, W) image); NaN where no pixel is scored.
+    """
+    pred, gt, mask = _scored_pixels(pred, gt, valid, cap)
+    ratio = np.clip(_flat_images(pred), min_depth, cap) / np.clip(_flat_images(gt), min_depth, cap)
+    with quiet_nan_warnings():
+        s = np.nanmedian(np.where(mask, ratio, np.nan), axis=1)
+    return float(s[0]) if pred.ndim == 2 else s.reshape(pred.shape[:-2])
+
+
+def scale_error_summary(factors: Iterable[float] | np.ndarray) -> dict[str, float | int]:
+    """Bias and spread of per-image scale factors (NaN ones left out).
+
+    ``bias_log`` = mean of ``log s`` (0 = unbiased; ``bias_factor = exp(bias_log)``
+    reads as "x 1.08 too far"), ``spread_log`` = population std of ``log s`` (how
+    much the scale moves from image to image, what no global correction can fix),
+    ``p10`` / ``p90`` = percentiles of ``s``, ``images`` = how many images counted.
+    In log space because scale errors multiply: x 2 and x 0.5 are equally wrong.
+    """
+    s = np.asarray(factors if isinstance(factors, np.ndarray) else list(factors), dtype=np.float64).ravel()
+    s = s[np.isfinite(s) & (s > 0)]
+    if s.size == 0:
+        return {**dict.fromkeys(SCALE_KEYS, math.nan), "images": 0}
+    log_s = np.log(s)
+    bias = float(log_s.mean())
+    return {"bias_log": bias, "bias_factor": math.exp(bias), "spread_log": float(log_s.std()),
+            "p10": float(np.percentile(s, 10)), "p90": float(np.percentile(s, 90)), "images": int(s.size)}
 
 
 def median_scale(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -280,10 +280,26 @@ def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence
               for p, v in result["cross_view_pairs"].items()]
     lines += ["", "Correspondences with a relative difference above 0.5 count as occlusions and are left out "
               "(inlier fraction).", ""]
+    lines += _scale_section(result.get("scale"), names)
     lines += _confidence_section(result.get("confidence_deciles"))
     lines += ["## Pictures", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in pictures]
     return "\n".join(lines) + "\n"
+
+
+def _scale_section(scale: dict[str, Any] | None, names: Sequence[str]) -> list[str]:
+    """The report.md lines of the per-image scale error (bias and spread of median(pred/gt))."""
+    if not scale:
+        return []
+    lines = ["## Per-image scale error", "",
+             "s = median(prediction / ground truth) per image (1 = right scale). Bias = mean of log s "
+             "(as a factor: exp); spread = std of log s over the images; p10 / p90 of s.", "",
+             "| camera | bias log s | bias factor | spread log s | p10 | p90 | images |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [(_md(n), scale["per_camera"][n]) for n in names] + [("**all images**", scale["overall"])]
+    lines += [f"| {label} | {_fmt(v['bias_log'])} | {_fmt(v['bias_factor'], 3)} | {_fmt(v['spread_log'])} | "
+              f"{_fmt(v['p10'], 3)} | {_fmt(v['p90'], 3)} | {v['images']} |" for label, v in rows]
+    return [*lines, ""]
 
 
 def _confidence_section(deciles: Sequence[dict[str, Any]] | None) -> list[str]:

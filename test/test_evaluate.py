@@ -18,11 +18,14 @@ from PIL import Image
 from fsmde_core.evaluate import add_eval_arguments, evaluate, run_eval
 from fsmde_core.metrics import (
     METRIC_KEYS,
+    SCALE_KEYS,
     affine_fit,
     align_depth,
     cross_view_consistency,
     depth_metrics,
+    image_scale_factors,
     median_scale,
+    scale_error_summary,
 )
 from fsmde_core.predictors import EvalError, parse_teacher_options
 from fsmde_core.rig import Rig
@@ -126,6 +129,48 @@ def test_affine_alignment_never_produces_negative_or_infinite_depth() -> None:
     pred_inv = np.array([[0.0, 0.1, 0.2, 0.3, 0.4, 5.0]])
     out = align_depth(pred_inv, gt, None, "affine", cap=80.0, pred_is_inverse=True)
     assert np.all(np.isfinite(out)) and np.all(out > 0) and np.all(out <= 80.0)
+
+
+def test_scale_factor_of_a_uniformly_scaled_prediction() -> None:
+    """pred = 1.2 x GT: every image's s is 1.2, so bias = log 1.2 (x 1.2) and spread 0."""
+    gt = np.random.default_rng(2).uniform(2, 50, size=(3, 8, 12))
+    s = image_scale_factors(1.2 * gt, gt, cap=80.0)
+    np.testing.assert_allclose(s, 1.2)
+    summary = scale_error_summary(s)
+    assert summary["bias_log"] == pytest.approx(math.log(1.2))
+    assert summary["bias_factor"] == pytest.approx(1.2)
+    assert summary["spread_log"] == pytest.approx(0.0, abs=1e-12)
+    assert summary["p10"] == pytest.approx(1.2) and summary["p90"] == pytest.approx(1.2)
+    assert summary["images"] == 3
+
+
+def test_scale_factor_is_the_median_ratio_over_scored_pixels_only() -> None:
+    """Half the pixels x 2, a quarter x 0.5, a quarter unscored (ego, NaN pred, beyond cap): s = 2."""
+    gt = np.full((4, 4), 10.0)
+    pred = np.full((4, 4), 20.0)
+    pred[0, :3] = 5.0                      # 3 of 12 scored pixels at x 0.5: the median stays 2
+    valid = np.ones((4, 4), bool)
+    valid[3] = False                       # ego row: not scored even though it says x 0.1
+    pred[3] = 1.0
+    gt[2, 3], pred[1, 3] = 200.0, np.nan   # beyond the cap / a NaN prediction: not scored
+    assert image_scale_factors(pred, gt, valid, cap=80.0) == pytest.approx(2.0)
+    assert math.isnan(image_scale_factors(pred, np.full((4, 4), np.nan), cap=80.0))
+
+
+def test_scale_summary_of_mixed_scales_has_the_right_bias_and_spread() -> None:
+    """Images at x 2 and x 0.5 cancel in log space (bias 0, factor 1) with spread log 2; NaN images skipped."""
+    s = np.array([2.0, 0.5, 2.0, 0.5, np.nan])
+    summary = scale_error_summary(s)
+    assert summary["bias_log"] == pytest.approx(0.0, abs=1e-12)
+    assert summary["bias_factor"] == pytest.approx(1.0)
+    assert summary["spread_log"] == pytest.approx(math.log(2.0))
+    assert summary["images"] == 4
+    skewed = scale_error_summary([1.0, 1.0, 1.0, 4.0])  # log s = 0, 0, 0, log 4
+    assert skewed["bias_log"] == pytest.approx(math.log(4.0) / 4)
+    assert skewed["spread_log"] == pytest.approx(math.log(4.0) * math.sqrt(3) / 4)
+    assert skewed["p10"] == pytest.approx(1.0) and skewed["p90"] == pytest.approx(3.1)
+    empty = scale_error_summary([np.nan])
+    assert set(empty) == set(SCALE_KEYS) and empty["images"] == 0 and math.isnan(empty["bias_log"])
 
 
 def test_unknown_mode_is_refused() -> None:
@@ -232,6 +277,14 @@ def test_student_eval_writes_the_metrics_schema(student_report, camera_names: li
     assert on_disk["mean"]["cross_view"] > 0
     assert on_disk["cross_view_gt"] is not None
     assert on_disk["source"].startswith("checkpoint:")
+    scale = on_disk["scale"]
+    assert list(scale["per_camera"]) == camera_names
+    assert scale["overall"]["images"] == 3 * len(camera_names)
+    assert all(scale["per_camera"][n]["images"] == 3 for n in camera_names)
+    for block in (scale["overall"], *scale["per_camera"].values()):
+        assert set(block) == set(SCALE_KEYS)
+        assert block["bias_factor"] == pytest.approx(math.exp(block["bias_log"]))
+        assert block["spread_log"] >= 0 and 0 < block["p10"] <= block["p90"]
     # mean = mean of cameras
     assert on_disk["mean"]["abs_rel"] == pytest.approx(
         np.mean([on_disk["per_camera"][n]["abs_rel"] for n in camera_names]))
@@ -242,7 +295,8 @@ def test_student_eval_writes_the_report_and_pictures(student_report, camera_name
     for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png"):
         assert _png_is_nontrivial(out / name), name
     md = (out / "report.md").read_text()
-    for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png", "| **mean** |", *camera_names):
+    for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png", "| **mean** |", *camera_names,
+                 "## Per-image scale error", "| **all images** |"):
         assert name in md
 
 
