@@ -125,8 +125,8 @@ VARIANTS = {
 #: Ablations and candidates, run only when asked for (--variants): VRKD over whole images, the CKD
 #: targets kept in fsmde_core/distill/ablations.py (kernel; linear with the LiDAR line-fit anchor, then
 #: with the median/MAD one), supervised-only with AdaBins' arithmetic bin readout (the baseline's best
-#: readout); the geometric metric-scale terms (loss.use_xview / loss.use_ground, issue 13: they need a
-#: trainer that has them, else the run stops with the config error and is reported as stopped).
+#: readout); the geometric metric-scale terms (loss.use_xview / loss.use_ground, issue 13), one at a
+#: time and together.
 EXTRA_VARIANTS = {
     "c_vrkd_whole_image": ["loss.vrkd_region=image", "loss.vrkd_grid=[4,8]"],
     "b_ckd_kernel_target": ["loss.use_vrkd=false", "loss.ckd_target=kernel"],
@@ -135,6 +135,7 @@ EXTRA_VARIANTS = {
     "a_supervised_linear_readout": [*VARIANTS["a_supervised"], "student.readout=linear"],
     "d_ckd_vrkd_xview": ["loss.use_xview=true"],
     "d_ckd_vrkd_ground": ["loss.use_ground=true"],
+    "d_ckd_vrkd_geo": ["loss.use_xview=true", "loss.use_ground=true"],
 }
 
 

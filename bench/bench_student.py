@@ -283,6 +283,25 @@ def distill_accuracy(args: argparse.Namespace, rows: list[Row], work: Path, log:
             row.cross_view = (mean["cross_view"], spread["cross_view"])
 
 
+def accuracy_from_file(path: Path, rows: list[Row], log: list[str]) -> None:
+    """Fill each preset's accuracy from a recorded JSON (``bench/results/student_accuracy.json``).
+
+    Why: the accuracy half costs about 10 CPU-minutes per preset and seed, the speed
+    half needs a quiet machine for four minutes; the two are measured apart and
+    joined here. The file keeps per-seed values and the commands that made them.
+    """
+    data = json.loads(path.read_text())
+    log.append(f"# accuracy from {path} ({data.get('what', '')})")
+    for row in rows:
+        runs = data.get("presets", {}).get(row.name)
+        if not runs:
+            continue
+        for key in ("abs_rel", "cross_view"):
+            values = [float(v) for v in runs[key]]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            setattr(row, key, (statistics.fmean(values), spread))
+
+
 # ----------------------------------------------------------------- output
 def table(rows: list[Row], cameras: int) -> list[str]:
     ref = next((r for r in rows if r.name == REFERENCE), None)
@@ -354,6 +373,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--accuracy", action="store_true", help="run the distillation benchmark per preset")
     ap.add_argument("--distill-args", default="--steps 300 --seeds 0,1,2",
                     help="passed to bench/bench_distill.py (default: its full setting, 300 steps, seeds 0,1,2)")
+    ap.add_argument("--accuracy-from", type=Path, default=None,
+                    help="fill the accuracy columns from a recorded JSON instead (bench/results/student_accuracy.json)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fsmde_student_bench"))
     ap.add_argument("--no-record", action="store_true",
                     help="write the table and plot under --work instead of bench/results/")
@@ -377,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     log = [" ".join(shlex.quote(a) for a in [sys.executable, "bench/bench_student.py", *(argv or sys.argv[1:])])]
     if args.accuracy:
         distill_accuracy(args, rows, args.work, log)
+    elif args.accuracy_from:
+        accuracy_from_file(args.accuracy_from, rows, log)
     out_md = args.work / "student.md" if args.no_record else RESULTS
     out_png = out_md.with_suffix(".png")
     lines = [f"## Student family vs teachers — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC", "",

@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Training data and steps of the demo: the same few CPU minutes as the old 200 steps of the
+#: Training data and steps of the demo: fewer CPU minutes than the old 200 steps of the
 #: ResNet-18 student on one 40-frame street, spent on the lighter default student and more
-#: streets (measured choice in bench/results/demo.md).
+#: streets (measured: bench/results/demo.md).
 DEMO_TRAIN_SCENES, DEMO_TRAIN_FRAMES, DEMO_STEPS = 8, 5, 400
 TRAIN_SEED0, HELDOUT_SEED = 11, 2
 
