@@ -15,8 +15,8 @@
 
 Many short scenes, not one long one: consecutive frames of one street are near
 duplicates, so a single 40-frame bag taught the student one street by heart
-(held-out AbsRel 0.51); the same 40 frames as eight streets generalise (see
-``add_demo_arguments`` for the measured choice of scenes and steps).
+(held-out AbsRel 0.51); the same 40 frames as eight streets generalise (the
+measured choice of scenes and steps: :data:`DEMO_STEPS`, bench/results/demo.md).
 
 Each step is the same CLI a user runs, printed before it runs, so the demo is
 also the tutorial. Steps whose outputs exist are skipped (re-running is cheap).
@@ -77,7 +77,7 @@ def _node_step(onnx: Path, bag: Path, out_dir: Path, names: list[str], domain_id
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="where everything goes")
     parser.add_argument("--train-scenes", type=int, default=DEMO_TRAIN_SCENES,
-                        help="training bags, one synthetic street each (seeds 11, 12, ...)")
+                        help=f"training bags, one synthetic street each (seeds {TRAIN_SEED0}, {TRAIN_SEED0 + 1}, ...)")
     parser.add_argument("--train-frames", type=int, default=DEMO_TRAIN_FRAMES, help="frames per training bag")
     parser.add_argument("--eval-frames", type=int, default=6, help="frames in the held-out bag")
     parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps (tiny CPU config)")
@@ -117,15 +117,15 @@ def run_demo(args: argparse.Namespace) -> int:
     run_step([*fsmde, "eval", "--teacher", "synthetic", "--bag", str(eval_bag), "--out", str(report / "teacher"),
           "--gt", "synthetic", "--cap", "80"], env)
     run_step([*fsmde, "export", "--checkpoint", str(run_dir), "--onnx", str(onnx)], env)
+    student = json.loads((run_dir / "student.json").read_text())
     metrics = json.loads((report / "metrics.json").read_text())["mean"]
     teacher = json.loads((report / "teacher" / "metrics.json").read_text())["mean"]
     summary = {"bags": [*map(str, train_bags), str(eval_bag)], "run": str(run_dir), "report": str(report / "report.md"),
-               "onnx": str(onnx), "student": json.loads((run_dir / "student.json").read_text())["student"]["preset"],
+               "onnx": str(onnx), "student": student["student"]["preset"],
                "steps": args.steps, "heldout_abs_rel": round(metrics["abs_rel"], 4),
                "teacher_affine_abs_rel": round(teacher["abs_rel"], 4), "metrics": metrics}
     if not args.skip_node:
-        names = json.loads((run_dir / "student.json").read_text())["camera_names"]
-        summary["node"] = _node_step(onnx, eval_bag, out / "node", names, args.domain_id)
+        summary["node"] = _node_step(onnx, eval_bag, out / "node", student["camera_names"], args.domain_id)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n== fsmde demo: done ==")
