@@ -98,7 +98,8 @@ def measure(run_dir: Path, bag: Path) -> dict[str, dict]:
     for sample in BagSource([bag], config):
         x = torch.from_numpy(sample.images).permute(0, 3, 1, 2).float().div(255.0)
         with torch.inference_mode():
-            out = model(x)
+            focal_width = torch.tensor([m.K[0, 0] / m.width for m in sample.models], dtype=torch.float32)
+            out = model(x, focal_width)  # camera-aware centres read fx / width (student.focal_canonical)
             conf = {k: student_confidence(model, out, k)[:, 0].numpy() for k in CONFIDENCE_KINDS}
         pred, gt = out.depth[:, 0].numpy(), sample.gt_depth
         valid = ~np.asarray(sample.masks, dtype=bool)

@@ -173,6 +173,7 @@ class SurroundDepthEstimator:
         images = resize_batch([f.rgb for f in frames], (height, width))
         t1 = time.perf_counter()
         raw, confidence = self._infer(images)
+        raw = self._to_each_camera(raw, frames)
         t2 = time.perf_counter()
         depth = finish_depth(raw, [self._mask_at(f, height, width) for f in frames])
         if confidence is not None:
@@ -233,6 +234,15 @@ class SurroundDepthEstimator:
             return backend.infer(images)[:n], None
         depth, confidence = backend.infer_with_confidence(images)
         return depth[:n], confidence[:n]
+
+    def _to_each_camera(self, depth: np.ndarray, frames: Sequence[CameraFrame]) -> np.ndarray:
+        """Camera-aware centres: the backend's canonical-camera depth times each camera's
+        ``(fx / width) / focal_canonical`` (:func:`fsmde_core.models.student.focal_factors`); as is otherwise."""
+        canonical = getattr(self.backend, "focal_canonical", None)
+        if canonical is None:
+            return depth
+        ratio = np.array([f.model.K[0, 0] / f.model.width for f in frames], dtype=np.float32)
+        return depth * (ratio / np.float32(canonical))[:, None, None]
 
     def _mask_at(self, frame: CameraFrame, height: int, width: int) -> np.ndarray | None:
         """The frame's ego mask at the depth size (nearest neighbour), cached while the same

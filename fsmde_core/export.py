@@ -242,6 +242,8 @@ def export_onnx(
             "rig": meta.get("rig"),
             "min_depth": cfg.min_depth,
             "max_depth": cfg.max_depth,
+            # Camera-aware centres: the graph predicts for this fx / width; the runtime rescales per camera.
+            "focal_canonical": cfg.focal_canonical,
             "student": cfg.to_dict(),
             "opset": int(opset),
             "exporter": "torch.onnx legacy (dynamo=False)",

@@ -84,15 +84,19 @@ def student_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     if names is None:
         log.warning("%s: no camera_names in the student metadata; using the bag's camera order", p)
 
+    def focal_width(sample: Any) -> torch.Tensor:
+        """fx / width per camera: camera-aware centres (student.focal_canonical) read it."""
+        return torch.tensor([float(m.K[0, 0]) / m.width for m in sample.models], device=dev)
+
     def predict(sample: Any) -> np.ndarray:
         # One batched forward per surround set: the cameras are the batch.
         with torch.inference_mode():
-            depth = model(_images_tensor(sample.images, dev)).depth
+            depth = model(_images_tensor(sample.images, dev), focal_width(sample)).depth
         return depth[:, 0].float().cpu().numpy()
 
     def predict_with_confidence(sample: Any) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            out = model(_images_tensor(sample.images, dev))
+            out = model(_images_tensor(sample.images, dev), focal_width(sample))
             confidence = student_confidence(model, out)
         return out.depth[:, 0].float().cpu().numpy(), confidence[:, 0].float().cpu().numpy()
 

@@ -472,7 +472,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.pos.step, self.total_steps, float(o.lr), o.warmup_steps)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            out = self.ddp_model(batch["images"])
+            # fx / width per image: read only by camera-aware centres (student.focal_canonical).
+            out = self.ddp_model(batch["images"], batch["K"][:, 0, 0] / batch["images"].shape[-1])
         out = type(out)(*(x.float() for x in out))
         step_cfg = kd_ramped(self.cfg.loss, self.pos.step, o.kd_warmup_steps)
         losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands,

@@ -69,7 +69,9 @@ class HeldOutValidator:
         try:
             for i in self.frames():
                 item = self.dataset[i]
-                depth = model(item["images"][self.order].to(device)).depth[:, 0].float().cpu().numpy()
+                images = item["images"][self.order].to(device)
+                focal_width = item["K"][self.order, 0, 0].to(device) / images.shape[-1]
+                depth = model(images, focal_width).depth[:, 0].float().cpu().numpy()
                 valid = ~item["masks"][self.order, 0].numpy()
                 per_frame.append(depth_metrics(depth, self._ground_truth(item), valid, self.cap, DEFAULT_MIN_DEPTH))
         finally:

@@ -159,6 +159,27 @@ def test_fixed_batch_onnx_export_is_padded_in_one_call(plane_run: Path, rig: Rig
     np.testing.assert_allclose(result.depth, PLANE_M, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_camera_aware_centres_put_each_camera_at_its_own_scale(rig: Rig, tmp_path: Path, backend: str) -> None:
+    """A student with student.focal_canonical: the model (and its ONNX export) predicts for the
+    canonical camera, the estimator multiplies each camera by (fx / width) / focal_canonical."""
+    run = save_plane_student(tmp_path / "run", rig.names, H, W, focal_canonical=0.5)
+    model_path = run
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+        from fsmde_core.export import export_onnx
+
+        report = export_onnx(run, tmp_path / "plane.onnx", num_cameras=6)
+        assert report["passed"] and report["focal_canonical"] == 0.5
+        model_path = tmp_path / "plane.onnx"
+    built = build_backend(backend, model_path)
+    assert built.focal_canonical == 0.5 and built.describe()["focal_canonical"] == 0.5
+    result = SurroundDepthEstimator(built).predict(frames_for(rig, make_images(6)))
+    ratios = np.array([c.model.K[0, 0] / c.model.width for c in rig.cameras])
+    assert np.ptp(ratios) > 0.05  # the ddad preset mixes lenses: the test can tell per-camera from global
+    np.testing.assert_allclose(result.depth, (PLANE_M * ratios / 0.5)[:, None, None] * np.ones((1, H, W)), rtol=1e-4)
+
+
 # ------------------------------------------------------------------ cloud
 def test_plane_at_known_depth_lands_where_the_geometry_puts_it(plane_backend, rig: Rig) -> None:
     images = make_images(6)

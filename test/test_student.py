@@ -115,6 +115,9 @@ def test_config_json_round_trip(small_cfg: StudentConfig) -> None:
         {"preset": "tiny"},
         {"input_height": 100},
         {"input_width": 0},
+        {"focal_canonical": 0.0},
+        {"focal_canonical": "auto"},
+        {"focal_canonical": 50.0},
     ],
 )
 def test_config_rejects_bad_values(bad: dict) -> None:
@@ -232,6 +235,32 @@ def test_forward_shapes_and_metric_bins(student: SurroundDepthStudent, small_cfg
     half = torch.exp((torch.softmax(out.logits, 1) * c.log()[:, :, None, None]).sum(1, keepdim=True))
     expected = torch.nn.functional.interpolate(half, size=(H, W), mode="bilinear", align_corners=False)
     torch.testing.assert_close(out.depth, expected)
+
+
+@pytest.mark.parametrize("readout", ["log", "linear"])
+def test_camera_aware_centres_scale_each_image_by_its_focal_ratio(small_cfg: StudentConfig, readout: str) -> None:
+    """student.focal_canonical: per image, centres and depth x (fx / width) / focal_canonical, exactly;
+    without a focal ratio the model is the canonical camera (what ONNX export traces)."""
+    from dataclasses import replace
+
+    from fsmde_core.models.student import focal_factors
+
+    cfg = replace(small_cfg, focal_canonical=0.5, readout=readout)
+    torch.manual_seed(0)
+    model = SurroundDepthStudent(cfg).eval()
+    x = torch.rand(3, 3, H, W)
+    ratio = torch.tensor([0.5, 0.6, 0.4])
+    with torch.no_grad():
+        canonical = model(x)
+        aware = model(x, ratio)
+    factor = (ratio / 0.5).view(3, 1)
+    torch.testing.assert_close(aware.centres, canonical.centres * factor)
+    torch.testing.assert_close(aware.depth, canonical.depth * factor.view(3, 1, 1, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(aware.logits, canonical.logits)  # the structure does not move
+    torch.testing.assert_close(focal_factors(None, ratio), torch.ones(3))
+    off = SurroundDepthStudent(small_cfg).eval()  # switched off: the focal ratio is ignored
+    with torch.no_grad():
+        torch.testing.assert_close(off(x, ratio).depth, off(x).depth)
 
 
 def test_batch_is_independent_cameras(student: SurroundDepthStudent) -> None:

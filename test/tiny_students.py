@@ -52,8 +52,9 @@ def save_textured_student(run: Path, cameras: Sequence[str], height: int, width:
     return run
 
 
-def save_plane_student(run: Path, cameras: Sequence[str], height: int, width: int) -> Path:
-    cfg = tiny_student_config(height, width, min_depth=1.0, max_depth=81.0)
+def save_plane_student(run: Path, cameras: Sequence[str], height: int, width: int,
+                       focal_canonical: float | None = None) -> Path:
+    cfg = tiny_student_config(height, width, min_depth=1.0, max_depth=81.0, focal_canonical=focal_canonical)
     torch.manual_seed(0)
     model = SurroundDepthStudent(cfg)
     with torch.no_grad():

@@ -90,6 +90,15 @@ class StudentConfig:
         readout: how depth is read out of the bins: ``"log"`` (geometric
             mean of the centres, the default) or ``"linear"`` (AdaBins'
             arithmetic mean); see :func:`bin_expectation`.
+        focal_canonical: camera-aware centres (None = off): the network
+            predicts depth for a camera whose ``fx / width`` is this value, and
+            each image's centres are multiplied by ``(fx / width) / focal_canonical``
+            (:func:`focal_factors`). Why: the centres come from pooled image
+            features, which cannot tell a 60 deg lens from a 90 deg one, so a
+            rig with mixed optics got one compromise scale (front/back read
+            near, sides far; bench/results/distill.md, issue 13). The factor
+            scales depth exactly under both readouts, so the exported model
+            stays canonical and the runtime applies it per camera.
     """
 
     preset: str = DEFAULT_PRESET
@@ -102,6 +111,7 @@ class StudentConfig:
     input_height: int = 384
     input_width: int = 640
     readout: str = "log"
+    focal_canonical: float | None = None
 
     def __post_init__(self) -> None:
         self._fill_from_preset()
@@ -122,6 +132,10 @@ class StudentConfig:
         if len(self.decoder_channels) not in (3, 4) or min(self.decoder_channels) < 1:
             raise ValueError(f"decoder_channels must be 3 or 4 positive ints (stages at stride 16, 8, 4[, 2]), "
                              f"got {self.decoder_channels!r}")
+        if self.focal_canonical is not None and not (
+                isinstance(self.focal_canonical, (int, float)) and 0.05 <= float(self.focal_canonical) <= 20.0):
+            raise ValueError("focal_canonical must be null (off) or fx / width of the canonical camera, "
+                             f"a number in [0.05, 20] (0.55 ~ an 85 deg lens), got {self.focal_canonical!r}")
         for name in ("input_height", "input_width"):
             value = getattr(self, name)
             if int(value) != value or value <= 0 or value % STUDENT_STRIDE:
@@ -234,10 +248,18 @@ class SurroundDepthStudent(nn.Module):
         self.feature_channels: int = d[0]
         self.feature_stride: int = 16
 
-    def forward(self, images: torch.Tensor) -> StudentOutput:
+    def forward(self, images: torch.Tensor, focal_width: torch.Tensor | None = None) -> StudentOutput:
+        """Depth of (B, 3, H, W) images.
+
+        ``focal_width``: (B,) ``fx / width`` per image, read only with
+        ``config.focal_canonical`` set; None = the canonical camera (what the
+        export traces: the runtime applies :func:`focal_factors` to the depth).
+        """
         x = (images - self.mean) / self.std
         f0, f1, f2, f3, f4 = self.encoder(x)
         centres = self.bin_head(f4)
+        if self.config.focal_canonical is not None and focal_width is not None:
+            centres = centres * focal_factors(self.config.focal_canonical, focal_width).to(centres.dtype).view(-1, 1)
         d16 = self.up16(f4, f3)
         d_last = self.up4(self.up8(d16, f2), f1)
         if self.up2 is not None:
@@ -253,6 +275,19 @@ class SurroundDepthStudent(nn.Module):
         depth_low = bin_expectation(probs, centres, log_space=self.config.readout == "log")
         depth = nnf.interpolate(depth_low, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return StudentOutput(depth=depth, logits=logits, centres=centres, features=d16)
+
+
+def focal_factors(focal_canonical: float | None, focal_width: Any) -> Any:
+    """Per-image depth factor of camera-aware centres: ``(fx / width) / focal_canonical`` (1 when off).
+
+    Works on a torch tensor or a numpy array of ``fx / width`` values (a ratio,
+    so it is the same at any resize of the image). A longer lens (larger fx)
+    sees the same object larger, which the network reads as nearer; the factor
+    puts it back at its true distance.
+    """
+    if focal_canonical is None:
+        return focal_width * 0 + 1
+    return focal_width / float(focal_canonical)
 
 
 def bin_expectation(probs: torch.Tensor, centres: torch.Tensor, log_space: bool = True) -> torch.Tensor:

@@ -65,6 +65,14 @@ class InferenceBackend(ABC):
         """Run the model on validated input; return ``(N, H, W)`` or ``(N, 1, H, W)`` depth."""
 
     @property
+    def focal_canonical(self) -> float | None:
+        """``fx / width`` the model predicts for (camera-aware centres, ``student.focal_canonical``);
+        None = the model's depth is final. With a value, :class:`fsmde_core.estimator.SurroundDepthEstimator`
+        multiplies each camera's depth by ``(fx / width) / focal_canonical``."""
+        value = getattr(self, "_focal_canonical", None)
+        return None if value is None else float(value)
+
+    @property
     def has_confidence(self) -> bool:
         """Whether the model also yields per-pixel confidence (an ONNX/engine exported with
         ``--confidence``; a torch student always can)."""

@@ -110,6 +110,7 @@ class OnnxBackend(InferenceBackend):
         except Exception as exc:  # onnxruntime raises its own InvalidProtobuf/Fail/InvalidGraph types
             raise BackendError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
         self.sidecar = read_sidecar(self.model_path)
+        self._focal_canonical = self.sidecar.get("focal_canonical")
         self.intra_op_threads = int(intra_op_threads)
         self._bind_io(precision, input_size)
 
@@ -183,7 +184,7 @@ class OnnxBackend(InferenceBackend):
             "input_size": list(self.input_size),
             "batch_size": self.batch_size,
         }
-        for key in ("camera_names", "rig", "min_depth", "max_depth", "source_checkpoint_sha256"):
+        for key in ("camera_names", "rig", "min_depth", "max_depth", "focal_canonical", "source_checkpoint_sha256"):
             if key in self.sidecar:
                 info[key] = self.sidecar[key]
         return info

@@ -87,6 +87,7 @@ class TensorRTBackend(InferenceBackend):
             )
         self.engine_path = path
         self.sidecar = self._read_engine_sidecar(path, precision)
+        self._focal_canonical = self.sidecar.get("focal_canonical")
         self.precision = precision
         self.torch_device = torch.device(device)
         self._trt = trt
@@ -183,7 +184,7 @@ class TensorRTBackend(InferenceBackend):
             "batch_size": self.batch_size,
             "batch_range": list(self._batch_range),
         }
-        for key in ("camera_names", "min_depth", "max_depth", "cache_key"):
+        for key in ("camera_names", "min_depth", "max_depth", "focal_canonical", "cache_key"):
             if key in self.sidecar:
                 info[key] = self.sidecar[key]
         return info

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fsmde" / "tensorrt"
 #: Facts of the ONNX sidecar that the engine's sidecar carries on (the backend reports them).
-CARRIED_FACTS: tuple[str, ...] = ("camera_names", "rig", "min_depth", "max_depth", "num_cameras")
+CARRIED_FACTS: tuple[str, ...] = ("camera_names", "rig", "min_depth", "max_depth", "focal_canonical", "num_cameras")
 
 
 def require_tensorrt() -> Any:

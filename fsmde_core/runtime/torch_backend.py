@@ -62,6 +62,7 @@ class TorchBackend(InferenceBackend):
             require_cuda(device, who="the torch backend")
         self._input_size = (int(input_size[0]), int(input_size[1]))
         self.metadata = dict(metadata or {})
+        self._focal_canonical = getattr(getattr(model, "config", None), "focal_canonical", None)
         # NHWC (channels_last) kernels are the fast path on tensor cores and on the CPU alike (oneDNN:
         # 1.7x for the base preset, 1.8x for lite, 6x384x640 on 2 cores, bench/results/student.md), and
         # the uint8 NHWC upload permuted to NCHW already has channels_last strides: no copy.
@@ -89,6 +90,7 @@ class TorchBackend(InferenceBackend):
             "encoder": cfg.encoder,
             "min_depth": cfg.min_depth,
             "max_depth": cfg.max_depth,
+            "focal_canonical": cfg.focal_canonical,
         }
         return cls(
             model, (cfg.input_height, cfg.input_width), device=device, precision=precision, metadata=info
