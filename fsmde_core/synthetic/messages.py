@@ -81,6 +81,25 @@ def image_depth(stamp_ns: int, frame_id: str, depth: np.ndarray) -> memoryview:
     )
 
 
+def image_mono8(stamp_ns: int, frame_id: str, values: np.ndarray) -> memoryview:
+    """``sensor_msgs/Image`` mono8 from an (H, W) uint8 array (e.g. semantic class ids)."""
+    h, w = values.shape
+    if values.dtype != np.uint8:
+        raise ValueError(f"mono8 needs uint8 values, got {values.dtype}")
+    return serialize(
+        T[IMAGE](
+            header=header(stamp_ns, frame_id),
+            height=h,
+            width=w,
+            encoding="mono8",
+            is_bigendian=0,
+            step=w,
+            data=np.ascontiguousarray(values).reshape(-1),
+        ),
+        IMAGE,
+    )
+
+
 def compressed_image(stamp_ns: int, frame_id: str, payload: bytes, fmt: str = JPEG_FORMAT) -> memoryview:
     """``sensor_msgs/CompressedImage`` carrying an encoded image."""
     return serialize(

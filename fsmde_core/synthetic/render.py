@@ -1,7 +1,9 @@
 """Camera and LiDAR sensors of the synthetic rig.
 
-A :class:`CameraRenderer` turns one vehicle pose into an 8-bit RGB image and
-its exact depth (metres along the optical Z axis, +Inf = sky, REP 117/118);
+A :class:`CameraRenderer` turns one vehicle pose into an 8-bit RGB image,
+its exact depth (metres along the optical Z axis, +Inf = sky, REP 117/118)
+and its semantic labels (:mod:`fsmde_core.semantics`, from the same hits: the
+sky label is exactly where the depth is +Inf);
 a :class:`LidarRenderer` turns one pose into an organised multi-beam sweep.
 Both reuse the same ray caster, so LiDAR points and rendered depth agree by
 construction up to the LiDAR's range noise: the ground truth is consistent
@@ -19,6 +21,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from fsmde_core import semantics as sem
 from fsmde_core.rig import Rig, RigCamera
 from fsmde_core.synthetic.raycast import SKY, RayGrid, cast, shadow_mask
 from fsmde_core.synthetic.shading import Surface, Textures, radiance, sky_colour, surface, tonemap
@@ -30,10 +33,12 @@ _NOISE_SLACK = 65536
 
 @dataclass
 class CameraFrame:
-    """One rendered image: ``rgb`` (H, W, 3) uint8 and ``depth`` (H, W) float32 (+Inf = sky)."""
+    """One rendered image: ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) float32 (+Inf = sky) and
+    ``labels`` (H, W) uint8 semantic classes (:mod:`fsmde_core.semantics`)."""
 
     rgb: np.ndarray
     depth: np.ndarray
+    labels: np.ndarray
 
 
 class CameraRenderer:
@@ -85,7 +90,14 @@ class CameraRenderer:
         start = int(pick.integers(0, _NOISE_SLACK))
         rgb += self._noise[start : start + rgb.size].reshape(rgb.shape)
         rgb8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8).T.reshape(H, W, 3)
-        return CameraFrame(rgb=rgb8, depth=hits.t)
+        return CameraFrame(rgb=rgb8, depth=hits.t, labels=pixel_labels(surf, H, W))
+
+
+def pixel_labels(surf: Surface, height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 label map of a camera cast: every pixel without a hit is sky, the rest say what they hit."""
+    labels = np.full(height * width, sem.SKY, dtype=np.uint8)
+    labels[surf.index] = surf.label
+    return labels.reshape(height, width)
 
 
 # ------------------------------------------------------------------ LiDAR

@@ -16,6 +16,11 @@ is one contiguous slice, no masks or scatters per material) and stored
 channel-first, ``(3, N)`` float32: numpy broadcasts a per-pixel weight over
 colour channels fastest that way. Everything is elementwise, hence
 deterministic.
+
+Every hit pixel also gets its semantic class (:mod:`fsmde_core.semantics`)
+from what the shader already knows - the primitive's material, the ground's
+zone (road / sidewalk / verge) and the lane paint's coverage - so labels agree
+with the picture and the depth by construction, at the cost of one lookup.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fsmde_core import semantics as sem
 from fsmde_core.synthetic.raycast import FIRST_OBJECT, GROUND, KERB, Hits
 from fsmde_core.synthetic.world import Lighting, Material, Road, World
 
@@ -159,6 +165,7 @@ class Surface:
         normal: (3, N) float32 unit normals (world).
         albedo: (3, N) float32 linear albedo.
         gloss: (N,) float32 share of sky reflection (glass, paint).
+        label: (N,) uint8 semantic class (:mod:`fsmde_core.semantics`).
     """
 
     index: np.ndarray
@@ -167,6 +174,31 @@ class Surface:
     normal: np.ndarray
     albedo: np.ndarray
     gloss: np.ndarray
+    label: np.ndarray
+
+
+def _material_classes() -> np.ndarray:
+    """Lookup table material value -> semantic class; materials not listed are ``OTHER``."""
+    classes = {
+        Material.BUILDING: sem.BUILDING,
+        Material.CAR_PAINT: sem.VEHICLE,
+        Material.CAR_GLASS: sem.VEHICLE,
+        Material.METAL: sem.POLE,  # lamp posts with their arms and heads, sign posts
+        Material.BARK: sem.VEGETATION,
+        Material.FOLIAGE: sem.VEGETATION,
+        Material.CLOTH: sem.PERSON,
+        Material.SKIN: sem.PERSON,
+        Material.SIGN: sem.TRAFFIC_SIGN,
+    }
+    lut = np.full(max(Material) + 1, sem.OTHER, dtype=np.uint8)
+    for m, c in classes.items():
+        lut[m] = c
+    return lut
+
+
+MATERIAL_CLASS = _material_classes()
+#: A road pixel is ``LANE_MARKING`` when paint covers at least this share of its footprint.
+MARKING_COVERAGE = 0.5
 
 
 @dataclass
@@ -213,18 +245,27 @@ def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float) -> Surf
     normal = np.zeros((3, n), np.float32)
     albedo = np.zeros((3, n), np.float32)
     gloss = np.zeros(n, np.float32)
+    label = np.empty(n, np.uint8)
+
+    def group(lo: int, hi: int) -> _Group:
+        return _Group(world, tex, hits, Wc[:, lo:hi], D[:, lo:hi], fw[lo:hi], kk[lo:hi])
 
     def run(lo: int, hi: int, fn) -> None:
         if hi > lo:
-            g = _Group(world, tex, hits, Wc[:, lo:hi], D[:, lo:hi], fw[lo:hi], kk[lo:hi])
-            normal[:, lo:hi], albedo[:, lo:hi], gloss[lo:hi] = fn(g)
+            normal[:, lo:hi], albedo[:, lo:hi], gloss[lo:hi] = fn(group(lo, hi))
 
-    run(bounds[_K_GROUND], bounds[_K_GROUND + 1], _ground)
+    g0, g1 = bounds[_K_GROUND], bounds[_K_GROUND + 1]
+    if g1 > g0:  # the ground also says which zone / paint each pixel is on
+        normal[:, g0:g1], albedo[:, g0:g1], gloss[g0:g1], label[g0:g1] = _ground(group(g0, g1))
     run(bounds[_K_KERB], bounds[_K_KERB + 1], _kerb)
+    label[bounds[_K_KERB] : bounds[_K_KERB + 1]] = sem.SIDEWALK
     run(bounds[_K_BOX], bounds[_K_CYL], lambda g: _boxes(g, bounds[_K_BOX : _K_CYL + 1] - bounds[_K_BOX]))
     run(bounds[_K_CYL], bounds[_K_SPH], _cylinders)
     run(bounds[_K_SPH], bounds[_N_KEYS], _spheres)
-    return Surface(index=index, P=P, rng=rng, normal=normal, albedo=albedo, gloss=gloss)
+    o0 = bounds[_K_BOX]
+    if n > o0 and mats.size:
+        label[o0:] = np.take(MATERIAL_CLASS, np.take(mats, kk[o0:]))
+    return Surface(index=index, P=P, rng=rng, normal=normal, albedo=albedo, gloss=gloss, label=label)
 
 
 def _up(n: int) -> np.ndarray:
@@ -233,7 +274,8 @@ def _up(n: int) -> np.ndarray:
     return out
 
 
-def _ground(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ground(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Normal, albedo, gloss and semantic class (road / lane marking / sidewalk / terrain) of ground hits."""
     road = g.world.road
     x, y = g.W[0], g.W[1]
     s, l = road.to_sl(x, y)
@@ -250,16 +292,21 @@ def _ground(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s, l, al, grain, patch, fws = (np.take(a, order) for a in (s, l, al, grain, patch, fws))
     out = np.empty((3, s.size), np.float32)
     r, w, v = slice(b[0], b[1]), slice(b[1], b[2]), slice(b[2], b[3])
-    out[:, r] = _asphalt(road, s[r], l[r], grain[r], patch[r], fws[r])
+    cls = np.repeat(np.array([sem.ROAD, sem.SIDEWALK, sem.TERRAIN], np.uint8), np.diff(b))
+    out[:, r], paint = _asphalt(road, s[r], l[r], grain[r], patch[r], fws[r])
+    cls[r][paint >= f32(MARKING_COVERAGE)] = sem.LANE_MARKING
     out[:, w] = _sidewalk(road, s[w], al[w], grain[w], patch[w], fws[w])
     gv = np.clip(patch[v] * f32(1.6) - f32(0.3), 0, 1)
     out[:, v] = mix(rgb(0.07, 0.15, 0.04), rgb(0.20, 0.16, 0.10), gv) * (f32(0.7) + f32(0.6) * grain[v])
     albedo = np.empty_like(out)
     albedo[:, order] = out
-    return _up(s.size), albedo, np.zeros(s.size, np.float32)
+    label = np.empty_like(cls)
+    label[order] = cls
+    return _up(s.size), albedo, np.zeros(s.size, np.float32), label
 
 
-def _asphalt(road: Road, s, l, grain, patch, fw) -> np.ndarray:
+def _asphalt(road: Road, s, l, grain, patch, fw) -> tuple[np.ndarray, np.ndarray]:
+    """Asphalt albedo (3, n) and the share of each pixel's footprint covered by paint (n,)."""
     base = f32(0.085) * (f32(0.7) + f32(0.6) * grain) * (f32(0.8) + f32(0.4) * patch)
     lw, lanes = f32(road.lane_width), road.lanes_per_dir
     al = np.abs(l)
@@ -278,7 +325,7 @@ def _asphalt(road: Road, s, l, grain, patch, fw) -> np.ndarray:
         white = np.maximum(white, zebra * band(al, f32(-1.0), f32(road.half_width - 0.3), fw))
     wear = f32(0.75) + f32(0.25) * grain
     col = mix(base, rgb(0.62, 0.62, 0.6) * wear, white)
-    return mix(col, rgb(0.6, 0.45, 0.06) * wear, yellow)
+    return mix(col, rgb(0.6, 0.45, 0.06) * wear, yellow), np.maximum(white, yellow)
 
 
 def _sidewalk(road: Road, s, al, grain, patch, fw) -> np.ndarray:

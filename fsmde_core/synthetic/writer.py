@@ -11,7 +11,10 @@ recording of a six-camera rig with a spinning LiDAR:
 * ``/tf_static`` once at the start, offered TRANSIENT_LOCAL (as ``ros2 bag
   record`` stores a latched publisher), and ``/tf`` odom -> base_link at 50 Hz;
 * dense ground-truth depth per camera on ``/synthetic_gt/<name>/depth``
-  (32FC1, metres along optical Z, +Inf = sky), same header as the image.
+  (32FC1, metres along optical Z, +Inf = sky), same header as the image;
+* per-pixel semantic labels per camera on ``/synthetic_gt/<name>/labels``
+  (mono8, class ids of :mod:`fsmde_core.semantics`, sky exactly where the
+  depth is +Inf), same header as the image.
 
 Timing is that of a real rig, in one of two modes (``--camera-timing``):
 
@@ -78,6 +81,7 @@ from fsmde_core.synthetic.world import FRAME_PERIOD_S, MAX_SPEED, World, make_wo
 START_NS = 1_735_732_800 * 1_000_000_000  # 2025-01-01 12:00:00 UTC: realistic, large epoch stamps
 TF_PERIOD_NS = 20_000_000  # odometry at 50 Hz
 GT_TOPIC = "/synthetic_gt/{name}/depth"
+LABELS_TOPIC = "/synthetic_gt/{name}/labels"
 ODOM_FRAME = "odom"
 JPEG_QUALITY = 90
 CAMERA_TIMINGS = ("synchronous", "sweep")
@@ -218,6 +222,10 @@ def rig_timing(seed: int, rig: Rig, camera_timing: str) -> RigTiming:
     return RigTiming.triggered(seed, trigger_phases_s(camera_azimuths(rig), spec), spec.period_s)
 
 
+#: What rendering one camera gives the writer: image (rgb array or JPEG bytes), depth, labels.
+CameraResult = tuple[bytes | np.ndarray, np.ndarray, np.ndarray]
+
+
 class Scene:
     """World + rig + renderers; one per process."""
 
@@ -231,15 +239,15 @@ class Scene:
             self.rig, self.world, textures, lidar_spec(self.rig, spec.camera_timing, spec.lidar_sweep)
         )
 
-    def render_camera(self, index: int, stamp_ns: int, frame: int) -> tuple[bytes | np.ndarray, np.ndarray]:
-        """(image: rgb array or JPEG bytes, depth) of camera ``index`` at its own stamp."""
+    def render_camera(self, index: int, stamp_ns: int, frame: int) -> CameraResult:
+        """(image: rgb array or JPEG bytes, depth, labels) of camera ``index`` at its own stamp."""
         t = seconds(stamp_ns)
         out = self.cameras[index].render(self.world.ego_pose(t), self.world.primitives_at(t), frame)
         if self.spec.image_format == "jpeg":
             buf = io.BytesIO()
             Image.fromarray(out.rgb).save(buf, format="JPEG", quality=JPEG_QUALITY)
-            return buf.getvalue(), out.depth
-        return out.rgb, out.depth
+            return buf.getvalue(), out.depth, out.labels
+        return out.rgb, out.depth, out.labels
 
     def render_lidar(self, stamp_ns: int, frame: int) -> np.ndarray:
         return self.lidar.sweep_at(seconds(stamp_ns), frame)
@@ -275,7 +283,7 @@ def _worker_init(spec: SceneSpec, own_process: bool = True) -> None:
     _WORKER_SCENE = Scene(spec)
 
 
-def _worker_camera(index: int, stamp_ns: int, frame: int) -> tuple[bytes | np.ndarray, np.ndarray]:
+def _worker_camera(index: int, stamp_ns: int, frame: int) -> CameraResult:
     return _WORKER_SCENE.render_camera(index, stamp_ns, frame)
 
 
@@ -304,6 +312,7 @@ class RenderedFrame:
     times: FrameTimes
     images: list  # per camera: rgb array or JPEG bytes
     depths: list[np.ndarray]
+    labels: list[np.ndarray]
     cloud: np.ndarray
 
 
@@ -330,7 +339,7 @@ def _render_frames(
             if pending and (k >= 2 or k >= frames):
                 ft, cams, lid = pending.popleft()
                 res = [f.result() for f in cams]
-                yield RenderedFrame(ft, [r[0] for r in res], [r[1] for r in res], lid.result())
+                yield RenderedFrame(ft, [r[0] for r in res], [r[1] for r in res], [r[2] for r in res], lid.result())
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
@@ -395,6 +404,7 @@ def _declare_topics(sink: BagSink, rig: Rig, image_format: str) -> None:
             sink.add_topic(cam.image_topic, msgs.IMAGE, QOS_SENSOR)
         sink.add_topic(cam.info_topic, msgs.CAMERA_INFO, QOS_SENSOR)
         sink.add_topic(GT_TOPIC.format(name=cam.name), msgs.IMAGE, QOS_RELIABLE)
+        sink.add_topic(LABELS_TOPIC.format(name=cam.name), msgs.IMAGE, QOS_RELIABLE)
     sink.add_topic(rig.lidar_topic, msgs.POINT_CLOUD2, QOS_SENSOR)
 
 
@@ -411,6 +421,8 @@ def _push_frame(sink: BagSink, rig: Rig, world: World, fr: RenderedFrame, image_
             sink.push(cam.image_topic, log, msgs.image_rgb8(stamp, cam.frame_id, fr.images[i]))
         sink.push(cam.info_topic, ft.info_log[i], msgs.camera_info(stamp, cam.frame_id, cam.model))
         sink.push(GT_TOPIC.format(name=cam.name), ft.gt_log[i], msgs.image_depth(stamp, cam.frame_id, fr.depths[i]))
+        labels = msgs.image_mono8(stamp, cam.frame_id, fr.labels[i])
+        sink.push(LABELS_TOPIC.format(name=cam.name), ft.gt_log[i], labels)
     dense = bool(np.isfinite(fr.cloud["x"]).all())
     sink.push(rig.lidar_topic, ft.lidar_log, msgs.point_cloud2(ft.lidar_stamp, rig.lidar_frame, fr.cloud, dense))
 
