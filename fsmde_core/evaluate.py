@@ -136,6 +136,7 @@ def _reorder(sample: Any, names: list[str] | None) -> Any:
         sparse_depth=sample.sparse_depth[idx],
         gt_depth=None if sample.gt_depth is None else sample.gt_depth[idx],
         masks=sample.masks[idx],
+        gt_labels=None if sample.gt_labels is None else sample.gt_labels[idx],
     )
 
 

@@ -161,6 +161,7 @@ def test_topics_types_counts(ddad_bag, ddad, ddad_rig):
         expected[cam.image_topic] = ("sensor_msgs/msg/Image", 2)
         expected[cam.info_topic] = ("sensor_msgs/msg/CameraInfo", 2)
         expected[f"/synthetic_gt/{cam.name}/depth"] = ("sensor_msgs/msg/Image", 2)
+        expected[f"/synthetic_gt/{cam.name}/labels"] = ("sensor_msgs/msg/Image", 2)
     rows = read_sqlite3(out)
     got = defaultdict(int)
     types = {}

@@ -48,8 +48,10 @@ from fsmde_core.messages import (
     UnsupportedEncodingError,
     cloud_xyz,
     image_to_depth,
+    image_to_mono8,
     message_to_rgb,
 )
+from fsmde_core.semantics import VOID
 from fsmde_core.sync import ApproximateTimeSynchronizer
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class ReadStats:
     out_of_order: int = 0  # images whose stamp went backwards on their topic
     no_lidar: int = 0  # sets without a sweep within tolerance (dropped if require_lidar)
     missing_gt: int = 0  # camera images whose GT depth was missing (NaN-filled)
+    missing_labels: int = 0  # camera images whose semantic labels were missing (VOID-filled)
     skipped_messages: int = 0  # malformed messages skipped (their set is dropped)
     uncompensated: int = 0  # samples whose LiDAR projection ignores ego motion (no /tf, or outside it)
 
@@ -80,7 +83,7 @@ class ReadStats:
 
 @dataclass
 class Moment:
-    """A complete camera set with its matched LiDAR sweep and GT, still as raw CDR.
+    """A complete camera set with its matched LiDAR sweep, GT depth and labels, still as raw CDR.
 
     Decoding is deferred to :meth:`assemble` so that a consumer (the cache
     builder resuming a killed run) can skip sets it already has. ``assemble``
@@ -93,6 +96,7 @@ class Moment:
     lidar: Stamped[bytes] | None
     gt: list[Stamped[bytes] | None]
     builder: SampleBuilder = field(repr=False)
+    labels: list[Stamped[bytes] | None] | None = None  # per camera; None = the bag has no label topics
 
     @property
     def stamp_ns(self) -> int:
@@ -135,6 +139,7 @@ class SampleBuilder:
             for c in layout.cameras
         ])
         self.has_gt = any(c.gt_topic for c in layout.cameras)
+        self.has_labels = any(c.labels_topic for c in layout.cameras)
         self.max_depth = config.max_depth if config.max_depth is not None else self.rig.max_depth
         self._warned_uncompensated = False
 
@@ -216,6 +221,29 @@ class SampleBuilder:
             out[k] = resize_nearest(depth, self.width, self.height)
         return out
 
+    def _labels(self, labels: list[Stamped[bytes] | None] | None) -> np.ndarray | None:
+        """(N, H, W) uint8 class ids at the sample size (nearest: ids must not blend); VOID where missing."""
+        if not self.has_labels:
+            return None
+        out = np.full((len(self.models), self.height, self.width), VOID, dtype=np.uint8)
+        for k, (cam, msg_raw) in enumerate(zip(self.layout.cameras, labels or [None] * len(out), strict=True)):
+            if msg_raw is None:
+                self.stats.missing_labels += bool(cam.labels_topic)
+                continue
+            msg = deserialize(self.reader, msg_raw.item, "sensor_msgs/msg/Image", cam.labels_topic)
+            try:
+                ids = image_to_mono8(msg)
+            except UnsupportedEncodingError as exc:
+                raise BagError(self.layout.bag, cam.labels_topic, str(exc)) from exc
+            except MalformedMessageError as exc:
+                raise MalformedMessageError(f"topic {cam.labels_topic}: {exc}") from exc
+            if (ids.shape[1], ids.shape[0]) != self.native_sizes[k]:
+                w, h = self.native_sizes[k]
+                raise MalformedMessageError(f"topic {cam.labels_topic}: label map is {ids.shape[1]}x{ids.shape[0]}"
+                                            f" but the camera is {w}x{h}")
+            out[k] = resize_nearest(ids, self.width, self.height)
+        return out
+
     def build(self, m: Moment) -> SurroundSample:
         images = np.stack([self._image(k, s.item) for k, s in enumerate(m.images)])
         stamps = np.array([s.stamp_ns for s in m.images], dtype=np.int64)
@@ -234,6 +262,7 @@ class SampleBuilder:
             lidar_stamp_ns=None if m.lidar is None else m.lidar.stamp_ns,
             base_frame=self.layout.config.base_frame,
             motion_compensated=compensated,
+            gt_labels=self._labels(m.labels),
         )
 
 
@@ -297,13 +326,19 @@ class _BagStream:
         self.roles: dict[str, tuple[str, int]] = {
             c.image_topic: ("cam", k) for k, c in enumerate(layout.cameras)
         }
-        self.roles.update({c.gt_topic: ("gt", k) for k, c in enumerate(layout.cameras) if c.gt_topic})
+        # per-camera dense side topics (GT depth, semantic labels): each image takes the closest stamp
+        self.side_topics = {
+            "gt": [c.gt_topic for c in layout.cameras],
+            "labels": [c.labels_topic for c in layout.cameras],
+        }
+        for role, topics in self.side_topics.items():
+            self.roles.update({t: (role, k) for k, t in enumerate(topics) if t})
         if layout.lidar_topic:
             self.roles[layout.lidar_topic] = ("lidar", 0)
         self.lidar: deque[Stamped[bytes]] = deque()
-        self.gt: list[deque[Stamped[bytes]]] = [deque() for _ in range(n)]
+        self.side: dict[str, list[deque[Stamped[bytes]]]] = {r: [deque() for _ in range(n)] for r in self.side_topics}
         self.lidar_newest: int | None = None
-        self.gt_newest: list[int | None] = [None] * n
+        self.side_newest: dict[str, list[int | None]] = {r: [None] * n for r in self.side_topics}
         self.cam_last: list[int | None] = [None] * n  # per camera: its latest stamp (order check)
         self.cam_newest: int | None = None
         self.pending: deque[list[Stamped[bytes]]] = deque()
@@ -324,8 +359,9 @@ class _BagStream:
                 self.lidar.append(Stamped(stamp, log_ns, raw))
                 self.lidar_newest = stamp if self.lidar_newest is None else max(self.lidar_newest, stamp)
             else:
-                self.gt[k].append(Stamped(stamp, log_ns, raw))
-                self.gt_newest[k] = stamp if self.gt_newest[k] is None else max(self.gt_newest[k], stamp)
+                self.side[role][k].append(Stamped(stamp, log_ns, raw))
+                newest = self.side_newest[role]
+                newest[k] = stamp if newest[k] is None else max(newest[k], stamp)
             yield from self._finalise(log_ns, end=False)
             self._prune()
         self._queue_sets(self.sync.flush())  # end of bag: what is still waiting is decided now
@@ -355,8 +391,9 @@ class _BagStream:
         if self.layout.lidar_topic and (self.lidar_newest is None or self.lidar_newest <= ref + self.ltol):
             return False
         return all(
-            not c.gt_topic or (newest is not None and newest >= s.stamp_ns)
-            for c, newest, s in zip(self.layout.cameras, self.gt_newest, cams, strict=True)
+            not topic or (newest is not None and newest >= s.stamp_ns)
+            for role, topics in self.side_topics.items()
+            for topic, newest, s in zip(topics, self.side_newest[role], cams, strict=True)
         )
 
     def _finalise(self, log_ns: int, end: bool) -> Iterator[Moment]:
@@ -369,8 +406,10 @@ class _BagStream:
                 self.stats.no_lidar += 1
                 if self.config.require_lidar:
                     continue
-            gts = [_closest(buf, s.stamp_ns, self.tol) for buf, s in zip(self.gt, cams, strict=True)]
-            yield Moment(SampleSource(self.layout.bag, self.index), cams, lidar, gts, self.builder)
+            gts, labels = ([_closest(buf, s.stamp_ns, self.tol) for buf, s in zip(self.side[r], cams, strict=True)]
+                           for r in ("gt", "labels"))
+            yield Moment(SampleSource(self.layout.bag, self.index), cams, lidar, gts, self.builder,
+                         labels=labels if self.builder.has_labels else None)
             self.index += 1
 
     def _prune(self) -> None:
@@ -385,9 +424,10 @@ class _BagStream:
             floor = min(floor, min(s.stamp_ns for s in self.pending[0]))
         while self.lidar and self.lidar[0].stamp_ns < floor - self.ltol:
             self.lidar.popleft()
-        for buf in self.gt:
-            while buf and buf[0].stamp_ns < floor - self.tol:
-                buf.popleft()
+        for bufs in self.side.values():
+            for buf in bufs:
+                while buf and buf[0].stamp_ns < floor - self.tol:
+                    buf.popleft()
 
 
 class BagSource:

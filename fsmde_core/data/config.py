@@ -78,6 +78,10 @@ class DataConfig:
         min_depth, max_depth: LiDAR points outside are not projected;
             max_depth None = the rig's ``max_depth``.
         gt_topic_pattern: synthetic dense ground truth, ``{name}`` = camera.
+        labels_topic_pattern: synthetic per-pixel semantic labels (mono8, ids
+            of :mod:`fsmde_core.semantics`), ``{name}`` = camera; read into
+            ``SurroundSample.gt_labels`` when the bag has them. Not part of the
+            cache key: the training cache does not store labels.
         horizon_s: how far (in log time) a message may lag the rest of its set:
             the reader keeps ``horizon_s`` x 30 images per camera (30 Hz = the
             fastest camera planned for), which also bounds its memory when a
@@ -108,6 +112,7 @@ class DataConfig:
     min_depth: float = 0.1
     max_depth: float | None = None
     gt_topic_pattern: str = "/synthetic_gt/{name}/depth"
+    labels_topic_pattern: str = "/synthetic_gt/{name}/labels"
     horizon_s: float = 1.0
     tf_topic: str = "/tf"
     motion_compensation: str = "auto"
@@ -140,9 +145,10 @@ class DataConfig:
                 raise ValueError(f"DataConfig.{name} must be > 0, got {getattr(self, name)}")
         if not isinstance(self.phase_correction, bool):
             raise ValueError(f"DataConfig.phase_correction must be true or false, got {self.phase_correction!r}")
-        if "{name}" not in self.gt_topic_pattern:
-            raise ValueError(
-                f"DataConfig.gt_topic_pattern must contain '{{name}}', got {self.gt_topic_pattern!r}")
+        for name in ("gt_topic_pattern", "labels_topic_pattern"):
+            pattern = getattr(self, name)
+            if not isinstance(pattern, str) or "{name}" not in pattern:
+                raise ValueError(f"DataConfig.{name} must contain '{{name}}', got {pattern!r}")
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -164,6 +170,9 @@ class DataConfig:
     def to_key(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field (part of the cache key)."""
         d = asdict(self)
+        # labels are not cached (the cache stores what training reads), so their topic must not
+        # invalidate caches built before labels existed
+        del d["labels_topic_pattern"]
         d["rig_yaml"] = None if self.rig_yaml is None else str(Path(self.rig_yaml).resolve())
         return d
 

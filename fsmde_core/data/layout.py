@@ -28,6 +28,7 @@ from fsmde_core.messages import (
     camera_info_to_model,
     check_xyz_fields,
     image_to_depth,
+    image_to_mono8,
     message_to_rgb,
 )
 from fsmde_core.messages.types import CLOUD_TYPE, COMPRESSED_TYPE, IMAGE_TYPE, IMAGE_TYPES, INFO_TYPE, TF_TYPE
@@ -60,6 +61,7 @@ class CameraStream:
     image_type: str
     info_topic: str
     gt_topic: str | None = None
+    labels_topic: str | None = None
     frame_id: str = ""
     model: CameraModel | None = None  # native intrinsics
     T_base_cam: np.ndarray | None = None
@@ -164,7 +166,8 @@ def discover_cameras(
     topics: dict[str, TopicSummary], config: DataConfig, notes: list[str]
 ) -> list[CameraTopics]:
     """Camera topics by convention; a raw Image beats its compressed sibling."""
-    gt_topics = {t for t in topics if t.startswith(config.gt_topic_pattern.split("{name}")[0])}
+    prefixes = tuple(p.split("{name}")[0] for p in (config.gt_topic_pattern, config.labels_topic_pattern))
+    gt_topics = {t for t in topics if t.startswith(prefixes)}
     by_name: dict[str, list[str]] = {}
     for topic, info in topics.items():
         if topic in gt_topics or not _is_camera_image_topic(topic, info.msgtype):
@@ -209,7 +212,21 @@ def _select_cameras(layout: BagLayout) -> None:
         layout.cameras.append(CameraStream(
             name=c.name, image_topic=c.image_topic, image_type=info.msgtype,
             info_topic=c.info_topic or sibling_info_topic(c.image_topic), gt_topic=gt,
+            labels_topic=_labels_topic(layout, c.name),
         ))
+
+
+def _labels_topic(layout: BagLayout, camera: str) -> str | None:
+    """The camera's semantic label topic when the bag has one (optional: most bags have none)."""
+    topic = layout.config.labels_topic_pattern.format(name=camera)
+    info = layout.topics.get(topic)
+    if info is None:
+        return None
+    if info.msgtype != IMAGE_TYPE:
+        layout.problem(topic, f"camera {camera}: semantic labels must be sensor_msgs/msg/Image mono8, "
+                       f"got {info.msgtype}")
+        return None
+    return topic
 
 
 def _select_lidar(layout: BagLayout, rig_yaml: Rig | None) -> None:
@@ -307,7 +324,8 @@ def _read_firsts(reader: AnyReader, layout: BagLayout) -> _Firsts:
     infos = {c.info_topic for c in layout.cameras if topics.get(c.info_topic, TopicSummary("", 0)).count}
     images = {c.image_topic for c in layout.cameras}
     gts = {c.gt_topic for c in layout.cameras if c.gt_topic and topics[c.gt_topic].count}
-    wanted = infos | images | gts | ({layout.lidar_topic} if layout.lidar_topic else set())
+    labels = {c.labels_topic for c in layout.cameras if c.labels_topic and topics[c.labels_topic].count}
+    wanted = infos | images | gts | labels | ({layout.lidar_topic} if layout.lidar_topic else set())
     pending = set(wanted)
     for topic, msgtype, _, raw in iter_raw(reader, layout.bag, wanted):
         if topic not in pending:
@@ -322,9 +340,9 @@ def _read_firsts(reader: AnyReader, layout: BagLayout) -> _Firsts:
             pending.discard(topic)
         elif topic in images:
             _first_image(f, layout, topic, msg, pending)
-        elif topic in gts:
+        elif topic in gts or topic in labels:
             try:
-                image_to_depth(msg)
+                (image_to_depth if topic in gts else image_to_mono8)(msg)
             except UnsupportedEncodingError as exc:
                 layout.problem(topic, str(exc))
             except MalformedMessageError:

@@ -56,6 +56,9 @@ class SurroundSample:
         motion_compensated: True when ``sparse_depth`` follows the ego motion
             from each point's firing time to each image's stamp (/tf odometry);
             False when it projects the sweep as if the rig stood still.
+        gt_labels: (N, H, W) uint8 semantic class ids (:mod:`fsmde_core.semantics`,
+            255 = void, e.g. a camera whose label message was missing),
+            resized nearest like ``gt_depth``; None when the bag has none.
     """
 
     stamp_ns: int
@@ -71,6 +74,7 @@ class SurroundSample:
     lidar_stamp_ns: int | None = None
     base_frame: str = "base_link"
     motion_compensated: bool = False
+    gt_labels: np.ndarray | None = None
 
     @property
     def num_cameras(self) -> int:

@@ -27,6 +27,7 @@ from fsmde_core.messages.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     compressed_to_rgb,
     declared_size,
+    image_to_mono8,
     image_to_rgb,
     message_to_rgb,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "declared_size",
     "header_stamp_ns",
     "image_to_depth",
+    "image_to_mono8",
     "image_to_rgb",
     "message_to_rgb",
     "ns_to_sec_nanosec",

@@ -121,6 +121,27 @@ def image_to_rgb(msg: Any, copy: bool = False, max_pixels: int | None = DEFAULT_
     return np.ascontiguousarray(pixels[..., list(layout.rgb_index)])
 
 
+#: Raw encodings of one-byte-per-pixel maps (semantic labels): read as the stored values, never as colour.
+MONO8_ENCODINGS = ("mono8", "8uc1")
+
+
+def image_to_mono8(msg: Any, copy: bool = False) -> np.ndarray:
+    """``sensor_msgs/Image`` mono8 / 8UC1 -> (H, W) uint8 values as stored (e.g. semantic class ids).
+
+    Read-only view unless ``copy``; UnsupportedEncodingError for any other
+    encoding (a colour image here is a wrong topic, not something to convert),
+    MalformedMessageError for inconsistent sizes.
+    """
+    encoding = str(msg.encoding)
+    if encoding.strip().lower() not in MONO8_ENCODINGS:
+        raise UnsupportedEncodingError(
+            f"unsupported label map encoding {encoding!r} (frame {frame_of(msg)}); supported: mono8, 8UC1")
+    rows = pixel_rows(msg, 1)
+    if rows.shape[1] != int(msg.step):
+        return np.ascontiguousarray(rows)
+    return view_or_copy(rows, copy)
+
+
 # ------------------------------------------------------------ compressed
 def check_compressed_format(msg: Any) -> None:
     """UnsupportedEncodingError for a ``format`` that is not a still jpeg/png (video codecs, compressedDepth).
