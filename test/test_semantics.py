@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from fsmde_core import semantics as sem
 from fsmde_core.data import BagSource, DataConfig
 from fsmde_core.data.cache import cache_key
 from fsmde_core.data.sample import resize_nearest
+from fsmde_core.messages import UnsupportedEncodingError, image_to_mono8
 from fsmde_core.rig import preset
 from fsmde_core.synthetic.messages import TYPESTORE
 from fsmde_core.synthetic.render import CameraRenderer
@@ -278,3 +280,24 @@ def test_labels_are_optional_and_configurable(labels_bag, small_bag) -> None:
     # the training cache stores no labels, so their topic must not invalidate existing caches
     assert cache_key([bag], DataConfig()) == cache_key([bag], DataConfig(labels_topic_pattern="/x/{name}/labels"))
     assert "labels_topic_pattern" not in DataConfig().to_key()
+
+
+def test_mono8_decoding_keeps_ids_and_refuses_colour() -> None:
+    ids = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    padded = np.zeros((3, 6), np.uint8)
+    padded[:, :4] = ids
+    msg = SimpleNamespace(height=3, width=4, step=6, encoding="mono8", is_bigendian=0, data=padded.ravel(),
+                          header=SimpleNamespace(frame_id="cam"))
+    np.testing.assert_array_equal(image_to_mono8(msg), ids)
+    with pytest.raises(UnsupportedEncodingError, match="label map encoding 'rgb8'"):
+        image_to_mono8(SimpleNamespace(**{**vars(msg), "encoding": "rgb8"}))
+
+
+def test_evaluation_reorders_labels_with_the_cameras(labels_bag) -> None:
+    from fsmde_core.evaluate import _reorder
+
+    sample = next(iter(BagSource([labels_bag[0]], DataConfig(width=80, height=48))))
+    names = list(reversed(sample.camera_names))
+    moved = _reorder(sample, names)
+    np.testing.assert_array_equal(moved.gt_labels, sample.gt_labels[::-1])
+    np.testing.assert_array_equal(moved.gt_labels == sem.SKY, np.isposinf(moved.gt_depth))
