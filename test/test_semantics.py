@@ -301,3 +301,8 @@ def test_evaluation_reorders_labels_with_the_cameras(labels_bag) -> None:
     moved = _reorder(sample, names)
     np.testing.assert_array_equal(moved.gt_labels, sample.gt_labels[::-1])
     np.testing.assert_array_equal(moved.gt_labels == sem.SKY, np.isposinf(moved.gt_depth))
+
+
+def test_readme_shows_the_class_table() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert sem.table_markdown() in readme, "README's class table is out of date: paste semantics.table_markdown()"
