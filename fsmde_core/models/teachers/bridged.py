@@ -79,7 +79,9 @@ def _resolve_sam_dir(source: str) -> Path | None:
         if not _weight_files(path):
             raise TeacherWeightsError(f"Segment Anything directory {path} has no weights (*.safetensors, *.bin)")
         return path
-    if path.is_file() or source.startswith(("/", "./", "../", "~")):
+    if path.is_file():
+        raise TeacherWeightsError(f"{path} is a file; Segment Anything needs a directory (config.json + weights)")
+    if source.startswith(("/", "./", "../", "~")):
         raise TeacherWeightsError(f"Segment Anything weights directory does not exist: {path}")
     return None
 
