@@ -296,7 +296,7 @@ def test_onnx_teacher_identity_and_errors(onnx_net: tuple[TinyDepthNet, Path], t
 
 @legacy_onnx_export
 def test_factory_builds_real_teachers(da_dir: Path, onnx_net: tuple[TinyDepthNet, Path]) -> None:
-    assert set(TEACHER_KINDS) == {"depth_anything_v2", "onnx", "synthetic"}
+    assert set(TEACHER_KINDS) == {"bridged", "depth_anything_v2", "onnx", "synthetic"}
     da = build_teacher("depth_anything_v2", path_or_id=str(da_dir), input_size=56)
     assert isinstance(da, DepthAnythingV2Teacher) and isinstance(da, Teacher)
     onnx_teacher = build_teacher("onnx", model_path=onnx_net[1], input_size=(32, 48))

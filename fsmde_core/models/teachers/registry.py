@@ -41,6 +41,12 @@ TEACHER_KINDS: dict[str, TeacherKind] = {
         defaults={"input_size": 518, "fp16": False},
         required=("path_or_id",),
     ),
+    "bridged": TeacherKind(
+        "fsmde_core.models.teachers.bridged", "BridgedTeacher",
+        options=("depth", "segmentation", "gates", "tau", "input_size", "device", "fp16"),
+        defaults={"input_size": 518, "fp16": False},
+        required=("depth", "segmentation"),
+    ),
     "onnx": TeacherKind(
         "fsmde_core.models.teachers.onnx_teacher", "OnnxTeacher",
         options=("model_path", "input_size", "mean", "std", "output_kind", "depth_output", "feature_output",
