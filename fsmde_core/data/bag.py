@@ -42,7 +42,7 @@ from fsmde_core.data.layout import BagLayout, discover_layout
 from fsmde_core.data.motion import compensated_sparse_depth, decode_point_times, stamp_sparse_depth
 from fsmde_core.data.reader import check_bag_path, deserialize, iter_raw, message_stamp_ns, open_bag
 from fsmde_core.data.sample import SampleSource, SurroundSample, load_mask, resize_nearest, resize_rgb
-from fsmde_core.geometry import lidar_to_sparse_depth
+from fsmde_core.geometry import drop_see_through_points, lidar_to_sparse_depth
 from fsmde_core.messages import (
     MalformedMessageError,
     UnsupportedEncodingError,
@@ -174,12 +174,14 @@ class SampleBuilder:
         except MalformedMessageError as exc:
             raise MalformedMessageError(f"topic {topic}: {exc}") from exc
         depth = self._compensated(pts, times, lidar.stamp_ns, camera_stamps_ns)
-        if depth is not None:
-            return depth.astype(np.float32), True
-        self.stats.uncompensated += 1
-        depth = lidar_to_sparse_depth(pts, self.rig, self.layout.T_base_lidar, self.config.min_depth,
-                                      self.max_depth)
-        return depth.astype(np.float32), False
+        compensated = depth is not None
+        if not compensated:
+            self.stats.uncompensated += 1
+            depth = lidar_to_sparse_depth(pts, self.rig, self.layout.T_base_lidar, self.config.min_depth,
+                                          self.max_depth)
+        if self.config.see_through_filter:
+            depth = drop_see_through_points(depth, self.config.see_through_window, self.config.see_through_ratio)
+        return depth.astype(np.float32), compensated
 
     def _compensated(self, pts: np.ndarray, times: np.ndarray | None, stamp_ns: int,
                      camera_stamps_ns: np.ndarray) -> np.ndarray | None:

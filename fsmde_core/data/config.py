@@ -92,6 +92,13 @@ class DataConfig:
             cloud's ``t``/``time``/``timestamp`` field, to each image's stamp),
             ``stamp`` (the same, but every point at the sweep's stamp: for
             clouds deskewed by the driver that kept firing times) or ``off``.
+        see_through_filter: drop LiDAR points the camera cannot see (the
+            LiDAR looks past and over near objects from its own mount; those
+            points land on the near object's pixels with a far depth):
+            :func:`fsmde_core.geometry.drop_see_through_points`.
+        see_through_window, see_through_ratio: its window (half height as a
+            fraction of the image height) and how many times farther than the
+            window's nearest point a point must be to go.
         max_image_pixels: images declaring more pixels (width x height, read
             from the header before decoding) are skipped as malformed, so one
             bad message cannot make the reader allocate gigabytes.
@@ -116,6 +123,9 @@ class DataConfig:
     horizon_s: float = 1.0
     tf_topic: str = "/tf"
     motion_compensation: str = "auto"
+    see_through_filter: bool = True
+    see_through_window: float = 0.021
+    see_through_ratio: float = 1.5
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
@@ -143,6 +153,13 @@ class DataConfig:
         for name in ("sync_tolerance_ms", "lidar_tolerance_ms", "horizon_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"DataConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not isinstance(self.see_through_filter, bool):
+            raise ValueError(f"DataConfig.see_through_filter must be true or false, got {self.see_through_filter!r}")
+        if not 0.0 < float(self.see_through_window) <= 0.25:
+            raise ValueError(f"DataConfig.see_through_window must be in (0, 0.25] (a fraction of the image height), "
+                             f"got {self.see_through_window!r}")
+        if not float(self.see_through_ratio) > 1.0:
+            raise ValueError(f"DataConfig.see_through_ratio must be > 1, got {self.see_through_ratio!r}")
         if not isinstance(self.phase_correction, bool):
             raise ValueError(f"DataConfig.phase_correction must be true or false, got {self.phase_correction!r}")
         for name in ("gt_topic_pattern", "labels_topic_pattern"):
