@@ -641,6 +641,31 @@ def test_point_time_fields_that_cannot_be_read() -> None:
         decode_point_times(_time_cloud(7, np.full(4, 1.7e9)), T0)  # absolute seconds in float32: 2 min steps
 
 
+def test_see_through_filter_removes_lidar_points_the_camera_cannot_see(synthetic_bag: Path) -> None:
+    """On the synthetic street (dense GT = what each camera sees), LiDAR pixels that read >20 % farther
+    than the camera's surface are points seen past a near object; the filter (on by default) removes
+    most of them and keeps most of the rest."""
+    def too_far(cfg: DataConfig) -> tuple[int, int]:
+        bad = total = 0
+        for s in read_samples([synthetic_bag], cfg):
+            ok = np.isfinite(s.sparse_depth) & np.isfinite(s.gt_depth) & (s.gt_depth > 0)
+            bad += int((s.sparse_depth[ok] > 1.2 * s.gt_depth[ok]).sum())
+            total += int(ok.sum())
+        return bad, total
+
+    bad_off, total_off = too_far(DataConfig(see_through_filter=False))
+    bad_on, total_on = too_far(DataConfig())
+    assert bad_off > 50 and bad_on < 0.5 * bad_off
+    assert total_on > 0.85 * total_off
+
+
+@pytest.mark.parametrize("bad", [{"see_through_filter": "yes"}, {"see_through_window": 0.0},
+                                 {"see_through_window": 0.5}, {"see_through_ratio": 1.0}])
+def test_see_through_settings_are_validated(bad: dict) -> None:
+    with pytest.raises(ValueError, match="see_through"):
+        DataConfig(**bad)
+
+
 def _sparse_vs_dense(samples) -> tuple[float, float, int]:
     """(median |sparse - dense| / dense, fraction beyond 5 %, pixels) over every camera and sample."""
     rel = []

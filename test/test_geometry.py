@@ -344,3 +344,47 @@ def test_overlap_band_of_two_coincident_pinhole_cameras_matches_the_angles() -> 
     assert overlap_band(cam0, behind) is None
     with pytest.raises(ValueError):
         overlap_band(cam0, cam1, reference_depth=0.0)
+
+
+# ------------------------------------------------------------------ see-through LiDAR points
+def test_see_through_points_behind_a_near_object_are_dropped() -> None:
+    """A near object's points (2 m) with far points (20 m, seen by the LiDAR past it) between them:
+    the far ones go, the object's and a far wall's points away from the object stay."""
+    from fsmde_core.geometry import drop_see_through_points
+
+    sparse = np.full((96, 160), np.nan, dtype=np.float32)
+    sparse[40:60:4, 40:80] = 2.0           # the near object's scan lines, 4 rows apart
+    sparse[42:58:4, 40:80:2] = 20.0        # far points in the gaps between them
+    sparse[10:20:4, 120:150] = 20.0        # the far wall elsewhere, nothing near it
+    out = drop_see_through_points(sparse, window=0.021, ratio=1.5)
+    assert np.isnan(out[42:58:4, 40:80:2]).all()
+    np.testing.assert_array_equal(out[40:60:4, 40:80], 2.0)
+    np.testing.assert_array_equal(out[10:20:4, 120:150], 20.0)
+    assert np.isnan(sparse).sum() < np.isnan(out).sum()  # the input is untouched, a new array comes back
+    stacked = drop_see_through_points(np.stack([sparse, sparse]))  # (N, H, W): per image, same result
+    np.testing.assert_array_equal(np.isnan(stacked[1]), np.isnan(out))
+
+
+def test_a_smooth_road_survives_the_see_through_test() -> None:
+    """The road ahead of a camera 1.5 m up (fy 96 px at 96 rows): depth grows row by row towards the
+    horizon; out to ~25 m no row changes by 50 % within the window, so nothing is dropped there."""
+    from fsmde_core.geometry import drop_see_through_points, see_through_window
+
+    h, w, fy, cy, cam_h = 96, 160, 96.0, 47.5, 1.5
+    rows = np.arange(h, dtype=np.float64)
+    depth = np.where(rows > cy, cam_h * fy / np.maximum(rows - cy, 1e-9), np.nan)
+    road = np.repeat(depth[:, None], w, axis=1).astype(np.float32)
+    sparse = np.full_like(road, np.nan)
+    sparse[::3, ::2] = road[::3, ::2]
+    out = drop_see_through_points(sparse)
+    kept_region = np.isfinite(sparse) & (sparse < 25.0)
+    np.testing.assert_array_equal(out[kept_region], sparse[kept_region])
+    assert see_through_window(192, 0.021) == (4, 3) and see_through_window(24, 0.021) == (1, 1)
+
+
+@pytest.mark.parametrize("kwargs", [{"ratio": 1.0}, {"ratio": 0.5}, {"window": 0.0}])
+def test_see_through_settings_are_checked(kwargs) -> None:
+    from fsmde_core.geometry import drop_see_through_points
+
+    with pytest.raises(ValueError, match="see-through"):
+        drop_see_through_points(np.ones((4, 4), dtype=np.float32), **kwargs)
