@@ -158,6 +158,8 @@ class FitCacheConfig:
     dtype: str = "float16"  # float16 | float32 (what the cache stores)
 
     def __post_init__(self) -> None:
+        if self.features is False:  # YAML 1.1 reads an unquoted off as false
+            object.__setattr__(self, "features", "off")
         if self.features not in FEATURE_MODES:
             raise ValueError(f"cache.features must be one of {', '.join(FEATURE_MODES)}, got {self.features!r}")
         if self.dtype not in FEATURE_DTYPES:
@@ -284,6 +286,8 @@ def load_fit_config(path: str | Path | None, overrides: list[str] | None = None)
         layer = overrides_layer(list(overrides), FIT_SECTIONS)
         check_fit_keys(layer, COMMAND_LINE)
         cfg = _merge(cfg, layer)
+    if cfg["cache"].get("features") is False:  # YAML 1.1 reads an unquoted off as false
+        cfg["cache"]["features"] = "off"
     FitConfig.from_dict(cfg, " + ".join(sources) or "defaults")
     return json.loads(json.dumps(cfg, default=str))
 

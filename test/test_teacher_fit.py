@@ -246,7 +246,8 @@ def test_disk_cache_holds_the_frozen_features_once_per_image(models: tuple[Path,
     ids = torch.tensor([3, 8, 17])
     images = torch.stack([first.images[int(i)]["image"] for i in ids])
     cached = first.features.batch(ids, images, torch.device("cpu"))
-    first.features.mode = "off"
+    first.features.mode = load_fit_config(None, ["cache.features=off"])["cache"]["features"]  # YAML's off is false
+    assert first.features.mode == "off"
     live = first.features.batch(ids, images, torch.device("cpu"))
     for c, fresh in zip([*cached[0], cached[1]], [*live[0], live[1]], strict=True):
         torch.testing.assert_close(c, fresh, rtol=1e-5, atol=1e-5)
