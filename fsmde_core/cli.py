@@ -92,10 +92,12 @@ def all_commands() -> dict[str, Command | CommandGroup]:
     return {**CORE_COMMANDS, **plugin_commands()}
 
 
-def _top_parser(commands: dict[str, Command | CommandGroup], prog: str = "fsmde") -> argparse.ArgumentParser:
+def _top_parser(commands: dict[str, Command | CommandGroup], prog: str = "fsmde",
+                description: str = "Full-surround metric depth: synthetic data, distillation, evaluation, export, "
+                                   "replay.") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Full-surround metric depth: synthetic data, distillation, evaluation, export, replay.",
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Run '{prog} <command> --help' for a command's options.",
     )
@@ -127,9 +129,9 @@ def parse_command(argv: list[str], commands: dict[str, Command | CommandGroup],
     command = commands[name]
     if isinstance(command, CommandGroup):
         if len(argv) < 2 or argv[1] in ("-h", "--help"):
-            _top_parser(command.commands, f"{prog} {name}").print_help()
+            _top_parser(command.commands, f"{prog} {name}", command.help).print_help()
             raise SystemExit(0 if len(argv) >= 2 else 2)
-        parsed = parse_command(argv[1:], command.commands, f"{prog} {name}")
+        parsed = parse_command(argv[1:], command.commands, f"{prog} {name}")  # the verb's own parser
         return None if parsed is None else (f"{name} {parsed[0]}", *parsed[1:])
     module = _load(name, command)
     if module is None:

@@ -280,6 +280,16 @@ def test_cli_fits_gates_and_parses_overrides_anywhere(models: tuple[Path, Path],
     assert f"gates saved to {out} after 2 steps" in err and (out / GATES_WEIGHTS).is_file()
 
 
+def test_teacher_is_a_command_group(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["teacher", "--help"])
+    assert done.value.code == 0 and "fit: train the bridged teacher's Bridging Gates" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        cli.main(["teacher"])
+    assert done.value.code == 2
+    assert cli.resolve_command("teacher fit", cli.CORE_COMMANDS).module == "fsmde_core.teacher_fit"
+
+
 def test_cli_bag_without_lidar_is_one_line(models: tuple[Path, Path], cache_dir: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     from bagfactory import BagSpec, write_bag
