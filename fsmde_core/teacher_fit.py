@@ -318,17 +318,25 @@ def check_lidar(bags: list[Path], data_cfg: Any) -> None:
     from fsmde_core.data.layout import CLOUD_TYPE
 
     source = BagSource(bags, data_cfg)
+    need = "the gates are fitted against the LiDAR, so every bag needs it"
     for bag in bags:
         layout = source.layout(bag)
         if layout.lidar_topic is not None:
             continue
         clouds = sorted(t for t, info in layout.topics.items() if info.msgtype == CLOUD_TYPE)
-        wanted = data_cfg.lidar_topic or f"a {CLOUD_TYPE} topic"
-        if data_cfg.lidar_topic is None and len(clouds) > 1:
-            raise ConfigError(f"bag {bag}: several LiDAR topics {clouds}; set data.lidar_topic to the one to fit "
+        topic = data_cfg.lidar_topic
+        if topic is None and len(clouds) > 1:
+            raise ConfigError(f"bag {bag}: several LiDAR topics {clouds}: set data.lidar_topic to the one to fit "
                               "against")
-        raise ConfigError(f"bag {bag}: no LiDAR to fit the gates against: LiDAR topic {wanted} is not in the bag "
-                          f"(PointCloud2 topics: {clouds or 'none'}; set data.lidar_topic)")
+        if topic is None:
+            raise ConfigError(f"bag {bag}: no LiDAR topic (no {CLOUD_TYPE} topic in the bag); {need}")
+        if topic in layout.topics and layout.topics[topic].msgtype != CLOUD_TYPE:
+            raise ConfigError(f"bag {bag}: LiDAR topic {topic} has type {layout.topics[topic].msgtype}, "
+                              f"not {CLOUD_TYPE}")
+        if topic in layout.topics:  # present but empty or unreadable: the layout says which
+            raise ConfigError(f"bag {bag}: LiDAR topic {topic}: {'; '.join(p.detail for p in layout.problems)}")
+        raise ConfigError(f"bag {bag}: LiDAR topic {topic} (data.lidar_topic) is not in the bag "
+                          f"(PointCloud2 topics: {clouds or 'none'}); {need}")
 
 
 # ------------------------------------------------------------------ model
@@ -462,6 +470,9 @@ class GateFitter:
             torch.cuda.set_device(self.device)
         self._refuse_a_different_run()
         seed_everything(self.cfg.optim.seed)
+        self.bags = [Path(b) for b in self.cfg.bags]
+        check_bags_exist(self.bags, "data.bags")  # the cheap checks first: loading the models takes a while
+        check_lidar(self.bags, self.cfg.data)
         self._setup_models()
         self._setup_data()
         self._setup_features()
@@ -496,9 +507,7 @@ class GateFitter:
     def _setup_data(self) -> None:
         from fsmde_core.data.cache import SurroundDataset, build_cache
 
-        bags = [Path(b) for b in self.cfg.bags]
-        check_bags_exist(bags, "data.bags")
-        check_lidar(bags, self.cfg.data)
+        bags = self.bags
         self.cache_root = default_cache_root(self.cfg.cache_dir, self.out_dir)
         if self.info.is_main:
             index = build_cache(bags, self.cfg.data, self.cache_root / "samples", progress=self.progress)
@@ -649,7 +658,10 @@ class GateFitter:
             check_replicas_in_sync(self.net, self.info)
         if self.info.is_main:
             self.teacher.model.save_gates(self.out_dir)
-            m = self.cfg.models
+            m, t = self.cfg.models, self.timings
+            rate = self.steps_this_run / max(t["steps_s"], 1e-9)
+            print(f"fit: {self.steps_this_run} steps in {t['steps_s']:.1f} s ({rate:.2f} steps/s); frozen features "
+                  f"{t['features_s']:.1f} s (cache.features={self.cfg.cache.features})", file=sys.stderr)
             print(f"gates saved to {self.out_dir} after {self.pos.step} steps; use them with: fsmde eval --teacher "
                   f"bridged --teacher-option depth={m.depth} --teacher-option segmentation={m.segmentation} "
                   f"--teacher-option gates={self.out_dir}", file=sys.stderr)
