@@ -371,9 +371,12 @@ class FrozenFeatures:
         mode, dtype: ``cache.features`` and ``cache.dtype``.
         store_root: the disk store's directory (``disk`` only).
         data_key: the sample cache's key digest (what the images are).
+        writer: False for DDP ranks other than 0: they open the disk store read-only, after rank 0
+            filled it, so they can never clear what it is writing.
     """
 
-    def __init__(self, teacher: Any, mode: str, dtype: str, store_root: Path | None, data_key: str) -> None:
+    def __init__(self, teacher: Any, mode: str, dtype: str, store_root: Path | None, data_key: str,
+                 writer: bool = True) -> None:
         self.teacher, self.mode = teacher, mode
         self.dtype = FEATURE_DTYPES[dtype]
         self.key = {"format": FEATURE_CACHE_FORMAT, "depth": teacher.depth_teacher.identity,
@@ -385,7 +388,7 @@ class FrozenFeatures:
         if mode == "disk":
             from fsmde_core.data.store import TensorStore
 
-            self.store = TensorStore(Path(store_root) / self.digest, self.key)
+            self.store = TensorStore(Path(store_root) / self.digest, self.key, create=writer)
 
     def compute(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) images in [0, 1] -> the four tap tokens, pooled SAM features and the patch grid."""
@@ -529,14 +532,23 @@ class GateFitter:
         self.grid = (h // patch, w // patch)  # the depth model's patch grid (every image has the data size)
 
     def _setup_features(self) -> None:
+        """Rank 0 fills the disk cache, the other ranks then open it read-only; memory: each rank its own."""
         c = self.cfg.cache
-        self.features = FrozenFeatures(self.teacher, c.features, c.dtype, self.cache_root / "bridged_features",
-                                       self.data_key)
         start = time.perf_counter()
-        if self.info.is_main or c.features == "memory":
-            self.features.fill(self.samples, self.num_cams, self.progress and self.info.is_main)
+        if self.info.is_main:
+            self.features = self._frozen_features(writer=True)
+            self.features.fill(self.samples, self.num_cams, self.progress)
         barrier(self.info)
+        if not self.info.is_main:
+            self.features = self._frozen_features(writer=False)
+            if c.features == "memory":
+                self.features.fill(self.samples, self.num_cams, progress=False)
         self.timings["features_s"] = time.perf_counter() - start
+
+    def _frozen_features(self, writer: bool) -> FrozenFeatures:
+        c = self.cfg.cache
+        return FrozenFeatures(self.teacher, c.features, c.dtype, self.cache_root / "bridged_features",
+                              self.data_key, writer=writer)
 
     def _setup_optimizer(self) -> None:
         o = self.cfg.optim

@@ -343,12 +343,15 @@ def test_shipped_config_is_the_documented_defaults() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun over gloo on Linux")
 def test_ddp_two_cpu_processes_gloo(models: tuple[Path, Path], bag: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """torchrun with 2 CPU processes: the gates stay in sync across ranks, rank 0 writes them."""
+    """torchrun with 2 CPU processes: the gates stay in sync across ranks, rank 0 writes them (and the
+    feature cache, which rank 1 then reads)."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(29600 + os.getpid() % 1000), "-m", "fsmde_core.teacher_fit", "--config", str(CONFIG), "--bag",
-           str(bag), "--out", str(out), "--no-progress", *_overrides(models, cache_dir, "optim.max_steps=3")]
+           str(bag), "--out", str(out), "--no-progress",
+           *_overrides(models, tmp_path / "cache", "optim.max_steps=3", "cache.features=disk")]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ddp: 2 ranks, parameters in sync" in res.stderr and (out / GATES_WEIGHTS).is_file()
+    assert len(list((tmp_path / "cache" / "bridged_features").glob("*/*.safetensors"))) == 18
