@@ -405,8 +405,9 @@ class FrozenFeatures:
         return taps, feats, grid
 
     def _pack(self, taps: list[torch.Tensor], feats: torch.Tensor, row: int) -> dict[str, torch.Tensor]:
-        out = {f"tap{k}": t[row].to("cpu", self.dtype).contiguous() for k, t in enumerate(taps)}
-        out["segmentation"] = feats[row].to("cpu", self.dtype).contiguous()
+        # copies: a view would keep the whole batch alive in memory mode
+        out = {f"tap{k}": t[row].to("cpu", self.dtype, copy=True) for k, t in enumerate(taps)}
+        out["segmentation"] = feats[row].to("cpu", self.dtype, copy=True)
         return out
 
     def _cached(self, image_id: int) -> dict[str, torch.Tensor] | None:
