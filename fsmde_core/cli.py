@@ -6,6 +6,7 @@
     fsmde train    distil a student from a teacher on rosbag2 recordings
     fsmde eval     evaluate a checkpoint (or a teacher) on a bag, with pictures
     fsmde export   export a checkpoint to ONNX (and TensorRT where available)
+    fsmde teacher  teacher tools: ``fsmde teacher fit`` trains the bridged teacher's gates on bags
     fsmde play     replay a bag into ROS 2 with /clock (no ros2 CLI needed)
     fsmde demo     synth -> train -> eval -> export -> node on the demo bag
 
@@ -38,7 +39,19 @@ class Command(NamedTuple):
     help: str
 
 
-CORE_COMMANDS: dict[str, Command] = {
+class CommandGroup(NamedTuple):
+    """A command with verbs (``fsmde teacher fit``): each verb is a :class:`Command` of its own."""
+
+    commands: dict[str, Command]
+    help: str
+
+
+TEACHER_COMMANDS: dict[str, Command] = {
+    "fit": Command("fsmde_core.teacher_fit", "add_fit_arguments", "run_fit",
+                   "train the bridged teacher's Bridging Gates on recordings against their LiDAR"),
+}
+
+CORE_COMMANDS: dict[str, Command | CommandGroup] = {
     "synth": Command("fsmde_core.synthetic.writer", "add_synth_arguments", "run_synth",
                      "write a synthetic surround rosbag2 with LiDAR, tf_static and dense ground truth"),
     "inspect": Command("fsmde_core.data.inspect", "add_inspect_arguments", "run_inspect",
@@ -53,6 +66,7 @@ CORE_COMMANDS: dict[str, Command] = {
                       "export a checkpoint to ONNX (and a TensorRT engine where TensorRT exists)"),
     "demo": Command("fsmde_core.demo", "add_demo_arguments", "run_demo",
                     "the whole product end to end on a synthetic bag, with pictures"),
+    "teacher": CommandGroup(TEACHER_COMMANDS, "teacher tools; 'fit' trains the bridged teacher's gates on bags"),
 }
 
 
@@ -74,16 +88,18 @@ def plugin_commands() -> dict[str, Command]:
     return found
 
 
-def all_commands() -> dict[str, Command]:
+def all_commands() -> dict[str, Command | CommandGroup]:
     return {**CORE_COMMANDS, **plugin_commands()}
 
 
-def _top_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
+def _top_parser(commands: dict[str, Command | CommandGroup], prog: str = "fsmde",
+                description: str = "Full-surround metric depth: synthetic data, distillation, evaluation, export, "
+                                   "replay.") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fsmde",
-        description="Full-surround metric depth: synthetic data, distillation, evaluation, export, replay.",
+        prog=prog,
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'fsmde <command> --help' for a command's options.",
+        epilog=f"Run '{prog} <command> --help' for a command's options.",
     )
     parser.add_argument("command", choices=sorted(commands), metavar="command",
                         help="; ".join(f"{name}: {c.help}" for name, c in commands.items()))
@@ -101,20 +117,35 @@ def _load(name: str, command: Command) -> ModuleType | None:
         return None
 
 
-def parse_command(argv: list[str], commands: dict[str, Command]) -> tuple[str, ModuleType, argparse.Namespace] | None:
+def parse_command(argv: list[str], commands: dict[str, Command | CommandGroup],
+                  prog: str = "fsmde") -> tuple[str, ModuleType, argparse.Namespace] | None:
     """``[command, args...]`` -> (name, its module, its parsed arguments); None when it cannot load.
 
-    Intermixed parsing: ``key=value`` overrides may sit anywhere among the options, also after
-    ``--out`` (``fsmde train --out run optim.lr=1e-3``).
+    A group's verb is part of the name (``"teacher fit"``). Intermixed parsing: ``key=value``
+    overrides may sit anywhere among the options, also after ``--out`` (``fsmde train --out run
+    optim.lr=1e-3``); argparse cannot intermix with sub-parsers, hence groups are resolved here.
     """
-    name = _top_parser(commands).parse_args(argv[:1]).command
+    name = _top_parser(commands, prog).parse_args(argv[:1]).command
     command = commands[name]
+    if isinstance(command, CommandGroup):
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            _top_parser(command.commands, f"{prog} {name}", command.help).print_help()
+            raise SystemExit(0 if len(argv) >= 2 else 2)
+        parsed = parse_command(argv[1:], command.commands, f"{prog} {name}")  # the verb's own parser
+        return None if parsed is None else (f"{name} {parsed[0]}", *parsed[1:])
     module = _load(name, command)
     if module is None:
         return None
-    parser = argparse.ArgumentParser(prog=f"fsmde {name}", description=command.help)
+    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=command.help)
     getattr(module, command.add_arguments)(parser)
     return name, module, parser.parse_intermixed_args(argv[1:])
+
+
+def resolve_command(name: str, commands: dict[str, Command | CommandGroup]) -> Command:
+    """The :class:`Command` of a (possibly grouped) name such as ``"teacher fit"``."""
+    first, _, rest = name.partition(" ")
+    command = commands[first]
+    return resolve_command(rest, command.commands) if isinstance(command, CommandGroup) else command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, module, args = parsed
     try:
-        return int(getattr(module, commands[name].run)(args) or 0)
+        return int(getattr(module, resolve_command(name, commands).run)(args) or 0)
     except KeyboardInterrupt:
         print(f"fsmde {name}: interrupted", file=sys.stderr)
         return 130

@@ -291,9 +291,9 @@ def unknown_key_error(where: str, dotted: str, valid: tuple[str, ...], what: str
                        f"{', '.join(nearest_first(parts[-1], valid))}")
 
 
-def _check_section_name(section: str, where: str) -> None:
-    if section not in SECTIONS:
-        raise unknown_key_error(where, section, SECTIONS, "section")
+def _check_section_name(section: str, where: str, sections: tuple[str, ...] = SECTIONS) -> None:
+    if section not in sections:
+        raise unknown_key_error(where, section, sections, "section")
 
 
 def check_keys(cfg: dict[str, Any], where: str) -> None:
@@ -360,15 +360,18 @@ def _parse_value(override: str, raw: str) -> Any:
     return value
 
 
-def overrides_layer(overrides: list[str]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "teacher.options.quality=0.9"]`` as one partial config (later wins)."""
+def overrides_layer(overrides: list[str], sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "teacher.options.quality=0.9"]`` as one partial config (later wins).
+
+    ``sections``: the valid top-level names (another command's config, e.g. ``fsmde teacher fit``'s).
+    """
     layer: dict[str, Any] = {}
     for ov in overrides:
         path, sep, raw = ov.partition("=")
         keys = path.strip().split(".")
         if not sep or not all(keys):
             raise ConfigError(f"{COMMAND_LINE}: {ov!r} is not of the form key.path=value")
-        _check_section_name(keys[0], COMMAND_LINE)
+        _check_section_name(keys[0], COMMAND_LINE, sections)
         deepest = 3 if keys[:2] == ["teacher", "options"] else 2
         if len(keys) > deepest:
             raise ConfigError(f"{COMMAND_LINE}: {ov!r}: {'.'.join(keys[:deepest])} takes a value, not sub-keys")
