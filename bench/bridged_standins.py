@@ -152,6 +152,15 @@ def _images(frames: Frames, idx: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(frames.images[idx.numpy()]).permute(0, 3, 1, 2).float() / 255.0
 
 
+def _out_of_time(start: float, max_minutes: float | None) -> bool:
+    """The wall-time guard of a shared machine: stop (and save) once ``max_minutes`` have passed.
+
+    The learning-rate schedule stays the one of ``steps``; a run cut short says
+    so in ``steps_done`` (metrics.json), so a number is never read as a full run.
+    """
+    return max_minutes is not None and time.monotonic() - start > 60.0 * max_minutes
+
+
 def _schedule(optimiser: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """OneCycle (cosine, 10 % warm-up), the BriGeS / Depth Anything habit; short runs need the warm-up."""
     return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(steps, 2), pct_start=0.1)
@@ -202,7 +211,7 @@ def init_depth_model(directory: Path, size: str, seed: int) -> Path:
 
 def pretrain_depth(frames: Frames, out: Path, size: str = "standin", steps: int = 1000, batch: int = 8,
                    lr: float = 5e-4, seed: int = 0, heldout: Frames | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, max_minutes: float | None = None) -> dict[str, Any]:
     """Train a Depth Anything V2 stand-in for relative inverse depth and ``save_pretrained`` it to ``out``.
 
     The model is trained INSIDE a :class:`DepthAnythingV2Teacher` loaded from
@@ -221,6 +230,8 @@ def pretrain_depth(frames: Frames, out: Path, size: str = "standin", steps: int 
     bar = tqdm(_batches(len(frames), batch, steps, generator), desc="pretrain-depth", unit="step",
                disable=not progress, dynamic_ncols=True)
     for idx in bar:
+        if _out_of_time(start, max_minutes):
+            break
         depth = torch.from_numpy(frames.gt_depth[idx.numpy()])
         ego = torch.from_numpy(frames.ego[idx.numpy()])
         images, depth, ego = _flip(generator, _images(frames, idx), depth, ego)
@@ -233,8 +244,8 @@ def pretrain_depth(frames: Frames, out: Path, size: str = "standin", steps: int 
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     model.eval().save_pretrained(out)
-    result = {"kind": "depth", "size": size, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
-              "train_images": len(frames), "parameters": sum(p.numel() for p in model.parameters()),
+    result = {"kind": "depth", "size": size, "steps": steps, "steps_done": len(losses), "batch": batch, "lr": lr,
+              "seed": seed, "train_images": len(frames), "parameters": sum(p.numel() for p in model.parameters()),
               "input_hw": [height, width], "wall_s": time.monotonic() - start,
               "train_ssi_last50": float(np.mean(losses[-50:]))}
     if heldout is not None:
@@ -338,7 +349,7 @@ def _seg_logits(encoder: nn.Module, head: SegmentationHead, images: torch.Tensor
 
 def pretrain_seg(frames: Frames, out: Path, size: str = "standin", steps: int = 1000, batch: int = 8,
                  lr: float = 1e-3, seed: int = 0, heldout: Frames | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, max_minutes: float | None = None) -> dict[str, Any]:
     """Train a SAM image encoder + head on the synthetic labels; save SAM (``save_pretrained``) and the head.
 
     The encoder trained is the one :func:`load_sam_vision_encoder` returns from
@@ -362,6 +373,8 @@ def pretrain_seg(frames: Frames, out: Path, size: str = "standin", steps: int = 
     bar = tqdm(_batches(len(frames), batch, steps, generator), desc="pretrain-seg", unit="step",
                disable=not progress, dynamic_ncols=True)
     for idx in bar:
+        if _out_of_time(start, max_minutes):
+            break
         labels = torch.from_numpy(frames.labels[idx.numpy()]).long()
         images, labels = _flip(generator, _images(frames, idx), labels)
         loss = nnf.cross_entropy(_seg_logits(encoder, head, images), labels, ignore_index=VOID)
@@ -375,8 +388,8 @@ def pretrain_seg(frames: Frames, out: Path, size: str = "standin", steps: int = 
     sam.eval().save_pretrained(out)
     save_seg_head(head.eval(), out)
     result: dict[str, Any] = {
-        "kind": "segmentation", "size": size, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
-        "train_images": len(frames), "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
+        "kind": "segmentation", "size": size, "steps": steps, "steps_done": len(losses), "batch": batch, "lr": lr,
+        "seed": seed, "train_images": len(frames), "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "head_parameters": sum(p.numel() for p in head.parameters()), "wall_s": time.monotonic() - start,
         "train_ce_last50": float(np.mean(losses[-50:]))}
     if heldout is not None:
@@ -483,6 +496,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
         p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+        p.add_argument("--max-minutes", type=float, default=None,
+                       help="stop training (and save) after this many minutes, whatever --steps says")
         p.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -501,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = load_frames(args.heldout, args.width, args.height, progress=progress) if args.heldout else None
     train = pretrain_depth if args.command == "pretrain-depth" else pretrain_seg
     result = train(frames, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
-                   seed=args.seed, heldout=heldout, progress=progress)
+                   seed=args.seed, heldout=heldout, progress=progress, max_minutes=args.max_minutes)
     say(json.dumps(result, indent=2))
     return 0
 
