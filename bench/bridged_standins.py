@@ -247,7 +247,7 @@ def pretrain_depth(frames: Frames, out: Path, size: str = "standin", steps: int 
     result = {"kind": "depth", "size": size, "steps": steps, "steps_done": len(losses), "batch": batch, "lr": lr,
               "seed": seed, "train_images": len(frames), "parameters": sum(p.numel() for p in model.parameters()),
               "input_hw": [height, width], "wall_s": time.monotonic() - start,
-              "train_ssi_last50": float(np.mean(losses[-50:]))}
+              "train_ssi_last50": float(np.mean(losses[-50:])) if losses else None}
     if heldout is not None:
         result["heldout_ssi"] = heldout_depth_ssi(DepthAnythingV2Teacher(out, input_size=teacher.input_size),
                                                   heldout)
@@ -391,7 +391,7 @@ def pretrain_seg(frames: Frames, out: Path, size: str = "standin", steps: int = 
         "kind": "segmentation", "size": size, "steps": steps, "steps_done": len(losses), "batch": batch, "lr": lr,
         "seed": seed, "train_images": len(frames), "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "head_parameters": sum(p.numel() for p in head.parameters()), "wall_s": time.monotonic() - start,
-        "train_ce_last50": float(np.mean(losses[-50:]))}
+        "train_ce_last50": float(np.mean(losses[-50:])) if losses else None}
     if heldout is not None:
         result.update(evaluate_seg(out, heldout))
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")

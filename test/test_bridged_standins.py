@@ -110,3 +110,10 @@ def test_confusion_and_iou_known_answer() -> None:
 def test_bag_seeds_must_be_disjoint(tmp_path) -> None:
     with pytest.raises(SystemExit, match="overlap"):
         standins.make_bags(tmp_path, [1, 2], [2, 3], 1, 1, WIDTH, HEIGHT)
+
+
+def test_the_wall_time_guard_stops_training_and_still_saves(frames, tmp_path) -> None:
+    result = standins.pretrain_seg(frames, tmp_path / "seg", size="tiny", steps=50, batch=2, progress=False,
+                                   max_minutes=0.0)
+    assert result["steps"] == 50 and result["steps_done"] == 0 and result["train_ce_last50"] is None
+    assert (tmp_path / "seg" / "model.safetensors").is_file()
