@@ -42,12 +42,15 @@ import numpy as np
 from tqdm import tqdm
 
 from fsmde_core.metrics import (
+    BOUNDARY_KEYS,
     DEFAULT_MIN_DEPTH,
     METRIC_KEYS,
     MODES,
     CrossViewResult,
     abs_rel_by_confidence,
     align_depth,
+    boundary_abs_rel,
+    boundary_mask,
     confidence_histogram,
     cross_view_consistency,
     depth_metrics,
@@ -206,11 +209,11 @@ def _clean(obj: Any) -> Any:
 def _summarise(acc: _Accumulator, mode: str, gt: str, cap: float, source: str) -> dict[str, Any]:
     """The metrics.json dict: per camera = mean over frames, mean = mean over cameras."""
     per_camera: dict[str, dict[str, float]] = {}
+    keys = [*METRIC_KEYS, *(k for k in BOUNDARY_KEYS if k in acc.per_frame[0])]
     with quiet_nan_warnings():
         for k, name in enumerate(acc.names):
-            per_camera[name] = {key: float(np.nanmean([f[key][k] for f in acc.per_frame]))
-                                for key in METRIC_KEYS}
-        mean = {key: float(np.nanmean([per_camera[n][key] for n in acc.names])) for key in METRIC_KEYS}
+            per_camera[name] = {key: float(np.nanmean([f[key][k] for f in acc.per_frame])) for key in keys}
+        mean = {key: float(np.nanmean([per_camera[n][key] for n in acc.names])) for key in keys}
     mean["cross_view"] = nanmean(cv.mean for cv in acc.cross_view)
     pairs = {}
     for pair, label in acc.pair_names.items():
@@ -256,7 +259,11 @@ def _evaluate_frame(
         raw = predictor.predict(sample)
     valid = ~np.asarray(sample.masks, dtype=bool)
     aligned = align_depth(raw, gt_depth, valid, mode, cap, pred_is_inverse=predictor.inverse)
-    acc.per_frame.append(depth_metrics(aligned, gt_depth, valid, cap, min_depth))
+    metrics = depth_metrics(aligned, gt_depth, valid, cap, min_depth)
+    if gt == "synthetic":  # dense GT: where objects end is known, so score the boundary band apart
+        band = boundary_mask(gt_depth, sample.gt_labels)
+        metrics.update(boundary_abs_rel(aligned, gt_depth, band, valid, cap, min_depth))
+    acc.per_frame.append(metrics)
     acc.scale_factors.append(np.asarray(image_scale_factors(aligned, gt_depth, valid, cap, min_depth)))
     if confidence is not None:
         acc.add_confidence(*confidence_histogram(aligned, gt_depth, confidence, valid, cap, min_depth))
@@ -312,6 +319,8 @@ def evaluate(
         {"mode", "gt", "cap", "frames",
          "mean": {abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3, cross_view},
          "per_camera": {name: {abs_rel, ..., a3}},
+         # with gt="synthetic", "mean" and each camera also hold abs_rel_boundary / abs_rel_interior:
+         # AbsRel within metrics.BOUNDARY_RADIUS px of a GT depth discontinuity or label boundary / elsewhere
          "cross_view_pairs": {"a/b": {"pred", "pred_inliers", "gt"}},   # adjacent pairs
          "cross_view_gt": float | null,   # dense-GT floor, null without dense GT
          "scale": {"overall": S, "per_camera": {name: S}},   # per-image s = median(pred/gt) of the scored depth,

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from fsmde_core.metrics import BOUNDARY_RADIUS
+
 DEPTH_CMAP = "magma"
 ERROR_CMAP = "inferno"
 #: Abs-rel error shown at full colour; larger errors saturate.
@@ -280,11 +282,26 @@ def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence
               for p, v in result["cross_view_pairs"].items()]
     lines += ["", "Correspondences with a relative difference above 0.5 count as occlusions and are left out "
               "(inlier fraction).", ""]
+    lines += _boundary_section(result, names)
     lines += _scale_section(result.get("scale"), names)
     lines += _confidence_section(result.get("confidence_deciles"))
     lines += ["## Pictures", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in pictures]
     return "\n".join(lines) + "\n"
+
+
+def _boundary_section(result: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """The report.md lines of AbsRel near object boundaries vs elsewhere (only with dense synthetic GT)."""
+    if "abs_rel_boundary" not in result["mean"]:
+        return []
+    lines = ["## Object boundaries", "",
+             f"AbsRel of the pixels within {BOUNDARY_RADIUS} px of a ground-truth depth discontinuity or class "
+             "boundary, and of the others.", "",
+             "| camera | abs_rel_boundary | abs_rel_interior |", "|---|---|---|"]
+    rows = [(_md(n), result["per_camera"][n]) for n in names] + [("**mean**", result["mean"])]
+    lines += [f"| {label} | {_fmt(v.get('abs_rel_boundary'))} | {_fmt(v.get('abs_rel_interior'))} |"
+              for label, v in rows]
+    return [*lines, ""]
 
 
 def _scale_section(scale: dict[str, Any] | None, names: Sequence[str]) -> list[str]:

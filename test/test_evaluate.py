@@ -17,6 +17,7 @@ from PIL import Image
 
 from fsmde_core.evaluate import add_eval_arguments, evaluate, run_eval
 from fsmde_core.metrics import (
+    BOUNDARY_KEYS,
     METRIC_KEYS,
     SCALE_KEYS,
     affine_fit,
@@ -268,10 +269,10 @@ def test_student_eval_writes_the_metrics_schema(student_report, camera_names: li
     assert on_disk["mode"] == "metric" and on_disk["gt"] == "synthetic"
     assert on_disk["cap"] == 80.0  # the student's max_depth
     assert on_disk["frames"] == 3
-    assert set(on_disk["mean"]) == {*METRIC_KEYS, "cross_view"}
+    assert set(on_disk["mean"]) == {*METRIC_KEYS, *BOUNDARY_KEYS, "cross_view"}  # dense GT: boundary band too
     assert list(on_disk["per_camera"]) == camera_names  # the checkpoint's camera order
     for name in camera_names:
-        assert set(on_disk["per_camera"][name]) == set(METRIC_KEYS)
+        assert set(on_disk["per_camera"][name]) == {*METRIC_KEYS, *BOUNDARY_KEYS}
         assert all(np.isfinite(v) for v in on_disk["per_camera"][name].values())
     assert len(on_disk["cross_view_pairs"]) == 6
     assert on_disk["mean"]["cross_view"] > 0
@@ -286,8 +287,8 @@ def test_student_eval_writes_the_metrics_schema(student_report, camera_names: li
         assert block["bias_factor"] == pytest.approx(math.exp(block["bias_log"]))
         assert block["spread_log"] >= 0 and 0 < block["p10"] <= block["p90"]
     # mean = mean of cameras
-    assert on_disk["mean"]["abs_rel"] == pytest.approx(
-        np.mean([on_disk["per_camera"][n]["abs_rel"] for n in camera_names]))
+    for key in ("abs_rel", *BOUNDARY_KEYS):
+        assert on_disk["mean"][key] == pytest.approx(np.mean([on_disk["per_camera"][n][key] for n in camera_names]))
 
 
 def test_student_eval_writes_the_report_and_pictures(student_report, camera_names: list[str]) -> None:
@@ -296,7 +297,8 @@ def test_student_eval_writes_the_report_and_pictures(student_report, camera_name
         assert _png_is_nontrivial(out / name), name
     md = (out / "report.md").read_text()
     for name in ("depth_mosaic.png", "error_maps.png", "per_camera_metrics.png", "| **mean** |", *camera_names,
-                 "## Per-image scale error", "| **all images** |"):
+                 "## Per-image scale error", "| **all images** |", "## Object boundaries",
+                 "| camera | abs_rel_boundary | abs_rel_interior |"):
         assert name in md
 
 
@@ -321,6 +323,8 @@ def test_lidar_gt_and_max_frames(synthetic_bag, random_student, tmp_path) -> Non
                       cap=50.0, progress=False)
     assert result["frames"] == 2 and result["gt"] == "lidar" and result["cap"] == 50.0
     assert np.isfinite(result["mean"]["abs_rel"])
+    assert set(result["mean"]) == {*METRIC_KEYS, "cross_view"}  # sparse LiDAR: no boundary band
+    assert "## Object boundaries" not in (tmp_path / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------- CLI
