@@ -153,7 +153,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=Path("/tmp/fsmde_bridged"))
     ap.add_argument("--fit-config", type=Path, default=here / "config" / "teacher_bridged.yaml")
     ap.add_argument("--student-config", type=Path, default=here / "config" / "train_tiny.yaml")
-    ap.add_argument("--input-size", type=int, default=126, help="the depth stand-in's short side")
+    ap.add_argument("--input-size", default="[126,224]",
+                    help="the depth model's input: short side or [height,width] (the stand-ins': [126,224])")
     ap.add_argument("--width", type=int, default=224, help="sample width the gates are fitted at")
     ap.add_argument("--height", type=int, default=126)
     ap.add_argument("--fit-steps", type=int, default=300)

@@ -95,13 +95,19 @@ class FitModelsConfig:
 
     depth: str | None = ""  # Depth Anything V2: directory (config.json + weights) or hub id; ""/None = unset
     segmentation: str | None = ""  # Segment Anything (SamModel or SamVisionModel): directory or hub id
-    input_size: int = 518  # depth model's short side, as the bridged teacher's input_size
+    input_size: int | list[int] = 518  # depth model's short side, or [height, width]: the teacher's input_size
 
     def __post_init__(self) -> None:
         for key in ("depth", "segmentation"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise ValueError(f"models.{key} must be a directory or hub id, got {getattr(self, key)!r}")
-        _positive("models", "input_size", self.input_size, integer=True)
+        if isinstance(self.input_size, (list, tuple)):
+            if len(self.input_size) != 2:
+                raise ValueError(f"models.input_size must be one size or [height, width], got {self.input_size!r}")
+            for side in self.input_size:
+                _positive("models", "input_size", side, integer=True)
+        else:
+            _positive("models", "input_size", self.input_size, integer=True)
 
 
 @dataclass(frozen=True)
@@ -501,7 +507,8 @@ class GateFitter:
         for key in ("depth", "segmentation"):
             if not getattr(m, key):
                 raise ConfigError(f"models.{key} is not set: pass models.{key}=DIR (a local model directory)")
-        self.teacher = BridgedTeacher(m.depth, m.segmentation, input_size=m.input_size, device=self.device)
+        size = tuple(m.input_size) if isinstance(m.input_size, (list, tuple)) else m.input_size
+        self.teacher = BridgedTeacher(m.depth, m.segmentation, input_size=size, device=self.device)
         g = self.cfg.gates
         self.teacher.model.build_gates(g.tau_mode, float(g.tau), float(g.mlp_ratio))
         self.teacher.model.train()

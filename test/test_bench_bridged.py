@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 def _args(tmp_path: Path) -> argparse.Namespace:
-    return argparse.Namespace(depth=tmp_path / "depth", segmentation=tmp_path / "sam", input_size=126,
+    return argparse.Namespace(depth=tmp_path / "depth", segmentation=tmp_path / "sam", input_size="[126,224]",
                               student_width=224, student_height=128, student_steps=300)
 
 
@@ -34,7 +34,8 @@ def test_student_overrides_are_a_valid_training_config(tmp_path: Path, bridged: 
     else:
         assert teacher["kind"] == "depth_anything_v2" and teacher["options"]["path_or_id"] == str(tmp_path / "depth")
     assert "quality" not in teacher["options"]  # the synthetic teacher's options do not leak into another kind
-    assert teacher["options"]["input_size"] == 126 and cfg["data"]["width"] == 224 and cfg["optim"]["max_steps"] == 300
+    assert teacher["options"]["input_size"] == [126, 224]
+    assert cfg["data"]["width"] == 224 and cfg["optim"]["max_steps"] == 300
 
 
 def test_every_tau_variant_is_a_valid_fit_config(tmp_path: Path) -> None:
@@ -46,4 +47,4 @@ def test_every_tau_variant_is_a_valid_fit_config(tmp_path: Path) -> None:
     configs = [load_fit_config(ROOT / "config" / "teacher_bridged.yaml", fit_overrides(args, name))
                for name in TAU_VARIANTS]
     assert {c["gates"]["tau_mode"] for c in configs} == {"none", "fixed", "learnable"}
-    assert all(c["models"]["input_size"] == 126 and c["optim"]["max_steps"] == 300 for c in configs)
+    assert all(c["models"]["input_size"] == [126, 224] and c["optim"]["max_steps"] == 300 for c in configs)
