@@ -357,3 +357,38 @@ def test_bad_segmentation_dir_is_one_clear_line(models: tuple[Path, Path], tmp_p
         BridgedTeacher(models[0], tmp_path / "missing", input_size=INPUT)
     with pytest.raises(TeacherWeightsError, match=r"holds a 'depth_anything' model, not Segment Anything"):
         BridgedTeacher(models[0], models[0], input_size=INPUT)
+
+
+def test_training_teacher_cache_is_rebuilt_when_the_gates_change(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """fsmde train caches teacher outputs keyed by the teacher's identity: new gates (or a new tau) must give a
+    new store with the new gates' outputs, never the old gates' cached ones."""
+    from bagfactory import BagSpec, write_bag
+
+    from fsmde_core.config import load_config
+    from fsmde_core.train import Trainer
+
+    bag = write_bag(tmp_path / "bag", BagSpec(width=64, height=48, n_frames=2, with_gt=True, seed=1)).path
+    root = Path(__file__).resolve().parents[1]
+
+    def cached_inv_depth(gates: Path | None, run: str, extra: tuple[str, ...] = ()) -> tuple[set[str], torch.Tensor]:
+        options = [f"teacher.options.depth={models[0]}", f"teacher.options.segmentation={models[1]}",
+                   f"teacher.options.input_size={INPUT}", *([f"teacher.options.gates={gates}"] if gates else []),
+                   *extra]
+        cfg = load_config(root / "config" / "train_tiny.yaml",
+                          ["data.width=64", "data.height=32", "optim.max_steps=1", "log.tensorboard=false",
+                           f"data.cache_dir={tmp_path / 'cache'}", "teacher.kind=bridged", *options])
+        cfg["data"]["bags"] = [str(bag)]
+        trainer = Trainer(cfg, tmp_path / run, False, "cpu")
+        trainer.setup()
+        stores = {p.name for p in (tmp_path / "cache").rglob("teacher/*") if p.is_dir()}
+        return stores, trainer.store.get(0)["inv_depth"].float()
+
+    fresh_stores, fresh = cached_inv_depth(None, "fresh")
+    gates = _trained_gates_dir(models, tmp_path / "gates")
+    gated_stores, gated = cached_inv_depth(gates, "gated")
+    tau_stores, _ = cached_inv_depth(gates, "tau", ("teacher.options.tau=4.0",))
+    assert len(fresh_stores) == 1 and len(gated_stores) == 2 and len(tau_stores) == 3
+    assert (gated - fresh).abs().max() > 1e-3  # the new store holds the new gates' outputs
+    again_stores, again = cached_inv_depth(gates, "again")
+    assert again_stores == tau_stores  # the same gates again: the store is reused, not rebuilt
+    torch.testing.assert_close(again, gated, rtol=0, atol=0)
