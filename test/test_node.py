@@ -806,7 +806,8 @@ def _read_bag(path: Path) -> tuple[dict, dict]:
     gt: dict[str, dict[int, np.ndarray]] = {c: {} for c in CAMERAS}
     with AnyReader([path]) as reader:
         wanted = [c for c in reader.connections
-                  if c.topic.endswith("/image_raw") or c.topic.startswith("/synthetic_gt/")]
+                  if c.topic.endswith("/image_raw")
+                  or (c.topic.startswith("/synthetic_gt/") and c.topic.endswith("/depth"))]  # not /labels
         for conn, _, raw in reader.messages(connections=wanted):
             msg = reader.deserialize(raw, conn.msgtype)
             name = conn.topic.split("/")[2]
