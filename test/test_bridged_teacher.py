@@ -138,7 +138,8 @@ def test_trained_gates_change_the_output_and_round_trip(models: tuple[Path, Path
     out = loaded.predict(images)
     torch.testing.assert_close(out.inv_depth, again.predict(images).inv_depth, rtol=0, atol=0)
     assert (out.inv_depth - plain.inv_depth).abs().max() > 1e-3
-    assert (out.features - plain.features).abs().max() > 1e-3
+    fused = BridgedTeacher(*models, gates=gates, input_size=INPUT, features="fused").predict(images)
+    assert (fused.features - plain.features).abs().max() > 1e-3
 
 
 def test_save_load_round_trip_reproduces_the_model(models: tuple[Path, Path], images: torch.Tensor,
@@ -392,3 +393,21 @@ def test_training_teacher_cache_is_rebuilt_when_the_gates_change(models: tuple[P
     again_stores, again = cached_inv_depth(gates, "again")
     assert again_stores == tau_stores  # the same gates again: the store is reused, not rebuilt
     torch.testing.assert_close(again, gated, rtol=0, atol=0)
+
+
+def test_vrkd_features_come_from_the_depth_model_or_the_gates(models: tuple[Path, Path], images: torch.Tensor,
+                                                               tmp_path: Path) -> None:
+    """features="depth" (default): VRKD sees Depth Anything's own last-tap tokens even with trained gates,
+    while the depth is the bridged one; "fused": the gated tokens. Different identities; typos refused."""
+    gates = _trained_gates_dir(models, tmp_path / "gates")
+    plain = DepthAnythingV2Teacher(models[0], input_size=INPUT).predict(images)
+    own = BridgedTeacher(*models, gates=gates, input_size=INPUT)
+    fused = BridgedTeacher(*models, gates=gates, input_size=INPUT, features="fused")
+    out_own, out_fused = own.predict(images), fused.predict(images)
+    torch.testing.assert_close(out_own.features, plain.features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_own.inv_depth, out_fused.inv_depth, rtol=0, atol=0)
+    assert (out_own.inv_depth - plain.inv_depth).abs().max() > 1e-3
+    assert (out_fused.features - plain.features).abs().max() > 1e-3
+    assert own.identity != fused.identity
+    with pytest.raises(ValueError, match="features must be one of"):
+        BridgedTeacher(*models, input_size=INPUT, features="gated")

@@ -250,12 +250,14 @@ class BridgedDepthModel(nn.Module):
             tokens = tokens[:, 1:].reshape(tokens.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
         return tokens
 
-    def decode(self, fused: list[torch.Tensor], grid: tuple[int, int]) -> BridgedOutput:
-        """Depth Anything's own neck and head on the fused taps."""
+    def decode(self, fused: list[torch.Tensor], grid: tuple[int, int],
+               feature_tokens: torch.Tensor | None = None) -> BridgedOutput:
+        """Depth Anything's own neck and head on the fused taps; the features from ``feature_tokens``
+        (a raw tap, e.g. the un-gated last one) or, when None, the last fused tap."""
         maps = [self._backbone_post(tokens, grid) for tokens in fused]
         hidden = self.depth.neck(maps, grid[0], grid[1])
         depth = self.depth.head(hidden, grid[0], grid[1])
-        last = fused[-1]
+        last = fused[-1] if feature_tokens is None else feature_tokens
         if self.depth.config.backbone_config.apply_layernorm:
             last = self.depth.backbone.layernorm(last)
         patches = last[:, last.shape[1] - grid[0] * grid[1]:]
@@ -263,13 +265,16 @@ class BridgedDepthModel(nn.Module):
         return BridgedOutput(predicted_depth=depth, features=features)
 
     def forward(self, pixel_values: torch.Tensor, seg_pixel_values: torch.Tensor,
-                seg_valid_hw: tuple[int, int]) -> BridgedOutput:
-        """Depth-model input (normalised, a multiple of the patch) + SAM input -> depth and features."""
+                seg_valid_hw: tuple[int, int], depth_features: bool = False) -> BridgedOutput:
+        """Depth-model input (normalised, a multiple of the patch) + SAM input -> depth and features.
+
+        ``depth_features``: the features are the depth model's own last tap (un-gated), not the fused one.
+        """
         patch = int(self.depth.config.patch_size)
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         taps = self.depth_taps(pixel_values)
         seg = self.segmentation_features(seg_pixel_values, seg_valid_hw, grid)
-        return self.decode(self.fuse(taps, seg), grid)
+        return self.decode(self.fuse(taps, seg), grid, taps[-1] if depth_features else None)
 
     # ------------------------------------------------------------ saving gates
 
@@ -351,6 +356,9 @@ def gates_hash(directory: str | Path) -> str:
 # ------------------------------------------------------------------ the teacher
 
 
+#: Where the bridged teacher's VRKD features come from (:class:`BridgedTeacher` ``features``).
+FEATURE_SOURCES: tuple[str, ...] = ("depth", "fused")
+
 class BridgedTeacher(Teacher):
     """Depth Anything V2 bridged with Segment Anything, as a distillation teacher.
 
@@ -361,10 +369,14 @@ class BridgedTeacher(Teacher):
             identity gates (the teacher then equals Depth Anything V2 alone).
         tau: override the gates' attention temperature at inference (None = theirs).
         input_size, device, fp16: as :class:`DepthAnythingV2Teacher` (the depth model's input).
+        features: the VRKD features: ``"depth"`` (default) = the depth model's own last-tap patch
+            tokens, as the Depth Anything V2 teacher gives them; ``"fused"`` = the gated ones. Why
+            ``depth``: the gates are fitted for depth only (SSI vs LiDAR), nothing asks them to keep the
+            relations between regions that VRKD transfers; measured in bench/results/bridged.md.
 
     Preprocessing and outputs mirror the Depth Anything V2 teacher: relative
-    inverse depth at the resized input resolution, and the last tap's fused
-    patch tokens (after the backbone LayerNorm) as VRKD features.
+    inverse depth at the resized input resolution, and last-tap patch tokens
+    (after the backbone LayerNorm) as VRKD features.
     """
 
     name = "bridged"
@@ -378,7 +390,11 @@ class BridgedTeacher(Teacher):
         input_size: int | tuple[int, int] = 518,
         device: str | torch.device = "cpu",
         fp16: bool = False,
+        features: str = "depth",
     ) -> None:
+        if features not in FEATURE_SOURCES:
+            raise ValueError(f"bridged teacher: features must be one of {FEATURE_SOURCES}, got {features!r}")
+        self.features = features
         self.depth_teacher = DepthAnythingV2Teacher(depth, input_size=input_size, device=device, fp16=fp16)
         self.device, self.dtype = self.depth_teacher.device, self.depth_teacher.dtype
         self.segmentation_source = str(segmentation)
@@ -406,17 +422,17 @@ class BridgedTeacher(Teacher):
             gates = gates_hash(self.gates_dir)[:16] if self.gates_dir is not None else "identity"
             taus = ",".join(f"{t:.6g}" for t in self.model.taus())
             self._identity = (f"{type(self).__name__}|{self.depth_teacher.identity}|sam={self._sam_hash()[:16]}"
-                              f"|gates={gates}|tau={taus}")
+                              f"|gates={gates}|tau={taus}|features={self.features}")
         return self._identity
 
     def predict(self, images: torch.Tensor, extras: dict[str, torch.Tensor] | None = None) -> TeacherOutput:
-        """Relative inverse depth (B, 1, h, w) and fused last-tap features (B, C, h/14, w/14); ``extras`` unused."""
+        """Relative inverse depth (B, 1, h, w) and last-tap features (B, C, h/14, w/14), see ``features``."""
         from fsmde_core.models.teachers import invert_positive
 
         with torch.inference_mode():
             x = self.depth_teacher.preprocess(images)
             seg, valid = sam_preprocess(images.to(self.device), self.sam_image_size)
-            out = self.model(x, seg.to(self.dtype), valid)
+            out = self.model(x, seg.to(self.dtype), valid, depth_features=self.features == "depth")
             pred = out.predicted_depth.unsqueeze(1).float()
             if self.depth_teacher.config.depth_estimation_type == "metric":
                 pred = invert_positive(pred)

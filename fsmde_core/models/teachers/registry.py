@@ -43,8 +43,8 @@ TEACHER_KINDS: dict[str, TeacherKind] = {
     ),
     "bridged": TeacherKind(
         "fsmde_core.models.teachers.bridged", "BridgedTeacher",
-        options=("depth", "segmentation", "gates", "tau", "input_size", "device", "fp16"),
-        defaults={"input_size": 518, "fp16": False},
+        options=("depth", "segmentation", "gates", "tau", "input_size", "device", "fp16", "features"),
+        defaults={"input_size": 518, "fp16": False, "features": "depth"},
         required=("depth", "segmentation"),
     ),
     "onnx": TeacherKind(
