@@ -5,7 +5,10 @@ files, a forgotten terminal) runs without any error, and every subscriber then
 gets two interleaved depth streams and clouds. ROS allows several publishers
 per topic, so only the node itself can say that this one is a mistake. The
 graph is looked at periodically (discovery of the other node takes a moment),
-and each change of which other nodes publish is logged once.
+and each change of which other nodes publish is logged once. DDS announces a
+publisher before the name of its node: while a publisher's node is still
+unnamed the warning waits (up to ``UNNAMED_PATIENCE`` checks), so it names the
+node instead of ``_NODE_NAME_UNKNOWN_``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from rclpy.clock import Clock, ClockType
 from fsmde_ros.params import NodeSettings
 
 TOPICS_NAMED = 3  # topics listed in the warning before "and N more"
+#: rmw's node name for a publisher whose node has not been discovered yet.
+UNKNOWN_NODE_NAME = "_NODE_NAME_UNKNOWN_"
+#: Checks a warning waits for an unnamed publisher's node to be discovered before naming it "unnamed".
+UNNAMED_PATIENCE = 3
 
 
 def output_topics(settings: NodeSettings) -> list[str]:
@@ -57,6 +64,7 @@ class InstanceGuard:
         self._node = node
         self._topics = list(topics)
         self._seen: set[str] = set()
+        self._unnamed_checks = 0
 
     def check(self) -> dict[str, list[str]]:
         own = self._node.get_fully_qualified_name()
@@ -66,6 +74,10 @@ class InstanceGuard:
             if nodes:
                 others[topic] = nodes
         nodes = {n for names in others.values() for n in names}
+        if any(UNKNOWN_NODE_NAME in n for n in nodes) and self._unnamed_checks < UNNAMED_PATIENCE:
+            self._unnamed_checks += 1  # discovery has the publisher but not its node yet: look again later
+            return others
+        self._unnamed_checks = 0
         if nodes and nodes != self._seen:
             self._node.get_logger().warning(other_publishers_warning(others))
         elif self._seen and not nodes:
