@@ -28,9 +28,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rosbags.highlevel import AnyReader
@@ -205,6 +206,16 @@ class SampleBuilder:
             self._warned_uncompensated = True
         return None
 
+    def _decode_image(self, raw: Stamped[bytes], topic: str, decode: Callable[[Any], np.ndarray]) -> np.ndarray:
+        """One ground-truth Image (depth or labels) decoded; a bad encoding names the bag and topic."""
+        msg = deserialize(self.reader, raw.item, "sensor_msgs/msg/Image", topic)
+        try:
+            return decode(msg)
+        except UnsupportedEncodingError as exc:
+            raise BagError(self.layout.bag, topic, str(exc)) from exc
+        except MalformedMessageError as exc:
+            raise MalformedMessageError(f"topic {topic}: {exc}") from exc
+
     def _gt(self, gts: list[Stamped[bytes] | None]) -> np.ndarray | None:
         if not self.has_gt:
             return None
@@ -213,13 +224,7 @@ class SampleBuilder:
             if g is None:
                 self.stats.missing_gt += bool(cam.gt_topic)
                 continue
-            msg = deserialize(self.reader, g.item, "sensor_msgs/msg/Image", cam.gt_topic)
-            try:
-                depth = image_to_depth(msg)
-            except UnsupportedEncodingError as exc:
-                raise BagError(self.layout.bag, cam.gt_topic, str(exc)) from exc
-            except MalformedMessageError as exc:
-                raise MalformedMessageError(f"topic {cam.gt_topic}: {exc}") from exc
+            depth = self._decode_image(g, cam.gt_topic, image_to_depth)
             out[k] = resize_nearest(depth, self.width, self.height)
         return out
 
@@ -232,13 +237,7 @@ class SampleBuilder:
             if msg_raw is None:
                 self.stats.missing_labels += bool(cam.labels_topic)
                 continue
-            msg = deserialize(self.reader, msg_raw.item, "sensor_msgs/msg/Image", cam.labels_topic)
-            try:
-                ids = image_to_mono8(msg)
-            except UnsupportedEncodingError as exc:
-                raise BagError(self.layout.bag, cam.labels_topic, str(exc)) from exc
-            except MalformedMessageError as exc:
-                raise MalformedMessageError(f"topic {cam.labels_topic}: {exc}") from exc
+            ids = self._decode_image(msg_raw, cam.labels_topic, image_to_mono8)
             if (ids.shape[1], ids.shape[0]) != self.native_sizes[k]:
                 w, h = self.native_sizes[k]
                 raise MalformedMessageError(f"topic {cam.labels_topic}: label map is {ids.shape[1]}x{ids.shape[0]}"
