@@ -25,6 +25,7 @@ from torch.nn import functional as nnf
 
 from fsmde_core.models.decoder import DECODER_BLOCKS, UpBlock
 from fsmde_core.models.encoders import ENCODERS, build_student_encoder
+from fsmde_core.models.retinex import RetinexInput
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -99,6 +100,11 @@ class StudentConfig:
             near, sides far; bench/results/distill.md, issue 13). The factor
             scales depth exactly under both readouts, so the exported model
             stays canonical and the runtime applies it per camera.
+        retinex: illumination-invariant input (issue 11): a fixed, parameter-free
+            Retinex layer (:class:`fsmde_core.models.retinex.RetinexInput`)
+            replaces the RGB by reflectance RGB before the ImageNet
+            normalisation. It adds no weights, so pretrained encoders still load
+            and a student with it exports like one without.
     """
 
     preset: str = DEFAULT_PRESET
@@ -112,6 +118,7 @@ class StudentConfig:
     input_width: int = 640
     readout: str = "log"
     focal_canonical: float | None = None
+    retinex: bool = False
 
     def __post_init__(self) -> None:
         self._fill_from_preset()
@@ -136,6 +143,8 @@ class StudentConfig:
                 isinstance(self.focal_canonical, (int, float)) and 0.05 <= float(self.focal_canonical) <= 20.0):
             raise ValueError("focal_canonical must be null (off) or fx / width of the canonical camera, "
                              f"a number in [0.05, 20] (0.55 ~ an 85 deg lens), got {self.focal_canonical!r}")
+        if not isinstance(self.retinex, bool):
+            raise ValueError(f"retinex must be true or false, got {self.retinex!r}")
         for name in ("input_height", "input_width"):
             value = getattr(self, name)
             if int(value) != value or value <= 0 or value % STUDENT_STRIDE:
@@ -233,6 +242,7 @@ class SurroundDepthStudent(nn.Module):
         cfg = self.config
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.retinex = RetinexInput(cfg.input_height) if cfg.retinex else None
         self.encoder = build_student_encoder(cfg.encoder)
         enc = self.encoder.channels  # widths at strides 2, 4, 8, 16, 32
         d, kind = cfg.decoder_channels, cfg.decoder_block
@@ -255,7 +265,8 @@ class SurroundDepthStudent(nn.Module):
         ``config.focal_canonical`` set; None = the canonical camera (what the
         export traces: the runtime applies :func:`focal_factors` to the depth).
         """
-        x = (images - self.mean) / self.std
+        x = self.retinex(images) if self.retinex is not None else images
+        x = (x - self.mean) / self.std
         f0, f1, f2, f3, f4 = self.encoder(x)
         centres = self.bin_head(f4)
         if self.config.focal_canonical is not None and focal_width is not None:
