@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
+    from fsmde_core.augment import AugmentConfig
     from fsmde_core.data.config import DataConfig
     from fsmde_core.distill.objective import DistillLossConfig
     from fsmde_core.models.resnet import PretrainedConfig
     from fsmde_core.models.student import StudentConfig
+    from fsmde_core.models.teachers.semantic import SemanticConfig
 
-SECTIONS = ("data", "student", "teacher", "loss", "optim", "log", "seed", "eval")
+SECTIONS = ("data", "student", "teacher", "loss", "optim", "log", "seed", "eval", "augment", "semantic")
 
 #: The command line, as a source in error messages.
 COMMAND_LINE = "command line"
@@ -168,13 +170,17 @@ class TrainConfig:
     optim: OptimConfig
     log: LogConfig
     eval: EvalConfig
+    augment: AugmentConfig
+    semantic: SemanticConfig
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any], source: str = "<config>") -> TrainConfig:
         """Typed sections of a plain config; a bad value is a ConfigError naming ``source`` and the key."""
+        from fsmde_core.augment import AugmentConfig
         from fsmde_core.distill.objective import DistillLossConfig
         from fsmde_core.models.resnet import PretrainedConfig
         from fsmde_core.models.student import PRESET_LEARNING_RATES, StudentConfig
+        from fsmde_core.models.teachers.semantic import SemanticConfig
 
         check_keys(cfg, source)
         d = cfg["data"]
@@ -201,6 +207,9 @@ class TrainConfig:
             optim=optim,
             log=_section(source, "log", LogConfig, cfg["log"]),
             eval=_section(source, "eval", EvalConfig, cfg["eval"]),
+            # configs written before these sections existed (a run's config.json) have neither: the defaults
+            augment=_section(source, "augment", AugmentConfig, cfg.get("augment") or {}),
+            semantic=_section(source, "semantic", SemanticConfig, cfg.get("semantic") or {}),
         )
 
 
@@ -256,16 +265,26 @@ def section_keys(section: str) -> tuple[str, ...]:
         from fsmde_core.distill.objective import DistillLossConfig
 
         return _field_names(DistillLossConfig)
+    if section == "augment":
+        from fsmde_core.augment import AugmentConfig
+
+        return _field_names(AugmentConfig)
+    if section == "semantic":
+        from fsmde_core.models.teachers.semantic import SemanticConfig
+
+        return _field_names(SemanticConfig)
     classes = {"teacher": TeacherConfig, "optim": OptimConfig, "log": LogConfig, "eval": EvalConfig}
     return _field_names(classes[section])
 
 
 def default_config() -> dict[str, Any]:
     """The defaults as a plain nested dict, derived from the section dataclasses."""
+    from fsmde_core.augment import AugmentConfig
     from fsmde_core.data.config import DataConfig
     from fsmde_core.distill.objective import DistillLossConfig
     from fsmde_core.models.resnet import PretrainedConfig
     from fsmde_core.models.student import StudentConfig
+    from fsmde_core.models.teachers.semantic import SemanticConfig
 
     # the preset and None (= the preset's value) for its fields, so a YAML's preset is not outvoted by defaults
     student = {k: v for k, v in StudentConfig.section_defaults().items() if k not in STUDENT_SIZE_FIELDS}
@@ -278,6 +297,8 @@ def default_config() -> dict[str, Any]:
         "optim": asdict(OptimConfig()),
         "log": asdict(LogConfig()),
         "eval": asdict(EvalConfig()),
+        "augment": asdict(AugmentConfig()),
+        "semantic": asdict(SemanticConfig()),
     })
 
 

@@ -42,7 +42,7 @@ from fsmde_core.checkpoint import (
     save_training_state,
 )
 from fsmde_core.config import ConfigError, TrainConfig, load_config
-from fsmde_core.distill.objective import DistillLossConfig, compute_losses
+from fsmde_core.distill.objective import DistillLossConfig, SemanticGraphInput, compute_losses
 from fsmde_core.models.student import SurroundDepthStudent
 from fsmde_core.models.teachers.base import TeacherOutput
 from fsmde_core.rig import Rig, RigCamera
@@ -116,7 +116,7 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
 
 
 def kd_ramped(cfg: DistillLossConfig, step: int, warmup: int) -> DistillLossConfig:
-    """Ramp the KD weights linearly from 0 over ``warmup`` steps.
+    """Ramp the KD weights (CKD, VRKD, semantic graph) linearly from 0 over ``warmup`` steps.
 
     The CKD targets that are placed on the student's own bins (``ckd_target``
     linear/kernel, and the ``student`` anchor) would, on a freshly
@@ -128,7 +128,7 @@ def kd_ramped(cfg: DistillLossConfig, step: int, warmup: int) -> DistillLossConf
     if warmup <= 0 or step >= warmup:
         return cfg
     f = step / warmup
-    return dataclasses.replace(cfg, w_ckd=cfg.w_ckd * f, w_vrkd=cfg.w_vrkd * f)
+    return dataclasses.replace(cfg, w_ckd=cfg.w_ckd * f, w_vrkd=cfg.w_vrkd * f, w_semgraph=cfg.w_semgraph * f)
 
 
 def config_differences(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
@@ -291,6 +291,22 @@ class SkipFirstBatches(Sampler[list[int]]):
         return max(0, len(self.batches) - self.skip)
 
 
+class TrainedModules(torch.nn.Module):
+    """The student plus the modules a loss owns (the semantic graph's adapter), as one checkpointed unit.
+
+    Why one module: the optimiser, gradient clipping and the training checkpoint
+    then cover the adapter exactly as they cover the student, so a resumed run
+    continues the adapter too. Only used when a loss owns modules: otherwise the
+    student alone is checkpointed, with the keys it always had. The deliverable
+    ``student.safetensors`` holds the student alone either way.
+    """
+
+    def __init__(self, student: torch.nn.Module, owned: dict[str, torch.nn.Module]) -> None:
+        super().__init__()
+        self.student = student
+        self.owned = torch.nn.ModuleDict(owned)
+
+
 @dataclass
 class Position:
     """Where training stands: resumable from exactly these three numbers."""
@@ -320,6 +336,7 @@ class Trainer:
         self.collapsed_checks = 0
         self.writer: Any = None
         self.validator: Any = None
+        self.last_augmented = 0.0
 
     # ------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -332,6 +349,7 @@ class Trainer:
         seed_everything(self.cfg.seed)
         self._setup_data()
         self._setup_model()
+        self._setup_augment()
         self._resume()
         self._setup_loader()
         self._setup_logging()
@@ -368,6 +386,20 @@ class Trainer:
         self.base_bands = overlap_bands_for(self.data_rig, self.base_pairs)
         self.store = teacher_cache(self.cfg, self.dataset, index.key_digest, self.cache_root, self.info,
                                    self.progress)
+        self.semantic_store = self._semantic_cache(bags, index.key_digest)
+
+    def _semantic_cache(self, bags: list[Path], data_key: str):
+        """The semantic teacher's region nodes per sample (rank 0 builds, the others wait), or None when off."""
+        if not self.cfg.loss.use_semgraph:
+            return None
+        from fsmde_core.models.teachers.semantic import semantic_node_cache
+
+        args = (self.cfg.semantic, self.dataset, bags, self.cfg.data, data_key, self.cache_root,
+                self.cfg.loss.semgraph_grid)
+        if self.info.is_main:
+            semantic_node_cache(*args, progress=self.progress)
+        barrier(self.info)
+        return semantic_node_cache(*args)
 
     def _setup_model(self) -> None:
         self.model = SurroundDepthStudent(self.cfg.student)
@@ -380,8 +412,13 @@ class Trainer:
             if self.info.is_main:
                 print(f"pretrained encoder: {report}", file=sys.stderr)
         self.model.to(self.device)
+        self.semgraph = self._semantic_graph_module()
+        owned = {"semgraph": self.semgraph} if self.semgraph is not None else {}
+        self.trained: torch.nn.Module = TrainedModules(self.model, owned) if owned else self.model
+        self.owned_parameters = [p for m in owned.values() for p in m.parameters()]
         o = self.cfg.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(o.lr), weight_decay=float(o.weight_decay))
+        self.optimizer = torch.optim.AdamW(self.trained.parameters(), lr=float(o.lr),
+                                           weight_decay=float(o.weight_decay))
         self.use_amp = bool(o.amp) and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -390,8 +427,28 @@ class Trainer:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
+    def _semantic_graph_module(self):
+        """The semantic-structural KD term with its trained adapter, or None when ``loss.use_semgraph`` is off."""
+        lc = self.cfg.loss
+        if not lc.use_semgraph:
+            return None
+        from fsmde_core.distill.semantic_graph import SemanticGraphKD
+
+        with torch.random.fork_rng(devices=[]):  # its own seed: the global stream stays as without the term
+            torch.manual_seed(self.cfg.seed + 1)
+            module = SemanticGraphKD(self.model.feature_channels, lc.semgraph_dim, lc.semgraph_grid, lc.tau_semgraph)
+        return module.to(self.device)
+
+    def _setup_augment(self) -> None:
+        """The texture-robust augmentation of the student's input, or None when ``augment.enabled`` is off."""
+        self.augment = None
+        if self.cfg.augment.enabled:
+            from fsmde_core.augment import RobustAugment
+
+            self.augment = RobustAugment(self.cfg.augment, self.cfg.seed)
+
     def _resume(self) -> None:
-        meta = load_training_state(self.out_dir, self.model, self.optimizer, self.scaler)
+        meta = load_training_state(self.out_dir, self.trained, self.optimizer, self.scaler)
         if meta is not None:
             self.pos = Position(int(meta["step"]), int(meta["epoch"]), int(meta["batch_in_epoch"]))
             if self.info.is_main:
@@ -461,11 +518,36 @@ class Trainer:
         return TeacherOutput(inv_depth=torch.cat([x["inv_depth"] for x in t]).float().to(self.device),
                              features=torch.cat([x["features"] for x in t]).float().to(self.device))
 
+    def _semantic_input(self, indices: torch.Tensor) -> SemanticGraphInput | None:
+        if self.semantic_store is None or self.semgraph is None:
+            return None
+        nodes = torch.cat([self.semantic_store.get(int(i))["nodes"] for i in indices]).float().to(self.device)
+        return SemanticGraphInput(self.semgraph, nodes)
+
+    def _augmented(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with the student's images corrupted (a copy; teacher targets come from the cache, clean)."""
+        if self.augment is None:
+            return batch
+        images, applied = self.augment(batch["images"], batch["index"].tolist(), self.num_cams, self.pos.step)
+        self.last_augmented = len(applied) / max(1, images.shape[0])
+        return {**batch, "images": images}
+
+    def _average_owned_gradients(self) -> None:
+        """DDP averages the student's gradients; the loss's own modules are averaged here, so replicas agree."""
+        if self.info.world <= 1:
+            return
+        for p in self.owned_parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.info.world)
+
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, torch.Tensor]]:
         """One optimiser step on one batch; returns the student output and the loss terms."""
         o = self.cfg.optim
         samples = len(batch["index"])
         teacher_out = self._teacher_outputs(batch["index"])
+        semantic = self._semantic_input(batch["index"])
+        batch = self._augmented(batch)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "index"}
         pairs = pairs_for_batch(self.base_pairs, samples, self.num_cams).to(self.device)
         bands = self.base_bands.repeat(samples, 1, 1)
@@ -477,12 +559,14 @@ class Trainer:
         out = type(out)(*(x.float() for x in out))
         step_cfg = kd_ramped(self.cfg.loss, self.pos.step, o.kd_warmup_steps)
         losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands,
-                                readout=self.cfg.student.readout, K=batch["K"], T_base_cam=batch["T_base_cam"])
+                                readout=self.cfg.student.readout, K=batch["K"], T_base_cam=batch["T_base_cam"],
+                                semgraph=semantic)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
+        self._average_owned_gradients()
         self.scaler.unscale_(self.optimizer)
         if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(o.grad_clip))
+            torch.nn.utils.clip_grad_norm_(self.trained.parameters(), float(o.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.pos.step += 1
@@ -504,6 +588,8 @@ class Trainer:
                 self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], step)
                 self.writer.add_scalar("student/max_bin_prob", max_prob, step)
                 self.writer.add_scalar("student/depth_spread", spread, step)
+                if self.augment is not None:
+                    self.writer.add_scalar("augment/corrupted_fraction", self.last_augmented, step)
         if self.writer is not None and step % self.cfg.log.image_every == 0:
             self.writer.add_image("depth/pred", depth_grid_image(out.depth[: self.num_cams],
                                                                  self.cfg.student.max_depth), step)
@@ -536,7 +622,7 @@ class Trainer:
     def maybe_checkpoint(self) -> None:
         step = self.pos.step
         if self.info.is_main and (step % self.cfg.optim.checkpoint_every == 0 or step == self.total_steps):
-            save_training_state(self.out_dir, step, self.pos.epoch, self.pos.batch_in_epoch, self.model,
+            save_training_state(self.out_dir, step, self.pos.epoch, self.pos.batch_in_epoch, self.trained,
                                 self.optimizer, self.scaler, extra={"elapsed_s": time.perf_counter() - self.t_start})
 
     def finish(self) -> Path:

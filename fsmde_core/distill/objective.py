@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
 from fsmde_core.distill.ablations import ABLATION_TARGETS, ANCHORS, AblationTarget, ablation_ckd_loss
 from fsmde_core.distill.ckd import check_readout, ckd_centre_loss, ckd_loss
 from fsmde_core.distill.geometric import cross_view_loss, ground_scale_loss
+from fsmde_core.distill.semantic_graph import SemanticGraphKD
 from fsmde_core.distill.supervised import bin_centre_chamfer, silog_loss
 from fsmde_core.distill.vrkd import vrkd_loss
 from fsmde_core.models.teachers.base import TeacherOutput
@@ -76,6 +77,12 @@ class DistillLossConfig:
     presets and nuScenes; plane depths up to ``ground_max_depth`` m and within
     ``ground_half_width`` m of the vehicle's centre line, road pixels within
     ``ground_band`` of the residual's mode, every ``ground_stride``-th pixel).
+
+    Semantic-structural KD (:mod:`fsmde_core.distill.semantic_graph`, issue 11) is
+    off until measured: ``use_semgraph`` matches, within each image, the affinity
+    graph of ``semgraph_grid`` regions of the semantic teacher (``semantic:``
+    section) by a learned ``semgraph_dim``-wide 1x1 projection of the student's
+    features, row-softmax KL at ``tau_semgraph``.
     """
 
     use_silog: bool = True
@@ -107,6 +114,11 @@ class DistillLossConfig:
     ground_half_width: float = 1.5
     ground_band: float = 0.1
     ground_stride: int = 4
+    use_semgraph: bool = False
+    w_semgraph: float = 1.0
+    tau_semgraph: float = 0.2
+    semgraph_grid: tuple[int, int] = (4, 8)
+    semgraph_dim: int = 64
 
     def __post_init__(self) -> None:
         if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd)):
@@ -114,15 +126,15 @@ class DistillLossConfig:
                              + (" but the geometric ones, which alone do not determine depth (they constrain "
                                 "only cross-view agreement and the road's scale)"
                                 if self.use_xview or self.use_ground else ""))
-        for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd", "w_ckd_centres", "w_xview", "w_ground"):
+        for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd", "w_ckd_centres", "w_xview", "w_ground", "w_semgraph"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillLossConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("xview_stride", "ground_stride"):
+        for name in ("xview_stride", "ground_stride", "semgraph_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DistillLossConfig.{name} must be an integer >= 1, got {value!r}")
         for name in ("tau_ckd", "ckd_sigma", "tau_vrkd", "xview_gate", "ground_max_depth", "ground_half_width",
-                     "ground_band"):
+                     "ground_band", "tau_semgraph"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DistillLossConfig.{name} must be > 0, got {getattr(self, name)}")
         _check_choice("ckd_anchor", self.ckd_anchor, ANCHORS)
@@ -132,6 +144,11 @@ class DistillLossConfig:
         if len(grid) != 2 or min(grid) < 1:
             raise ValueError(f"DistillLossConfig.vrkd_grid must be two positive ints, got {self.vrkd_grid}")
         object.__setattr__(self, "vrkd_grid", grid)
+        sg_grid = tuple(int(g) for g in self.semgraph_grid)
+        if len(sg_grid) != 2 or min(sg_grid) < 1 or sg_grid[0] * sg_grid[1] < 2:
+            raise ValueError(f"DistillLossConfig.semgraph_grid must be two positive ints (at least 2 regions), "
+                             f"got {self.semgraph_grid}")
+        object.__setattr__(self, "semgraph_grid", sg_grid)
         for name in ("variance_focus", "ckd_centres_variance_focus"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"DistillLossConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -194,6 +211,14 @@ def _ckd_terms(
                                      logit_mask, gt_small, spec)}
 
 
+@dataclass
+class SemanticGraphInput:
+    """What the semantic-structural term needs besides the student: its loss module and the teacher's nodes."""
+
+    module: SemanticGraphKD
+    teacher_nodes: torch.Tensor  # (B, C, gh, gw), the same B images as the student's output
+
+
 def _check_geometric_inputs(
     cfg: DistillLossConfig, pairs: object, K: torch.Tensor | None, T_base_cam: torch.Tensor | None,
 ) -> None:
@@ -234,13 +259,14 @@ def compute_losses(
     readout: str,
     K: torch.Tensor | None = None,
     T_base_cam: torch.Tensor | None = None,
+    semgraph: SemanticGraphInput | None = None,
 ) -> dict[str, torch.Tensor]:
     """All enabled loss terms plus their weighted sum.
 
     Terms that are switched off are not computed at all. Returned values are
     *unweighted* (for logging) under ``"silog"``, ``"bins"``, ``"ckd"``
     (+ ``"ckd_centres"`` for the rank target), ``"vrkd"``, ``"xview"``,
-    ``"ground"``; ``"total"`` is the weighted sum. If the student's depth is
+    ``"ground"``, ``"semgraph"``; ``"total"`` is the weighted sum. If the student's depth is
     smaller than the GT it is upsampled bilinearly for SILog and the geometric
     terms (sparse GT is never resampled; K is at the GT's size); CKD runs at
     the logits' resolution (mask resized nearest).
@@ -258,6 +284,7 @@ def compute_losses(
             so the CKD targets read depth out of bins exactly as the student does.
         K: (B, 3, 3) intrinsics at the GT's size; required by the geometric terms.
         T_base_cam: (B, 4, 4) camera optical frame -> base_link; required by the geometric terms.
+        semgraph: the semantic-structural term's module and teacher nodes; required by ``use_semgraph``.
 
     Raises:
         ValueError: a KD term is on but ``teacher`` (or ``pairs`` / ``bands`` for VRKD) is missing,
@@ -274,6 +301,8 @@ def compute_losses(
     if cfg.use_vrkd and cfg.vrkd_region == "overlap" and bands is None:
         raise ValueError("vrkd_region 'overlap' needs the pairs' overlap bands")
     _check_geometric_inputs(cfg, pairs, K, T_base_cam)
+    if cfg.use_semgraph and semgraph is None:
+        raise ValueError("use_semgraph is enabled but no semantic teacher nodes (semgraph=) were given")
     depth_at_gt = _resize_to(out.depth, (gt_depth.shape[-2], gt_depth.shape[-1]))
     terms: dict[str, torch.Tensor] = {}
     weights: dict[str, float] = {}
@@ -295,6 +324,10 @@ def compute_losses(
         weights["vrkd"] = cfg.w_vrkd
     terms.update(_geometric_terms(depth_at_gt, mask, pairs, K, T_base_cam, cfg))
     weights.update(xview=cfg.w_xview, ground=cfg.w_ground)
+    if cfg.use_semgraph:
+        assert semgraph is not None
+        terms["semgraph"] = semgraph.module(out.features, semgraph.teacher_nodes)
+        weights["semgraph"] = cfg.w_semgraph
     total = sum(weights[name] * value for name, value in terms.items())
     assert isinstance(total, torch.Tensor)
     terms["total"] = total
