@@ -9,6 +9,7 @@ student is not written).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -26,8 +27,8 @@ FAST = ["data.width=64", "data.height=64", "teacher.cache_height=32", "teacher.c
 STOP_AT = 2
 
 
-class _Stopped(Exception):
-    pass
+class _StoppedError(Exception):
+    """Raised by :class:`StopAfterCheckpoint` in place of a kill."""
 
 
 class StopAfterCheckpoint(Trainer):
@@ -36,7 +37,7 @@ class StopAfterCheckpoint(Trainer):
     def maybe_checkpoint(self) -> None:
         super().maybe_checkpoint()
         if self.pos.step == STOP_AT:
-            raise _Stopped
+            raise _StoppedError
 
 
 def tiny_config(bag: Path, cache: Path, *overrides: str) -> dict:
@@ -50,10 +51,8 @@ def train_stop_resume(cfg: dict, tmp: Path) -> tuple[Path, Path, Trainer]:
     ref = tmp / "ref"
     Trainer(cfg, ref, progress=False, device_name="cpu").run()
     run = tmp / "stopped"
-    try:
+    with contextlib.suppress(_StoppedError):
         StopAfterCheckpoint(cfg, run, progress=False, device_name="cpu").run()
-    except _Stopped:
-        pass
     assert not (run / "student.safetensors").exists()
     resumer = Trainer(cfg, run, progress=False, device_name="cpu")
     resumer.run()

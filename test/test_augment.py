@@ -12,8 +12,7 @@ from robust_training import TINY, max_weight_difference, tiny_config, train_stop
 
 import fsmde_core.train as train_module
 from fsmde_core.augment import AugmentConfig, RobustAugment
-from fsmde_core.config import ConfigError, load_config
-from fsmde_core.config import TrainConfig
+from fsmde_core.config import ConfigError, TrainConfig, load_config
 from fsmde_core.corruptions import CORRUPTIONS
 
 N_CAMS = 6

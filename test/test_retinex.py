@@ -76,3 +76,18 @@ def test_a_student_with_the_layer_exports_to_onnx_and_matches_torch(saved_studen
     report = export_onnx(run, run / "export" / "student.onnx")
     assert report["passed"] and report["max_abs_diff_m"] < 1e-3
     assert report["student"]["retinex"] is True
+
+
+def test_training_with_the_layer_trains_checkpoints_and_resumes(tmp_path: Path) -> None:
+    from bagfactory import BagSpec, write_bag
+    from robust_training import max_weight_difference, tiny_config, train_stop_resume, weights_changed
+
+    from fsmde_core.checkpoint import load_student
+
+    bag = write_bag(tmp_path / "bag", BagSpec(width=64, height=48, n_frames=3, with_gt=True)).path
+    cfg = tiny_config(bag, tmp_path / "cache", "student.retinex=true")
+    ref, resumed, _ = train_stop_resume(cfg, tmp_path)
+    assert max_weight_difference(ref, resumed) < 1e-5
+    assert weights_changed(ref, cfg)
+    model, student_cfg, _ = load_student(resumed)
+    assert student_cfg.retinex is True and model.retinex is not None
