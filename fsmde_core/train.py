@@ -396,10 +396,9 @@ class Trainer:
 
         args = (self.cfg.semantic, self.dataset, bags, self.cfg.data, data_key, self.cache_root,
                 self.cfg.loss.semgraph_grid)
-        if self.info.is_main:
-            semantic_node_cache(*args, progress=self.progress)
+        store = semantic_node_cache(*args, progress=self.progress) if self.info.is_main else None
         barrier(self.info)
-        return semantic_node_cache(*args)
+        return store if store is not None else semantic_node_cache(*args)
 
     def _setup_model(self) -> None:
         self.model = SurroundDepthStudent(self.cfg.student)
@@ -630,7 +629,7 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         if self.info.world > 1:
-            check_replicas_in_sync(self.model, self.info)
+            check_replicas_in_sync(self.trained, self.info)  # the loss's own modules too (averaged by hand)
         weights = self.out_dir / "student.safetensors"
         if self.info.is_main:
             weights = save_student(self.out_dir, self.model, self.student_meta())
