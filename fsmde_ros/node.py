@@ -74,6 +74,7 @@ from fsmde_core.calib_health import CrossViewMonitor
 from fsmde_core.camera import CameraModel
 from fsmde_core.data.tf import transform_stamped_to_matrix
 from fsmde_core.estimator import CameraFrame, CloudOptions, DepthResult, SurroundDepthEstimator
+from fsmde_core.image_quality import assess
 from fsmde_core.rig import Rig, RigCamera, RigError
 from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet
 from fsmde_ros.conversions import (
@@ -89,10 +90,12 @@ from fsmde_ros.conversions import (
 from fsmde_ros.diagnostics import (
     CLOCK_HINT,
     CLOCK_MISMATCH_NS,
+    ImageQualityBoard,
     PipelineStats,
     Window,
     calibration_status,
     camera_status,
+    image_quality_status,
     pipeline_status,
     silent_cameras,
     sync_failure_advice,
@@ -288,6 +291,9 @@ class SurroundDepthNode(LifecycleNode):
         self._cross_view_checks = 0
         self._cross_view_off = False
         self._sync_seen: tuple[int, int] = (0, 0)  # (emitted, unmatched drops) at the last diagnostics
+        self._quality_settings = self.settings.image_quality  # image_quality.* apply live
+        self._quality_board = ImageQualityBoard()
+        self._quality_sets = 0
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> bool:
@@ -542,6 +548,7 @@ class SurroundDepthNode(LifecycleNode):
         self._cloud_settings = replace(settings.cloud, enabled=self._cloud_settings.enabled,
                                        topic=self._cloud_settings.topic,
                                        min_confidence=self._cloud_settings.min_confidence)
+        self._quality_settings = settings.image_quality
 
     # ------------------------------------------------------------ callbacks
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
@@ -656,6 +663,8 @@ class SurroundDepthNode(LifecycleNode):
         self.stats.output(result.timings.model_s, self._latency_s(synced.stamp_ns))
         if cross_view:
             self._update_cross_view(result)
+        if self._image_quality_due():  # after the outputs are out: the check never delays depth
+            self._check_image_quality(frames)
 
     def _latency_s(self, stamp_ns: int) -> float | None:
         """Node clock minus the set's stamp; None before the clock runs. A gap beyond
@@ -830,6 +839,30 @@ class SurroundDepthNode(LifecycleNode):
         self._tf_cache[frame] = T
         return T
 
+    # ------------------------------------------------------------ image quality
+    def _image_quality_due(self) -> bool:
+        """Every ``image_quality.every_n_sets``-th output set is checked (the first one included)."""
+        q = self._quality_settings
+        if not q.enabled:
+            return False
+        self._quality_sets += 1
+        return (self._quality_sets - 1) % q.every_n_sets == 0
+
+    def _check_image_quality(self, frames: list[_Frame]) -> None:
+        """Measure each camera's image (fsmde_core.image_quality) for /diagnostics; a failure is
+        logged (throttled) and skipped, never counted against the pipeline."""
+        q = self._quality_settings
+        for f in frames:
+            try:
+                quality = assess(f.rgb, q.thresholds, q.max_side)
+            except Exception as exc:  # e.g. an image too thin to tile: say so, keep depth flowing
+                suppressed = self._throttle((f.name, "image_quality"))
+                if suppressed is not None:
+                    self.get_logger().warning(f"camera {f.name!r}: image quality not measured: "
+                                              f"{type(exc).__name__}: {exc}")
+                continue
+            self._quality_board.record(f.name, quality, stamp_to_ns(f.header.stamp))
+
     # ------------------------------------------------------------ reporting
     def _report(self, camera: str, kind: str, message: str) -> None:
         """Count a bad input and log it, throttled per (camera, kind)."""
@@ -853,8 +886,8 @@ class SurroundDepthNode(LifecycleNode):
 
     def _diagnostic_array(self, window: Window, span: float,
                           sync_stats: Any) -> tuple[DiagnosticArray, list[DiagnosticStatus]]:
-        """Pipeline, per-camera and calibration statuses, named after this node's fully-qualified
-        name (unique per node on the shared /diagnostics topic)."""
+        """Pipeline, per-camera, calibration and (image_quality.enabled) per-camera image-quality
+        statuses, named after this node's fully-qualified name (unique per node on /diagnostics)."""
         name = self.get_fully_qualified_name()
         snap = self.stats.snapshot()
         now = time.monotonic()
@@ -866,6 +899,10 @@ class SurroundDepthNode(LifecycleNode):
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [pipeline, *cams, calibration_status(name, self._cross_view, self._cross_view_note)]
+        quality = self._quality_settings
+        if quality.enabled:
+            msg.status += [image_quality_status(name, c, self._quality_board.latest(c), quality.every_n_sets)
+                           for c in self.stats.cameras]
         return msg, cams
 
     def _explain_sync_failure(self, w: Window, sync_stats: Any, silent: list[str]) -> None:
