@@ -227,11 +227,11 @@ def judge(q: ImageQuality, t: QualityThresholds) -> tuple[str, ...]:
         problems.append(f"too bright (mean {q.mean_luma:.0f}/255)")
     elif q.white_fraction > t.clipped_fraction:
         problems.append(f"too bright ({100 * q.white_fraction:.0f} % clipped white)")
+    exposure_problem = bool(problems)  # explains a low std and featureless tiles: not reported on top
     if q.blur_px > t.blur_px:  # NaN (no structure) compares False
         problems.append(f"blurred (edge blur {q.blur_px:.1f} px > {t.blur_px:g})")
-    if q.featureless_fraction >= t.blocked_fraction:
+    if q.featureless_fraction >= t.blocked_fraction and not exposure_problem:
         problems.append(f"blocked lens or occlusion? ({100 * q.featureless_fraction:.0f} % featureless)")
-    exposure_problem = bool(problems)  # a dark (or blown-out) image has a low std for that reason
     if q.contrast_std < t.low_contrast_std and not exposure_problem:
         problems.append(f"low contrast (std {q.contrast_std:.1f} < {t.low_contrast_std:g}; fog, glare?)")
     if q.noise_sigma > t.noise_sigma:
