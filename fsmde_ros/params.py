@@ -216,16 +216,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("image_quality.clipped_fraction", 0.4,
               "Too dark (bright) when more than this fraction of pixels is clipped black (white), whatever "
               "the mean.", float_range=(0.0, 1.0)),
-    ParamSpec("image_quality.blur_px", 1.5,
-              "Blurred above this equivalent edge blur [pixels of the max_side image], from the ratio of "
-              "Laplacian to gradient energy (contrast-independent, noise removed).", float_range=(0.1, 100.0)),
+    ParamSpec("image_quality.blur_px", 1.8,
+              "Blurred above this equivalent Gaussian edge blur [pixels of the max_side image], from the ratio "
+              "of first- to second-difference energy over 2 pixels (contrast-independent, noise removed; a sharp "
+              "image reads ~1.0).", float_range=(0.1, 100.0)),
     ParamSpec("image_quality.flat_tile_std", 3.0,
               "A tile of the 8x8 grid is featureless when its luma std (noise removed) is below this.",
               float_range=(0.0, 255.0)),
     ParamSpec("image_quality.blocked_fraction", 0.4,
               "Blocked lens / occlusion when at least this fraction of the tiles is featureless.",
               float_range=(0.0, 1.0)),
-    ParamSpec("image_quality.low_contrast_std", 20.0,
+    ParamSpec("image_quality.low_contrast_std", 18.0,
               "Low contrast (fog, glare) below this global luma std (RMS contrast, 0-255).",
               float_range=(0.0, 255.0)),
     ParamSpec("image_quality.noise_sigma", 8.0,

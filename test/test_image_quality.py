@@ -31,7 +31,7 @@ def _kinds(problems: tuple[str, ...]) -> list[str]:
 def test_the_sharp_original_has_no_problem(scene: np.ndarray) -> None:
     q = assess(to_uint8(scene))
     assert q.problems == ()
-    assert q.blur_px < 0.6 and q.featureless_fraction < 0.1 and q.contrast_std > 25 and q.noise_sigma < 1.0
+    assert q.blur_px < 1.2 and q.featureless_fraction < 0.1 and q.contrast_std > 25 and q.noise_sigma < 1.0
     assert q.analysis_size == (W, H)
 
 
@@ -60,9 +60,24 @@ def test_a_blurred_copy_is_flagged_while_the_original_is_not(scene: np.ndarray) 
 
 
 def test_noise_does_not_hide_blur(scene: np.ndarray) -> None:
-    """The noise's share of the Laplacian energy is removed: noisy blurred images still read blurred."""
+    """The noise's share of the difference energies is removed: a noisy blurred image reads as blurred as the
+    clean one, and pure noise does not read as blur."""
+    clean = assess(to_uint8(gaussian_blur(scene, 3.0)))
     q = assess(noisy(gaussian_blur(scene, 3.0), 4.0))
     assert q.noise_sigma > 2.0 and "blurred" in _kinds(q.problems)
+    assert q.blur_px == pytest.approx(clean.blur_px, rel=0.1)
+    for sigma in (8.0, 16.0, 30.0):  # noise alone: sharp or not judged, never blurred
+        pure = assess(noisy(scene, sigma))
+        assert "blurred" not in _kinds(pure.problems) and not pure.blur_px > 1.2, (sigma, pure.blur_px)
+
+
+def test_blur_along_one_direction_is_seen(scene: np.ndarray) -> None:
+    """Motion blur smears one direction: the larger of the row and column readings catches it."""
+    kernel = np.ones(9, np.float32) / 9  # a 9-pixel horizontal box: the car moved during the exposure
+    padded = np.pad(scene, ((0, 0), (4, 4), (0, 0)), mode="reflect")
+    smeared = sum(kernel[i] * padded[:, i:i + W] for i in range(9))
+    q = assess(to_uint8(smeared))
+    assert "blurred" in _kinds(q.problems)
 
 
 def test_blur_is_contrast_independent(scene: np.ndarray) -> None:
@@ -81,7 +96,7 @@ def test_a_half_covered_lens_is_flagged_blocked(scene: np.ndarray) -> None:
 
 def test_a_foggy_image_is_flagged_low_contrast(scene: np.ndarray) -> None:
     q = assess(foggy(scene, 0.25))
-    assert q.contrast_std < 20 and _kinds(q.problems) == ["low contrast"]
+    assert q.contrast_std < 18 and _kinds(q.problems) == ["low contrast"]
 
 
 @pytest.mark.parametrize("sigma", [4.0, 6.0, 10.0, 16.0])
