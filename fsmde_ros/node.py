@@ -8,6 +8,8 @@ Data flow (one arrow per thread hand-over)::
       -> inference worker thread: decode, then :class:`fsmde_core.estimator.SurroundDepthEstimator`
          (resize, ONE batched backend.infer, REP 117, masks, cloud), publish
          <ns>/depth + <ns>/depth/camera_info (+ <ns>/depth/confidence) per camera and the cloud
+      -> (every ``image_quality.every_n_sets``-th set, one slot) image-quality thread:
+         :func:`fsmde_core.image_quality.assess` per camera, read by the /diagnostics timer
 
 Why a worker thread and a one-slot mailbox: the network takes longer than a
 camera period on a CPU (and on a small GPU with six cameras), and executor
@@ -54,7 +56,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import rclpy
@@ -156,8 +158,12 @@ class Throttle:
             return self._suppressed.pop(key, 0)
 
 
-class Mailbox:
-    """Bounded hand-over from the callbacks to the worker.
+_Item = TypeVar("_Item")
+
+
+class Mailbox(Generic[_Item]):
+    """Bounded hand-over from one thread to a worker (synchronized sets to inference; frames to
+    the image-quality check).
 
     Capacity 1 is the live mode: a new item replaces the waiting one, so the
     worker always starts on the newest instant. A larger capacity is for
@@ -169,11 +175,11 @@ class Mailbox:
         if capacity < 1:
             raise ValueError(f"mailbox capacity must be >= 1, got {capacity}")
         self._cond = threading.Condition()
-        self._items: deque[SyncedSet] = deque()
+        self._items: deque[_Item] = deque()
         self._capacity = capacity
         self._closed = False
 
-    def put(self, item: SyncedSet) -> bool:
+    def put(self, item: _Item) -> bool:
         """Store ``item``; True when a waiting item had to make room (replaced, never processed)."""
         with self._cond:
             replaced = len(self._items) >= self._capacity
@@ -183,7 +189,7 @@ class Mailbox:
             self._cond.notify()
             return replaced
 
-    def take(self, timeout: float | None = None) -> SyncedSet | None:
+    def take(self, timeout: float | None = None) -> _Item | None:
         """The oldest waiting item, or None when closed or after ``timeout`` seconds."""
         with self._cond:
             if not self._items and not self._closed:
@@ -278,8 +284,10 @@ class SurroundDepthNode(LifecycleNode):
         self._timers: list[Any] = []
         self._jump_handle: Any = None
         self._sync: ApproximateTimeSynchronizer | None = None
-        self._mailbox: Mailbox | None = None
+        self._mailbox: Mailbox[SyncedSet] | None = None
         self._worker: threading.Thread | None = None
+        self._quality_mailbox: Mailbox[list[_Frame]] | None = None
+        self._quality_worker: threading.Thread | None = None
         self._infos: dict[str, _CameraInfoState] = {}
         self._newest_by_camera: dict[str, int] = {}
         self._cloud_settings: CloudSettings = self.settings.cloud
@@ -522,6 +530,11 @@ class SurroundDepthNode(LifecycleNode):
         self._worker = threading.Thread(target=self._worker_loop, args=(self._mailbox,),
                                         name="surround-depth-inference", daemon=True)
         self._worker.start()
+        # image quality in a thread of its own: the inference worker only hands frames over
+        self._quality_mailbox = Mailbox(1)
+        self._quality_worker = threading.Thread(target=self._quality_loop, args=(self._quality_mailbox,),
+                                                name="surround-depth-image-quality", daemon=True)
+        self._quality_worker.start()
 
     def _destroy_pipeline(self) -> None:
         for sub in self._subs:
@@ -541,6 +554,12 @@ class SurroundDepthNode(LifecycleNode):
             if worker.is_alive():
                 self.get_logger().warning("inference worker did not stop in time; leaving it (daemon thread)")
         self._mailbox = None
+        if self._quality_mailbox is not None:
+            self._quality_mailbox.close()
+        checker, self._quality_worker = self._quality_worker, None
+        if checker is not None and checker is not threading.current_thread():
+            checker.join(WORKER_JOIN_S)  # at most one check of one set in flight: milliseconds
+        self._quality_mailbox = None
 
     def _apply_live(self, settings: NodeSettings) -> None:
         """Cloud limits take effect on the next set (ray caches rebuild on a stride change);
@@ -663,8 +682,9 @@ class SurroundDepthNode(LifecycleNode):
         self.stats.output(result.timings.model_s, self._latency_s(synced.stamp_ns))
         if cross_view:
             self._update_cross_view(result)
-        if self._image_quality_due():  # after the outputs are out: the check never delays depth
-            self._check_image_quality(frames)
+        quality = self._quality_mailbox
+        if quality is not None and self._image_quality_due():  # measured in its own thread, never here
+            quality.put(frames)
 
     def _latency_s(self, stamp_ns: int) -> float | None:
         """Node clock minus the set's stamp; None before the clock runs. A gap beyond
@@ -847,6 +867,15 @@ class SurroundDepthNode(LifecycleNode):
             return False
         self._quality_sets += 1
         return (self._quality_sets - 1) % q.every_n_sets == 0
+
+    def _quality_loop(self, mailbox: Mailbox[list[_Frame]]) -> None:
+        """The image-quality thread: checks the newest handed-over set (a newer one replaces a set
+        still waiting, so a slow check never queues up work)."""
+        while True:
+            frames = mailbox.take()
+            if frames is None:
+                return
+            self._check_image_quality(frames)
 
     def _check_image_quality(self, frames: list[_Frame]) -> None:
         """Measure each camera's image (fsmde_core.image_quality) for /diagnostics; a failure is

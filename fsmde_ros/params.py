@@ -200,11 +200,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               int_range=(1, 64)),
     ParamSpec("image_quality.enabled", True,
               "Per-camera image-quality diagnostic (too dark/bright, blurred, blocked lens, low contrast, "
-              "noisy) on /diagnostics as '<node>: image quality <camera>'. Measured after the set's outputs "
-              "are published, on a small grey copy, every image_quality.every_n_sets-th set: it never delays "
-              "depth."),
+              "noisy) on /diagnostics as '<node>: image quality <camera>'. Measured on a small grey copy of "
+              "every image_quality.every_n_sets-th set, in a thread of its own: inference only hands the "
+              "decoded images over, so depth never waits for it."),
     ParamSpec("image_quality.every_n_sets", 10,
-              "Check the images of every n-th output set (each check costs ~2-4 ms per 1080p camera).",
+              "Check the images of every n-th output set (each check costs ~4-8 ms of CPU per 1080p camera).",
               int_range=(1, 1_000_000)),
     ParamSpec("image_quality.max_side", 320,
               "Longer side of the grey image the measures are taken on (area-averaged by an integer factor): "
