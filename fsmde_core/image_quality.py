@@ -27,7 +27,7 @@ The measures and why each one:
   floor of 2-pixel differences). The white noise's share of both energies (6 and 2
   sigma^2) is subtracted, so noise does not make a blurred image look sharp. Why 2
   pixels, not 1: a blurred image's 1-pixel second differences are almost all noise
-  (97-99 % at luma sigma 1.4-2.7 on a sigma-3 blur), and subtracting the noise
+  (97-100 % at luma sigma 1.4-2.7 on a sigma-3 blur), and subtracting the noise
   estimate left its error, read as blur; over 2 pixels the structure's share is 16x
   larger for the same noise. Measured on the dead-leaves scene of the tests: sharp
   0.95, Gaussian sigma 1 / 2 / 3 / 4: 1.32 / 2.04 / 2.79 / 3.44; sigma 3 plus luma
@@ -100,10 +100,10 @@ _MIN_STRUCTURE_ENERGY = 0.25  # mean squared first difference (grey levels^2) be
 class QualityThresholds:
     """Where each measure turns into a problem (grey levels of 0..255, pixels of the analysis image).
 
-    ``blocked_fraction`` is 0.4, not more: a lens half covered by mud must be flagged, and a
-    clear sky rarely fills 40 % of an 8x8 grid *and* stays featureless to within 3 grey levels
-    (a real sky has a gradient and clouds); a camera looking mostly at sky or a blank wall may
-    still be flagged, which the message words as a question ("blocked lens or occlusion?").
+    ``blocked_fraction`` is 0.4, not more: a lens half covered by mud must be flagged (half the
+    tiles), with margin for tiles the cover's edge crosses. The synthetic clear images stay at
+    0.27 at most; a camera looking mostly at a cloudless sky or a blank wall can still be
+    flagged, which is why the message is worded as a question ("blocked lens or occlusion?").
     """
 
     dark_mean: float = 40.0  # mean luma below: too dark
