@@ -131,7 +131,7 @@ class CameraRenderer:
             fu, fv = adverse.image_motion(m, self.grid.dirs, hits.t, T0, T1)
             rad = adverse.motion_blur(rad, H, W, fu, fv)
         if w.streaks > 0:
-            rad = adverse.rain_streaks(rad, H, W, w.streaks, w.wind, world.lighting.horizon_rgb * 1.2, rng)
+            rad = adverse.rain_streaks(rad, H, W, w.streaks, w.wind, world.lighting.horizon_rgb * 1.6, rng)
         rad = adverse.veil(rad, w.veil)
         if w.droplets:  # drops stay on the lens for 2 s
             drops = np.random.default_rng(np.random.SeedSequence([world.seed, frame // 20, self.index, 0xD209]))

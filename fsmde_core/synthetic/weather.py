@@ -126,7 +126,7 @@ def weather_for(condition: str, seed: int) -> Weather:
     beta = u(0.003, 0.008)
     return Weather("rain", fog_beta=beta, airlight_rgb=(0.42, 0.44, 0.47), gain=1.6, full_well=4000.0,
                    read_noise_e=4.0, exposure_s=0.02, headlights=True, light_scale=0.5, wet=u(0.7, 1.0),
-                   streaks=u(8.0, 15.0), wind=u(-0.25, 0.25), droplets=int(rng.integers(2, 6)), veil=u(0.08, 0.15),
+                   streaks=u(15.0, 30.0), wind=u(-0.25, 0.25), droplets=int(rng.integers(2, 6)), veil=u(0.08, 0.15),
                    lidar_beta=0.002, lidar_dropout=0.02, lidar_backscatter=0.002)
 
 
@@ -178,7 +178,9 @@ def parse_condition_mix(spec: str) -> dict[str, float]:
         name = name.strip()
         if not eq or not name:
             raise ValueError(f"condition mix {spec!r}: expected NAME=WEIGHT items, got {part!r}")
-        check_condition(name)
+        if name not in CONDITIONS:
+            known = ", ".join(CONDITIONS)
+            raise ValueError(f"condition mix {spec!r}: unknown condition {name!r} (choose from {known})")
         if name in weights:
             raise ValueError(f"condition mix {spec!r}: {name!r} given twice")
         try:
