@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fsmde_core.data.inspect import inspect_bag
 from fsmde_core.synthetic.weather import (
     CONDITIONS,
     condition_from_mix,
@@ -109,6 +110,8 @@ def test_condition_is_deterministic_and_recorded(tmp_path, bags):
     again = bag_messages(Path(small_bag(tmp_path / "night", "night")["path"]))
     assert again == bags["night"], "same seed and condition must give identical messages"
     assert bag_condition(tmp_path / "night") == "night"
+    report = inspect_bag(tmp_path / "night")
+    assert "synthetic condition: night" in report and "status: OK" in report
     clear = small_bag(tmp_path / "clear", None, frames=1)
     assert clear["condition"] == "clear" and bag_condition(tmp_path / "clear") == "clear"
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 from fsmde_core.synthetic.world import Lighting, World
 
 CONDITIONS = ("clear", "night", "fog", "rain", "dusk")
+CONDITION_KEY = "fsmde.condition"  # bag metadata custom data: the synthetic world's condition (absent = clear)
 _STREAM = 0xADE5  # random stream of the conditions' per-seed parameters
 _MIX_STREAM = 0xC0DE  # random stream that draws a bag's condition from a mix
 
@@ -207,6 +210,23 @@ def condition_from_mix(mix: dict[str, float], seed: int) -> str:
         if u < acc:
             return name
     return names[-1]
+
+
+def bag_condition(bag: str | Path) -> str | None:
+    """The condition a synthetic bag was rendered under (its metadata.yaml), None if it does not say.
+
+    Synthetic bags written before conditions existed are clear; a real recording
+    has no condition (None): evaluation groups it on its own.
+    """
+    meta = Path(bag) / "metadata.yaml" if Path(bag).is_dir() else Path(bag).parent / "metadata.yaml"
+    try:
+        info = yaml.safe_load(meta.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    custom = (info.get("rosbag2_bagfile_information") or {}).get("custom_data") or {}
+    if CONDITION_KEY in custom:
+        return str(custom[CONDITION_KEY])
+    return "clear" if "fsmde.synthetic" in custom else None
 
 
 # --------------------------------------------------------------- LiDAR

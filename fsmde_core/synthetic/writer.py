@@ -84,9 +84,11 @@ from fsmde_core.synthetic.render import (
     trigger_phases_s,
 )
 from fsmde_core.synthetic.shading import Textures
-from fsmde_core.synthetic.weather import (
+from fsmde_core.synthetic.weather import (  # noqa: F401 - bag_condition: re-exported for the writer's users
+    CONDITION_KEY,
     CONDITIONS,
     apply_condition,
+    bag_condition,
     check_condition,
     condition_from_mix,
     parse_condition_mix,
@@ -99,7 +101,6 @@ GT_TOPIC = "/synthetic_gt/{name}/depth"
 LABELS_TOPIC = "/synthetic_gt/{name}/labels"
 ODOM_FRAME = "odom"
 JPEG_QUALITY = 90
-CONDITION_KEY = "fsmde.condition"  # bag metadata custom data: the synthetic world's condition
 CAMERA_TIMINGS = ("synchronous", "sweep")
 LIDAR_SWEEPS = ("raw", "deskewed")
 SWEEP_LIDAR_PERIOD_S = 0.05  # 20 Hz spinning LiDAR of the triggered (nuScenes-style) rig
@@ -590,25 +591,6 @@ def resolve_condition(condition: str | None, condition_mix: str | None, seed: in
     if condition_mix is not None:
         return condition_from_mix(parse_condition_mix(condition_mix), seed)
     return check_condition(condition or "clear")
-
-
-def bag_condition(bag: str | Path) -> str | None:
-    """The condition a synthetic bag was rendered under (its metadata.yaml), None if it does not say.
-
-    Synthetic bags written before conditions existed are clear; a real recording
-    has no condition (None): evaluation groups it on its own.
-    """
-    import yaml
-
-    meta = Path(bag) / "metadata.yaml" if Path(bag).is_dir() else Path(bag).parent / "metadata.yaml"
-    try:
-        info = yaml.safe_load(meta.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    custom = (info.get("rosbag2_bagfile_information") or {}).get("custom_data") or {}
-    if CONDITION_KEY in custom:
-        return str(custom[CONDITION_KEY])
-    return "clear" if "fsmde.synthetic" in custom else None
 
 
 # --------------------------------------------------------------------- CLI
