@@ -70,6 +70,10 @@ iso noise
 impulse_noise      0 / 6 / 6 / 6 / 6          noisy
 =================  =========================  ==============
 
+The synthetic adverse conditions (``fsmde synth --condition``, nuscenes, 2 frames x 6
+cameras at 320x192): night 10/12 too dark (the other two lit by headlights, mean 64),
+fog 5/12 low contrast and 1/12 blocked, rain 3/12 and dusk 2/12 low contrast.
+
 No noise corruption gave a blur verdict. KITTI-C's fog overlays a fractal pattern whose
 own variation keeps the std up (a physical fog blend, as in the tests, reads clearly);
 frost, snow, zoom blur, elastic, colour quantisation (below severity 5), pixelate and
@@ -259,7 +263,14 @@ def measure(image: np.ndarray, max_side: int = 320,
 
 # ------------------------------------------------------------------ the verdicts
 def judge(q: ImageQuality, t: QualityThresholds) -> tuple[str, ...]:
-    """The problems ``q`` shows under ``t``, each a short phrase with the value that tripped it."""
+    """The problems ``q`` shows under ``t``, each a short phrase with the value that tripped it.
+
+    A verdict explained by another is left out: a too-dark or too-bright image has a low std and
+    featureless tiles because of its exposure (a lens cap reads as too dark), and a low-contrast
+    one has featureless tiles because of the contrast (synthetic fog: 3 of 12 images had 40-50 %
+    featureless tiles, 2 of them low contrast). "Blocked" is kept for a featureless part of an
+    image whose contrast is otherwise fine: a lens half covered by mud.
+    """
     problems = []
     if q.mean_luma < t.dark_mean:
         problems.append(f"too dark (mean {q.mean_luma:.0f}/255)")
@@ -272,10 +283,12 @@ def judge(q: ImageQuality, t: QualityThresholds) -> tuple[str, ...]:
     exposure_problem = bool(problems)  # explains a low std and featureless tiles: not reported on top
     if q.blur_px > t.blur_px:  # NaN (no structure) compares False
         problems.append(f"blurred (edge blur {q.blur_px:.1f} px > {t.blur_px:g})")
-    if q.featureless_fraction >= t.blocked_fraction and not exposure_problem:
+    low_contrast = q.contrast_std < t.low_contrast_std and not exposure_problem
+    if low_contrast:  # fog whites out the distance: its featureless tiles are not a blocked lens
+        problems.append(f"low contrast (std {q.contrast_std:.1f} < {t.low_contrast_std:g}; fog, glare, "
+                        f"covered lens?)")
+    elif q.featureless_fraction >= t.blocked_fraction and not exposure_problem:
         problems.append(f"blocked lens or occlusion? ({100 * q.featureless_fraction:.0f} % featureless)")
-    if q.contrast_std < t.low_contrast_std and not exposure_problem:
-        problems.append(f"low contrast (std {q.contrast_std:.1f} < {t.low_contrast_std:g}; fog, glare?)")
     if q.noise_sigma > t.noise_sigma:
         problems.append(f"noisy (sigma {q.noise_sigma:.1f} > {t.noise_sigma:g})")
     return tuple(problems)
