@@ -23,6 +23,7 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from fsmde_core.calib_health import CrossViewMonitor
+from fsmde_core.image_quality import ImageQuality
 from fsmde_core.sync import suggest_tolerance_ms
 
 CLOCK_MISMATCH_NS = 60_000_000_000  # |stamp - node clock| beyond this is another clock, not latency
@@ -245,6 +246,48 @@ def calibration_status(node_name: str, monitor: CrossViewMonitor | None, note: s
         return _status(name, WARN, f"camera(s) {', '.join(suspects)}: depth inconsistent with both neighbours "
                                    f"(cross-view); bumped camera or wrong extrinsic?", values, "")
     return _status(name, OK, f"cross-view consistency OK ({note})", values, "")
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The latest image-quality check of one camera."""
+
+    quality: ImageQuality
+    stamp_ns: int  # header.stamp of the checked image
+    checks: int  # images of this camera checked since configure
+
+
+class ImageQualityBoard:
+    """Latest :class:`QualityReport` per camera: the inference worker writes, the diagnostics timer reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[str, QualityReport] = {}
+
+    def record(self, camera: str, quality: ImageQuality, stamp_ns: int) -> None:
+        with self._lock:
+            previous = self._latest.get(camera)
+            self._latest[camera] = QualityReport(quality, stamp_ns, (previous.checks if previous else 0) + 1)
+
+    def latest(self, camera: str) -> QualityReport | None:
+        with self._lock:
+            return self._latest.get(camera)
+
+
+def image_quality_status(node_name: str, camera: str, report: QualityReport | None,
+                         every_n_sets: int) -> DiagnosticStatus:
+    """WARN naming the camera and each problem of its latest checked image ("front: too dark (mean
+    12/255)"), OK otherwise; the values are the measures. It reports, it never stops anything."""
+    name = f"{node_name}: image quality {camera}"
+    if report is None:
+        return _status(name, OK, f"{camera}: no image checked yet (every {every_n_sets}. set)",
+                       {"checked_images": "0"}, camera)
+    values = {**report.quality.values(), "checked_images": str(report.checks),
+              "checked_stamp_s": f"{report.stamp_ns / 1e9:.3f}"}
+    problems = report.quality.problems
+    if problems:
+        return _status(name, WARN, f"{camera}: {'; '.join(problems)}", values, camera)
+    return _status(name, OK, f"{camera}: OK", values, camera)
 
 
 def sync_failure_advice(sync_stats: Any, silent: Sequence[str], *, policy: str, slop_ns: int,

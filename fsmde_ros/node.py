@@ -8,6 +8,8 @@ Data flow (one arrow per thread hand-over)::
       -> inference worker thread: decode, then :class:`fsmde_core.estimator.SurroundDepthEstimator`
          (resize, ONE batched backend.infer, REP 117, masks, cloud), publish
          <ns>/depth + <ns>/depth/camera_info (+ <ns>/depth/confidence) per camera and the cloud
+      -> (every ``image_quality.every_n_sets``-th set, one slot) image-quality thread:
+         :func:`fsmde_core.image_quality.assess` per camera, read by the /diagnostics timer
 
 Why a worker thread and a one-slot mailbox: the network takes longer than a
 camera period on a CPU (and on a small GPU with six cameras), and executor
@@ -54,7 +56,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import rclpy
@@ -74,6 +76,7 @@ from fsmde_core.calib_health import CrossViewMonitor
 from fsmde_core.camera import CameraModel
 from fsmde_core.data.tf import transform_stamped_to_matrix
 from fsmde_core.estimator import CameraFrame, CloudOptions, DepthResult, SurroundDepthEstimator
+from fsmde_core.image_quality import assess
 from fsmde_core.rig import Rig, RigCamera, RigError
 from fsmde_core.sync import ApproximateTimeSynchronizer, SyncedSet
 from fsmde_ros.conversions import (
@@ -89,10 +92,12 @@ from fsmde_ros.conversions import (
 from fsmde_ros.diagnostics import (
     CLOCK_HINT,
     CLOCK_MISMATCH_NS,
+    ImageQualityBoard,
     PipelineStats,
     Window,
     calibration_status,
     camera_status,
+    image_quality_status,
     pipeline_status,
     silent_cameras,
     sync_failure_advice,
@@ -153,8 +158,12 @@ class Throttle:
             return self._suppressed.pop(key, 0)
 
 
-class Mailbox:
-    """Bounded hand-over from the callbacks to the worker.
+_Item = TypeVar("_Item")
+
+
+class Mailbox(Generic[_Item]):
+    """Bounded hand-over from one thread to a worker (synchronized sets to inference; frames to
+    the image-quality check).
 
     Capacity 1 is the live mode: a new item replaces the waiting one, so the
     worker always starts on the newest instant. A larger capacity is for
@@ -166,11 +175,11 @@ class Mailbox:
         if capacity < 1:
             raise ValueError(f"mailbox capacity must be >= 1, got {capacity}")
         self._cond = threading.Condition()
-        self._items: deque[SyncedSet] = deque()
+        self._items: deque[_Item] = deque()
         self._capacity = capacity
         self._closed = False
 
-    def put(self, item: SyncedSet) -> bool:
+    def put(self, item: _Item) -> bool:
         """Store ``item``; True when a waiting item had to make room (replaced, never processed)."""
         with self._cond:
             replaced = len(self._items) >= self._capacity
@@ -180,7 +189,7 @@ class Mailbox:
             self._cond.notify()
             return replaced
 
-    def take(self, timeout: float | None = None) -> SyncedSet | None:
+    def take(self, timeout: float | None = None) -> _Item | None:
         """The oldest waiting item, or None when closed or after ``timeout`` seconds."""
         with self._cond:
             if not self._items and not self._closed:
@@ -275,8 +284,10 @@ class SurroundDepthNode(LifecycleNode):
         self._timers: list[Any] = []
         self._jump_handle: Any = None
         self._sync: ApproximateTimeSynchronizer | None = None
-        self._mailbox: Mailbox | None = None
+        self._mailbox: Mailbox[SyncedSet] | None = None
         self._worker: threading.Thread | None = None
+        self._quality_mailbox: Mailbox[list[_Frame]] | None = None
+        self._quality_worker: threading.Thread | None = None
         self._infos: dict[str, _CameraInfoState] = {}
         self._newest_by_camera: dict[str, int] = {}
         self._cloud_settings: CloudSettings = self.settings.cloud
@@ -288,6 +299,9 @@ class SurroundDepthNode(LifecycleNode):
         self._cross_view_checks = 0
         self._cross_view_off = False
         self._sync_seen: tuple[int, int] = (0, 0)  # (emitted, unmatched drops) at the last diagnostics
+        self._quality_settings = self.settings.image_quality  # image_quality.* apply live
+        self._quality_board = ImageQualityBoard()
+        self._quality_sets = 0
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> bool:
@@ -516,6 +530,11 @@ class SurroundDepthNode(LifecycleNode):
         self._worker = threading.Thread(target=self._worker_loop, args=(self._mailbox,),
                                         name="surround-depth-inference", daemon=True)
         self._worker.start()
+        # image quality in a thread of its own: the inference worker only hands frames over
+        self._quality_mailbox = Mailbox(1)
+        self._quality_worker = threading.Thread(target=self._quality_loop, args=(self._quality_mailbox,),
+                                                name="surround-depth-image-quality", daemon=True)
+        self._quality_worker.start()
 
     def _destroy_pipeline(self) -> None:
         for sub in self._subs:
@@ -535,6 +554,12 @@ class SurroundDepthNode(LifecycleNode):
             if worker.is_alive():
                 self.get_logger().warning("inference worker did not stop in time; leaving it (daemon thread)")
         self._mailbox = None
+        if self._quality_mailbox is not None:
+            self._quality_mailbox.close()
+        checker, self._quality_worker = self._quality_worker, None
+        if checker is not None and checker is not threading.current_thread():
+            checker.join(WORKER_JOIN_S)  # at most one check of one set in flight: milliseconds
+        self._quality_mailbox = None
 
     def _apply_live(self, settings: NodeSettings) -> None:
         """Cloud limits take effect on the next set (ray caches rebuild on a stride change);
@@ -542,6 +567,7 @@ class SurroundDepthNode(LifecycleNode):
         self._cloud_settings = replace(settings.cloud, enabled=self._cloud_settings.enabled,
                                        topic=self._cloud_settings.topic,
                                        min_confidence=self._cloud_settings.min_confidence)
+        self._quality_settings = settings.image_quality
 
     # ------------------------------------------------------------ callbacks
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
@@ -656,6 +682,9 @@ class SurroundDepthNode(LifecycleNode):
         self.stats.output(result.timings.model_s, self._latency_s(synced.stamp_ns))
         if cross_view:
             self._update_cross_view(result)
+        quality = self._quality_mailbox
+        if quality is not None and self._image_quality_due():  # measured in its own thread, never here
+            quality.put(frames)
 
     def _latency_s(self, stamp_ns: int) -> float | None:
         """Node clock minus the set's stamp; None before the clock runs. A gap beyond
@@ -830,6 +859,39 @@ class SurroundDepthNode(LifecycleNode):
         self._tf_cache[frame] = T
         return T
 
+    # ------------------------------------------------------------ image quality
+    def _image_quality_due(self) -> bool:
+        """Every ``image_quality.every_n_sets``-th output set is checked (the first one included)."""
+        q = self._quality_settings
+        if not q.enabled:
+            return False
+        self._quality_sets += 1
+        return (self._quality_sets - 1) % q.every_n_sets == 0
+
+    def _quality_loop(self, mailbox: Mailbox[list[_Frame]]) -> None:
+        """The image-quality thread: checks the newest handed-over set (a newer one replaces a set
+        still waiting, so a slow check never queues up work)."""
+        while True:
+            frames = mailbox.take()
+            if frames is None:
+                return
+            self._check_image_quality(frames)
+
+    def _check_image_quality(self, frames: list[_Frame]) -> None:
+        """Measure each camera's image (fsmde_core.image_quality) for /diagnostics; a failure is
+        logged (throttled) and skipped, never counted against the pipeline."""
+        q = self._quality_settings
+        for f in frames:
+            try:
+                quality = assess(f.rgb, q.thresholds, q.max_side)
+            except Exception as exc:  # e.g. an image too thin to tile: say so, keep depth flowing
+                suppressed = self._throttle((f.name, "image_quality"))
+                if suppressed is not None:
+                    self.get_logger().warning(f"camera {f.name!r}: image quality not measured: "
+                                              f"{type(exc).__name__}: {exc}")
+                continue
+            self._quality_board.record(f.name, quality, stamp_to_ns(f.header.stamp))
+
     # ------------------------------------------------------------ reporting
     def _report(self, camera: str, kind: str, message: str) -> None:
         """Count a bad input and log it, throttled per (camera, kind)."""
@@ -853,8 +915,8 @@ class SurroundDepthNode(LifecycleNode):
 
     def _diagnostic_array(self, window: Window, span: float,
                           sync_stats: Any) -> tuple[DiagnosticArray, list[DiagnosticStatus]]:
-        """Pipeline, per-camera and calibration statuses, named after this node's fully-qualified
-        name (unique per node on the shared /diagnostics topic)."""
+        """Pipeline, per-camera, calibration and (image_quality.enabled) per-camera image-quality
+        statuses, named after this node's fully-qualified name (unique per node on /diagnostics)."""
         name = self.get_fully_qualified_name()
         snap = self.stats.snapshot()
         now = time.monotonic()
@@ -866,6 +928,10 @@ class SurroundDepthNode(LifecycleNode):
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [pipeline, *cams, calibration_status(name, self._cross_view, self._cross_view_note)]
+        quality = self._quality_settings
+        if quality.enabled:
+            msg.status += [image_quality_status(name, c, self._quality_board.latest(c), quality.every_n_sets)
+                           for c in self.stats.cameras]
         return msg, cams
 
     def _explain_sync_failure(self, w: Window, sync_stats: Any, silent: list[str]) -> None:

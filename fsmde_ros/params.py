@@ -26,10 +26,11 @@ import difflib
 import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fsmde_core.image_quality import QualityThresholds
 from fsmde_core.messages import DEFAULT_MAX_IMAGE_PIXELS
 from fsmde_core.names import SURROUND_CAMERAS
 from fsmde_core.runtime.devices import check_device, check_precision_on_device
@@ -43,6 +44,7 @@ __all__ = [
     "CameraSettings",
     "CloudSettings",
     "ExtrinsicsSettings",
+    "ImageQualitySettings",
     "ModelSettings",
     "NodeSettings",
     "ParamSpec",
@@ -196,6 +198,40 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("diagnostics.cross_view_stride", 4,
               "Cross-view check: use every stride-th depth pixel in each direction (cost ~ 1/stride^2).",
               int_range=(1, 64)),
+    ParamSpec("image_quality.enabled", True,
+              "Per-camera image-quality diagnostic (too dark/bright, blurred, blocked lens, low contrast, "
+              "noisy) on /diagnostics as '<node>: image quality <camera>'. Measured on a small grey copy of "
+              "every image_quality.every_n_sets-th set, in a thread of its own: inference only hands the "
+              "decoded images over, so depth never waits for it."),
+    ParamSpec("image_quality.every_n_sets", 10,
+              "Check the images of every n-th output set (each check costs ~4-8 ms of CPU per 1080p camera).",
+              int_range=(1, 1_000_000)),
+    ParamSpec("image_quality.max_side", 320,
+              "Longer side of the grey image the measures are taken on (area-averaged by an integer factor): "
+              "blur and noise are judged at about the model's input resolution.", int_range=(16, 8192)),
+    ParamSpec("image_quality.dark_mean", 40.0, "Too dark below this mean luma (0-255).",
+              float_range=(0.0, 255.0)),
+    ParamSpec("image_quality.bright_mean", 215.0, "Too bright above this mean luma (0-255).",
+              float_range=(0.0, 255.0)),
+    ParamSpec("image_quality.clipped_fraction", 0.4,
+              "Too dark (bright) when more than this fraction of pixels is clipped black (white), whatever "
+              "the mean.", float_range=(0.0, 1.0)),
+    ParamSpec("image_quality.blur_px", 1.8,
+              "Blurred above this equivalent Gaussian edge blur [pixels of the max_side image], from the ratio "
+              "of first- to second-difference energy over 2 pixels (contrast-independent, noise removed; a sharp "
+              "image reads ~1.0).", float_range=(0.1, 100.0)),
+    ParamSpec("image_quality.flat_tile_std", 3.0,
+              "A tile of the 8x8 grid is featureless when its luma std (noise removed) is below this.",
+              float_range=(0.0, 255.0)),
+    ParamSpec("image_quality.blocked_fraction", 0.4,
+              "Blocked lens / occlusion when at least this fraction of the tiles is featureless.",
+              float_range=(0.0, 1.0)),
+    ParamSpec("image_quality.low_contrast_std", 18.0,
+              "Low contrast (fog, glare) below this global luma std (RMS contrast, 0-255).",
+              float_range=(0.0, 255.0)),
+    ParamSpec("image_quality.noise_sigma", 8.0,
+              "Noisy above this noise sigma (0-255; Immerkaer's kernel, median absolute response).",
+              float_range=(0.0, 255.0)),
     ParamSpec("autostart", True,
               "Configure and activate on start (ros2 run without a lifecycle manager). false: wait for "
               "lifecycle transitions.", read_only=True),
@@ -204,6 +240,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 #: Parameters applied immediately when set on a running node (the rest at the next configure).
 LIVE_PARAMETERS: frozenset[str] = frozenset(
     {"cloud.stride", "cloud.max_range", "cloud.min_range", "cloud.max_points", "cloud.colour"}
+    | {spec.name for spec in PARAMETERS if spec.name.startswith("image_quality.")}
 )
 
 
@@ -286,6 +323,16 @@ class QosSettings:
 
 
 @dataclass(frozen=True)
+class ImageQualitySettings:
+    """The per-camera image-quality diagnostic (``image_quality.*``)."""
+
+    enabled: bool = True
+    every_n_sets: int = 10
+    max_side: int = 320
+    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     """Everything the node needs, validated and typed."""
 
@@ -303,6 +350,7 @@ class NodeSettings:
     cross_view_stride: int = 4
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     confidence: bool = False  # outputs.confidence
+    image_quality: ImageQualitySettings = ImageQualitySettings()
 
     @property
     def needs_confidence(self) -> bool:
@@ -500,6 +548,27 @@ def _sync(values: Mapping[str, Any], n_cameras: int) -> SyncSettings:
     )
 
 
+def _image_quality(values: Mapping[str, Any]) -> ImageQualitySettings:
+    dark = _typed(values, _spec("image_quality.dark_mean"))
+    bright = _typed(values, _spec("image_quality.bright_mean"))
+    if dark >= bright:
+        raise ParameterError(
+            f"parameter 'image_quality.dark_mean' ({dark}) must be smaller than 'image_quality.bright_mean' "
+            f"({bright})"
+        )
+    thresholds = QualityThresholds(
+        dark_mean=dark, bright_mean=bright,
+        **{name: _typed(values, _spec(f"image_quality.{name}")) for name in (
+            "clipped_fraction", "blur_px", "flat_tile_std", "blocked_fraction", "low_contrast_std", "noise_sigma")},
+    )
+    return ImageQualitySettings(
+        enabled=_typed(values, _spec("image_quality.enabled")),
+        every_n_sets=_typed(values, _spec("image_quality.every_n_sets")),
+        max_side=_typed(values, _spec("image_quality.max_side")),
+        thresholds=thresholds,
+    )
+
+
 def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
     """Validate raw parameter values (missing ones take their defaults) into :class:`NodeSettings`.
 
@@ -533,6 +602,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         cross_view_stride=_typed(values, _spec("diagnostics.cross_view_stride")),
         max_image_pixels=_typed(values, _spec("input.max_image_pixels")),
         confidence=_typed(values, _spec("outputs.confidence")),
+        image_quality=_image_quality(values),
     )
 
 

@@ -366,7 +366,8 @@ def test_diagnostic_status_names_are_unique_per_node_across_namespaces(ros_conte
         got = names()
         assert {n.split(": ", 1)[0] for n in got} == prefixes, got
         per_node = [{n.split(": ", 1)[1] for n in got if n.startswith(p + ": ")} for p in sorted(prefixes)]
-        want = {"pipeline", "calibration", *(f"camera {c}" for c in CAMERAS)}
+        want = {"pipeline", "calibration", *(f"camera {c}" for c in CAMERAS),
+                *(f"image quality {c}" for c in CAMERAS)}  # image_quality.enabled is on by default
         assert per_node == [want, want]
     finally:
         executor.shutdown(timeout_sec=1.0)

@@ -39,6 +39,7 @@ from fsmde_core.data.layout import BagLayout, check_one_sample_size, discover_la
 from fsmde_core.data.reader import check_bag_path, iter_raw, message_stamp_ns, open_bag
 from fsmde_core.messages import MalformedMessageError
 from fsmde_core.sync import estimate_phases, nearest_stamps, suggest_tolerance_ms
+from fsmde_core.synthetic.weather import bag_condition
 
 #: Topic of the dynamic transforms (ego motion) by ROS convention.
 TF_TOPIC = "/tf"
@@ -336,6 +337,12 @@ def _tf_lines(layout: BagLayout) -> list[str]:
     return lines
 
 
+def _condition_lines(bag: Path) -> list[str]:
+    """The synthetic world's condition (``fsmde synth --condition``); nothing for a real recording."""
+    condition = bag_condition(bag)
+    return [f"synthetic condition: {condition}"] if condition else []
+
+
 def format_layout(layout: BagLayout, storage: str, size_bytes: int, start_ns: int, duration_ns: int,
                   message_count: int, survey: StampSurvey | None = None, timing: Timing | None = None,
                   verdict: str | None = None) -> str:
@@ -346,6 +353,7 @@ def format_layout(layout: BagLayout, storage: str, size_bytes: int, start_ns: in
         start = datetime.fromtimestamp(start_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
     lines = [
         f"bag: {layout.bag}",
+        *_condition_lines(layout.bag),
         f"storage: {storage}, {_human_bytes(size_bytes)}, {message_count} messages",
         f"duration: {duration_s:.2f} s (start {start})",
         "topics:",

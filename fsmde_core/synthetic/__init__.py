@@ -5,6 +5,8 @@ Modules:
     raycast   vectorised ray casting against its analytic primitives, with culling
     shading   materials, filtered textures, sun/sky lighting, haze
     render    camera (RGB + exact depth) and spinning-LiDAR sensors
+    weather   adverse conditions (night, dusk, fog, rain): parameters, lighting, mixes, LiDAR degradation
+    adverse   their camera effects on the linear radiance (lights, wet road, blur, rain, sensor noise)
     messages  ROS 2 messages serialised with rosbags' types
     writer    the bag: timing, QoS, log-time ordering; ``generate_bag`` and ``fsmde synth``
 

@@ -12,6 +12,11 @@ across sensors, as it must be for a test of projection code.
 Per-camera photometric differences of a real rig (exposure, vignetting,
 sensor noise) are fixed per camera and seed; noise is drawn per frame from a
 generator keyed on (seed, frame, camera), so renders are reproducible.
+
+An adverse :class:`~fsmde_core.synthetic.weather.Weather` (night, dusk, fog,
+rain) adds its effects (:mod:`fsmde_core.synthetic.adverse`) to the linear
+radiance and the LiDAR ranges; the depth and labels are those of the clear
+world, and with the clear weather nothing in the render path changes.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import numpy as np
 
 from fsmde_core import semantics as sem
 from fsmde_core.rig import Rig, RigCamera
-from fsmde_core.synthetic.raycast import SKY, RayGrid, cast, shadow_mask
+from fsmde_core.synthetic import adverse
+from fsmde_core.synthetic.raycast import SKY, Hits, RayGrid, cast, shadow_mask
 from fsmde_core.synthetic.shading import Surface, Textures, radiance, sky_colour, surface, tonemap
+from fsmde_core.synthetic.weather import Weather, degrade_lidar
 from fsmde_core.synthetic.world import WORLD_MARGIN, Primitives, World
 
 f32 = np.float32
@@ -44,12 +51,16 @@ class CameraFrame:
 class CameraRenderer:
     """Renders one rig camera; rays, vignetting and exposure are fixed at construction."""
 
-    def __init__(self, cam: RigCamera, index: int, world: World, textures: Textures, shadows: bool = True) -> None:
+    def __init__(self, cam: RigCamera, index: int, world: World, textures: Textures, shadows: bool = True,
+                 weather: Weather | None = None) -> None:
         self.cam = cam
         self.index = index
         self.world = world
         self.textures = textures
         self.shadows = shadows
+        self.weather = weather if weather is not None and not weather.is_clear else None
+        w = self.weather
+        self.street_lamps = adverse.street_lamps(world, w.light_scale) if w and w.street_lights else None
         self.grid = RayGrid.pinhole(cam.model)
         m = cam.model
         H, W = m.height, m.width
@@ -65,7 +76,8 @@ class CameraRenderer:
         sigma = float(rng.uniform(0.6, 1.6))
         self._noise = rng.standard_normal(3 * H * W + _NOISE_SLACK, dtype=np.float32) * f32(sigma)
 
-    def render(self, T_odom_base: np.ndarray, prims: Primitives, frame: int) -> CameraFrame:
+    def render(self, T_odom_base: np.ndarray, prims: Primitives, frame: int, t: float = 0.0) -> CameraFrame:
+        """One image at pose ``T_odom_base`` (world time ``t``: lights of moving cars, ego motion blur)."""
         m = self.cam.model
         H, W = m.height, m.width
         T = T_odom_base @ self.cam.T_base_cam
@@ -84,13 +96,49 @@ class CameraRenderer:
             self.textures,
             self.grid.pixel_angle,
         )
+        if self.weather is not None and self.weather.wet > 0:
+            adverse.wet_ground(surf, self.weather.wet)
         rad[:, surf.index] = radiance(self.world, surf, np.take(shadow, surf.index))
-        rgb = tonemap(rad * self.vignette, self.exposure) * f32(255.0)
+        if self.weather is None:
+            rgb = tonemap(rad * self.vignette, self.exposure) * f32(255.0)
+        else:
+            rgb = self._adverse(rad, hits, surf, T_odom_base, frame, t)
         pick = np.random.default_rng(np.random.SeedSequence([self.world.seed, frame, self.index, 0x4015E]))
         start = int(pick.integers(0, _NOISE_SLACK))
         rgb += self._noise[start : start + rgb.size].reshape(rgb.shape)
         rgb8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8).T.reshape(H, W, 3)
         return CameraFrame(rgb=rgb8, depth=hits.t, labels=pixel_labels(surf, H, W))
+
+    def _adverse(self, rad: np.ndarray, hits: Hits, surf: Surface, T_odom_base: np.ndarray, frame: int,
+                 t: float) -> np.ndarray:
+        """Lights, blur, rain and sensor noise of the weather on the linear radiance -> 0-255 float image."""
+        w, world, m = self.weather, self.world, self.cam.model
+        H, W = m.height, m.width
+        rng = np.random.default_rng(np.random.SeedSequence([world.seed, frame, self.index, 0xADE5]))
+        lamps = adverse.Lamps.empty()
+        if w.headlights:
+            lamps = lamps.concat(adverse.vehicle_lamps(world, t, T_odom_base, w.light_scale))
+        if self.street_lamps is not None:
+            lamps = lamps.concat(self.street_lamps)
+        lamps = lamps.within(hits.origin, 150.0)
+        if lamps.pos.shape[0]:
+            extra = adverse.artificial_light(surf, hits.origin, lamps, w.fog_beta)
+            rad[:, surf.index] += extra * np.exp(-surf.rng / f32(world.lighting.fog_distance))
+        if w.exposure_s > 0:
+            half = 0.5 * w.exposure_s
+            T0 = world.ego_pose(t - half) @ self.cam.T_base_cam
+            T1 = world.ego_pose(t + half) @ self.cam.T_base_cam
+            fu, fv = adverse.image_motion(m, self.grid.dirs, hits.t, T0, T1)
+            rad = adverse.motion_blur(rad, H, W, fu, fv)
+        if w.streaks > 0:
+            rad = adverse.rain_streaks(rad, H, W, w.streaks, w.wind, world.lighting.horizon_rgb * 1.6, rng)
+        rad = adverse.veil(rad, w.veil)
+        if w.droplets:  # drops stay on the lens for 2 s
+            drops = np.random.default_rng(np.random.SeedSequence([world.seed, frame // 20, self.index, 0xD209]))
+            rad = adverse.lens_droplets(rad, H, W, w.droplets, drops)
+        x = rad * self.vignette * f32(self.exposure * w.gain)
+        x = adverse.sensor_noise(x, w.gain, w.full_well, w.read_noise_e, rng)
+        return tonemap(x, 1.0) * f32(255.0)
 
 
 def pixel_labels(surf: Surface, height: int, width: int) -> np.ndarray:
@@ -180,10 +228,12 @@ class LidarRenderer:
     0.5 ms at 20 Hz and K = 50). No-return beams are NaN (organised cloud).
     """
 
-    def __init__(self, rig: Rig, world: World, textures: Textures, spec: LidarSpec | None = None) -> None:
+    def __init__(self, rig: Rig, world: World, textures: Textures, spec: LidarSpec | None = None,
+                 weather: Weather | None = None) -> None:
         self.rig = rig
         self.world = world
         self.textures = textures
+        self.weather = weather if weather is not None and not weather.is_clear else None
         self.spec = spec or LidarSpec(max_range=min(float(rig.max_depth), 120.0))
         sp = self.spec
         self.elevations = np.linspace(sp.elevation_deg[0], sp.elevation_deg[1], sp.beams)
@@ -216,6 +266,7 @@ class LidarRenderer:
         intensity[surf.index] = _intensity(surf)
         rng_m[surf.index] = surf.rng + rng.standard_normal(surf.index.size, dtype=np.float32) * f32(sp.range_noise)
         lost = rng.random(H * W) < sp.dropout
+        self._degrade(rng_m, intensity, frame)
         return self._points(rng_m, intensity, lost)
 
     def _rolling_sweep(self, t0: float, frame: int) -> np.ndarray:
@@ -245,7 +296,16 @@ class LidarRenderer:
         rng = np.random.default_rng(np.random.SeedSequence([world.seed, frame, 0x11DA2, 0x2011]))
         rng_m += rng.standard_normal((H, W), dtype=np.float32) * f32(sp.range_noise)  # NaN stays NaN
         lost = rng.random((H, W)) < sp.dropout
-        return self._points(rng_m.ravel(), intensity.ravel(), lost.ravel())
+        rng_m, intensity = rng_m.ravel(), intensity.ravel()
+        self._degrade(rng_m, intensity, frame)
+        return self._points(rng_m, intensity, lost.ravel())
+
+    def _degrade(self, rng_m: np.ndarray, intensity: np.ndarray, frame: int) -> None:
+        """The weather's range loss, dropouts and near returns (own random stream: clear draws unchanged)."""
+        if self.weather is None:
+            return
+        rng = np.random.default_rng(np.random.SeedSequence([self.world.seed, frame, 0x11DA2, 0xADE5]))
+        degrade_lidar(rng_m, intensity, self.weather, rng)
 
     def _points(self, rng_m: np.ndarray, intensity: np.ndarray, lost: np.ndarray) -> np.ndarray:
         """Ranges and intensities (flat, NaN = no return) -> the organised cloud."""

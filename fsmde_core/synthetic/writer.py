@@ -39,6 +39,14 @@ after its sweep), so consumers must pair messages on ``header.stamp``, not on
 log time. Messages are written in log-time order, as a recorder receives them.
 ``--speed`` replaces the seed's 5-12 m/s drive by a constant speed.
 
+``--condition`` (clear, night, fog, rain, dusk) renders the same street and
+drive under an adverse condition (:mod:`fsmde_core.synthetic.weather`): the
+images and the LiDAR change, the ground truth does not. ``--condition-mix
+clear=0.5,night=0.25,fog=0.25`` draws the bag's condition from the seed, so
+bags with consecutive seeds mix conditions deterministically. The condition
+is stored in the bag's metadata (custom data ``fsmde.condition``, read back
+with :func:`bag_condition`) for evaluation to group by.
+
 Rendering runs in worker processes (numpy's many small operations hold the
 GIL, so threads do not scale); results are identical for any worker count.
 """
@@ -76,6 +84,15 @@ from fsmde_core.synthetic.render import (
     trigger_phases_s,
 )
 from fsmde_core.synthetic.shading import Textures
+from fsmde_core.synthetic.weather import (  # noqa: F401 - bag_condition: re-exported for the writer's users
+    CONDITION_KEY,
+    CONDITIONS,
+    apply_condition,
+    bag_condition,
+    check_condition,
+    condition_from_mix,
+    parse_condition_mix,
+)
 from fsmde_core.synthetic.world import FRAME_PERIOD_S, MAX_SPEED, World, make_world
 
 START_NS = 1_735_732_800 * 1_000_000_000  # 2025-01-01 12:00:00 UTC: realistic, large epoch stamps
@@ -192,6 +209,7 @@ class SceneSpec:
     camera_timing: str = "synchronous"
     speed: float | None = None
     lidar_sweep: str | None = None
+    condition: str = "clear"
 
 
 def default_lidar_sweep(camera_timing: str, lidar_sweep: str | None) -> str:
@@ -232,17 +250,19 @@ class Scene:
     def __init__(self, spec: SceneSpec) -> None:
         self.spec = spec
         self.rig: Rig = rig_preset(spec.preset, spec.width, spec.height)
-        self.world: World = make_world(spec.seed, spec.duration_s, spec.speed)
+        self.world, weather = apply_condition(make_world(spec.seed, spec.duration_s, spec.speed), spec.condition)
         textures = Textures.for_world(self.world)
-        self.cameras = [CameraRenderer(c, i, self.world, textures) for i, c in enumerate(self.rig.cameras)]
+        self.cameras = [
+            CameraRenderer(c, i, self.world, textures, weather=weather) for i, c in enumerate(self.rig.cameras)
+        ]
         self.lidar = LidarRenderer(
-            self.rig, self.world, textures, lidar_spec(self.rig, spec.camera_timing, spec.lidar_sweep)
+            self.rig, self.world, textures, lidar_spec(self.rig, spec.camera_timing, spec.lidar_sweep), weather
         )
 
     def render_camera(self, index: int, stamp_ns: int, frame: int) -> CameraResult:
         """(image: rgb array or JPEG bytes, depth, labels) of camera ``index`` at its own stamp."""
         t = seconds(stamp_ns)
-        out = self.cameras[index].render(self.world.ego_pose(t), self.world.primitives_at(t), frame)
+        out = self.cameras[index].render(self.world.ego_pose(t), self.world.primitives_at(t), frame, t)
         if self.spec.image_format == "jpeg":
             buf = io.BytesIO()
             Image.fromarray(out.rgb).save(buf, format="JPEG", quality=JPEG_QUALITY)
@@ -450,6 +470,8 @@ def generate_bag(
     camera_timing: str = "synchronous",
     speed: float | None = None,
     lidar_sweep: str | None = None,
+    condition: str | None = None,
+    condition_mix: str | None = None,
 ) -> dict:
     """Render ``frames`` surround frames of the procedural street into a new rosbag2 at ``out``.
 
@@ -469,6 +491,9 @@ def generate_bag(
         speed: constant ego speed (m/s, 0 = parked); None = the seed's varying 5-12 m/s.
         lidar_sweep: ``raw`` (rolling, per-point ``t``) or ``deskewed`` (all points at the stamp,
             ``t`` = 0); None = raw with ``sweep`` timing, deskewed with ``synchronous``.
+        condition: one of :data:`~fsmde_core.synthetic.weather.CONDITIONS`; None = clear
+            (or drawn from ``condition_mix``).
+        condition_mix: ``NAME=WEIGHT,...``: the condition is drawn from these weights with the seed.
 
     Returns:
         Summary: path, preset, seed, frames, storage, image_format, width, height,
@@ -495,13 +520,14 @@ def generate_bag(
     if lidar_sweep is not None and lidar_sweep not in LIDAR_SWEEPS:
         raise ValueError(f"lidar_sweep must be one of {', '.join(LIDAR_SWEEPS)}, got {lidar_sweep!r}")
     sweep_kind = default_lidar_sweep(camera_timing, lidar_sweep)
+    condition = resolve_condition(condition, condition_mix, int(seed))
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists already; rosbag2 output directories are never overwritten")
 
     t0 = time.perf_counter()
     spec = SceneSpec(preset, width, height, int(seed), frames * FRAME_PERIOD_S + 0.5, image_format,
-                     camera_timing, None if speed is None else float(speed), sweep_kind)
+                     camera_timing, None if speed is None else float(speed), sweep_kind, condition)
     rig = rig_preset(preset, width, height)
     world = make_world(spec.seed, spec.duration_s, spec.speed)  # cheap; this process only needs the ego poses
     timing = rig_timing(spec.seed, rig, camera_timing)
@@ -518,6 +544,10 @@ def generate_bag(
             + (f" speed={speed:g}" if speed is not None else "")
             + (f" lidar_sweep={sweep_kind}" if sweep_kind != default_lidar_sweep(camera_timing, None) else ""),
         )
+        if condition != "clear":  # a clear bag stays byte-identical to one written before conditions existed
+            sink.writer.set_custom_data(CONDITION_KEY, condition)
+        if condition_mix is not None:
+            sink.writer.set_custom_data(CONDITION_KEY + "_mix", condition_mix)
         _declare_topics(sink, rig, image_format)
         sink.push("/tf_static", START_NS, msgs.tf_message(_static_transforms(rig)))
         bar = tqdm(total=frames, unit="frame", desc=f"synth {preset}", disable=not progress, file=sys.stderr)
@@ -550,7 +580,17 @@ def generate_bag(
         "camera_timing": camera_timing,
         "speed": speed,
         "lidar_sweep": sweep_kind,
+        "condition": condition,
     }
+
+
+def resolve_condition(condition: str | None, condition_mix: str | None, seed: int) -> str:
+    """The bag's condition: the one given, or drawn from the mix with the seed, or clear."""
+    if condition is not None and condition_mix is not None:
+        raise ValueError("give --condition or --condition-mix, not both")
+    if condition_mix is not None:
+        return condition_from_mix(parse_condition_mix(condition_mix), seed)
+    return check_condition(condition or "clear")
 
 
 # --------------------------------------------------------------------- CLI
@@ -596,6 +636,18 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         help="raw = rolling sweep, per-point t = firing time; deskewed = all points at the stamp, t = 0 "
         "(default: raw with --camera-timing sweep, deskewed with synchronous)",
     )
+    parser.add_argument(
+        "--condition",
+        default=None,
+        metavar="NAME",
+        help=f"weather / light: {', '.join(CONDITIONS)} (default: clear). The ground truth is the clear world's",
+    )
+    parser.add_argument(
+        "--condition-mix",
+        default=None,
+        metavar="NAME=W,...",
+        help="draw the condition from these weights with the seed, e.g. clear=0.5,night=0.25,fog=0.25",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -616,6 +668,8 @@ def run_synth(args: argparse.Namespace) -> int:
             camera_timing=args.camera_timing,
             speed=args.speed,
             lidar_sweep=args.lidar_sweep,
+            condition=args.condition,
+            condition_mix=args.condition_mix,
         )
     except (ValueError, FileExistsError) as exc:
         print(f"fsmde synth: error: {exc}", file=sys.stderr)
@@ -624,6 +678,7 @@ def run_synth(args: argparse.Namespace) -> int:
         f"wrote {summary['path']}: {summary['frames']} frames, {summary['messages']} messages, "
         f"{summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s "
         f"({summary['frames_per_s']:.2f} frames/s, {summary['workers']} worker(s))"
+        + (f", condition {summary['condition']}" if summary["condition"] != "clear" else "")
     )
     width = max(len(t) for t in summary["topics"])
     for topic, info in summary["topics"].items():
