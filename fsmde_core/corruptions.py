@@ -20,9 +20,10 @@ Where we depart from the reference, on purpose:
 
 * **Any image size.** The protocol's pixel sizes (blur radii and sigmas, motion-blur
   length, glass-blur displacement, snow flake size, frost needles) assume ImageNet's
-  224 px; they are multiplied by ``min(H, W) / 224`` (:func:`pixel_scale`), so a
-  corruption looks the same at any resolution (at KITTI-C's 192 x 640 the factor is
-  0.86, close to RoboDepth's unscaled use). Fog, zoom blur, elastic transform,
+  224 px; they are multiplied by ``min(H, W) / 224`` (:func:`pixel_scale`, at least
+  0.5 so that thumbnails still blur), so a corruption looks the same at any
+  resolution (at KITTI-C's 192 x 640 the factor is 0.86, close to RoboDepth's
+  unscaled use). Fog, zoom blur, elastic transform,
   pixelate and JPEG are already relative to the image.
 * **Frost** is procedural (fractal ice haze + needle crystals at the three
   orientations of hexagonal ice) instead of one of six photographs; the blend
@@ -49,14 +50,18 @@ from torch.nn import functional as nnf
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 REFERENCE_SIZE = 224  # ImageNet-C's image side, the size the protocol's pixel parameters were chosen for
+MIN_PIXEL_SCALE = 0.5  # below a 112 px short side the protocol's pixel sizes are halved, no further
 
 # Short names RoboDepth's docs use for two of them.
 ALIASES = {"elastic": "elastic_transform", "jpeg": "jpeg_compression"}
 
 # ====================================================================== helpers
 def pixel_scale(height: int, width: int) -> float:
-    """Factor applied to the protocol's pixel sizes: the short side relative to ImageNet-C's 224 px."""
-    return min(height, width) / REFERENCE_SIZE
+    """Factor applied to the protocol's pixel sizes: the short side relative to ImageNet-C's 224 px.
+
+    Never below MIN_PIXEL_SCALE: on thumbnails a blur must still reach the neighbouring pixels.
+    """
+    return max(MIN_PIXEL_SCALE, min(height, width) / REFERENCE_SIZE)
 
 
 def _to_float(image: np.ndarray) -> np.ndarray:
