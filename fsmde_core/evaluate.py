@@ -33,8 +33,8 @@ rerun corrupts identically. RoboDepth's summary figures (:func:`robustness_summa
 
 Outputs: ``REPORT_DIR/metrics.json`` (schema in :func:`evaluate`) and
 ``REPORT_DIR/report.md`` with ``depth_mosaic.png``, ``error_maps.png``,
-``per_camera_metrics.png`` and, for a student, ``confidence_calibration.png``
-(see :mod:`fsmde_core.report`).
+``per_camera_metrics.png``, for a student ``confidence_calibration.png``, and
+with corruptions one ``corruption_<name>.png`` each (see :mod:`fsmde_core.report`).
 """
 
 from __future__ import annotations
