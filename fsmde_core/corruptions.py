@@ -16,6 +16,11 @@ frost photographs, and still lacks RoboDepth's three additions. Here every corru
 is vectorised numpy (FFT for the large defocus kernels), draws only from the
 ``rng`` it is given, and needs no image asset.
 
+Checked against ``imagecorruptions-imaug`` (in a throwaway venv) on a 224 x 224 and a
+192 x 640 image, mean over 3 seeds: mean |change|, contrast and edge energy agree within
+a few per cent for the noises, brightness, contrast, blurs, elastic, pixelate and JPEG
+(fog within its seed-to-seed spread); glass blur changes 10-20 % less at severities 3-5.
+
 Where we depart from the reference, on purpose:
 
 * **Any image size.** The protocol's pixel sizes (blur radii and sigmas, motion-blur
@@ -31,7 +36,7 @@ Where we depart from the reference, on purpose:
 * **Snow** flakes are thresholded Gaussian blobs zoomed into small disks, then
   motion-blurred along one fall direction, as in the reference.
 * **Glass blur**'s sequential pixel-swap loop becomes one vectorised random local
-  displacement per iteration (same maximum distance).
+  displacement per iteration (the same offset range, at least one pixel).
 * **Impulse noise** is salt-and-pepper per channel value, as scikit-image does it.
 
 Output: uint8, rounded to nearest (the reference truncates; the difference is < 1 grey level).
@@ -260,7 +265,10 @@ def procedural_frost(height: int, width: int, rng: np.random.Generator) -> np.nd
 
     Stands in for ImageNet-C's six frost photographs: bluish white, brightest where
     needles cross, with structure at the image's own scale (needle length ~6 % of
-    the short side).
+    the short side). Needle density and the haze / needle weights are set so that,
+    blended by the protocol, a frosted image's mean change and contrast match the
+    photographs' within 10 % at every severity (measured against ``imagecorruptions``
+    at 224 x 224 and 192 x 640); its edge energy is 15-45 % higher (crisper needles).
     """
     haze = plasma_fractal(_next_power_of_2(max(height, width)), 1.8, rng)[:height, :width].astype(np.float32)
     scale = pixel_scale(height, width)
@@ -269,12 +277,12 @@ def procedural_frost(height: int, width: int, rng: np.random.Generator) -> np.nd
     needles = np.zeros((height, width), dtype=np.float32)
     base = rng.uniform(0, 60)
     for k in range(3):
-        seeds[..., 0] = (rng.random((height, width)) < 0.004).astype(np.float32)
+        seeds[..., 0] = (rng.random((height, width)) < 0.006).astype(np.float32)
         streak = _line_blur(seeds, length, length, base + 60 * k + rng.uniform(-10, 10))[..., 0]
         needles = np.maximum(needles, streak)
     needles /= max(float(np.quantile(needles, 0.995)), 1e-6)
     needles = gaussian_blur(np.clip(needles, 0, 1)[..., None], max(0.5, 0.7 * scale))[..., 0]
-    gray = np.clip(0.2 + 0.45 * haze + 0.7 * needles, 0, 1)
+    gray = np.clip(0.05 + 0.65 * haze + needles, 0, 1)
     return gray[..., None] * np.array([0.86, 0.93, 1.0], dtype=np.float32)
 
 
@@ -321,11 +329,11 @@ def _glass_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
     scale = pixel_scale(*x.shape[:2])
     h, w = x.shape[:2]
     out = np.floor(np.clip(gaussian_blur(x, sigma * scale), 0, 1) * 255) / 255  # the reference's uint8 step
-    delta = max_delta * scale
+    delta = max(1, round(max_delta * scale))
     rows, cols = np.mgrid[0:h, 0:w]
-    for _ in range(iterations):
-        dy = np.rint(rng.uniform(-delta, delta, size=(h, w))).astype(int)
-        dx = np.rint(rng.uniform(-delta, delta, size=(h, w))).astype(int)
+    for _ in range(iterations):  # offsets in [-delta, delta - 1], the reference's randint range
+        dy = rng.integers(-delta, delta, size=(h, w))
+        dx = rng.integers(-delta, delta, size=(h, w))
         out = out[np.clip(rows + dy, 0, h - 1), np.clip(cols + dx, 0, w - 1)]
     return gaussian_blur(out, sigma * scale)
 
