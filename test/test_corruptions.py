@@ -191,3 +191,27 @@ def test_spec_refusals_are_one_line(spec: str, words: str) -> None:
     with pytest.raises(ValueError, match=words) as info:
         parse_corruption_spec(spec)
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- known answers
+def test_color_quant_is_pil_posterize_to_five_down_to_one_bits() -> None:
+    from PIL import Image, ImageOps
+
+    for severity in SEVERITIES:
+        expected = np.asarray(ImageOps.posterize(Image.fromarray(REFERENCE), 6 - severity))
+        np.testing.assert_array_equal(corrupt(REFERENCE, "color_quant", severity, np.random.default_rng(0)), expected)
+
+
+def test_brightness_adds_to_the_hsv_value_and_keeps_hue_and_saturation() -> None:
+    image = np.array([[[200, 100, 50], [0, 0, 0], [250, 250, 250]]], dtype=np.uint8)
+    out = corrupt(image, "brightness", 1, np.random.default_rng(0)).astype(float)  # V + 0.1
+    np.testing.assert_allclose(out[0, 0], np.array([200, 100, 50]) * (200 + 25.5) / 200, atol=0.51)
+    np.testing.assert_allclose(out[0, 1], [26, 26, 26], atol=0.51)  # black becomes grey 0.1
+    np.testing.assert_array_equal(out[0, 2], [255, 255, 255])  # V clipped at 1
+
+
+def test_contrast_pulls_each_channel_to_its_mean() -> None:
+    out = corrupt(REFERENCE, "contrast", 5, np.random.default_rng(0)).astype(float)  # c = 0.05
+    clean = REFERENCE.astype(float)
+    mean = clean.mean(axis=(0, 1))
+    np.testing.assert_allclose(out, (clean - mean) * 0.05 + mean, atol=0.51)
