@@ -5,7 +5,7 @@ RoboDepth (Kong et al., 2023) builds KITTI-C with the ``imagecorruptions`` packa
 of its own: ``dark`` (low light: gamma darkening + Poisson-Gaussian sensor noise),
 ``iso_noise`` and ``color_quant``. The parameters below are theirs, per severity.
 
-Why our own numpy/torch code and not that library: ``imagecorruptions`` 1.1.2 (2020)
+Why our own numpy code and not that library: ``imagecorruptions`` 1.1.2 (2020)
 calls scikit-image with the removed ``multichannel`` argument, imports the removed
 ``scipy.ndimage.interpolation`` and ``pkg_resources``, so it fails on today's stack;
 its maintained fork ``imagecorruptions-imaug`` 1.1.5 does resolve beside numpy 2.4.6
@@ -13,16 +13,22 @@ its maintained fork ``imagecorruptions-imaug`` 1.1.5 does resolve beside numpy 2
 llvmlite, imageio, tifffile, lazy-loader) for what is a few convolutions, draws from
 numpy's global random state (so not reproducible from a caller's Generator), ships
 frost photographs, and still lacks RoboDepth's three additions. Here every corruption
-is vectorised numpy (torch for the convolutions and resampling), draws only from the
+is vectorised numpy (FFT for the large defocus kernels), draws only from the
 ``rng`` it is given, and needs no image asset.
+
+Checked against ``imagecorruptions-imaug`` (in a throwaway venv) on a 224 x 224 and a
+192 x 640 image, mean over 3 seeds: mean |change|, contrast and edge energy agree within
+a few per cent for the noises, brightness, contrast, blurs, elastic, pixelate and JPEG
+(fog within its seed-to-seed spread); glass blur changes 10-20 % less at severities 3-5.
 
 Where we depart from the reference, on purpose:
 
 * **Any image size.** The protocol's pixel sizes (blur radii and sigmas, motion-blur
   length, glass-blur displacement, snow flake size, frost needles) assume ImageNet's
-  224 px; they are multiplied by ``min(H, W) / 224`` (:func:`pixel_scale`), so a
-  corruption looks the same at any resolution (at KITTI-C's 192 x 640 the factor is
-  0.86, close to RoboDepth's unscaled use). Fog, zoom blur, elastic transform,
+  224 px; they are multiplied by ``min(H, W) / 224`` (:func:`pixel_scale`, at least
+  0.5 so that thumbnails still blur), so a corruption looks the same at any
+  resolution (at KITTI-C's 192 x 640 the factor is 0.86, close to RoboDepth's
+  unscaled use). Fog, zoom blur, elastic transform,
   pixelate and JPEG are already relative to the image.
 * **Frost** is procedural (fractal ice haze + needle crystals at the three
   orientations of hexagonal ice) instead of one of six photographs; the blend
@@ -30,7 +36,7 @@ Where we depart from the reference, on purpose:
 * **Snow** flakes are thresholded Gaussian blobs zoomed into small disks, then
   motion-blurred along one fall direction, as in the reference.
 * **Glass blur**'s sequential pixel-swap loop becomes one vectorised random local
-  displacement per iteration (same maximum distance).
+  displacement per iteration (the same offset range, at least one pixel).
 * **Impulse noise** is salt-and-pepper per channel value, as scikit-image does it.
 
 Output: uint8, rounded to nearest (the reference truncates; the difference is < 1 grey level).
@@ -43,20 +49,22 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.nn import functional as nnf
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 REFERENCE_SIZE = 224  # ImageNet-C's image side, the size the protocol's pixel parameters were chosen for
+MIN_PIXEL_SCALE = 0.5  # below a 112 px short side the protocol's pixel sizes are halved, no further
 
 # Short names RoboDepth's docs use for two of them.
 ALIASES = {"elastic": "elastic_transform", "jpeg": "jpeg_compression"}
 
 # ====================================================================== helpers
 def pixel_scale(height: int, width: int) -> float:
-    """Factor applied to the protocol's pixel sizes: the short side relative to ImageNet-C's 224 px."""
-    return min(height, width) / REFERENCE_SIZE
+    """Factor applied to the protocol's pixel sizes: the short side relative to ImageNet-C's 224 px.
+
+    Never below MIN_PIXEL_SCALE: on thumbnails a blur must still reach the neighbouring pixels.
+    """
+    return max(MIN_PIXEL_SCALE, min(height, width) / REFERENCE_SIZE)
 
 
 def _to_float(image: np.ndarray) -> np.ndarray:
@@ -67,32 +75,31 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _torch_image(x: np.ndarray) -> torch.Tensor:
-    """(H, W, C) float -> (1, C, H, W) float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1)[None]
-
-
-def _numpy_image(t: torch.Tensor) -> np.ndarray:
-    return t[0].permute(1, 2, 0).numpy()
-
-
-def _pad(t: torch.Tensor, py: int, px: int) -> torch.Tensor:
+def _pad(x: np.ndarray, py: int, px: int) -> np.ndarray:
     """Reflect-pad (OpenCV's default border) where the image is large enough, else replicate the edge."""
-    if py == 0 and px == 0:
-        return t
-    mode = "reflect" if py < t.shape[-2] and px < t.shape[-1] else "replicate"
-    return nnf.pad(t, (px, px, py, py), mode=mode)
+    mode = "reflect" if py < x.shape[0] and px < x.shape[1] else "edge"
+    return np.pad(x, ((py, py), (px, px), (0, 0)), mode=mode)
 
 
 def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Same-size 2-D convolution of every channel with one odd-sized kernel."""
-    channels = x.shape[2]
+    """Same-size 2-D convolution of every channel with one odd-sized kernel (float32).
+
+    A 1-D kernel (one row or column: the separable Gaussians) is a weighted sum of
+    shifted views; a 2-D one (the defocus disk) goes through the FFT, whose cost does
+    not grow with the kernel (a 40 px defocus radius on a 1600 x 900 image stays cheap).
+    """
     kh, kw = kernel.shape
-    k = torch.from_numpy(np.ascontiguousarray(kernel[::-1, ::-1], dtype=np.float32))
-    weight = k[None, None].expand(channels, 1, kh, kw).contiguous()
-    with torch.no_grad():
-        out = nnf.conv2d(_pad(_torch_image(x), kh // 2, kw // 2), weight, groups=channels)
-    return _numpy_image(out)
+    h, w = x.shape[:2]
+    padded = _pad(x.astype(np.float32, copy=False), kh // 2, kw // 2)
+    if kh == 1 or kw == 1:
+        out = np.zeros_like(x, dtype=np.float32)
+        for k, weight in enumerate(kernel.ravel()[::-1]):  # flipped: a convolution, not a correlation
+            out += np.float32(weight) * (padded[:, k:k + w] if kh == 1 else padded[k:k + h])
+        return out
+    shape = padded.shape[:2]
+    spectrum = np.fft.rfft2(padded, axes=(0, 1)) * np.fft.rfft2(kernel, s=shape)[..., None]
+    full = np.fft.irfft2(spectrum, s=shape, axes=(0, 1))
+    return full[kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].astype(np.float32)
 
 
 def _gaussian_kernel_1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -128,10 +135,34 @@ def _disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     return coverage / coverage.sum()
 
 
+def _mirror(coord: np.ndarray, size: int) -> np.ndarray:
+    """Fold coordinates back into [0, size - 1] by mirroring at the edges (scipy's ``mode='mirror'``)."""
+    if size == 1:
+        return np.zeros_like(coord)
+    period = 2 * (size - 1)
+    folded = np.abs(np.mod(coord, period))
+    return np.where(folded > size - 1, period - folded, folded)
+
+
+def _bilinear(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Sample an (H, W, C) image at fractional (rows, cols) inside the image (bilinear)."""
+    h, w = x.shape[:2]
+    r0 = np.clip(np.floor(rows).astype(np.int64), 0, h - 1)
+    c0 = np.clip(np.floor(cols).astype(np.int64), 0, w - 1)
+    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
+    fr = (rows - r0)[..., None].astype(np.float32)
+    fc = (cols - c0)[..., None].astype(np.float32)
+    top = x[r0, c0] * (1 - fc) + x[r0, c1] * fc
+    bottom = x[r1, c0] * (1 - fc) + x[r1, c1] * fc
+    return top * (1 - fr) + bottom * fr
+
+
 def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    with torch.no_grad():
-        out = nnf.interpolate(_torch_image(x), size=(height, width), mode="bilinear", align_corners=False)
-    return _numpy_image(out)
+    """Bilinear resize with pixel-centre alignment (OpenCV / torch ``align_corners=False``)."""
+    h, w = x.shape[:2]
+    rows = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
+    cols = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
+    return _bilinear(x, rows[:, None], cols[None, :])
 
 
 def _clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
@@ -234,7 +265,10 @@ def procedural_frost(height: int, width: int, rng: np.random.Generator) -> np.nd
 
     Stands in for ImageNet-C's six frost photographs: bluish white, brightest where
     needles cross, with structure at the image's own scale (needle length ~6 % of
-    the short side).
+    the short side). Needle density and the haze / needle weights are set so that,
+    blended by the protocol, a frosted image's mean change and contrast match the
+    photographs' within 10 % at every severity (measured against ``imagecorruptions``
+    at 224 x 224 and 192 x 640); its edge energy is 15-45 % higher (crisper needles).
     """
     haze = plasma_fractal(_next_power_of_2(max(height, width)), 1.8, rng)[:height, :width].astype(np.float32)
     scale = pixel_scale(height, width)
@@ -243,12 +277,12 @@ def procedural_frost(height: int, width: int, rng: np.random.Generator) -> np.nd
     needles = np.zeros((height, width), dtype=np.float32)
     base = rng.uniform(0, 60)
     for k in range(3):
-        seeds[..., 0] = (rng.random((height, width)) < 0.004).astype(np.float32)
+        seeds[..., 0] = (rng.random((height, width)) < 0.006).astype(np.float32)
         streak = _line_blur(seeds, length, length, base + 60 * k + rng.uniform(-10, 10))[..., 0]
         needles = np.maximum(needles, streak)
     needles /= max(float(np.quantile(needles, 0.995)), 1e-6)
     needles = gaussian_blur(np.clip(needles, 0, 1)[..., None], max(0.5, 0.7 * scale))[..., 0]
-    gray = np.clip(0.2 + 0.45 * haze + 0.7 * needles, 0, 1)
+    gray = np.clip(0.05 + 0.65 * haze + needles, 0, 1)
     return gray[..., None] * np.array([0.86, 0.93, 1.0], dtype=np.float32)
 
 
@@ -295,11 +329,11 @@ def _glass_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
     scale = pixel_scale(*x.shape[:2])
     h, w = x.shape[:2]
     out = np.floor(np.clip(gaussian_blur(x, sigma * scale), 0, 1) * 255) / 255  # the reference's uint8 step
-    delta = max_delta * scale
+    delta = max(1, round(max_delta * scale))
     rows, cols = np.mgrid[0:h, 0:w]
-    for _ in range(iterations):
-        dy = np.rint(rng.uniform(-delta, delta, size=(h, w))).astype(int)
-        dx = np.rint(rng.uniform(-delta, delta, size=(h, w))).astype(int)
+    for _ in range(iterations):  # offsets in [-delta, delta - 1], the reference's randint range
+        dy = rng.integers(-delta, delta, size=(h, w))
+        dx = rng.integers(-delta, delta, size=(h, w))
         out = out[np.clip(rows + dy, 0, h - 1), np.clip(cols + dx, 0, w - 1)]
     return gaussian_blur(out, sigma * scale)
 
@@ -330,12 +364,7 @@ def _elastic_transform(x: np.ndarray, severity: int, rng: np.random.Generator) -
     smooth = _convolve(_convolve(field, row_kernel), col_kernel) * alpha
     dy, dx = smooth[..., 0], smooth[..., 1]
     rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
-    gy = 2 * (rows + dy) / max(h - 1, 1) - 1
-    gx = 2 * (cols + dx) / max(w - 1, 1) - 1
-    grid = torch.from_numpy(np.stack([gx, gy], axis=-1)[None].astype(np.float32))
-    with torch.no_grad():
-        out = nnf.grid_sample(_torch_image(x), grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-    return _numpy_image(out)
+    return _bilinear(x, _mirror(rows + dy, h), _mirror(cols + dx, w))
 
 
 # ====================================================================== data & processing

@@ -19,10 +19,22 @@ A student also yields per-pixel confidence (:mod:`fsmde_core.models.confidence`)
 its calibration, AbsRel per confidence decile over every scored pixel of the run,
 shows whether the error falls as confidence rises (teachers have none).
 
+With ``corruptions`` (``fsmde eval --corruption all|NAME[@SEVERITY][,..]``) the same
+frames are scored again with their camera images corrupted
+(:mod:`fsmde_core.corruptions`, the RoboDepth / KITTI-C suite) before the model or
+teacher sees them; ground truth, masks and calibration stay untouched. Each image's
+random stream is seeded from (seed, corruption, severity, frame, camera name), so a
+rerun corrupts identically. RoboDepth's summary figures (:func:`robustness_summary`):
+
+* DEE = (AbsRel - δ1 + 1) / 2 per corruption and severity (0 = perfect, 1 = useless);
+* mDEE = mean over corruptions of (mean over their severities of DEE);
+* mRR = mean over corruptions of (1 - DEE_c) / (1 - DEE_clean), DEE_c its
+  severity mean (= RoboDepth's mean of per-severity ratios: the ratio is linear).
+
 Outputs: ``REPORT_DIR/metrics.json`` (schema in :func:`evaluate`) and
 ``REPORT_DIR/report.md`` with ``depth_mosaic.png``, ``error_maps.png``,
-``per_camera_metrics.png`` and, for a student, ``confidence_calibration.png``
-(see :mod:`fsmde_core.report`).
+``per_camera_metrics.png``, for a student ``confidence_calibration.png``, and
+with corruptions one ``corruption_<name>.png`` each (see :mod:`fsmde_core.report`).
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import json
 import logging
 import math
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -74,6 +87,13 @@ log = logging.getLogger(__name__)
 GT_KINDS: tuple[str, ...] = ("lidar", "synthetic")
 #: Frames whose pictures go into ``depth_mosaic.png``.
 MOSAIC_FRAMES = 2
+#: Default seed of the corruption random streams (combined with corruption, severity, frame, camera).
+CORRUPTION_SEED = 0
+#: Severity of the per-corruption picture in the report (the protocol's middle level).
+PICTURE_SEVERITY = 3
+#: With --max-frames up to this, the corruption passes reuse the clean pass's samples from memory
+#: (90 passes would otherwise decode the bag 90 times); more frames are read again per corruption.
+CACHED_FRAMES = 64
 
 
 # ================================================================ the run
@@ -283,6 +303,139 @@ def _evaluate_frame(
                                       gt=np.array(gt_depth, dtype=np.float32), error=err, masks=~valid))
 
 
+# ============================================================ corruptions
+def corrupt_sample(sample: Any, name: str, severity: int, frame_index: int, seed: int = CORRUPTION_SEED) -> Any:
+    """The sample with every camera image corrupted; GT, masks and calibration untouched.
+
+    Each image's stream is seeded from (seed, corruption, severity, frame, camera
+    name): reproducible, independent of the camera order the checkpoint uses.
+    """
+    from fsmde_core.corruptions import corrupt, corruption_rng
+
+    images = np.stack([
+        corrupt(image, name, severity, corruption_rng(seed, name, severity, frame_index, zlib.crc32(cam.encode())))
+        for image, cam in zip(sample.images, sample.camera_names, strict=True)
+    ])
+    return replace(sample, images=images)
+
+
+def _score(sample: Any, predictor: Predictor, gt: str, mode: str, cap: float,
+           min_depth: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-camera Eigen metrics of one surround set and the depth as scored (aligned, clipped)."""
+    gt_depth = _ground_truth(sample, gt)
+    valid = ~np.asarray(sample.masks, dtype=bool)
+    aligned = align_depth(predictor.predict(sample), gt_depth, valid, mode, cap, pred_is_inverse=predictor.inverse)
+    scored = np.where(np.isnan(aligned), np.nan, np.clip(aligned, min_depth, cap))
+    return depth_metrics(aligned, gt_depth, valid, cap, min_depth), scored
+
+
+def depth_estimation_error(abs_rel: float | None, a1: float | None) -> float:
+    """RoboDepth's DEE = (AbsRel - δ1 + 1) / 2: 0 for a perfect prediction, NaN when either is unknown."""
+    if abs_rel is None or a1 is None:
+        return math.nan
+    return (float(abs_rel) - float(a1) + 1.0) / 2.0
+
+
+def _camera_mean(per_frame: list[dict[str, np.ndarray]], n_cameras: int) -> dict[str, float]:
+    """Per camera = mean over frames, then the mean of the cameras (as the clean ``mean``), plus DEE."""
+    with quiet_nan_warnings():
+        mean = {key: float(np.nanmean([np.nanmean([f[key][k] for f in per_frame]) for k in range(n_cameras)]))
+                for key in METRIC_KEYS}
+    mean["dee"] = depth_estimation_error(mean["abs_rel"], mean["a1"])
+    return mean
+
+
+def robustness_summary(clean: dict[str, Any], corruptions: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """RoboDepth's mDEE and mRR from the clean mean metrics and ``{name: {severity: metrics}}``.
+
+    DEE_c = mean over the evaluated severities of c; mDEE = mean over corruptions
+    of DEE_c; RR_c = (1 - DEE_c) / (1 - DEE_clean); mRR = mean over corruptions of
+    RR_c (NaN when DEE_clean >= 1: a model that useless has no rate to keep).
+    Only with all five severities of all 18 corruptions is it RoboDepth's number.
+    """
+    dee_clean = depth_estimation_error(clean.get("abs_rel"), clean.get("a1"))
+    per: dict[str, dict[str, float]] = {}
+    with quiet_nan_warnings():
+        for name, levels in corruptions.items():
+            dee = float(np.nanmean([_num(m.get("dee")) for m in levels.values()]))
+            per[name] = {"dee": dee, "rr": (1.0 - dee) / (1.0 - dee_clean) if dee_clean < 1.0 else math.nan}
+        return {
+            "dee_clean": dee_clean,
+            "mdee": float(np.nanmean([v["dee"] for v in per.values()])),
+            "mrr": float(np.nanmean([v["rr"] for v in per.values()])),
+            "corruptions": len(per),
+            "severities": sum(len(levels) for levels in corruptions.values()),
+            "per_corruption": per,
+        }
+
+
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _picture_severities(pairs: list[tuple[str, int]]) -> dict[str, int]:
+    """Per corruption, the evaluated severity closest to PICTURE_SEVERITY (3 unless only others were asked)."""
+    chosen: dict[str, int] = {}
+    for name, severity in pairs:
+        best = chosen.get(name)
+        if best is None or abs(severity - PICTURE_SEVERITY) < abs(best - PICTURE_SEVERITY):
+            chosen[name] = severity
+    return chosen
+
+
+def _corruption_pass(
+    pairs: list[tuple[str, int]], frames: Any, predictor: Predictor, gt: str, mode: str, cap: float,
+    min_depth: float, picture_camera: int, seed: int, progress: bool,
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
+    """Score the same frames under each (corruption, severity): ``{name: {"S": metrics}}`` and the pictures.
+
+    ``frames`` is a callable returning a fresh iterator over the (reordered) clean
+    samples: the bag is read again per corruption instead of held in memory.
+    """
+    from fsmde_core.report import CorruptionPicture
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    pictures: dict[str, CorruptionPicture] = {}
+    picture_at = _picture_severities(pairs)
+    bar = tqdm(pairs, desc="corruptions", unit="corruption", disable=not progress, dynamic_ncols=True)
+    for name, severity in bar:
+        bar.set_postfix_str(f"{name}@{severity}")
+        per_frame: list[dict[str, np.ndarray]] = []
+        n_cameras = 0
+        for index, clean in enumerate(frames()):
+            sample = corrupt_sample(clean, name, severity, index, seed)
+            metrics, scored = _score(sample, predictor, gt, mode, cap, min_depth)
+            per_frame.append(metrics)
+            n_cameras = len(sample.camera_names)
+            if index == 0 and picture_at[name] == severity:
+                k = picture_camera
+                pictures[name] = CorruptionPicture(name=name, severity=severity, camera=str(sample.camera_names[k]),
+                                                   image=sample.images[k], pred=scored[k],
+                                                   mask=np.asarray(sample.masks[k], dtype=bool))
+        results.setdefault(name, {})[str(severity)] = _camera_mean(per_frame, n_cameras)
+    return results, pictures
+
+
+def _corruption_pairs(corruptions: str | Iterable[tuple[str, int]] | None) -> list[tuple[str, int]]:
+    """A spec string or (name, severity) pairs -> validated pairs; EvalError (one line) names the bad one."""
+    from fsmde_core.corruptions import SEVERITIES, parse_corruption_spec
+
+    if corruptions is None:
+        return []
+    try:
+        if isinstance(corruptions, str):
+            return parse_corruption_spec(corruptions)
+        pairs = [(str(n), int(s)) for n, s in corruptions]
+        if not pairs:
+            raise ValueError("no corruption given")
+        bad = [f"{n}@{s}" for n, s in pairs if s not in SEVERITIES]
+        if bad:
+            raise ValueError(f"severity must be 1..5, got {', '.join(bad)}")
+        return parse_corruption_spec(",".join(f"{n}@{s}" for n, s in pairs))
+    except ValueError as exc:
+        raise EvalError(f"--corruption: {exc}") from exc
+
+
 def evaluate(
     checkpoint_or_teacher: str | Path | Any,
     bags: str | Path | Iterable[str | Path],
@@ -295,6 +448,8 @@ def evaluate(
     progress: bool = True,
     data_config: Any = None,
     min_depth: float = DEFAULT_MIN_DEPTH,
+    corruptions: str | Iterable[tuple[str, int]] | None = None,
+    corruption_seed: int = CORRUPTION_SEED,
 ) -> dict[str, Any]:
     """Evaluate a student checkpoint or a teacher on rosbag2 recordings.
 
@@ -313,6 +468,10 @@ def evaluate(
             calibration / tolerances (None = defaults); without a size, the
             student's input size is used (a teacher: native size).
             ``fsmde eval --checkpoint RUN`` passes the run's own data section.
+        corruptions: a spec (``"all"``, ``"fog"``, ``"fog@3,dark@5"``; see
+            :func:`fsmde_core.corruptions.parse_corruption_spec`) or (name, severity)
+            pairs: score the same frames again with corrupted images (module docstring).
+        corruption_seed: base seed of the corruption random streams.
 
     Returns (and writes to ``out_dir/metrics.json``)::
 
@@ -327,7 +486,11 @@ def evaluate(
                   # S = {bias_log, bias_factor, spread_log, p10, p90, images} (metrics.scale_error_summary)
          "confidence_deciles": [{confidence_min, confidence_max, abs_rel, pixels, fraction}, ...]
                                | null,   # least confident first; null for a teacher (no confidence)
-         "source": "checkpoint:<path>" | "teacher:<identity>"}
+         "source": "checkpoint:<path>" | "teacher:<identity>",
+         # only with corruptions:
+         "corruptions": {name: {"S": {abs_rel, ..., a3, dee}}},   # S = severity "1".."5"; mean of cameras
+         "robustness": {"dee_clean", "mdee", "mrr", "corruptions": n, "severities": n,
+                        "per_corruption": {name: {"dee", "rr"}}, "seed": int}}   # see robustness_summary
 
         NaN (e.g. no overlap, no valid GT) is written as null.
     """
@@ -341,6 +504,7 @@ def evaluate(
         raise EvalError(f"cap must be a finite depth above {min_depth} m, got {cap}")
     if max_frames is not None and max_frames < 1:
         raise EvalError(f"max_frames must be >= 1, got {max_frames}")
+    pairs = _corruption_pairs(corruptions)
     bag_list = [Path(bags)] if isinstance(bags, (str, Path)) else [Path(b) for b in bags]
     if not bag_list:
         raise EvalError("no bag to evaluate on")
@@ -356,6 +520,8 @@ def evaluate(
     cap = float(cap if cap is not None else predictor.cap or _bag_max_depth(bag_list, config))
 
     acc: _Accumulator | None = None
+    keep = bool(pairs) and max_frames is not None and max_frames <= CACHED_FRAMES
+    kept: list[Any] = []
     bar = tqdm(_frame_samples(bag_list, config, max_frames), total=max_frames, desc="eval", unit="frame",
                disable=not progress, dynamic_ncols=True)
     for raw_sample in bar:
@@ -363,13 +529,29 @@ def evaluate(
         if acc is None:
             acc = _Accumulator(names=list(sample.camera_names))
         _evaluate_frame(acc, sample, predictor, gt, mode, cap, min_depth)
+        if keep:
+            kept.append(sample)
     if acc is None:
         raise _no_set_error(bag_list, config, gt)
     result = _summarise(acc, mode, gt, cap, predictor.source)
+    pictures: dict[str, Any] = {}
+    if pairs:
+        def clean_frames() -> Iterator[Any]:
+            if keep:
+                return iter(kept)
+            return (_reorder(s, predictor.camera_names) for s in _frame_samples(bag_list, config, max_frames))
+
+        per_corruption, pictures = _corruption_pass(
+            pairs, clean_frames, predictor, gt, mode, cap, min_depth, acc.ring[0] if acc.ring else 0,
+            corruption_seed, progress)
+        result["corruptions"] = _clean(per_corruption)
+        result["robustness"] = _clean({**robustness_summary(result["mean"], per_corruption),
+                                       "seed": int(corruption_seed)})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    write_report(out, result, acc.names, acc.ring, acc.mosaic, acc.err_sum, acc.err_count, bag_list)
+    write_report(out, result, acc.names, acc.ring, acc.mosaic, acc.err_sum, acc.err_count, bag_list,
+                 corruption_pictures=pictures)
     return result
 
 
@@ -427,6 +609,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="evaluate at most N surround sets")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (cuda when present)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--corruption", default=None, metavar="all|NAME[@SEVERITY][,..]",
+                        help="also score the frames with corrupted images (RoboDepth/KITTI-C suite): 'all' = "
+                             "18 corruptions x 5 severities, NAME = its 5 severities, NAME@S one; writes mDEE/mRR")
+    parser.add_argument("--corruption-seed", type=int, default=CORRUPTION_SEED,
+                        help="base seed of the corruption noise (default %(default)s)")
     parser.add_argument("--config", type=Path, default=None,
                         help="training YAML whose data section to read the bag with (default: the run's own "
                              "config.json with --checkpoint, else the defaults)")
@@ -443,6 +630,10 @@ def _print_summary(result: dict[str, Any], out: Path) -> None:
     print(f"fsmde eval: {result['frames']} frames, mode {result['mode']}, gt {result['gt']}, "
           f"cap {result['cap']:g} m")
     print("  " + "  ".join(f"{k} {f(m[k])}" for k in (*METRIC_KEYS, "cross_view")))
+    robust = result.get("robustness")
+    if robust:
+        print(f"  corruptions: {robust['corruptions']} ({robust['severities']} corruption@severity passes): "
+              f"mDEE {f(robust['mdee'])} (clean DEE {f(robust['dee_clean'])}), mRR {f(robust['mrr'])}")
     print(f"  report: {out / 'report.md'}")
 
 
@@ -454,6 +645,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         if args.teacher_option and not args.teacher:
             raise EvalError("--teacher-option needs --teacher")
+        _corruption_pairs(args.corruption)  # a bad spec fails before any model is built
         if args.teacher:
             options = parse_teacher_options(args.teacher_option)
             what: Any = build_eval_teacher(args.teacher, options, args.device)
@@ -462,7 +654,8 @@ def run_eval(args: argparse.Namespace) -> int:
         data_config = eval_data_config(args)
         result = evaluate(what, args.bag, args.out, gt=args.gt, mode=args.mode, cap=args.cap,
                           max_frames=args.max_frames, device=args.device, progress=not args.no_progress,
-                          data_config=data_config)
+                          data_config=data_config, corruptions=args.corruption,
+                          corruption_seed=args.corruption_seed)
     except (EvalError, CheckpointError, BagError, FileNotFoundError) as exc:
         print(f"fsmde eval: error: {exc}", file=sys.stderr)
         return 2

@@ -45,6 +45,18 @@ class MosaicFrame:
     masks: np.ndarray  # True = ego pixel
 
 
+@dataclass
+class CorruptionPicture:
+    """One camera of the first frame under one corruption: what the model saw and what it predicted."""
+
+    name: str
+    severity: int
+    camera: str
+    image: np.ndarray  # (H, W, 3) uint8, corrupted
+    pred: np.ndarray  # (H, W) depth as scored
+    mask: np.ndarray  # (H, W) True = ego pixel
+
+
 # ----------------------------------------------------------------- layout
 def grid_layout(ring: Sequence[int]) -> list[list[int | None]]:
     """Camera indices on a grid: the bird's-eye 2x3 for six cameras, else ring rows of 3."""
@@ -231,6 +243,24 @@ def save_confidence_calibration(path: Path, deciles: Sequence[dict[str, Any]], r
     fig.savefig(path)
 
 
+def save_corruption_picture(path: Path, picture: CorruptionPicture, near: float, far: float) -> None:
+    """``corruption_<name>.png``: the corrupted input beside its predicted depth (the report's shared scale)."""
+    h, w = picture.image.shape[:2]
+    fig = _figure(10, 5 * h / w + 0.45)
+    axes = fig.subplots(1, 2)
+    panels = [
+        (_shade_ego(picture.image / 255.0, picture.mask),
+         f"{picture.name} @ severity {picture.severity}: {picture.camera}"),
+        (_shade_ego(colour_inverse_depth(picture.pred, near, far), picture.mask),
+         f"prediction (inverse depth, {near:.1f}-{far:.0f} m)"),
+    ]
+    for ax, (image, title) in zip(axes, panels, strict=True):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.savefig(path)
+
+
 # --------------------------------------------------------------- markdown
 def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
@@ -246,7 +276,7 @@ def _md(text: str) -> str:
 
 
 def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence[Path],
-                    pictures: Sequence[str]) -> str:
+                    pictures: Sequence[str], corruption_pictures: Sequence[str] = ()) -> str:
     """The report.md text: what was evaluated, the metric table, cross-view, pictures."""
     keys = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
     lines = [
@@ -285,6 +315,7 @@ def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence
     lines += _boundary_section(result, names)
     lines += _scale_section(result.get("scale"), names)
     lines += _confidence_section(result.get("confidence_deciles"))
+    lines += _robustness_section(result, corruption_pictures)
     lines += ["## Pictures", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in pictures]
     return "\n".join(lines) + "\n"
@@ -332,11 +363,39 @@ def _confidence_section(deciles: Sequence[dict[str, Any]] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _robustness_section(result: dict[str, Any], pictures: Sequence[str]) -> list[str]:
+    """The report.md lines of the corruption suite: mDEE / mRR, AbsRel per severity, DEE and RR per corruption."""
+    robust, per = result.get("robustness"), result.get("corruptions")
+    if not robust or not per:
+        return []
+    severities = sorted({int(s) for levels in per.values() for s in levels})
+    lines = ["## Robustness to image corruptions", "",
+             "The same frames with every camera image corrupted (RoboDepth / KITTI-C suite, "
+             f"`fsmde_core.corruptions`, seed {robust.get('seed', 0)}); ground truth untouched. "
+             "DEE = (AbsRel - δ1 + 1) / 2 (0 = perfect); DEE of a corruption = mean over its severities; "
+             "mDEE = mean over corruptions; RR = (1 - DEE) / (1 - DEE_clean); mRR = mean over corruptions.", "",
+             f"- clean DEE: **{_fmt(robust['dee_clean'])}**",
+             f"- mDEE: **{_fmt(robust['mdee'])}** over {robust['corruptions']} corruptions "
+             f"({robust['severities']} corruption/severity passes)",
+             f"- mRR: **{_fmt(robust['mrr'])}**", "",
+             "| corruption | " + " | ".join(f"abs_rel @{s}" for s in severities) + " | DEE | RR |",
+             "|---" * (len(severities) + 3) + "|"]
+    for name, levels in per.items():
+        cells = [_fmt(levels[str(s)]["abs_rel"]) if str(s) in levels else "-" for s in severities]
+        summary = robust["per_corruption"].get(name, {})
+        lines.append(f"| {_md(name)} | " + " | ".join(cells)
+                     + f" | {_fmt(summary.get('dee'))} | {_fmt(summary.get('rr'), 3)} |")
+    lines += ["", "Only all 18 corruptions at all 5 severities give numbers comparable with RoboDepth's.", ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in pictures]
+    return [*lines, ""] if pictures else lines
+
+
 def write_report(out_dir: Path, result: dict[str, Any], names: Sequence[str], ring: Sequence[int],
                  frames: Sequence[MosaicFrame], err_sum: np.ndarray | None, err_count: np.ndarray | None,
-                 bags: Sequence[Path]) -> list[Path]:
-    """Write the pictures (three, and the confidence calibration for a model with confidence) and
-    report.md into ``out_dir``; returns the paths written."""
+                 bags: Sequence[Path], corruption_pictures: dict[str, CorruptionPicture] | None = None,
+                 ) -> list[Path]:
+    """Write the pictures (three, the confidence calibration for a model with confidence, one per
+    corruption when the suite ran) and report.md into ``out_dir``; returns the paths written."""
     out_dir = Path(out_dir)
     written = []
     if frames:
@@ -350,6 +409,13 @@ def write_report(out_dir: Path, result: dict[str, Any], names: Sequence[str], ri
     if result.get("confidence_deciles"):
         save_confidence_calibration(out_dir / "confidence_calibration.png", result["confidence_deciles"], result)
         written.append(out_dir / "confidence_calibration.png")
+    corrupted = []
+    if corruption_pictures:
+        near, far = depth_range(frames, float(result["cap"])) if frames else (1.0, float(result["cap"]))
+        for name, picture in corruption_pictures.items():
+            path = out_dir / f"corruption_{name}.png"
+            save_corruption_picture(path, picture, near, far)
+            corrupted.append(path)
     md = out_dir / "report.md"
-    md.write_text(markdown_report(result, names, bags, [p.name for p in written]))
-    return [*written, md]
+    md.write_text(markdown_report(result, names, bags, [p.name for p in written], [p.name for p in corrupted]))
+    return [*written, *corrupted, md]

@@ -457,3 +457,135 @@ def test_eval_teacher_option_errors_name_the_kind_and_valid_options(synthetic_ba
     assert "'depth_anything_v2' has no option 'quality'; valid options: path_or_id" in err
     assert "TypeError" not in err
 
+
+
+# -------------------------------------------------------------- corruptions
+def test_robustness_summary_by_hand() -> None:
+    from fsmde_core.evaluate import depth_estimation_error, robustness_summary
+
+    assert depth_estimation_error(0.1, 0.9) == pytest.approx(0.1)  # (0.1 - 0.9 + 1) / 2
+    clean = {"abs_rel": 0.1, "a1": 0.9}  # DEE 0.1
+    per = {"fog": {"1": {"dee": 0.2}, "3": {"dee": 0.4}},  # DEE_fog = 0.3, RR = 0.7 / 0.9
+           "dark": {"5": {"dee": 0.55}}}  # RR = 0.45 / 0.9
+    summary = robustness_summary(clean, per)
+    assert summary["dee_clean"] == pytest.approx(0.1)
+    assert summary["per_corruption"]["fog"] == pytest.approx({"dee": 0.3, "rr": 0.7 / 0.9})
+    assert summary["mdee"] == pytest.approx((0.3 + 0.55) / 2)
+    assert summary["mrr"] == pytest.approx((0.7 / 0.9 + 0.45 / 0.9) / 2)
+    assert summary["corruptions"] == 2 and summary["severities"] == 3
+    useless = robustness_summary({"abs_rel": 1.5, "a1": 0.2}, per)  # clean DEE 1.15: RR undefined
+    assert useless["dee_clean"] == pytest.approx(1.15) and useless["mdee"] == pytest.approx(summary["mdee"])
+    assert math.isnan(useless["mrr"]) and math.isnan(useless["per_corruption"]["fog"]["rr"])
+
+
+def test_corrupt_sample_changes_only_the_images_and_is_reproducible(synthetic_bag) -> None:
+    from fsmde_core.data.bag import BagSource
+    from fsmde_core.evaluate import corrupt_sample
+
+    sample = next(iter(BagSource([synthetic_bag])))
+    images = sample.images.copy()
+    out = corrupt_sample(sample, "gaussian_noise", 3, frame_index=0)
+    assert out.images.shape == images.shape and out.images.dtype == np.uint8
+    np.testing.assert_array_equal(sample.images, images)  # the clean sample is not modified
+    for k in range(len(images)):
+        assert np.abs(out.images[k].astype(int) - images[k]).mean() > 5
+    for key in ("sparse_depth", "gt_depth", "masks", "gt_labels", "T_base_cam"):
+        assert getattr(out, key) is getattr(sample, key), key  # ground truth and calibration untouched
+    np.testing.assert_array_equal(out.images, corrupt_sample(sample, "gaussian_noise", 3, frame_index=0).images)
+    assert not np.array_equal(out.images, corrupt_sample(sample, "gaussian_noise", 3, frame_index=1).images)
+    residual = out.images.astype(int) - images
+    assert not np.array_equal(residual[0], residual[1])  # each camera draws its own noise
+    reordered = corrupt_sample(_swap_first_cameras(sample), "gaussian_noise", 3, frame_index=0)
+    np.testing.assert_array_equal(reordered.images[0], out.images[1])  # seeded by camera name, not position
+
+
+def _swap_first_cameras(sample):
+    from dataclasses import replace
+
+    order = [1, 0, *range(2, len(sample.camera_names))]
+    return replace(sample, camera_names=[sample.camera_names[k] for k in order], images=sample.images[order])
+
+
+@pytest.fixture(scope="module")
+def corruption_report(synthetic_bag, random_student, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("corrupted")
+    # median alignment: the random student's clean DEE stays below 1, where RR is defined
+    result = evaluate(random_student, synthetic_bag, out, gt="synthetic", mode="median", max_frames=2,
+                      progress=False, corruptions="fog@3,gaussian_noise@5,dark")
+    return result, out
+
+
+def test_corruption_eval_writes_per_corruption_metrics_and_the_summary(corruption_report) -> None:
+    result, out = corruption_report
+    assert json.loads((out / "metrics.json").read_text()) == result
+    per = result["corruptions"]
+    assert {name: sorted(levels) for name, levels in per.items()} == {
+        "fog": ["3"], "gaussian_noise": ["5"], "dark": ["1", "2", "3", "4", "5"]}
+    for levels in per.values():
+        for metrics in levels.values():
+            assert set(metrics) == {*METRIC_KEYS, "dee"}
+            assert all(np.isfinite(v) for v in metrics.values())
+            assert metrics["dee"] == pytest.approx((metrics["abs_rel"] - metrics["a1"] + 1) / 2)
+    robust = result["robustness"]
+    dee_clean = (result["mean"]["abs_rel"] - result["mean"]["a1"] + 1) / 2
+    assert robust["dee_clean"] == pytest.approx(dee_clean)
+    dark_dee = np.mean([per["dark"][s]["dee"] for s in per["dark"]])
+    assert robust["per_corruption"]["dark"]["dee"] == pytest.approx(dark_dee)
+    assert robust["per_corruption"]["dark"]["rr"] == pytest.approx((1 - dark_dee) / (1 - dee_clean))
+    assert robust["mdee"] == pytest.approx(np.mean([v["dee"] for v in robust["per_corruption"].values()]))
+    assert robust["mrr"] == pytest.approx(np.mean([v["rr"] for v in robust["per_corruption"].values()]))
+    assert robust["corruptions"] == 3 and robust["severities"] == 7 and robust["seed"] == 0
+    assert 0 < dee_clean < 1
+    # the student reads pixels: heavy noise moves its prediction, so its score
+    assert per["gaussian_noise"]["5"]["abs_rel"] != pytest.approx(result["mean"]["abs_rel"], rel=1e-4)
+
+
+def test_corruption_eval_leaves_the_clean_pass_alone_and_is_reproducible(
+        corruption_report, synthetic_bag, random_student, tmp_path) -> None:
+    result, _ = corruption_report
+    again = evaluate(random_student, synthetic_bag, tmp_path, gt="synthetic", mode="median", max_frames=2,
+                     progress=False, corruptions=[("fog", 3)])
+    assert again["mean"] == pytest.approx(result["mean"])
+    # seeded per frame / camera / corruption / severity: the same numbers whatever else ran
+    assert again["corruptions"]["fog"]["3"] == pytest.approx(result["corruptions"]["fog"]["3"], rel=1e-9)
+
+
+def test_corruption_eval_writes_the_table_and_a_picture_per_corruption(corruption_report) -> None:
+    _, out = corruption_report
+    md = (out / "report.md").read_text()
+    assert "## Robustness to image corruptions" in md and "mDEE" in md and "mRR" in md
+    assert "| corruption | abs_rel @1 | abs_rel @2 | abs_rel @3 | abs_rel @4 | abs_rel @5 | DEE | RR |" in md
+    for name in ("fog", "gaussian_noise", "dark"):
+        assert _png_is_nontrivial(out / f"corruption_{name}.png"), name
+        assert f"(corruption_{name}.png)" in md
+        assert f"| {name} |" in md
+    with Image.open(out / "corruption_fog.png") as im:
+        assert im.width > 1.5 * im.height  # input and prediction side by side
+
+
+def test_cli_corruption_with_a_teacher_that_reads_no_pixels(synthetic_bag, tmp_path, capsys) -> None:
+    out = tmp_path / "rep"
+    rc = run_eval(_args("--teacher", "synthetic", "--bag", str(synthetic_bag), "--out", str(out), "--gt", "synthetic",
+                        "--max-frames", "1", "--no-progress", "--corruption", "snow@3"))
+    assert rc == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert list(result["corruptions"]) == ["snow"] and list(result["corruptions"]["snow"]) == ["3"]
+    # the synthetic teacher derives depth from the (untouched) ground truth, not the pixels: no loss at all
+    assert result["robustness"]["mrr"] == pytest.approx(1.0)
+    assert (out / "corruption_snow.png").is_file()
+    assert "mDEE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("rain@3", "unknown corruption 'rain'"),
+    ("fog@9", "severity must be 1..5"),
+    ("fog,,dark", "empty item"),
+])
+def test_cli_bad_corruption_spec_is_one_line(synthetic_bag, tmp_path, capsys, spec: str, words: str) -> None:
+    rc = run_eval(_args("--teacher", "synthetic", "--bag", str(synthetic_bag), "--out", str(tmp_path / "r"),
+                        "--gt", "synthetic", "--corruption", spec))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fsmde eval: error: --corruption:") and words in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
