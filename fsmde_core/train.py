@@ -41,7 +41,7 @@ from fsmde_core.checkpoint import (
     save_student,
     save_training_state,
 )
-from fsmde_core.config import ConfigError, TrainConfig, load_config
+from fsmde_core.config import ConfigError, TrainConfig, default_config, load_config
 from fsmde_core.distill.objective import DistillLossConfig, SemanticGraphInput, compute_losses
 from fsmde_core.models.student import SurroundDepthStudent
 from fsmde_core.models.teachers.base import TeacherOutput
@@ -144,6 +144,22 @@ def config_differences(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
         elif va != vb:
             diffs.append(f"{'.'.join(path)}: {va!r} -> {vb!r}")
     return diffs
+
+
+def with_new_defaults(saved: dict, defaults: dict) -> dict:
+    """``saved`` with the keys it lacks taken from ``defaults`` (recursively).
+
+    Why: a run written before a key or section existed (``augment:``, ``loss.use_dense_kd``)
+    ran with what is now that key's default - new switches are added off - so it
+    must still resume instead of being refused as "a different config".
+    """
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict) and key != "options":
+            out[key] = with_new_defaults(out[key], value)  # not into teacher.options: they belong to one kind
+    return out
 
 
 def pairs_for_batch(base_pairs: list[tuple[int, int]], num_samples: int, num_cameras: int) -> torch.Tensor:
@@ -359,7 +375,8 @@ class Trainer:
     def _refuse_a_different_run(self) -> None:
         cfg_path = self.out_dir / "config.json"
         if cfg_path.is_file():
-            diffs = config_differences(read_json(cfg_path, "run config"), self.raw_cfg)
+            diffs = config_differences(with_new_defaults(read_json(cfg_path, "run config"), default_config()),
+                                       self.raw_cfg)
             if diffs:
                 raise ConfigError(f"{self.out_dir} holds a run with a different config; use a new --out or the "
                                   f"same settings. Differences: {'; '.join(diffs)}")

@@ -444,3 +444,18 @@ def test_validation_during_training_reports_what_fsmde_eval_reports(bag, held_ou
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("val/abs_rel")] == [2, 4, 5]
+
+
+def test_a_run_written_before_a_new_key_existed_compares_equal_to_its_defaults():
+    """A config.json from before ``augment:`` / a new loss switch resumes; a real change is still refused."""
+    from fsmde_core.config import default_config
+    from fsmde_core.train import config_differences, with_new_defaults
+
+    now = load_config(TINY, [])
+    old = json.loads(json.dumps(now))
+    del old["augment"]
+    del old["loss"]["use_semgraph"]
+    assert config_differences(old, now)  # the plain comparison refuses it
+    assert config_differences(with_new_defaults(old, default_config()), now) == []
+    old["optim"]["lr"] = 0.5
+    assert config_differences(with_new_defaults(old, default_config()), now) == ["optim.lr: 0.5 -> None"]
