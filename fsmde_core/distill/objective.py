@@ -120,7 +120,7 @@ class DistillLossConfig:
     dense_kd_max_depth: float = 80.0
 
     def __post_init__(self) -> None:
-        if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd)):
+        if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd, self.use_dense_kd)):
             raise ValueError("DistillLossConfig: every loss term is switched off"
                              + (" but the geometric ones, which alone do not determine depth (they constrain "
                                 "only cross-view agreement and the road's scale)"
