@@ -136,6 +136,8 @@ EXTRA_VARIANTS = {
     "d_ckd_vrkd_xview": ["loss.use_xview=true"],
     "d_ckd_vrkd_ground": ["loss.use_ground=true"],
     "d_ckd_vrkd_geo": ["loss.use_xview=true", "loss.use_ground=true"],
+    "c_ckd_vrkd_dense": ["loss.use_dense_kd=true"],
+    "b_dense": ["loss.use_vrkd=false", "loss.use_ckd=false", "loss.use_dense_kd=true"],
     "d_ckd_vrkd_geo_w3": ["loss.use_xview=true", "loss.use_ground=true", "loss.w_xview=3.0", "loss.w_ground=3.0"],
 }
 

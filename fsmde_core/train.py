@@ -230,7 +230,7 @@ def teacher_cache(cfg: TrainConfig, dataset, cache_key: str, cache_root: Path, i
     if not cfg.loss.needs_teacher:
         return None
     if not tcfg.enabled:
-        raise ConfigError("loss.use_ckd/use_vrkd need a teacher but teacher.kind is none")
+        raise ConfigError("loss.use_ckd/use_vrkd/use_dense_kd need a teacher but teacher.kind is none")
     teacher = build_teacher(tcfg.kind, **tcfg.options)
     h = tcfg.cache_height or cfg.student.input_height // 2
     w = tcfg.cache_width or cfg.student.input_width // 2

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
 
+from fsmde_core.distill.anchored import lidar_affine_fit
 from fsmde_core.distill.ckd import (
     check_readout,
     ckd_kl,
@@ -73,47 +74,6 @@ class AblationTarget:
         if self.tau <= 0 or self.sigma <= 0:
             raise ValueError(f"tau and sigma must be > 0, got tau={self.tau}, sigma={self.sigma}")
         check_readout(self.readout)
-
-
-def _median(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Per-image median of ``v`` over ``m`` (0 for an image without pixels)."""
-    nan = torch.full((), float("nan"), dtype=v.dtype, device=v.device)
-    return torch.nan_to_num(torch.nanmedian(torch.where(m, v, nan).flatten(1), dim=1).values, nan=0.0)
-
-
-def lidar_affine_fit(
-    x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, min_points: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image robust line ``y ~ a * x + b`` over ``mask`` -> (a, b, ok), each (B,).
-
-    Start from the median line (slope = ratio of median absolute deviations,
-    through the medians), which a minority of gross outliers cannot move; then
-    twice: keep the points whose residual is within 3x the median absolute
-    residual (LiDAR/camera parallax at edges, structures the teacher lost)
-    and refit them by least squares. ``ok`` is False where fewer than
-    ``min_points`` points remain or the slope is not positive (the teacher's
-    inverse depth must grow with the true one).
-    """
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-
-    def view(t: torch.Tensor) -> torch.Tensor:
-        return t.view(-1, 1, 1, 1)
-
-    mx, my = _median(x, mask), _median(y, mask)
-    a = _median((y - view(my)).abs(), mask) / _median((x - view(mx)).abs(), mask).clamp_min(EPS)
-    b = my - a * mx
-    n = mask.flatten(1).sum(1).to(x.dtype)
-    for _ in range(2):
-        resid = (y - (view(a) * x + view(b))).abs()
-        keep = mask & (resid <= 3.0 * view(_median(resid, mask)) + EPS)
-        n = keep.flatten(1).sum(1).to(x.dtype)
-        xs, ys = torch.where(keep, x, zero).flatten(1), torch.where(keep, y, zero).flatten(1)
-        sx, sy = xs.sum(1), ys.sum(1)
-        den = n * (xs * xs).sum(1) - sx * sx
-        a = (n * (xs * ys).sum(1) - sx * sy) / torch.where(den.abs() > 0, den, torch.ones_like(den))
-        b = (sy - a * sx) / n.clamp_min(1)
-    ok = (n >= min_points) & (a > 0) & torch.isfinite(a) & torch.isfinite(b)
-    return a, b, ok
 
 
 def _anchored_space(

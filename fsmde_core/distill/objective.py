@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
 
 from fsmde_core.distill.ablations import ABLATION_TARGETS, ANCHORS, AblationTarget, ablation_ckd_loss
+from fsmde_core.distill.anchored import dense_kd_loss
 from fsmde_core.distill.ckd import check_readout, ckd_centre_loss, ckd_loss
 from fsmde_core.distill.geometric import cross_view_loss, ground_scale_loss
 from fsmde_core.distill.semantic_graph import SemanticGraphKD
@@ -83,6 +84,12 @@ class DistillLossConfig:
     graph of ``semgraph_grid`` regions of the semantic teacher (``semantic:``
     section) by a learned ``semgraph_dim``-wide 1x1 projection of the student's
     features, row-softmax KL at ``tau_semgraph``.
+
+    ``use_dense_kd`` (:mod:`fsmde_core.distill.anchored`): the teacher mapped to
+    metres by a robust per-image line onto that image's LiDAR inverse depth
+    supervises the student's depth at every pixel (SILog, lambda
+    ``dense_kd_variance_focus``, targets beyond ``dense_kd_max_depth`` m and sky
+    left out) — a per-pixel metric path that the rank CKD lacks.
     """
 
     use_silog: bool = True
@@ -119,14 +126,19 @@ class DistillLossConfig:
     tau_semgraph: float = 0.2
     semgraph_grid: tuple[int, int] = (4, 8)
     semgraph_dim: int = 64
+    use_dense_kd: bool = False
+    w_dense_kd: float = 10.0
+    dense_kd_variance_focus: float = 0.85
+    dense_kd_max_depth: float = 80.0
 
     def __post_init__(self) -> None:
-        if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd)):
+        if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd, self.use_dense_kd)):
             raise ValueError("DistillLossConfig: every loss term is switched off"
                              + (" but the geometric ones, which alone do not determine depth (they constrain "
                                 "only cross-view agreement and the road's scale)"
                                 if self.use_xview or self.use_ground else ""))
-        for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd", "w_ckd_centres", "w_xview", "w_ground", "w_semgraph"):
+        for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd", "w_ckd_centres", "w_xview", "w_ground", "w_semgraph",
+                     "w_dense_kd"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillLossConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("xview_stride", "ground_stride", "semgraph_dim"):
@@ -134,7 +146,7 @@ class DistillLossConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DistillLossConfig.{name} must be an integer >= 1, got {value!r}")
         for name in ("tau_ckd", "ckd_sigma", "tau_vrkd", "xview_gate", "ground_max_depth", "ground_half_width",
-                     "ground_band", "tau_semgraph"):
+                     "ground_band", "tau_semgraph", "dense_kd_max_depth"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DistillLossConfig.{name} must be > 0, got {getattr(self, name)}")
         _check_choice("ckd_anchor", self.ckd_anchor, ANCHORS)
@@ -149,7 +161,7 @@ class DistillLossConfig:
             raise ValueError(f"DistillLossConfig.semgraph_grid must be two positive ints (at least 2 regions), "
                              f"got {self.semgraph_grid}")
         object.__setattr__(self, "semgraph_grid", sg_grid)
-        for name in ("variance_focus", "ckd_centres_variance_focus"):
+        for name in ("variance_focus", "ckd_centres_variance_focus", "dense_kd_variance_focus"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"DistillLossConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         self._refuse_keys_the_target_ignores()
@@ -167,7 +179,7 @@ class DistillLossConfig:
     @property
     def needs_teacher(self) -> bool:
         """True when a KD term is on, so the trainer must provide teacher outputs."""
-        return self.use_ckd or self.use_vrkd
+        return self.use_ckd or self.use_vrkd or self.use_dense_kd
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -265,7 +277,7 @@ def compute_losses(
 
     Terms that are switched off are not computed at all. Returned values are
     *unweighted* (for logging) under ``"silog"``, ``"bins"``, ``"ckd"``
-    (+ ``"ckd_centres"`` for the rank target), ``"vrkd"``, ``"xview"``,
+    (+ ``"ckd_centres"`` for the rank target), ``"vrkd"``, ``"dense_kd"``, ``"xview"``,
     ``"ground"``, ``"semgraph"``; ``"total"`` is the weighted sum. If the student's depth is
     smaller than the GT it is upsampled bilinearly for SILog and the geometric
     terms (sparse GT is never resampled; K is at the GT's size); CKD runs at
@@ -293,9 +305,9 @@ def compute_losses(
     cfg = cfg or DistillLossConfig()
     check_readout(readout)
     if cfg.needs_teacher and teacher is None:
-        on = [n for n, f in (("ckd", cfg.use_ckd), ("vrkd", cfg.use_vrkd)) if f]
+        on = [n for n, f in (("ckd", cfg.use_ckd), ("vrkd", cfg.use_vrkd), ("dense_kd", cfg.use_dense_kd)) if f]
         raise ValueError(f"loss terms {on} need teacher outputs but teacher is None; "
-                         "switch them off (use_ckd/use_vrkd=False) for a supervised-only run")
+                         "switch them off (use_ckd/use_vrkd/use_dense_kd=False) for a supervised-only run")
     if cfg.use_vrkd and pairs is None:
         raise ValueError("VRKD is enabled but no adjacent-view pairs were given")
     if cfg.use_vrkd and cfg.vrkd_region == "overlap" and bands is None:
@@ -322,6 +334,11 @@ def compute_losses(
         terms["vrkd"] = vrkd_loss(out.features, teacher.features, pairs, cfg.vrkd_grid, cfg.tau_vrkd,
                                   bands if cfg.vrkd_region == "overlap" else None)
         weights["vrkd"] = cfg.w_vrkd
+    if cfg.use_dense_kd:
+        assert teacher is not None
+        terms["dense_kd"] = dense_kd_loss(depth_at_gt, teacher.inv_depth, gt_depth, mask,
+                                          cfg.dense_kd_variance_focus, max_depth=cfg.dense_kd_max_depth)
+        weights["dense_kd"] = cfg.w_dense_kd
     terms.update(_geometric_terms(depth_at_gt, mask, pairs, K, T_base_cam, cfg))
     weights.update(xview=cfg.w_xview, ground=cfg.w_ground)
     if cfg.use_semgraph:
