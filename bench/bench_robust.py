@@ -86,6 +86,7 @@ VARIANTS = {
     "d_both": ["augment.enabled=true", "loss.use_semgraph=true"],
 }
 EXTRA_VARIANTS = {
+    "b_augment_light": ["augment.enabled=true", "augment.p=0.25", "augment.severities=[1,2,3]"],
     "e_retinex": ["student.retinex=true"],
     "f_augment_retinex": ["augment.enabled=true", "student.retinex=true"],
 }
