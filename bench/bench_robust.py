@@ -60,6 +60,7 @@ from bench_distill import (
     HELDOUT_SETS,
     Context,
     bag_args,
+    finished_steps,
     finite_mean,
     fmt,
     fmt_interval,
@@ -90,6 +91,8 @@ EXTRA_VARIANTS = {
     "e_retinex": ["student.retinex=true"],
     "f_augment_retinex": ["augment.enabled=true", "student.retinex=true"],
 }
+#: A (variant, seed) that ``--no-train`` found no finished run for: left out of every statistic.
+NOT_RUN: dict = {"not_run": True}
 #: Row keys compared with the baseline: (key, label, digits).
 PAIRED_KEYS = (("adverse_abs_rel", "adverse AbsRel", 4), ("clear_abs_rel", "clear AbsRel", 4),
                ("corruption_mdee", "corruption mDEE", 4))
@@ -151,7 +154,7 @@ def paired(rows: dict[str, list[dict | None]]) -> dict[str, dict[str, PairedDiff
         return {}
 
     def values(name: str, key: str) -> list[float | None]:
-        return [None if r is None else r.get(key) for r in rows[name]]
+        return [None if r is None or r.get("not_run") else r.get(key) for r in rows[name]]
 
     return {name: {key: paired_difference(values(name, key), values(BASELINE, key)) for key, _, _ in PAIRED_KEYS}
             for name in rows if name != BASELINE}
@@ -175,27 +178,28 @@ def claim_lines(diffs: dict[str, dict[str, PairedDifference]]) -> list[str]:
 def summary_lines(rows: dict[str, list[dict | None]]) -> list[str]:
     cols = ["clear_abs_rel", *(f"{c}_abs_rel" for c in CONDITIONS), "adverse_abs_rel", "corruption_mdee",
             "corruption_mrr"]
-    lines = ["| run | clear AbsRel | " + " | ".join(f"{c} AbsRel" for c in CONDITIONS)
-             + " | adverse mean | corruption mDEE | corruption mRR |", "|---|" + "---|" * len(cols)]
+    lines = ["| run | seeds | clear AbsRel | " + " | ".join(f"{c} AbsRel" for c in CONDITIONS)
+             + " | adverse mean | corruption mDEE | corruption mRR |", "|---|---|" + "---|" * len(cols)]
     for name, seed_rows in rows.items():
-        done = [r for r in seed_rows if r is not None]
+        done = [r for r in seed_rows if r is not None and not r.get("not_run")]
         cells = []
         for key in cols:
             vals = [r[key] for r in done if r.get(key) is not None and math.isfinite(r[key])]
             sd = (sum((v - sum(vals) / len(vals)) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0
             cells.append(f"{fmt(finite_mean(vals), 4)} ± {fmt(sd, 4)}" if vals else "n/a")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {len(done)} | " + " | ".join(cells) + " |")
     return lines
 
 
 def corruption_lines(rows: dict[str, list[dict | None]]) -> list[str]:
     """AbsRel per corruption (mean over seeds and the evaluated severities), one column per variant."""
-    names = sorted({c for seed_rows in rows.values() for r in seed_rows if r for c in r["corruption_abs_rel"]})
+    names = sorted({c for seed_rows in rows.values() for r in seed_rows if r and not r.get("not_run")
+                    for c in r["corruption_abs_rel"]})
     if not names:
         return []
     lines = ["| corruption | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for c in names:
-        cells = [fmt(finite_mean(r["corruption_abs_rel"].get(c) for r in seed_rows if r), 4)
+        cells = [fmt(finite_mean(r["corruption_abs_rel"].get(c) for r in seed_rows if r and not r.get("not_run")), 4)
                  for seed_rows in rows.values()]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return lines
@@ -205,7 +209,7 @@ def per_seed_lines(rows: dict[str, list[dict | None]], seeds: list[int]) -> list
     lines = ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for name, seed_rows in rows.items():
         lines.append(f"| {name} | " + " | ".join(
-            "stopped (error)" if r is None else
+            "stopped (error)" if r is None else "not run" if r.get("not_run") else
             f"{fmt(r['clear_abs_rel'], 4)} / {fmt(r['adverse_abs_rel'], 4)} / {fmt(r['corruption_mdee'], 4)}"
             for r in seed_rows) + " |")
     return lines
@@ -228,6 +232,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--corruption-bags", type=int, default=2, help="clear held-out scenes under the corruptions")
     ap.add_argument("--corruption-frames", type=int, default=4, help="surround sets under the corruptions")
     ap.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(ROOT)}")
+    ap.add_argument("--no-train", action="store_true",
+                    help="report only the (variant, seed) runs already finished in --work; train nothing")
     args = ap.parse_args(argv)
     known = {**VARIANTS, **EXTRA_VARIANTS}
     unknown = [v for v in args.variants if v not in known]
@@ -250,6 +256,9 @@ def main() -> int:
         for seed in args.seeds:
             tag = f"{name}_seed{seed}"
             run_dir = args.work / "runs" / tag
+            if args.no_train and finished_steps(run_dir) != args.steps:
+                rows.setdefault(name, []).append(NOT_RUN)
+                continue
             ok = train(ctx, run_dir, train_bags, args.steps, seed, overrides)
             rows.setdefault(name, []).append(evaluate_variant(ctx, run_dir, tag, args) if ok else None)
     text = "\n".join(report(args, rows, ctx.log, time.perf_counter() - t0))

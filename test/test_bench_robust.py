@@ -48,3 +48,12 @@ def test_paired_claim_is_per_seed_difference_to_today() -> None:
     assert diffs["clear_abs_rel"].mean == pytest.approx(0.005)
     text = "\n".join(br.claim_lines(br.paired(rows)))
     assert "| b_augment | 2 |" in text and "-22.6 %" in text  # -0.095 / 0.42
+
+
+def test_a_run_that_was_not_trained_is_left_out_and_named() -> None:
+    rows = {"a_today": [_row(0.20, 0.40, 0.30), _row(0.22, 0.44, 0.32)],
+            "c_semgraph": [_row(0.21, 0.38, 0.29), br.NOT_RUN]}
+    diffs = br.paired(rows)["c_semgraph"]
+    assert diffs["adverse_abs_rel"].n == 1 and diffs["adverse_abs_rel"].mean == pytest.approx(-0.02)
+    assert "| c_semgraph | 1 |" in "\n".join(br.summary_lines(rows))
+    assert "not run" in "\n".join(br.per_seed_lines(rows, [0, 1]))
