@@ -137,6 +137,13 @@ class _Accumulator:
         return err
 
 
+def bag_conditions(bags: list[Path]) -> dict[str, str | None]:
+    """Each bag's rendering condition (synthetic bags' metadata), so results can be grouped by it."""
+    from fsmde_core.synthetic.weather import bag_condition
+
+    return {str(b): bag_condition(b) for b in bags}
+
+
 def _reorder(sample: Any, names: list[str] | None) -> Any:
     """Put the sample's cameras in ``names`` order (the checkpoint's), or leave it."""
     if names is None or list(sample.camera_names) == list(names):
@@ -487,6 +494,8 @@ def evaluate(
          "confidence_deciles": [{confidence_min, confidence_max, abs_rel, pixels, fraction}, ...]
                                | null,   # least confident first; null for a teacher (no confidence)
          "source": "checkpoint:<path>" | "teacher:<identity>",
+         "conditions": {bag: "clear" | "night" | "fog" | "rain" | "dusk" | null},  # synthetic bags say
+                       # what they were rendered under (fsmde synth --condition); null: a real recording
          # only with corruptions:
          "corruptions": {name: {"S": {abs_rel, ..., a3, dee}}},   # S = severity "1".."5"; mean of cameras
          "robustness": {"dee_clean", "mdee", "mrr", "corruptions": n, "severities": n,
@@ -534,6 +543,7 @@ def evaluate(
     if acc is None:
         raise _no_set_error(bag_list, config, gt)
     result = _summarise(acc, mode, gt, cap, predictor.source)
+    result["conditions"] = bag_conditions(bag_list)
     pictures: dict[str, Any] = {}
     if pairs:
         def clean_frames() -> Iterator[Any]:

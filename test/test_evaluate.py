@@ -278,6 +278,7 @@ def test_student_eval_writes_the_metrics_schema(student_report, camera_names: li
     assert on_disk["mean"]["cross_view"] > 0
     assert on_disk["cross_view_gt"] is not None
     assert on_disk["source"].startswith("checkpoint:")
+    assert list(on_disk["conditions"].values()) == ["clear"]  # a synthetic bag says what it was rendered under
     scale = on_disk["scale"]
     assert list(scale["per_camera"]) == camera_names
     assert scale["overall"]["images"] == 3 * len(camera_names)
