@@ -278,7 +278,8 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict | None]], log: li
         f"at the end {os.getloadavg()[0]:.1f}. Student: config/train_tiny.yaml, {args.steps} steps, seeds "
         f"{', '.join(map(str, args.seeds))}; trained on {args.train_scenes} clear ddad scenes. Held-out scenes "
         f"(seeds {scenes}, {args.eval_frames} frames) clear and rendered {', '.join(CONDITIONS)}; corruptions at "
-        f"severity {args.severity} on {args.corruption_bags} of them ({args.corruption_frames} sets). Metric AbsRel "
+        f"severity {args.severity} on the first {args.corruption_frames} surround sets read from the first "
+        f"{args.corruption_bags} clear scenes (bags are read in order). Metric AbsRel "
         "vs dense synthetic GT; DEE = (AbsRel - δ1 + 1) / 2, mDEE its mean over corruptions, mRR the resilience "
         "rate (RoboDepth).", "",
         "Paired difference to a_today (mean [95 % t-interval]; **\\*** = excludes 0; negative = lower error):", "",
