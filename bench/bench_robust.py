@@ -48,6 +48,7 @@ import datetime
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -185,7 +186,7 @@ def summary_lines(rows: dict[str, list[dict | None]]) -> list[str]:
         cells = []
         for key in cols:
             vals = [r[key] for r in done if r.get(key) is not None and math.isfinite(r[key])]
-            sd = (sum((v - sum(vals) / len(vals)) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{fmt(finite_mean(vals), 4)} ± {fmt(sd, 4)}" if vals else "n/a")
         lines.append(f"| {name} | {len(done)} | " + " | ".join(cells) + " |")
     return lines

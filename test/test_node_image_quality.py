@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch", reason="torch is needed for the student")
 
 from node_harness import DEADLINE_S, PARAMS_FILE, Driver, header, image_msg, start_node  # noqa: E402
 from quality_images import dark, dead_leaves, to_uint8  # noqa: E402
+from tiny_students import save_tiny_student  # noqa: E402
 
-from fsmde_core.checkpoint import save_student  # noqa: E402
-from fsmde_core.models.student import StudentConfig, SurroundDepthStudent  # noqa: E402
+from fsmde_core.models.student import StudentConfig  # noqa: E402
 from fsmde_core.rig import Rig  # noqa: E402
 from fsmde_ros.conversions import model_to_camera_info  # noqa: E402
 from fsmde_ros.params import DEFAULT_CAMERAS  # noqa: E402
@@ -37,11 +37,7 @@ DARK_CAMERA = "front"
 def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = StudentConfig(encoder="resnet18", num_bins=8, min_depth=0.5, max_depth=80.0,
                         decoder_channels=(16, 8, 8, 8), input_height=32, input_width=64)
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("student")
-    save_student(run, SurroundDepthStudent(cfg), {"student": cfg.to_dict(), "camera_names": list(CAMERAS),
-                                                   "rig": "ddad"})
-    return run
+    return save_tiny_student(tmp_path_factory.mktemp("student"), cfg, CAMERAS, rig="ddad")
 
 
 def _images() -> dict[str, np.ndarray]:
