@@ -206,6 +206,20 @@ def default_cache_root(cache_dir: str | None, out_dir: Path) -> Path:
     return Path(os.environ.get("FSMDE_CACHE", out_dir.resolve().parent / ".fsmde_cache"))
 
 
+def check_data_for_losses(index, lc: DistillLossConfig, bags: list[Path]) -> None:
+    """One line when the chosen loss terms need data the bags lack (LiDAR; odometry for ``photometric_pose: odom``)."""
+    if not any(e.lidar_stamp_ns is not None for e in index.entries) and lc.lidar_terms:
+        raise ConfigError(
+            f"{', '.join(map(str, bags))}: no LiDAR sweep in any surround set, but loss terms {', '.join(lc.lidar_terms)}"
+            " need LiDAR depth; train camera-only with loss.use_photometric=true loss.use_silog=false "
+            "loss.use_bins=false (README 'Training without LiDAR')")
+    if lc.use_photometric and lc.photometric_temporal and lc.photometric_pose == "odom" and not all(
+            e.has_odom for e in index.entries):
+        missing = sum(not e.has_odom for e in index.entries)
+        raise ConfigError(f"loss.photometric_pose=odom but {missing} of {len(index.entries)} surround sets have no "
+                          "/tf odometry (a chain odom|map -> base_link): use photometric_pose auto or posenet")
+
+
 def check_bags_exist(bags: list[Path], key: str) -> None:
     """Refuse a missing bag before anything is written, naming the config key that listed it."""
     if not bags:
@@ -277,6 +291,23 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     out = {k: torch.cat([it[k] for it in items]) for k in ("images", "sparse_depth", "masks", "K", "T_base_cam")}
     out["index"] = torch.tensor([int(it["index"]) for it in items], dtype=torch.long)
     return out
+
+
+def collate_with_sets(items: list[dict]) -> dict[str, torch.Tensor]:
+    """:func:`collate` plus the per-set (S, N, ...) tensors the photometric terms read, under ``set.<key>``."""
+    from fsmde_core.selfsup.objective import SET_KEYS
+
+    out = collate(items)
+    for key in SET_KEYS:
+        if key in items[0]:
+            out[f"set.{key}"] = torch.stack([torch.as_tensor(it[key]) for it in items])
+    return out
+
+
+def split_sets(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the camera batch, the per-set tensors without their ``set.`` prefix)."""
+    sets = {k[4:]: v for k, v in batch.items() if k.startswith("set.")}
+    return {k: v for k, v in batch.items() if not k.startswith("set.")}, sets
 
 
 def depth_grid_image(depth: torch.Tensor, max_depth: float) -> np.ndarray:
@@ -392,9 +423,12 @@ class Trainer:
         barrier(self.info)
         if not self.info.is_main:
             index = build_cache(bags, self.cfg.data, self.cache_root / "samples", progress=False)
-        self.dataset = SurroundDataset(index)
+        lc = self.cfg.loss
+        self.dataset = SurroundDataset(index, neighbours=lc.use_photometric and lc.photometric_temporal) \
+            if lc.use_photometric else SurroundDataset(index)
         if len(self.dataset) == 0:
             raise ConfigError(f"no complete surround samples in {', '.join(map(str, bags))}: run 'fsmde inspect'")
+        check_data_for_losses(index, lc, bags)
         self.names = list(index.camera_names)
         first = self.dataset[0]
         self.num_cams = first["images"].shape[0]
@@ -429,7 +463,10 @@ class Trainer:
                 print(f"pretrained encoder: {report}", file=sys.stderr)
         self.model.to(self.device)
         self.semgraph = self._semantic_graph_module()
+        self.selfsup = self._self_supervision()
         owned = {"semgraph": self.semgraph} if self.semgraph is not None else {}
+        if self.selfsup is not None and any(True for _ in self.selfsup.state_dict()):
+            owned["selfsup"] = self.selfsup
         self.trained: torch.nn.Module = TrainedModules(self.model, owned) if owned else self.model
         self.owned_parameters = [p for m in owned.values() for p in m.parameters()]
         o = self.cfg.optim
@@ -453,6 +490,22 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # its own seed: the global stream stays as without the term
             torch.manual_seed(self.cfg.seed + 1)
             module = SemanticGraphKD(self.model.feature_channels, lc.semgraph_dim, lc.semgraph_grid, lc.tau_semgraph)
+        return module.to(self.device)
+
+    def _self_supervision(self):
+        """The photometric terms with their modules (pose network, decomposition), or None when off."""
+        lc = self.cfg.loss
+        if not lc.use_photometric:
+            return None
+        from fsmde_core.selfsup.objective import SelfSupervision, ring_neighbours
+
+        has_odom = all(e.has_odom for e in self.dataset.index.entries)
+        use_posenet = lc.photometric_temporal and (lc.photometric_pose == "posenet"
+                                                   or (lc.photometric_pose == "auto" and not has_odom))
+        if self.info.is_main and lc.photometric_temporal:
+            print(f"photometric: temporal poses from {'the pose network' if use_posenet else '/tf odometry'}",
+                  file=sys.stderr)
+        module = SelfSupervision(lc, ring_neighbours(self.base_pairs, self.num_cams), use_posenet, self.cfg.seed)
         return module.to(self.device)
 
     def _setup_augment(self) -> None:
@@ -484,7 +537,8 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         batches = BatchSampler(self.sampler, self.cfg.optim.batch_size, drop_last=False)
         # its own generator: creating an iterator must not draw from the global RNG (resume equivalence)
-        return DataLoader(self.dataset, batch_sampler=SkipFirstBatches(batches, skip), collate_fn=collate,
+        return DataLoader(self.dataset, batch_sampler=SkipFirstBatches(batches, skip),
+                          collate_fn=collate_with_sets if self.selfsup is not None else collate,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
 
     def _setup_logging(self) -> None:
@@ -563,8 +617,10 @@ class Trainer:
         samples = len(batch["index"])
         teacher_out = self._teacher_outputs(batch["index"])
         semantic = self._semantic_input(batch["index"])
+        batch, sets = split_sets(batch)  # the per-set view keeps the clean images: photometric targets
         batch = self._augmented(batch)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "index"}
+        sets = {k: v.to(self.device, non_blocking=True) for k, v in sets.items()}
         pairs = pairs_for_batch(self.base_pairs, samples, self.num_cams).to(self.device)
         bands = self.base_bands.repeat(samples, 1, 1)
         for group in self.optimizer.param_groups:
@@ -577,6 +633,8 @@ class Trainer:
         losses = compute_losses(out, batch["sparse_depth"], ~batch["masks"], teacher_out, pairs, step_cfg, bands,
                                 readout=self.cfg.student.readout, K=batch["K"], T_base_cam=batch["T_base_cam"],
                                 semgraph=semantic)
+        if self.selfsup is not None:
+            losses = self._with_self_supervision(losses, out, sets, teacher_out, step_cfg)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
         self._average_owned_gradients()
@@ -590,6 +648,16 @@ class Trainer:
             raise FloatingPointError(f"loss became {losses['total'].item()} at step {self.pos.step}: "
                                      f"terms {({k: float(v) for k, v in losses.items()})}")
         return out, losses
+
+    def _with_self_supervision(self, losses: dict[str, torch.Tensor], out: Any, sets: dict[str, torch.Tensor],
+                               teacher_out: TeacherOutput | None, step_cfg: DistillLossConfig) -> dict[str, torch.Tensor]:
+        """The photometric terms added to the supervised / KD ones (unweighted for logging, weighted in total)."""
+        from fsmde_core.selfsup.objective import SelfSupervisedBatch
+
+        assert self.selfsup is not None
+        terms, weights = self.selfsup(out, SelfSupervisedBatch(sets), teacher_out, self.cfg.student.readout, step_cfg)
+        total = losses["total"] + sum(weights[k] * v for k, v in terms.items())
+        return {**{k: v for k, v in losses.items() if k != "total"}, **terms, "total": total}
 
     def log(self, out: Any, losses: dict[str, torch.Tensor]) -> None:
         """Progress bar; every ``log.scalar_every`` steps the collapse guard and scalars; images."""
@@ -606,6 +674,8 @@ class Trainer:
                 self.writer.add_scalar("student/depth_spread", spread, step)
                 if self.augment is not None:
                     self.writer.add_scalar("augment/corrupted_fraction", self.last_augmented, step)
+                if self.selfsup is not None and self.selfsup.decomposer is not None:
+                    self.writer.add_scalar("selfsup/reflective_fraction", self.selfsup.last_reflective_fraction, step)
         if self.writer is not None and step % self.cfg.log.image_every == 0:
             self.writer.add_image("depth/pred", depth_grid_image(out.depth[: self.num_cams],
                                                                  self.cfg.student.max_depth), step)

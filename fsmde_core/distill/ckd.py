@@ -216,14 +216,30 @@ def ckd_centre_loss(
             0 (plain log-RMSE) by default: the structure of D^x is the teacher's, only scale is left.
         readout: ``"log"`` (exp of the weighted mean log centre) or ``"linear"`` (weighted mean centre).
     """
+    cross, valid = cross_depth(student_centres, teacher_inv_depth, gt_depth, mask, readout)
+    return silog_loss(cross, gt_depth, valid, variance_focus)
+
+
+def cross_depth(
+    student_centres: torch.Tensor,
+    teacher_inv_depth: torch.Tensor,
+    like: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    readout: str = "log",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CKD's cross depth D^x at ``like``'s (B,*,H,W) grid: the teacher's rank bins read out with the student's centres.
+
+    Only the centres carry gradient. The LiDAR term (:func:`ckd_centre_loss`) and the
+    photometric term of LiDAR-free training (:mod:`fsmde_core.selfsup.objective`) both
+    give the centres their metres through it. Returns D^x (B,1,H,W) and its usable pixels.
+    """
     check_readout(readout)
     with torch.no_grad():
-        teacher, valid = teacher_at(teacher_inv_depth.to(student_centres.dtype), gt_depth, mask)
+        teacher, valid = teacher_at(teacher_inv_depth.to(student_centres.dtype), like, mask)
         lower, w_hi = teacher_rank_bins(teacher, valid, student_centres.shape[1])
-    b, size = student_centres.shape[0], tuple(gt_depth.shape[-2:])
+    b, size = student_centres.shape[0], tuple(like.shape[-2:])
     values = torch.log(student_centres) if readout == "log" else student_centres
     lo = values.gather(1, lower.flatten(1)).view(b, 1, *size)
     hi = values.gather(1, lower.flatten(1) + 1).view(b, 1, *size)
     mixed = (1.0 - w_hi) * lo + w_hi * hi
-    cross_depth = torch.exp(mixed) if readout == "log" else mixed
-    return silog_loss(cross_depth, gt_depth, valid, variance_focus)
+    return (torch.exp(mixed) if readout == "log" else mixed), valid

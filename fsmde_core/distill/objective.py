@@ -90,6 +90,20 @@ class DistillLossConfig:
     supervises the student's depth at every pixel (SILog, lambda
     ``dense_kd_variance_focus``, targets beyond ``dense_kd_max_depth`` m and sky
     left out) — a per-pixel metric path that the rank CKD lacks.
+
+    ``use_photometric`` (:mod:`fsmde_core.selfsup`, issue 12): self-supervision from
+    the video — each image warped from its camera's previous/next set
+    (``photometric_temporal``; poses from /tf odometry or a pose network,
+    ``photometric_pose``) and from the adjacent cameras of its own set
+    (``photometric_spatial``: the extrinsics' metric baseline), SSIM + L1
+    (``photometric_alpha``), per-pixel minimum, auto-masking; ``w_smoothness`` for
+    the edge-aware smoothness of monodepth2; with CKD on, the same loss on CKD's
+    cross depth (``w_photometric_centres``) gives the bin centres their metres
+    without LiDAR. ``use_reflective_mask`` trains an intrinsic decomposition
+    (``w_decomposition``), leaves pixels whose photometric error is a
+    view-dependent outlier (``reflective_threshold``, Mahalanobis) out of the
+    photometric loss and gives them to the teacher through CKD (extra weight
+    ``w_reflective_ckd``).
     """
 
     use_silog: bool = True
@@ -130,15 +144,30 @@ class DistillLossConfig:
     w_dense_kd: float = 10.0
     dense_kd_variance_focus: float = 0.85
     dense_kd_max_depth: float = 80.0
+    use_photometric: bool = False
+    w_photometric: float = 1.0
+    photometric_temporal: bool = True
+    photometric_spatial: bool = True
+    photometric_alpha: float = 0.85
+    photometric_automask: bool = True
+    photometric_pose: str = "auto"
+    w_photometric_centres: float = 1.0
+    w_smoothness: float = 0.001
+    use_reflective_mask: bool = False
+    reflective_threshold: float = 3.0
+    w_decomposition: float = 1.0
+    w_reflective_ckd: float = 1.0
 
     def __post_init__(self) -> None:
-        if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd, self.use_dense_kd)):
+        if not any((self.use_silog, self.use_bins, self.use_ckd, self.use_vrkd, self.use_dense_kd,
+                    self.use_photometric)):
             raise ValueError("DistillLossConfig: every loss term is switched off"
                              + (" but the geometric ones, which alone do not determine depth (they constrain "
                                 "only cross-view agreement and the road's scale)"
                                 if self.use_xview or self.use_ground else ""))
         for name in ("w_silog", "w_bins", "w_ckd", "w_vrkd", "w_ckd_centres", "w_xview", "w_ground", "w_semgraph",
-                     "w_dense_kd"):
+                     "w_dense_kd", "w_photometric", "w_photometric_centres", "w_smoothness", "w_decomposition",
+                     "w_reflective_ckd"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillLossConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("xview_stride", "ground_stride", "semgraph_dim"):
@@ -146,12 +175,19 @@ class DistillLossConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DistillLossConfig.{name} must be an integer >= 1, got {value!r}")
         for name in ("tau_ckd", "ckd_sigma", "tau_vrkd", "xview_gate", "ground_max_depth", "ground_half_width",
-                     "ground_band", "tau_semgraph", "dense_kd_max_depth"):
+                     "ground_band", "tau_semgraph", "dense_kd_max_depth", "reflective_threshold"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DistillLossConfig.{name} must be > 0, got {getattr(self, name)}")
         _check_choice("ckd_anchor", self.ckd_anchor, ANCHORS)
         _check_choice("ckd_target", self.ckd_target, CKD_TARGETS)
         _check_choice("vrkd_region", self.vrkd_region, ("image", "overlap"))
+        _check_choice("photometric_pose", self.photometric_pose, PHOTOMETRIC_POSES)
+        if not 0.0 <= self.photometric_alpha <= 1.0:
+            raise ValueError(f"DistillLossConfig.photometric_alpha must be in [0, 1], got {self.photometric_alpha}")
+        if self.use_photometric and not (self.photometric_temporal or self.photometric_spatial):
+            raise ValueError("loss.use_photometric needs a source: photometric_temporal or photometric_spatial")
+        if self.use_reflective_mask and not self.use_photometric:
+            raise ValueError("loss.use_reflective_mask masks the photometric loss: set loss.use_photometric=true")
         grid = tuple(int(g) for g in self.vrkd_grid)
         if len(grid) != 2 or min(grid) < 1:
             raise ValueError(f"DistillLossConfig.vrkd_grid must be two positive ints, got {self.vrkd_grid}")
@@ -180,6 +216,21 @@ class DistillLossConfig:
     def needs_teacher(self) -> bool:
         """True when a KD term is on, so the trainer must provide teacher outputs."""
         return self.use_ckd or self.use_vrkd or self.use_dense_kd
+
+    @property
+    def lidar_terms(self) -> list[str]:
+        """The switched-on terms that read LiDAR depth (a camera-only bag cannot train them)."""
+        terms = [n for n, f in (("use_silog", self.use_silog), ("use_bins", self.use_bins),
+                                ("use_dense_kd", self.use_dense_kd), ("use_ground", False)) if f]
+        if self.use_ckd and self.ckd_target == "rank" and not self.use_photometric:
+            terms.append("use_ckd (its centre term; with loss.use_photometric the centres learn from the video)")
+        elif self.use_ckd and self.ckd_target != "rank":
+            terms.append(f"use_ckd (ckd_target {self.ckd_target!r} anchors on LiDAR)")
+        return terms
+
+
+#: ``loss.photometric_pose``: auto = /tf odometry when every sample has it, else the pose network.
+PHOTOMETRIC_POSES = ("auto", "odom", "posenet")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
