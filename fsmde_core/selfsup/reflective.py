@@ -102,26 +102,38 @@ class ErrorStats:
         self.count = state["count"].detach().to("cpu", torch.int64).clone()
 
 
+def _regularised_cov(stats: ErrorStats, device: torch.device) -> torch.Tensor:
+    """The covariance plus ``MIN_VARIANCE / 2`` on its diagonal: the difference direction gets ``MIN_VARIANCE``.
+
+    One regularised matrix for both distances below, so the bound between them holds exactly.
+    """
+    eye = torch.eye(2, dtype=torch.float64, device=device)
+    return stats.cov.to(device) + 0.5 * MIN_VARIANCE * eye
+
+
+def _deviation(err_image: torch.Tensor, err_diffuse: torch.Tensor, stats: ErrorStats) -> torch.Tensor:
+    """(..., 2) float64 pair minus the running mean."""
+    mean = stats.mean.to(err_image.device)
+    return torch.stack([err_image.double() - mean[0], err_diffuse.double() - mean[1]], dim=-1)
+
+
 def mahalanobis_distance(err_image: torch.Tensor, err_diffuse: torch.Tensor, stats: ErrorStats) -> torch.Tensor:
     """Per-pixel Mahalanobis distance of ``(e_I, e_L)`` from the running statistics (float32, same shape).
 
-    For diagnostics and tests; the covariance gets ``MIN_VARIANCE`` on its diagonal so a
-    degenerate (e.g. perfectly correlated) distribution still inverts.
+    For diagnostics and tests; the regularised covariance still inverts when the two errors are
+    perfectly correlated (an untrained decomposer: L = I).
     """
-    mean = stats.mean.to(err_image.device)
-    cov = stats.cov.to(err_image.device) + MIN_VARIANCE * torch.eye(2, dtype=torch.float64, device=err_image.device)
-    x = torch.stack([err_image.double() - mean[0], err_diffuse.double() - mean[1]], dim=-1)
-    d2 = (x @ torch.linalg.inv(cov) * x).sum(dim=-1)
+    x = _deviation(err_image, err_diffuse, stats)
+    d2 = (x @ torch.linalg.inv(_regularised_cov(stats, x.device)) * x).sum(dim=-1)
     return d2.clamp_min(0.0).sqrt().float()
 
 
 def difference_zscore(err_image: torch.Tensor, err_diffuse: torch.Tensor, stats: ErrorStats) -> torch.Tensor:
-    """``(d - mean_d) / std_d`` with ``d = e_I - e_L``: how much worse the image is than its diffuse part."""
-    mean = stats.mean.to(err_image.device)
-    cov = stats.cov
-    variance = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]) + MIN_VARIANCE
-    diff = err_image.double() - err_diffuse.double()
-    return ((diff - (mean[0] - mean[1])) / variance**0.5).float()
+    """``(d - mean_d) / std_d`` with ``d = e_I - e_L``: the Mahalanobis distance along the direction (1, -1)."""
+    x = _deviation(err_image, err_diffuse, stats)
+    direction = torch.tensor([1.0, -1.0], dtype=torch.float64, device=x.device)
+    variance = direction @ _regularised_cov(stats, x.device) @ direction
+    return ((x @ direction) / variance.sqrt()).float()
 
 
 @torch.no_grad()
