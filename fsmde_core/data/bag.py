@@ -71,6 +71,7 @@ class ReadStats:
     no_lidar: int = 0  # sets without a sweep within tolerance (dropped if require_lidar)
     missing_gt: int = 0  # camera images whose GT depth was missing (NaN-filled)
     missing_labels: int = 0  # camera images whose semantic labels were missing (VOID-filled)
+    missing_reflective: int = 0  # camera images whose reflective mask was missing (all False)
     skipped_messages: int = 0  # malformed messages skipped (their set is dropped)
     uncompensated: int = 0  # samples whose LiDAR projection ignores ego motion (no /tf, or outside it)
 
@@ -98,6 +99,7 @@ class Moment:
     gt: list[Stamped[bytes] | None]
     builder: SampleBuilder = field(repr=False)
     labels: list[Stamped[bytes] | None] | None = None  # per camera; None = the bag has no label topics
+    reflective: list[Stamped[bytes] | None] | None = None  # per camera; None = no reflective-mask topics
 
     @property
     def stamp_ns(self) -> int:
@@ -141,6 +143,7 @@ class SampleBuilder:
         ])
         self.has_gt = any(c.gt_topic for c in layout.cameras)
         self.has_labels = any(c.labels_topic for c in layout.cameras)
+        self.has_reflective = any(c.reflective_topic for c in layout.cameras)
         self.max_depth = config.max_depth if config.max_depth is not None else self.rig.max_depth
         self._warned_uncompensated = False
 
@@ -245,6 +248,28 @@ class SampleBuilder:
             out[k] = resize_nearest(ids, self.width, self.height)
         return out
 
+    def _reflective(self, masks: list[Stamped[bytes] | None] | None) -> np.ndarray | None:
+        """(N, H, W) bool reflective-surface mask at the sample size (nearest); all False for a missing message.
+
+        False (not reflective) for a missing camera keeps the sample usable: the
+        mask only splits evaluation metrics, and the miss is counted in
+        ``ReadStats.missing_reflective``.
+        """
+        if not self.has_reflective:
+            return None
+        out = np.zeros((len(self.models), self.height, self.width), dtype=bool)
+        for k, (cam, msg_raw) in enumerate(zip(self.layout.cameras, masks or [None] * len(out), strict=True)):
+            if msg_raw is None:
+                self.stats.missing_reflective += 1
+                continue
+            mask = self._decode_image(msg_raw, cam.reflective_topic, image_to_mono8)
+            if (mask.shape[1], mask.shape[0]) != self.native_sizes[k]:
+                w, h = self.native_sizes[k]
+                raise MalformedMessageError(f"topic {cam.reflective_topic}: reflective mask is "
+                                            f"{mask.shape[1]}x{mask.shape[0]} but the camera is {w}x{h}")
+            out[k] = resize_nearest(mask, self.width, self.height) > 0
+        return out
+
     def build(self, m: Moment) -> SurroundSample:
         images = np.stack([self._image(k, s.item) for k, s in enumerate(m.images)])
         stamps = np.array([s.stamp_ns for s in m.images], dtype=np.int64)
@@ -264,6 +289,7 @@ class SampleBuilder:
             base_frame=self.layout.config.base_frame,
             motion_compensated=compensated,
             gt_labels=self._labels(m.labels),
+            gt_reflective=self._reflective(m.reflective),
         )
 
 
@@ -327,10 +353,12 @@ class _BagStream:
         self.roles: dict[str, tuple[str, int]] = {
             c.image_topic: ("cam", k) for k, c in enumerate(layout.cameras)
         }
-        # per-camera dense side topics (GT depth, semantic labels): each image takes the closest stamp
+        # per-camera dense side topics (GT depth, semantic labels, reflective masks): each image takes the
+        # closest stamp
         self.side_topics = {
             "gt": [c.gt_topic for c in layout.cameras],
             "labels": [c.labels_topic for c in layout.cameras],
+            "reflective": [c.reflective_topic for c in layout.cameras],
         }
         for role, topics in self.side_topics.items():
             self.roles.update({t: (role, k) for k, t in enumerate(topics) if t})
@@ -407,10 +435,11 @@ class _BagStream:
                 self.stats.no_lidar += 1
                 if self.config.require_lidar:
                     continue
-            gts, labels = ([_closest(buf, s.stamp_ns, self.tol) for buf, s in zip(self.side[r], cams, strict=True)]
-                           for r in ("gt", "labels"))
-            yield Moment(SampleSource(self.layout.bag, self.index), cams, lidar, gts, self.builder,
-                         labels=labels if self.builder.has_labels else None)
+            side = {r: [_closest(buf, s.stamp_ns, self.tol) for buf, s in zip(self.side[r], cams, strict=True)]
+                    for r in self.side_topics}
+            yield Moment(SampleSource(self.layout.bag, self.index), cams, lidar, side["gt"], self.builder,
+                         labels=side["labels"] if self.builder.has_labels else None,
+                         reflective=side["reflective"] if self.builder.has_reflective else None)
             self.index += 1
 
     def _prune(self) -> None:

@@ -62,6 +62,7 @@ class CameraStream:
     info_topic: str
     gt_topic: str | None = None
     labels_topic: str | None = None
+    reflective_topic: str | None = None
     frame_id: str = ""
     model: CameraModel | None = None  # native intrinsics
     T_base_cam: np.ndarray | None = None
@@ -166,7 +167,8 @@ def discover_cameras(
     topics: dict[str, TopicSummary], config: DataConfig, notes: list[str]
 ) -> list[CameraTopics]:
     """Camera topics by convention; a raw Image beats its compressed sibling."""
-    prefixes = tuple(p.split("{name}")[0] for p in (config.gt_topic_pattern, config.labels_topic_pattern))
+    patterns = (config.gt_topic_pattern, config.labels_topic_pattern, config.reflective_topic_pattern)
+    prefixes = tuple(p.split("{name}")[0] for p in patterns)
     gt_topics = {t for t in topics if t.startswith(prefixes)}
     by_name: dict[str, list[str]] = {}
     for topic, info in topics.items():
@@ -212,19 +214,24 @@ def _select_cameras(layout: BagLayout) -> None:
         layout.cameras.append(CameraStream(
             name=c.name, image_topic=c.image_topic, image_type=info.msgtype,
             info_topic=c.info_topic or sibling_info_topic(c.image_topic), gt_topic=gt,
-            labels_topic=_labels_topic(layout, c.name),
+            labels_topic=_mono8_topic(layout, c.name, cfg.labels_topic_pattern, "semantic labels"),
+            reflective_topic=_mono8_topic(layout, c.name, cfg.reflective_topic_pattern, "reflective masks"),
         ))
 
 
-def _labels_topic(layout: BagLayout, camera: str) -> str | None:
-    """The camera's semantic label topic when the bag has one (optional: most bags have none)."""
-    topic = layout.config.labels_topic_pattern.format(name=camera)
+def _mono8_topic(layout: BagLayout, camera: str, pattern: str, what: str) -> str | None:
+    """The camera's optional mono8 side topic (labels, reflective mask) when the bag has one.
+
+    Optional because most bags (every real recording) have none; a topic of the
+    wrong type is a problem rather than silently ignored, so a typo'd recording
+    does not evaluate as if it had no masks.
+    """
+    topic = pattern.format(name=camera)
     info = layout.topics.get(topic)
     if info is None:
         return None
     if info.msgtype != IMAGE_TYPE:
-        layout.problem(topic, f"camera {camera}: semantic labels must be sensor_msgs/msg/Image mono8, "
-                       f"got {info.msgtype}")
+        layout.problem(topic, f"camera {camera}: {what} must be sensor_msgs/msg/Image mono8, got {info.msgtype}")
         return None
     return topic
 
@@ -324,7 +331,7 @@ def _read_firsts(reader: AnyReader, layout: BagLayout) -> _Firsts:
     infos = {c.info_topic for c in layout.cameras if topics.get(c.info_topic, TopicSummary("", 0)).count}
     images = {c.image_topic for c in layout.cameras}
     gts = {c.gt_topic for c in layout.cameras if c.gt_topic and topics[c.gt_topic].count}
-    labels = {c.labels_topic for c in layout.cameras if c.labels_topic and topics[c.labels_topic].count}
+    labels = {t for c in layout.cameras for t in (c.labels_topic, c.reflective_topic) if t and topics[t].count}
     wanted = infos | images | gts | labels | ({layout.lidar_topic} if layout.lidar_topic else set())
     pending = set(wanted)
     for topic, msgtype, _, raw in iter_raw(reader, layout.bag, wanted):
