@@ -281,14 +281,20 @@ def _read_tf(reader: AnyReader, layout: BagLayout) -> None:
 
 
 def _read_motion(reader: AnyReader, layout: BagLayout) -> None:
-    """The ego trajectory from /tf (all of it: 50 Hz odometry is small), and a note on what it allows."""
+    """The ego trajectory from /tf (all of it: 50 Hz odometry is small), and a note on what it allows.
+
+    Read whenever the bag has it, LiDAR or not: besides motion-compensating the
+    LiDAR ground truth it gives each sample its odometry poses
+    (``SurroundSample.T_odom_base``), which the photometric loss uses to warp
+    between a frame and its temporal neighbours.
+    """
     cfg = layout.config
-    if layout.lidar_topic is None or cfg.motion_compensation == "off":
-        return
+    compensating = layout.lidar_topic is not None and cfg.motion_compensation != "off"
     info = layout.topics.get(cfg.tf_topic)
     if info is None or info.count == 0 or info.msgtype != TF_TYPE:
-        layout.notes.append(f"LiDAR ground truth is NOT motion compensated: no {cfg.tf_topic} "
-                            "(tf2_msgs/msg/TFMessage) odometry in the bag")
+        if compensating:
+            layout.notes.append(f"LiDAR ground truth is NOT motion compensated: no {cfg.tf_topic} "
+                                "(tf2_msgs/msg/TFMessage) odometry in the bag")
         return
     buf = TransformBuffer()
     for t, msgtype, _, raw in iter_raw(reader, layout.bag, [cfg.tf_topic]):
@@ -298,16 +304,18 @@ def _read_motion(reader: AnyReader, layout: BagLayout) -> None:
             layout.notes.append(f"skipped a malformed {cfg.tf_topic} message: {exc}")
     chain = buf.chain_to_fixed(cfg.base_frame, layout.tf) if len(buf) else None
     if chain is None:
-        layout.notes.append(f"LiDAR ground truth is NOT motion compensated: {cfg.tf_topic} has no chain from "
-                            f"odom or map to {cfg.base_frame} (edges: {sorted(buf.tracks)})")
+        what = "LiDAR ground truth is NOT motion compensated" if compensating else "no odometry poses"
+        layout.notes.append(f"{what}: {cfg.tf_topic} has no chain from odom or map to {cfg.base_frame} "
+                            f"(edges: {sorted(buf.tracks)})")
         return
     layout.motion = EgoTrajectory(buf, chain, layout.tf)
     moving = [buf.tracks[(p, c)] for p, c, dynamic in chain if dynamic]
     n = min(tr.stamps.size for tr in moving)
     span = min(tr.span_ns[1] - tr.span_ns[0] for tr in moving) / 1e9
     rate = f", ~{(n - 1) / span:.0f} Hz" if span > 0 else ""
-    layout.notes.append(f"LiDAR ground truth is motion compensated ({cfg.motion_compensation}) with "
-                        f"{cfg.tf_topic}: {' -> '.join([chain[0][0], *[c for _, c, _ in chain]])} "
+    what = (f"LiDAR ground truth is motion compensated ({cfg.motion_compensation}) with {cfg.tf_topic}"
+            if compensating else f"odometry poses from {cfg.tf_topic}")
+    layout.notes.append(f"{what}: {' -> '.join([chain[0][0], *[c for _, c, _ in chain]])} "
                         f"({n} poses over {span:.1f} s{rate})")
 
 
