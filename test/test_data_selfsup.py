@@ -115,3 +115,92 @@ def test_a_reflective_topic_of_the_wrong_type_names_the_topic(tmp_path) -> None:
                                                          "std_msgs/msg/String", bad)])
     with pytest.raises(BagError, match=r"/synthetic_gt/front/reflective.*reflective masks must be sensor_msgs"):
         list(BagSource([bag], SMALL))
+
+
+# ------------------------------------------------------------------ B, C: odometry poses, camera-only bags
+FRAMES = 4
+SPEED = 12.0  # m/s: the sweep-triggered rig's cameras fire tens of ms apart = decimetres of travel per set
+SYNC = dict(width=80, height=48, sync_tolerance_ms=50.0)
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory) -> dict[str, Path]:
+    """``fsmde synth``'s nuScenes rig driving at 12 m/s (with /tf odom), and the same bag without its LiDAR."""
+    from fsmde_core.synthetic.writer import generate_bag
+
+    root = tmp_path_factory.mktemp("drive")
+    generate_bag("nuscenes", FRAMES, seed=5, out=root / "lidar", width=160, height=96, progress=False, workers=1,
+                 camera_timing="sweep", speed=SPEED)
+    no_cloud = rewrite_bag(root / "lidar", root / "camera_only", keep=lambda topic: topic != "/lidar/points")
+    return {"lidar": root / "lidar", "camera_only": no_cloud}
+
+
+def _world_pose(stamp_ns: int) -> np.ndarray:
+    """The synthetic world's own ego pose at a stamp (what the bag's /tf samples at 50 Hz)."""
+    from fsmde_core.synthetic.world import FRAME_PERIOD_S, make_world
+    from fsmde_core.synthetic.writer import seconds
+
+    return make_world(5, FRAMES * FRAME_PERIOD_S + 0.5, SPEED).ego_pose(seconds(stamp_ns))
+
+
+def test_samples_carry_the_odometry_pose_at_each_camera_stamp(drive) -> None:
+    samples = list(BagSource([drive["lidar"]], DataConfig(**SYNC)))
+    assert len(samples) == FRAMES
+    for s in samples:
+        assert s.T_odom_base is not None and s.T_odom_base.shape == (6, 4, 4) and s.T_odom_base.dtype == np.float64
+        for k, stamp in enumerate(s.camera_stamps_ns):
+            want = _world_pose(int(stamp))
+            # /tf is sampled at 50 Hz and interpolated: millimetres off the world's smooth path
+            np.testing.assert_allclose(s.T_odom_base[k, :3, 3], want[:3, 3], atol=5e-3)
+            np.testing.assert_allclose(s.T_odom_base[k, :3, :3], want[:3, :3], atol=1e-3)
+        first, last = int(np.argmin(s.camera_stamps_ns)), int(np.argmax(s.camera_stamps_ns))
+        travel = np.linalg.norm(s.T_odom_base[last, :3, 3] - s.T_odom_base[first, :3, 3])
+        spread_s = int(np.ptp(s.camera_stamps_ns)) / 1e9
+        assert travel > 0.2 and travel == pytest.approx(SPEED * spread_s, rel=0.05), \
+            "a pose per camera stamp, not one per set: the rig drives on while its cameras fire"
+
+
+def test_bags_without_odometry_give_no_poses(tmp_path) -> None:
+    src = BagSource([write_bag(tmp_path / "no_tf", BagSpec(n_frames=2)).path], SMALL)
+    samples = list(src)
+    assert len(samples) == 2 and all(s.T_odom_base is None for s in samples)
+    assert src.stats.no_odometry == 2
+
+
+def test_camera_only_bags_are_read_with_empty_sparse_depth(drive) -> None:
+    with_lidar = list(BagSource([drive["lidar"]], DataConfig(**SYNC)))
+    src = BagSource([drive["camera_only"]], DataConfig(**SYNC))  # require_lidar stays at its default: True
+    samples = list(src)
+    assert len(samples) == len(with_lidar) == FRAMES, "no set is dropped for want of a sweep"
+    assert src.stats.camera_only == FRAMES and src.stats.no_lidar == 0
+    for s, ref in zip(samples, with_lidar, strict=True):
+        assert s.lidar_stamp_ns is None and np.isnan(s.sparse_depth).all()
+        assert ref.lidar_stamp_ns is not None and np.isfinite(ref.sparse_depth).sum() > 1000
+        np.testing.assert_array_equal(s.images, ref.images)
+        np.testing.assert_array_equal(s.T_odom_base, ref.T_odom_base)
+
+
+def test_a_bag_with_a_lidar_topic_still_drops_sets_without_a_sweep(tmp_path) -> None:
+    late = write_bag(tmp_path / "late", BagSpec(n_frames=3, period_ms=200.0, lidar_offset_ms=80.0)).path
+    src = BagSource([late], SMALL)
+    assert list(src) == [] and src.stats.no_lidar == 3 and src.stats.camera_only == 0
+
+
+def test_a_named_lidar_topic_missing_from_a_camera_only_bag_is_an_error_naming_it(drive) -> None:
+    from fsmde_core.data import BagError
+
+    with pytest.raises(BagError, match="/velodyne_points: LiDAR topic is not in the bag") as info:
+        list(BagSource([drive["camera_only"]], DataConfig(lidar_topic="/velodyne_points", **SYNC)))
+    assert info.value.topic == "/velodyne_points"
+
+
+def test_inspect_says_what_a_camera_only_bag_is_for(drive) -> None:
+    from fsmde_core.data import inspect_bag
+    from fsmde_core.data.inspect import CAMERA_ONLY_LINE
+
+    report = inspect_bag(drive["camera_only"], DataConfig(sync_tolerance_ms=50.0))
+    want = "LiDAR: none (camera-only bag; train with loss.use_photometric, README 'Training without LiDAR')"
+    assert want == CAMERA_ONLY_LINE and want in report
+    assert "odometry poses from /tf: odom -> base_link" in report
+    assert report.rstrip().endswith("status: OK"), report
+    assert CAMERA_ONLY_LINE not in inspect_bag(drive["lidar"], DataConfig(sync_tolerance_ms=50.0))

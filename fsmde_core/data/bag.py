@@ -68,7 +68,8 @@ class ReadStats:
     incomplete_sets: int = 0  # moments where at least one camera was missing
     dropped_images: int = 0  # images of those moments
     out_of_order: int = 0  # images whose stamp went backwards on their topic
-    no_lidar: int = 0  # sets without a sweep within tolerance (dropped if require_lidar)
+    no_lidar: int = 0  # sets of bags with a LiDAR topic without a sweep within tolerance (dropped if require_lidar)
+    camera_only: int = 0  # sets of bags without any LiDAR topic (kept, all-NaN sparse depth)
     missing_gt: int = 0  # camera images whose GT depth was missing (NaN-filled)
     missing_labels: int = 0  # camera images whose semantic labels were missing (VOID-filled)
     missing_reflective: int = 0  # camera images whose reflective mask was missing (all False)
@@ -449,7 +450,9 @@ class _BagStream:
             self.stats.sets += 1
             ref = lidar_reference_ns(cams)
             lidar = _closest(self.lidar, ref, self.ltol) if self.layout.lidar_topic else None
-            if lidar is None:
+            if not self.layout.lidar_topic:
+                self.stats.camera_only += 1  # nothing to require: the bag records no LiDAR
+            elif lidar is None:
                 self.stats.no_lidar += 1
                 if self.config.require_lidar:
                     continue
@@ -517,7 +520,7 @@ class BagSource:
                 finally:
                     self.stats.add(stats)
                     log.info("bag %s: %s", bag, stats.as_dict())
-                if stats.sets and stats.no_lidar == stats.sets:
+                if layout.lidar_topic and stats.sets and stats.no_lidar == stats.sets:
                     log.warning("bag %s: no camera set had a LiDAR sweep within %.0f ms on %s; are the "
                                 "LiDAR stamps on another clock? (lidar_tolerance_ms)", bag,
                                 self.config.lidar_tolerance_ms, layout.lidar_topic)

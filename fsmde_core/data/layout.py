@@ -102,6 +102,17 @@ class BagLayout:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def camera_only(self) -> bool:
+        """The bag has no PointCloud2 topic at all and none is configured: a LiDAR-free recording.
+
+        Such a bag is read (every sample with empty sparse depth) instead of
+        refused, for training from the video alone (the photometric loss); a
+        bag with a LiDAR topic still drops sets without a sweep (``require_lidar``).
+        """
+        return (self.config.lidar_topic is None and self.lidar_topic is None
+                and not any(i.msgtype == CLOUD_TYPE for i in self.topics.values()))
+
     def problem(self, topic: str | None, detail: str) -> None:
         self.problems.append(Problem(topic, detail))
 
@@ -250,10 +261,8 @@ def _select_lidar(layout: BagLayout, rig_yaml: Rig | None) -> None:
     elif len(clouds) == 1:
         topic = clouds[0]
     elif not clouds:
-        if cfg.require_lidar:
-            layout.problem(None, "no LiDAR (sensor_msgs/msg/PointCloud2) topic in the bag")
-        else:
-            layout.notes.append("no LiDAR topic: samples get all-NaN sparse depth")
+        layout.notes.append("no LiDAR (sensor_msgs/msg/PointCloud2) topic: a camera-only bag, every sample gets "
+                            "all-NaN sparse depth (train it with loss.use_photometric)")
         return
     elif rig_yaml is not None and rig_yaml.lidar_topic in clouds:
         topic = rig_yaml.lidar_topic
