@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from bagfactory import TS, BagSpec, WrittenBag, write_bag
 from rosbags.rosbag2 import Reader, Writer
 
@@ -204,3 +205,101 @@ def test_inspect_says_what_a_camera_only_bag_is_for(drive) -> None:
     assert "odometry poses from /tf: odom -> base_link" in report
     assert report.rstrip().endswith("status: OK"), report
     assert CAMERA_ONLY_LINE not in inspect_bag(drive["lidar"], DataConfig(sync_tolerance_ms=50.0))
+
+
+# ------------------------------------------------------------------ B, D: the cache and the dataset's neighbours
+@pytest.fixture(scope="module")
+def drive_cache(drive, tmp_path_factory):
+    """One cache over both drives: the same stamps and images twice, from two bags."""
+    return build_cache([drive["lidar"], drive["camera_only"]], DataConfig(**SYNC),
+                       tmp_path_factory.mktemp("cache") / "c", progress=False)
+
+
+def test_the_cache_stores_odometry_and_what_each_sample_has(drive, drive_cache) -> None:
+    from fsmde_core.data import SurroundDataset
+
+    assert len(drive_cache) == 2 * FRAMES
+    assert [(e.has_lidar, e.has_odom) for e in drive_cache.entries] == [(True, True)] * FRAMES + \
+        [(False, True)] * FRAMES
+    ds = SurroundDataset(drive_cache)
+    samples = list(BagSource([drive["lidar"], drive["camera_only"]], DataConfig(**SYNC)))
+    for i, s in enumerate(samples):
+        item = ds[i]
+        assert item["T_odom_base"].dtype == torch.float64 and item["T_odom_base"].shape == (6, 4, 4)
+        np.testing.assert_array_equal(item["T_odom_base"].numpy(), s.T_odom_base)  # float64 kept exactly
+        assert bool(item["has_odom"]) and bool(item["has_lidar"]) == (i < FRAMES)
+        assert bool(torch.isnan(item["sparse_depth"]).all()) == (i >= FRAMES)
+        assert "prev_images" not in item, "neighbours are opt-in"
+
+
+def test_samples_without_odometry_get_identity_poses(tmp_path) -> None:
+    from fsmde_core.data import SurroundDataset
+
+    bag = write_bag(tmp_path / "no_tf", BagSpec(n_frames=2)).path
+    index = build_cache([bag], SMALL, tmp_path / "c", progress=False)
+    assert [(e.has_lidar, e.has_odom) for e in index.entries] == [(True, False)] * 2
+    item = SurroundDataset(index, neighbours=True)[0]
+    assert not bool(item["has_odom"]) and bool(item["has_lidar"])
+    want = torch.eye(4, dtype=torch.float64).expand(6, 4, 4)
+    for key in ("T_odom_base", "prev_T_odom_base", "next_T_odom_base"):
+        assert item[key].dtype == torch.float64 and torch.equal(item[key], want), key
+    assert bool(item["has_next"]) and not bool(item["has_prev"])
+
+
+def test_neighbours_are_the_adjacent_sets_of_the_same_bag(drive_cache) -> None:
+    from fsmde_core.data import SurroundDataset
+
+    plain = SurroundDataset(drive_cache)
+    ds = SurroundDataset(drive_cache, neighbours=True)
+    entries = drive_cache.entries
+    for start in (0, FRAMES):  # each bag: its own first and last set; the two bags share their stamps
+        assert [e.stamp_ns for e in entries[start:start + FRAMES]] == [e.stamp_ns for e in entries[:FRAMES]]
+        for i in range(start, start + FRAMES):
+            item = ds[i]
+            for which, j, exists in (("prev", i - 1, i > start), ("next", i + 1, i < start + FRAMES - 1)):
+                assert bool(item[f"has_{which}"]) == exists, (i, which)
+                if not exists:
+                    assert torch.equal(item[f"{which}_images"], torch.zeros(6, 3, 48, 80))
+                    assert torch.equal(item[f"{which}_T_odom_base"], torch.eye(4, dtype=torch.float64).expand(6, 4, 4))
+                    continue
+                assert entries[j].bag == entries[i].bag
+                gap = entries[j].stamp_ns - entries[i].stamp_ns
+                assert (gap < 0) == (which == "prev") and 50e6 < abs(gap) < 150e6, "the adjacent 10 Hz set"
+                assert torch.equal(item[f"{which}_images"], plain[j]["images"])
+                assert torch.equal(item[f"{which}_T_odom_base"], plain[j]["T_odom_base"])
+            assert torch.equal(item["images"], plain[i]["images"])
+    # the neighbours are read from the same entries: one file per set, nothing else stored
+    assert len(list(drive_cache.root.glob("*.safetensors"))) == len(drive_cache)
+
+
+def test_neighbours_beyond_max_gap_do_not_count(drive_cache) -> None:
+    from fsmde_core.data import SurroundDataset
+
+    tight = SurroundDataset(drive_cache, neighbours=True, max_gap_ms=50.0)  # below the 100 ms frame period
+    assert not any(bool(tight[i]["has_prev"]) or bool(tight[i]["has_next"]) for i in range(len(tight)))
+    with pytest.raises(ValueError, match="max_gap_ms must be > 0"):
+        SurroundDataset(drive_cache, neighbours=True, max_gap_ms=0.0)
+
+
+def test_a_dropped_set_leaves_a_gap_that_max_gap_ms_decides(tmp_path) -> None:
+    from fsmde_core.data import SurroundDataset
+
+    bag = write_bag(tmp_path / "gap", BagSpec(n_frames=4, drop={("front", 1)})).path  # set 1 is incomplete
+    index = build_cache([bag], SMALL, tmp_path / "c", progress=False)
+    assert [e.bag_index for e in index.entries] == [0, 1, 2]  # frames 0, 2, 3: 200 ms, then 100 ms apart
+    narrow = SurroundDataset(index, neighbours=True, max_gap_ms=150.0)
+    assert [(narrow.neighbour(i, "prev"), narrow.neighbour(i, "next")) for i in range(3)] == \
+        [(None, None), (None, 2), (1, None)]
+    wide = SurroundDataset(index, neighbours=True)  # the default 250 ms bridges one lost set
+    assert [(wide.neighbour(i, "prev"), wide.neighbour(i, "next")) for i in range(3)] == \
+        [(None, 1), (0, 2), (1, None)]
+
+
+def test_the_default_collate_batches_neighbour_items(drive_cache) -> None:
+    from fsmde_core.data import SurroundDataset
+
+    batch = next(iter(torch.utils.data.DataLoader(SurroundDataset(drive_cache, neighbours=True), batch_size=3)))
+    assert batch["prev_images"].shape == batch["next_images"].shape == batch["images"].shape == (3, 6, 3, 48, 80)
+    assert batch["prev_T_odom_base"].shape == (3, 6, 4, 4) and batch["prev_T_odom_base"].dtype == torch.float64
+    assert batch["has_prev"].tolist() == [False, True, True] and batch["has_next"].tolist() == [True] * 3
+    assert batch["has_lidar"].dtype == torch.bool and batch["has_odom"].all()
