@@ -303,3 +303,28 @@ def test_the_default_collate_batches_neighbour_items(drive_cache) -> None:
     assert batch["prev_T_odom_base"].shape == (3, 6, 4, 4) and batch["prev_T_odom_base"].dtype == torch.float64
     assert batch["has_prev"].tolist() == [False, True, True] and batch["has_next"].tolist() == [True] * 3
     assert batch["has_lidar"].dtype == torch.bool and batch["has_odom"].all()
+
+
+def test_take_reorders_every_per_camera_field(reflective_bag, drive) -> None:
+    from dataclasses import fields
+
+    from fsmde_core.data.sample import PER_CAMERA_ARRAYS, SurroundSample
+
+    shiny = next(iter(BagSource([reflective_bag[1]], SMALL)))
+    moving = next(iter(BagSource([drive["lidar"]], DataConfig(**SYNC))))
+    idx = [3, 0, 5]
+    for s in (shiny, moving):
+        t = s.take(idx)
+        assert t.camera_names == [s.camera_names[k] for k in idx]
+        assert [m.K.tolist() for m in t.models] == [s.models[k].K.tolist() for k in idx]
+        for name in PER_CAMERA_ARRAYS:
+            before, after = getattr(s, name), getattr(t, name)
+            assert (before is None) == (after is None), name
+            if before is not None:
+                np.testing.assert_array_equal(after, before[idx])
+        assert (t.stamp_ns, t.source, t.lidar_stamp_ns) == (s.stamp_ns, s.source, s.lidar_stamp_ns)
+    assert shiny.gt_reflective is not None and moving.T_odom_base is not None
+    # every array field with a camera axis is listed (a field added later must join the list)
+    arrays = {f.name for f in fields(SurroundSample)} - {"stamp_ns", "camera_names", "models", "source",
+                                                        "lidar_stamp_ns", "base_frame", "motion_compensated"}
+    assert arrays == set(PER_CAMERA_ARRAYS)
