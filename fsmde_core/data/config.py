@@ -53,7 +53,10 @@ class DataConfig:
         cameras: explicit camera list (sample order = this order); None =
             discover image topics (``.../image*``) and order cameras by the
             yaw of their optical axis, counter-clockwise from the front.
-        lidar_topic: PointCloud2 topic; None = the bag's only PointCloud2.
+        lidar_topic: PointCloud2 topic; None = the bag's only PointCloud2, and
+            a bag with none is camera-only: every sample gets all-NaN sparse
+            depth (train it with the photometric loss). A named topic the bag
+            lacks is an error.
         tf_static_topic: static transforms (``tf2_msgs/TFMessage``).
         base_frame: vehicle frame that extrinsics are expressed in.
         rig_yaml: rig calibration (:meth:`fsmde_core.rig.Rig.load`): extrinsics
@@ -73,8 +76,9 @@ class DataConfig:
             stamps; False = plain stamp matching, for unrelated cameras.
         lidar_tolerance_ms: max distance between the set's reference stamp
             and the LiDAR sweep's stamp.
-        require_lidar: drop sets without a sweep within tolerance (counted);
-            False keeps them with all-NaN sparse depth.
+        require_lidar: drop sets without a sweep within tolerance (counted)
+            in bags that have a LiDAR topic; False keeps them with all-NaN
+            sparse depth. Camera-only bags keep every set either way.
         min_depth, max_depth: LiDAR points outside are not projected;
             max_depth None = the rig's ``max_depth``.
         gt_topic_pattern: synthetic dense ground truth, ``{name}`` = camera.
