@@ -8,7 +8,7 @@ intrinsics, projected LiDAR and resized ground truth stay aligned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,11 @@ class SampleSource:
 
     def __str__(self) -> str:
         return f"{self.bag}#{self.index}"
+
+
+#: The :class:`SurroundSample` arrays whose first axis is the camera (optional ones may be None).
+PER_CAMERA_ARRAYS = ("images", "camera_stamps_ns", "T_base_cam", "sparse_depth", "gt_depth", "masks", "gt_labels",
+                     "gt_reflective", "T_odom_base")
 
 
 @dataclass
@@ -59,6 +64,13 @@ class SurroundSample:
         gt_labels: (N, H, W) uint8 semantic class ids (:mod:`fsmde_core.semantics`,
             255 = void, e.g. a camera whose label message was missing),
             resized nearest like ``gt_depth``; None when the bag has none.
+        gt_reflective: (N, H, W) bool, True = reflective surface (the bag's
+            ``reflective_topic_pattern`` mono8 mask, non-zero = reflective),
+            resized nearest; all False for a camera whose mask message was
+            missing; None when the bag has none.
+        T_odom_base: (N, 4, 4) float64 base pose in the odometry fixed frame
+            (odom or map, from /tf) at each camera's own stamp; None when the
+            bag has no such /tf chain or a stamp is outside it.
     """
 
     stamp_ns: int
@@ -75,6 +87,8 @@ class SurroundSample:
     base_frame: str = "base_link"
     motion_compensated: bool = False
     gt_labels: np.ndarray | None = None
+    gt_reflective: np.ndarray | None = None
+    T_odom_base: np.ndarray | None = None
 
     @property
     def num_cameras(self) -> int:
@@ -94,6 +108,21 @@ class SurroundSample:
     def D(self) -> np.ndarray:
         """(N, 5) plumb_bob coefficients."""
         return np.stack([m.D for m in self.models])
+
+    def take(self, idx: list[int]) -> SurroundSample:
+        """The sample with its cameras ``idx`` (in that order): every per-camera field follows.
+
+        One place that knows which fields are per camera, so reordering to a
+        checkpoint's camera order (evaluation) cannot forget one added later.
+        """
+        idx = [int(k) for k in idx]
+        per_camera = {f: getattr(self, f) for f in PER_CAMERA_ARRAYS}
+        return replace(
+            self,
+            camera_names=[self.camera_names[k] for k in idx],
+            models=[self.models[k] for k in idx],
+            **{f: None if v is None else v[idx] for f, v in per_camera.items()},
+        )
 
     def rig(self, name: str = "sample") -> Rig:
         """The sample's cameras as a :class:`Rig` (for geometry helpers)."""
