@@ -68,11 +68,14 @@ class ReadStats:
     incomplete_sets: int = 0  # moments where at least one camera was missing
     dropped_images: int = 0  # images of those moments
     out_of_order: int = 0  # images whose stamp went backwards on their topic
-    no_lidar: int = 0  # sets without a sweep within tolerance (dropped if require_lidar)
+    no_lidar: int = 0  # sets of bags with a LiDAR topic without a sweep within tolerance (dropped if require_lidar)
+    camera_only: int = 0  # sets of bags without any LiDAR topic (kept, all-NaN sparse depth)
     missing_gt: int = 0  # camera images whose GT depth was missing (NaN-filled)
     missing_labels: int = 0  # camera images whose semantic labels were missing (VOID-filled)
+    missing_reflective: int = 0  # camera images whose reflective mask was missing (all False)
     skipped_messages: int = 0  # malformed messages skipped (their set is dropped)
     uncompensated: int = 0  # samples whose LiDAR projection ignores ego motion (no /tf, or outside it)
+    no_odometry: int = 0  # samples without odometry poses (no /tf odom|map -> base chain, or outside it)
 
     def add(self, other: ReadStats) -> None:
         for f in fields(self):
@@ -98,6 +101,7 @@ class Moment:
     gt: list[Stamped[bytes] | None]
     builder: SampleBuilder = field(repr=False)
     labels: list[Stamped[bytes] | None] | None = None  # per camera; None = the bag has no label topics
+    reflective: list[Stamped[bytes] | None] | None = None  # per camera; None = no reflective-mask topics
 
     @property
     def stamp_ns(self) -> int:
@@ -141,6 +145,7 @@ class SampleBuilder:
         ])
         self.has_gt = any(c.gt_topic for c in layout.cameras)
         self.has_labels = any(c.labels_topic for c in layout.cameras)
+        self.has_reflective = any(c.reflective_topic for c in layout.cameras)
         self.max_depth = config.max_depth if config.max_depth is not None else self.rig.max_depth
         self._warned_uncompensated = False
 
@@ -245,6 +250,44 @@ class SampleBuilder:
             out[k] = resize_nearest(ids, self.width, self.height)
         return out
 
+    def _reflective(self, masks: list[Stamped[bytes] | None] | None) -> np.ndarray | None:
+        """(N, H, W) bool reflective-surface mask at the sample size (nearest); all False for a missing message.
+
+        False (not reflective) for a missing camera keeps the sample usable: the
+        mask only splits evaluation metrics, and the miss is counted in
+        ``ReadStats.missing_reflective``.
+        """
+        if not self.has_reflective:
+            return None
+        out = np.zeros((len(self.models), self.height, self.width), dtype=bool)
+        for k, (cam, msg_raw) in enumerate(zip(self.layout.cameras, masks or [None] * len(out), strict=True)):
+            if msg_raw is None:
+                self.stats.missing_reflective += 1
+                continue
+            mask = self._decode_image(msg_raw, cam.reflective_topic, image_to_mono8)
+            if (mask.shape[1], mask.shape[0]) != self.native_sizes[k]:
+                w, h = self.native_sizes[k]
+                raise MalformedMessageError(f"topic {cam.reflective_topic}: reflective mask is "
+                                            f"{mask.shape[1]}x{mask.shape[0]} but the camera is {w}x{h}")
+            out[k] = resize_nearest(mask, self.width, self.height) > 0
+        return out
+
+    def _odometry(self, camera_stamps_ns: np.ndarray) -> np.ndarray | None:
+        """(N, 4, 4) float64 ``T_odom_base`` at each camera's stamp, or None (counted) without usable /tf.
+
+        Per camera stamp, not per set: a sweep-triggered rig spreads its set over
+        ~45 ms, 0.5 m at 12 m/s, which the photometric warps between cameras must
+        not ignore. All or nothing: a sample with some poses outside /tf gets
+        none, so its consumer never mixes odometry with identity.
+        """
+        motion = self.layout.motion
+        if motion is not None:
+            T, ok = motion.poses(camera_stamps_ns)
+            if ok.all():
+                return T.astype(np.float64)
+        self.stats.no_odometry += 1
+        return None
+
     def build(self, m: Moment) -> SurroundSample:
         images = np.stack([self._image(k, s.item) for k, s in enumerate(m.images)])
         stamps = np.array([s.stamp_ns for s in m.images], dtype=np.int64)
@@ -264,6 +307,8 @@ class SampleBuilder:
             base_frame=self.layout.config.base_frame,
             motion_compensated=compensated,
             gt_labels=self._labels(m.labels),
+            gt_reflective=self._reflective(m.reflective),
+            T_odom_base=self._odometry(stamps),
         )
 
 
@@ -327,10 +372,12 @@ class _BagStream:
         self.roles: dict[str, tuple[str, int]] = {
             c.image_topic: ("cam", k) for k, c in enumerate(layout.cameras)
         }
-        # per-camera dense side topics (GT depth, semantic labels): each image takes the closest stamp
+        # per-camera dense side topics (GT depth, semantic labels, reflective masks): each image takes the
+        # closest stamp
         self.side_topics = {
             "gt": [c.gt_topic for c in layout.cameras],
             "labels": [c.labels_topic for c in layout.cameras],
+            "reflective": [c.reflective_topic for c in layout.cameras],
         }
         for role, topics in self.side_topics.items():
             self.roles.update({t: (role, k) for k, t in enumerate(topics) if t})
@@ -403,14 +450,17 @@ class _BagStream:
             self.stats.sets += 1
             ref = lidar_reference_ns(cams)
             lidar = _closest(self.lidar, ref, self.ltol) if self.layout.lidar_topic else None
-            if lidar is None:
+            if not self.layout.lidar_topic:
+                self.stats.camera_only += 1  # nothing to require: the bag records no LiDAR
+            elif lidar is None:
                 self.stats.no_lidar += 1
                 if self.config.require_lidar:
                     continue
-            gts, labels = ([_closest(buf, s.stamp_ns, self.tol) for buf, s in zip(self.side[r], cams, strict=True)]
-                           for r in ("gt", "labels"))
-            yield Moment(SampleSource(self.layout.bag, self.index), cams, lidar, gts, self.builder,
-                         labels=labels if self.builder.has_labels else None)
+            side = {r: [_closest(buf, s.stamp_ns, self.tol) for buf, s in zip(self.side[r], cams, strict=True)]
+                    for r in self.side_topics}
+            yield Moment(SampleSource(self.layout.bag, self.index), cams, lidar, side["gt"], self.builder,
+                         labels=side["labels"] if self.builder.has_labels else None,
+                         reflective=side["reflective"] if self.builder.has_reflective else None)
             self.index += 1
 
     def _prune(self) -> None:
@@ -470,7 +520,7 @@ class BagSource:
                 finally:
                     self.stats.add(stats)
                     log.info("bag %s: %s", bag, stats.as_dict())
-                if stats.sets and stats.no_lidar == stats.sets:
+                if layout.lidar_topic and stats.sets and stats.no_lidar == stats.sets:
                     log.warning("bag %s: no camera set had a LiDAR sweep within %.0f ms on %s; are the "
                                 "LiDAR stamps on another clock? (lidar_tolerance_ms)", bag,
                                 self.config.lidar_tolerance_ms, layout.lidar_topic)

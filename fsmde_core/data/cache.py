@@ -19,6 +19,7 @@ and unreadable entries are removed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterable
@@ -44,7 +45,8 @@ from fsmde_core.rig import Rig, RigCamera, RigError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+#: 2: odometry poses (``T_odom_base``) and ``has_odom`` / ``has_lidar`` per sample, for training without LiDAR.
+CACHE_FORMAT_VERSION = 2
 INDEX_FILE = "index.json"
 
 
@@ -84,6 +86,8 @@ class CacheEntry:
     camera_stamps_ns: list[int]
     lidar_stamp_ns: int | None
     has_gt: bool
+    has_odom: bool = False  # the sample has odometry poses (/tf odom|map -> base at every camera stamp)
+    has_lidar: bool = False  # a LiDAR sweep was matched (else the sparse depth is empty)
 
 
 @dataclass
@@ -152,13 +156,16 @@ def sample_tensors(sample: SurroundSample) -> dict[str, np.ndarray]:
     }
     if sample.gt_depth is not None:
         t["gt_depth"] = sample.gt_depth.astype(np.float32)
+    if sample.T_odom_base is not None:
+        t["T_odom_base"] = sample.T_odom_base.astype(np.float64)  # odom coordinates can be kilometres
     return t
 
 
 def _entry(ordinal: int, sample: SurroundSample) -> CacheEntry:
     return CacheEntry(ordinal, str(sample.source.bag), sample.source.index, int(sample.stamp_ns),
                       [int(s) for s in sample.camera_stamps_ns], sample.lidar_stamp_ns,
-                      sample.gt_depth is not None)
+                      sample.gt_depth is not None, has_odom=sample.T_odom_base is not None,
+                      has_lidar=sample.lidar_stamp_ns is not None)
 
 
 def _estimate_sets(bags: list[Path], config: DataConfig) -> int | None:
@@ -279,14 +286,33 @@ class SurroundDataset(Dataset):
     (N,1,H,W) float32 NaN-empty; ``gt_depth`` (N,1,H,W) NaN-filled when the bag
     had none, with ``has_gt`` (bool scalar); ``masks`` (N,1,H,W) bool, True =
     ego pixel; ``K`` (N,3,3), ``D`` (N,5), ``T_base_cam`` (N,4,4) float32;
+    ``T_odom_base`` (N,4,4) float64, the base pose in the odometry frame at each
+    camera's stamp (identity without odometry), with ``has_odom`` (bool scalar);
+    ``has_lidar`` (bool scalar, False = ``sparse_depth`` is all NaN);
     ``stamp_ns`` int64 scalar; ``index`` int.
+
+    With ``neighbours=True`` (self-supervised photometric training, which warps
+    each frame from its temporal neighbours) also ``prev_images`` /
+    ``next_images`` (N,3,H,W) float32, zeros when absent, ``prev_T_odom_base`` /
+    ``next_T_odom_base`` (N,4,4) float64, identity when absent, and
+    ``has_prev`` / ``has_next`` (bool scalars). A neighbour is the adjacent
+    cached set of the same bag in stamp order, and only counts when its
+    reference stamp is within ``max_gap_ms`` of this set's (a dropped set or a
+    recording gap would otherwise pair frames too far apart to warp). Neighbours
+    are read from the same store entries as every other item, so each set is
+    stored once on disk; only their images and poses are loaded.
     """
 
-    def __init__(self, cache: CacheIndex | str | Path) -> None:
+    def __init__(self, cache: CacheIndex | str | Path, neighbours: bool = False, max_gap_ms: float = 250.0) -> None:
         self.index = cache if isinstance(cache, CacheIndex) else CacheIndex.load(cache)
         if not self.index.complete:
             raise ValueError(f"cache {self.index.root} is incomplete; run build_cache")
+        if not float(max_gap_ms) > 0:
+            raise ValueError(f"SurroundDataset max_gap_ms must be > 0, got {max_gap_ms!r}")
         self.store = self.index.store
+        self.neighbours = bool(neighbours)
+        self.max_gap_ms = float(max_gap_ms)
+        self._prev, self._next = neighbour_indices(self.index.entries, round(self.max_gap_ms * 1e6))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -294,6 +320,10 @@ class SurroundDataset(Dataset):
     @property
     def camera_names(self) -> list[str]:
         return list(self.index.camera_names)
+
+    def neighbour(self, i: int, which: str) -> int | None:
+        """Dataset index of sample ``i``'s ``"prev"`` or ``"next"`` set, None when it has none."""
+        return (self._prev if which == "prev" else self._next)[i]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not 0 <= i < len(self):
@@ -305,8 +335,8 @@ class SurroundDataset(Dataset):
         sparse[t["sparse_index"]] = t["sparse_value"]
         sparse = sparse.view(n, 1, h, w)
         has_gt = "gt_depth" in t
-        return {
-            "images": t["images"].permute(0, 3, 1, 2).float().div_(255.0),
+        item = {
+            "images": _images(t),
             "sparse_depth": sparse,
             "gt_depth": t["gt_depth"].unsqueeze(1) if has_gt else torch.full_like(sparse, float("nan")),
             "has_gt": torch.tensor(has_gt),
@@ -314,9 +344,25 @@ class SurroundDataset(Dataset):
             "K": t["K"].float(),
             "D": t["D"].float(),
             "T_base_cam": t["T_base_cam"].float(),
+            "T_odom_base": _odometry(t, n),
+            "has_odom": torch.tensor("T_odom_base" in t),
+            "has_lidar": torch.tensor(entry.lidar_stamp_ns is not None),
             "stamp_ns": torch.tensor(entry.stamp_ns, dtype=torch.int64),
             "index": i,
         }
+        if self.neighbours:
+            for which in ("prev", "next"):
+                item.update(self._neighbour_item(i, which, n, h, w))
+        return item
+
+    def _neighbour_item(self, i: int, which: str, n: int, h: int, w: int) -> dict[str, torch.Tensor]:
+        j = self.neighbour(i, which)
+        if j is None:
+            return {f"{which}_images": torch.zeros(n, 3, h, w), f"{which}_T_odom_base": _odometry({}, n),
+                    f"has_{which}": torch.tensor(False)}
+        t = self.store.get(self.index.entries[j].ordinal, keys=("images", "T_odom_base"))
+        return {f"{which}_images": _images(t), f"{which}_T_odom_base": _odometry(t, n),
+                f"has_{which}": torch.tensor(True)}
 
     def rig(self, i: int = 0, name: str = "cache") -> Rig:
         """The cameras of sample ``i`` as a :class:`Rig` at the cache size (ring order, VRKD pairs)."""
@@ -327,3 +373,34 @@ class SurroundDataset(Dataset):
             for n, K, D, T in zip(self.index.camera_names, t["K"], t["D"], t["T_base_cam"], strict=True)
         ]
         return Rig(name, cams)
+
+
+def _images(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Stored (N,H,W,3) uint8 -> (N,3,H,W) float32 in [0,1]."""
+    return t["images"].permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _odometry(t: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """The entry's (N,4,4) float64 odometry poses, identity when it has none (``has_odom`` tells which)."""
+    if "T_odom_base" in t:
+        return t["T_odom_base"].to(torch.float64)
+    return torch.eye(4, dtype=torch.float64).expand(n, 4, 4).clone()
+
+
+def neighbour_indices(entries: list[CacheEntry], max_gap_ns: int) -> tuple[list[int | None], list[int | None]]:
+    """Per entry, the index of the previous / next entry of the same bag in stamp order (None beyond the gap).
+
+    Neighbours never cross bags: two recordings are unrelated scenes even when
+    their stamps happen to be close.
+    """
+    prev: list[int | None] = [None] * len(entries)
+    nxt: list[int | None] = [None] * len(entries)
+    by_bag: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        by_bag.setdefault(e.bag, []).append(i)
+    for members in by_bag.values():
+        members.sort(key=lambda i: (entries[i].stamp_ns, entries[i].bag_index))
+        for a, b in itertools.pairwise(members):
+            if entries[b].stamp_ns - entries[a].stamp_ns <= max_gap_ns:
+                nxt[a], prev[b] = b, a
+    return prev, nxt

@@ -82,6 +82,11 @@ class DataConfig:
             of :mod:`fsmde_core.semantics`), ``{name}`` = camera; read into
             ``SurroundSample.gt_labels`` when the bag has them. Not part of the
             cache key: the training cache does not store labels.
+        reflective_topic_pattern: per-pixel reflective-surface ground truth
+            (mono8, non-zero = reflective: car paint, glass, wet road),
+            ``{name}`` = camera; read into ``SurroundSample.gt_reflective`` when
+            the bag has it, to score depth inside and outside reflective areas.
+            Like the labels: optional per bag, not in the cache key, not cached.
         horizon_s: how far (in log time) a message may lag the rest of its set:
             the reader keeps ``horizon_s`` x 30 images per camera (30 Hz = the
             fastest camera planned for), which also bounds its memory when a
@@ -120,6 +125,7 @@ class DataConfig:
     max_depth: float | None = None
     gt_topic_pattern: str = "/synthetic_gt/{name}/depth"
     labels_topic_pattern: str = "/synthetic_gt/{name}/labels"
+    reflective_topic_pattern: str = "/synthetic_gt/{name}/reflective"
     horizon_s: float = 1.0
     tf_topic: str = "/tf"
     motion_compensation: str = "auto"
@@ -162,7 +168,7 @@ class DataConfig:
             raise ValueError(f"DataConfig.see_through_ratio must be > 1, got {self.see_through_ratio!r}")
         if not isinstance(self.phase_correction, bool):
             raise ValueError(f"DataConfig.phase_correction must be true or false, got {self.phase_correction!r}")
-        for name in ("gt_topic_pattern", "labels_topic_pattern"):
+        for name in ("gt_topic_pattern", "labels_topic_pattern", "reflective_topic_pattern"):
             pattern = getattr(self, name)
             if not isinstance(pattern, str) or "{name}" not in pattern:
                 raise ValueError(f"DataConfig.{name} must contain '{{name}}', got {pattern!r}")
@@ -187,9 +193,9 @@ class DataConfig:
     def to_key(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field (part of the cache key)."""
         d = asdict(self)
-        # labels are not cached (the cache stores what training reads), so their topic must not
-        # invalidate caches built before labels existed
-        del d["labels_topic_pattern"]
+        # labels and reflective masks are not cached (the cache stores what training reads), so their
+        # topics must not invalidate caches built before they existed
+        del d["labels_topic_pattern"], d["reflective_topic_pattern"]
         d["rig_yaml"] = None if self.rig_yaml is None else str(Path(self.rig_yaml).resolve())
         return d
 

@@ -41,6 +41,9 @@ from fsmde_core.messages import MalformedMessageError
 from fsmde_core.sync import estimate_phases, nearest_stamps, suggest_tolerance_ms
 from fsmde_core.synthetic.weather import bag_condition
 
+#: The LiDAR line of a bag without any PointCloud2 topic: what it can still be used for.
+CAMERA_ONLY_LINE = "LiDAR: none (camera-only bag; train with loss.use_photometric, README 'Training without LiDAR')"
+
 #: Topic of the dynamic transforms (ego motion) by ROS convention.
 TF_TOPIC = "/tf"
 
@@ -311,6 +314,8 @@ def _ego_motion_line(layout: BagLayout, survey: StampSurvey | None) -> str:
     topic = layout.config.tf_topic  # data.tf_topic, as the reader uses it
     t = layout.topics.get(topic)
     if t is None or t.count == 0:
+        if layout.camera_only:
+            return f"ego motion: no {topic} (no odometry: temporal neighbours need the pose network)"
         return f"ego motion: no {topic} (no motion compensation between camera and LiDAR stamps)"
     rate = survey.topics[topic].rate_hz if survey is not None and topic in survey.topics else None
     return f"ego motion: {topic} ({t.count} messages{'' if rate is None else f', {rate:.1f} Hz'})"
@@ -370,6 +375,8 @@ def format_layout(layout: BagLayout, storage: str, size_bytes: int, start_ns: in
     if layout.lidar_topic:
         count = layout.topics[layout.lidar_topic].count
         lines.append(f"lidar: {layout.lidar_topic} ({count} sweeps), frame {layout.lidar_frame or '?'}")
+    elif layout.camera_only:
+        lines.append(CAMERA_ONLY_LINE)
     else:
         lines.append("lidar: none")
     lines += _tf_lines(layout)
@@ -402,7 +409,8 @@ def inspect_layout(path: str | Path, config: DataConfig | None = None) -> tuple[
         if layout.ok:
             survey = survey_bag(reader, layout)
             timing = camera_timing(survey, layout, config)
-            verdict = timing_verdict(timing, layout, config, need_lidar=config.require_lidar)
+            # a camera-only bag has no sweep to require: its sets are kept (fsmde_core.data.bag)
+            verdict = timing_verdict(timing, layout, config, need_lidar=config.require_lidar and not layout.camera_only)
     text = format_layout(layout, storage, _bag_bytes(path), start, duration, count, survey, timing, verdict)
     return text, layout.ok and verdict is None
 

@@ -62,6 +62,7 @@ class CameraStream:
     info_topic: str
     gt_topic: str | None = None
     labels_topic: str | None = None
+    reflective_topic: str | None = None
     frame_id: str = ""
     model: CameraModel | None = None  # native intrinsics
     T_base_cam: np.ndarray | None = None
@@ -100,6 +101,17 @@ class BagLayout:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def camera_only(self) -> bool:
+        """The bag has no PointCloud2 topic at all and none is configured: a LiDAR-free recording.
+
+        Such a bag is read (every sample with empty sparse depth) instead of
+        refused, for training from the video alone (the photometric loss); a
+        bag with a LiDAR topic still drops sets without a sweep (``require_lidar``).
+        """
+        return (self.config.lidar_topic is None and self.lidar_topic is None
+                and not any(i.msgtype == CLOUD_TYPE for i in self.topics.values()))
 
     def problem(self, topic: str | None, detail: str) -> None:
         self.problems.append(Problem(topic, detail))
@@ -166,7 +178,8 @@ def discover_cameras(
     topics: dict[str, TopicSummary], config: DataConfig, notes: list[str]
 ) -> list[CameraTopics]:
     """Camera topics by convention; a raw Image beats its compressed sibling."""
-    prefixes = tuple(p.split("{name}")[0] for p in (config.gt_topic_pattern, config.labels_topic_pattern))
+    patterns = (config.gt_topic_pattern, config.labels_topic_pattern, config.reflective_topic_pattern)
+    prefixes = tuple(p.split("{name}")[0] for p in patterns)
     gt_topics = {t for t in topics if t.startswith(prefixes)}
     by_name: dict[str, list[str]] = {}
     for topic, info in topics.items():
@@ -212,19 +225,24 @@ def _select_cameras(layout: BagLayout) -> None:
         layout.cameras.append(CameraStream(
             name=c.name, image_topic=c.image_topic, image_type=info.msgtype,
             info_topic=c.info_topic or sibling_info_topic(c.image_topic), gt_topic=gt,
-            labels_topic=_labels_topic(layout, c.name),
+            labels_topic=_mono8_topic(layout, c.name, cfg.labels_topic_pattern, "semantic labels"),
+            reflective_topic=_mono8_topic(layout, c.name, cfg.reflective_topic_pattern, "reflective masks"),
         ))
 
 
-def _labels_topic(layout: BagLayout, camera: str) -> str | None:
-    """The camera's semantic label topic when the bag has one (optional: most bags have none)."""
-    topic = layout.config.labels_topic_pattern.format(name=camera)
+def _mono8_topic(layout: BagLayout, camera: str, pattern: str, what: str) -> str | None:
+    """The camera's optional mono8 side topic (labels, reflective mask) when the bag has one.
+
+    Optional because most bags (every real recording) have none; a topic of the
+    wrong type is a problem rather than silently ignored, so a typo'd recording
+    does not evaluate as if it had no masks.
+    """
+    topic = pattern.format(name=camera)
     info = layout.topics.get(topic)
     if info is None:
         return None
     if info.msgtype != IMAGE_TYPE:
-        layout.problem(topic, f"camera {camera}: semantic labels must be sensor_msgs/msg/Image mono8, "
-                       f"got {info.msgtype}")
+        layout.problem(topic, f"camera {camera}: {what} must be sensor_msgs/msg/Image mono8, got {info.msgtype}")
         return None
     return topic
 
@@ -243,10 +261,8 @@ def _select_lidar(layout: BagLayout, rig_yaml: Rig | None) -> None:
     elif len(clouds) == 1:
         topic = clouds[0]
     elif not clouds:
-        if cfg.require_lidar:
-            layout.problem(None, "no LiDAR (sensor_msgs/msg/PointCloud2) topic in the bag")
-        else:
-            layout.notes.append("no LiDAR topic: samples get all-NaN sparse depth")
+        layout.notes.append("no LiDAR (sensor_msgs/msg/PointCloud2) topic: a camera-only bag, every sample gets "
+                            "all-NaN sparse depth (train it with loss.use_photometric)")
         return
     elif rig_yaml is not None and rig_yaml.lidar_topic in clouds:
         topic = rig_yaml.lidar_topic
@@ -274,14 +290,20 @@ def _read_tf(reader: AnyReader, layout: BagLayout) -> None:
 
 
 def _read_motion(reader: AnyReader, layout: BagLayout) -> None:
-    """The ego trajectory from /tf (all of it: 50 Hz odometry is small), and a note on what it allows."""
+    """The ego trajectory from /tf (all of it: 50 Hz odometry is small), and a note on what it allows.
+
+    Read whenever the bag has it, LiDAR or not: besides motion-compensating the
+    LiDAR ground truth it gives each sample its odometry poses
+    (``SurroundSample.T_odom_base``), which the photometric loss uses to warp
+    between a frame and its temporal neighbours.
+    """
     cfg = layout.config
-    if layout.lidar_topic is None or cfg.motion_compensation == "off":
-        return
+    compensating = layout.lidar_topic is not None and cfg.motion_compensation != "off"
     info = layout.topics.get(cfg.tf_topic)
     if info is None or info.count == 0 or info.msgtype != TF_TYPE:
-        layout.notes.append(f"LiDAR ground truth is NOT motion compensated: no {cfg.tf_topic} "
-                            "(tf2_msgs/msg/TFMessage) odometry in the bag")
+        if compensating:
+            layout.notes.append(f"LiDAR ground truth is NOT motion compensated: no {cfg.tf_topic} "
+                                "(tf2_msgs/msg/TFMessage) odometry in the bag")
         return
     buf = TransformBuffer()
     for t, msgtype, _, raw in iter_raw(reader, layout.bag, [cfg.tf_topic]):
@@ -291,16 +313,18 @@ def _read_motion(reader: AnyReader, layout: BagLayout) -> None:
             layout.notes.append(f"skipped a malformed {cfg.tf_topic} message: {exc}")
     chain = buf.chain_to_fixed(cfg.base_frame, layout.tf) if len(buf) else None
     if chain is None:
-        layout.notes.append(f"LiDAR ground truth is NOT motion compensated: {cfg.tf_topic} has no chain from "
-                            f"odom or map to {cfg.base_frame} (edges: {sorted(buf.tracks)})")
+        what = "LiDAR ground truth is NOT motion compensated" if compensating else "no odometry poses"
+        layout.notes.append(f"{what}: {cfg.tf_topic} has no chain from odom or map to {cfg.base_frame} "
+                            f"(edges: {sorted(buf.tracks)})")
         return
     layout.motion = EgoTrajectory(buf, chain, layout.tf)
     moving = [buf.tracks[(p, c)] for p, c, dynamic in chain if dynamic]
     n = min(tr.stamps.size for tr in moving)
     span = min(tr.span_ns[1] - tr.span_ns[0] for tr in moving) / 1e9
     rate = f", ~{(n - 1) / span:.0f} Hz" if span > 0 else ""
-    layout.notes.append(f"LiDAR ground truth is motion compensated ({cfg.motion_compensation}) with "
-                        f"{cfg.tf_topic}: {' -> '.join([chain[0][0], *[c for _, c, _ in chain]])} "
+    what = (f"LiDAR ground truth is motion compensated ({cfg.motion_compensation}) with {cfg.tf_topic}"
+            if compensating else f"odometry poses from {cfg.tf_topic}")
+    layout.notes.append(f"{what}: {' -> '.join([chain[0][0], *[c for _, c, _ in chain]])} "
                         f"({n} poses over {span:.1f} s{rate})")
 
 
@@ -324,7 +348,7 @@ def _read_firsts(reader: AnyReader, layout: BagLayout) -> _Firsts:
     infos = {c.info_topic for c in layout.cameras if topics.get(c.info_topic, TopicSummary("", 0)).count}
     images = {c.image_topic for c in layout.cameras}
     gts = {c.gt_topic for c in layout.cameras if c.gt_topic and topics[c.gt_topic].count}
-    labels = {c.labels_topic for c in layout.cameras if c.labels_topic and topics[c.labels_topic].count}
+    labels = {t for c in layout.cameras for t in (c.labels_topic, c.reflective_topic) if t and topics[t].count}
     wanted = infos | images | gts | labels | ({layout.lidar_topic} if layout.lidar_topic else set())
     pending = set(wanted)
     for topic, msgtype, _, raw in iter_raw(reader, layout.bag, wanted):

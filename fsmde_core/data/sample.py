@@ -59,6 +59,13 @@ class SurroundSample:
         gt_labels: (N, H, W) uint8 semantic class ids (:mod:`fsmde_core.semantics`,
             255 = void, e.g. a camera whose label message was missing),
             resized nearest like ``gt_depth``; None when the bag has none.
+        gt_reflective: (N, H, W) bool, True = reflective surface (the bag's
+            ``reflective_topic_pattern`` mono8 mask, non-zero = reflective),
+            resized nearest; all False for a camera whose mask message was
+            missing; None when the bag has none.
+        T_odom_base: (N, 4, 4) float64 base pose in the odometry fixed frame
+            (odom or map, from /tf) at each camera's own stamp; None when the
+            bag has no such /tf chain or a stamp is outside it.
     """
 
     stamp_ns: int
@@ -75,6 +82,8 @@ class SurroundSample:
     base_frame: str = "base_link"
     motion_compensated: bool = False
     gt_labels: np.ndarray | None = None
+    gt_reflective: np.ndarray | None = None
+    T_odom_base: np.ndarray | None = None
 
     @property
     def num_cameras(self) -> int:

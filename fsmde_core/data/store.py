@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +164,20 @@ class TensorStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def get(self, i: int) -> dict[str, torch.Tensor]:
-        """Entry ``i`` as CPU tensors (KeyError if absent)."""
+    def get(self, i: int, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Entry ``i`` as CPU tensors (KeyError if absent); ``keys``: only these (those present), read alone.
+
+        Reading a subset matters for neighbour frames, which need the images and
+        poses of an entry but not its depth maps.
+        """
         path = self.path(i)
         if not path.is_file():
             raise KeyError(f"tensor store {self.root} has no entry {i}")
-        return load_file(str(path))
+        if keys is None:
+            return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            present = set(f.keys())
+            return {k: f.get_tensor(k) for k in keys if k in present}
 
     def metadata(self, i: int) -> dict[str, str]:
         """The string metadata stored with entry ``i`` (reads only the header)."""
