@@ -103,7 +103,7 @@ class Specular:
 
 
 def _puddles(rng: np.random.Generator, road: Road, s_lo: float, s_hi: float) -> tuple[np.ndarray, ...]:
-    """A few puddles on the road surface, every 25-150 m, kept off the kerb."""
+    """A few puddles on the road surface, every 12-60 m, kept off the kerb."""
     rows = []
     s = s_lo + rng.uniform(5.0, 60.0)
     while s < s_hi:
@@ -111,7 +111,7 @@ def _puddles(rng: np.random.Generator, road: Road, s_lo: float, s_hi: float) -> 
         b = rng.uniform(0.5, 1.6)
         l = rng.uniform(-road.half_width + b + 0.2, road.half_width - b - 0.2)
         rows.append((s, l, a, b))
-        s += rng.uniform(25.0, 150.0)
+        s += rng.uniform(12.0, 60.0)
     arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
     return tuple(np.ascontiguousarray(arr[:, i]) for i in range(4))
 
