@@ -625,8 +625,15 @@ def trace_rays(
         if tile is not None:
             key |= tile.astype(np.int64)
         reach, inv = _cone_reach(P, D, key, c[near] - origin, radius, near)
+        order = np.argsort(inv, kind="stable")  # rays grouped: group g is order[start[g]:start[g] + count[g]]
+        count = np.bincount(inv, minlength=reach.shape[0])
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
         for col in np.flatnonzero(reach.any(axis=0)):  # one exact test per target, on every ray that may reach it
-            _trace_one(int(near[col]), np.flatnonzero(reach[inv, col]), prims, origin, P, D, t, obj)
+            groups = np.flatnonzero(reach[:, col])
+            n_g = count[groups]
+            offsets = np.repeat(start[groups] - np.concatenate([[0], np.cumsum(n_g)[:-1]]), n_g)
+            rays = order[offsets + np.arange(int(n_g.sum()))]
+            _trace_one(int(near[col]), rays, prims, origin, P, D, t, obj)
     far = t > max_t
     t[far] = np.inf
     obj[far] = SKY
