@@ -31,6 +31,13 @@ rerun corrupts identically. RoboDepth's summary figures (:func:`robustness_summa
 * mRR = mean over corruptions of (1 - DEE_c) / (1 - DEE_clean), DEE_c its
   severity mean (= RoboDepth's mean of per-severity ratios: the ratio is linear).
 
+A bag with a reflective-surface mask per camera (``fsmde synth --reflective``:
+``/synthetic_gt/<camera>/reflective``) is also scored inside and outside the mask
+(:class:`ReflectiveSplit`): the photometric losses of self-supervision fail on
+mirrors, so the error there is reported apart. These figures pool every scored
+pixel of the run (not camera means), so inside and outside combine exactly into
+the pooled figures of all pixels, weighted by the mask's pixel fraction.
+
 Outputs: ``REPORT_DIR/metrics.json`` (schema in :func:`evaluate`) and
 ``REPORT_DIR/report.md`` with ``depth_mosaic.png``, ``error_maps.png``,
 ``per_camera_metrics.png``, for a student ``confidence_calibration.png``, and
@@ -97,6 +104,52 @@ CACHED_FRAMES = 64
 
 
 # ================================================================ the run
+#: Regions of the reflective split and the pooled metrics of each (metrics.json "reflective").
+REFLECTIVE_REGIONS: tuple[str, ...] = ("inside", "outside", "all")
+REFLECTIVE_KEYS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "a1")
+
+
+@dataclass
+class ReflectiveSplit:
+    """Pixel sums of the depth errors inside / outside the reflective mask (and over all pixels).
+
+    Sums, not means, so frames and cameras pool by pixel: ``abs_rel``, ``sq_rel``
+    and ``a1`` of "all" are exactly the pixel-fraction-weighted mix of "inside" and
+    "outside", and ``rmse`` mixes as a root of weighted squares.
+    """
+
+    sums: dict[str, dict[str, float]] = field(
+        default_factory=lambda: {r: {"abs_rel": 0.0, "sq_rel": 0.0, "se": 0.0, "a1": 0.0, "pixels": 0.0}
+                                 for r in REFLECTIVE_REGIONS})
+
+    def add(self, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, reflective: np.ndarray, cap: float,
+            min_depth: float) -> None:
+        """One surround set's scored pixels, split by the (N, H, W) bool ``reflective`` mask."""
+        regions = {"inside": valid & reflective, "outside": valid & ~reflective, "all": valid}
+        for name, region in regions.items():
+            m = depth_metrics(pred, gt, region, cap, min_depth)
+            n = np.asarray(m["count"], dtype=np.float64)
+            acc = self.sums[name]
+            acc["pixels"] += float(n.sum())
+            for key, total in (("abs_rel", m["abs_rel"]), ("sq_rel", m["sq_rel"]), ("se", np.square(m["rmse"])),
+                               ("a1", m["a1"])):
+                acc[key] += float(np.where(n > 0, np.asarray(total) * n, 0.0).sum())
+
+    def summary(self) -> dict[str, Any]:
+        """{"inside": {abs_rel, sq_rel, rmse, a1, pixels}, "outside": ..., "all": ..., "fraction"}."""
+        out: dict[str, Any] = {}
+        for name, acc in self.sums.items():
+            n = acc["pixels"]
+            out[name] = {"abs_rel": acc["abs_rel"] / n if n else math.nan,
+                         "sq_rel": acc["sq_rel"] / n if n else math.nan,
+                         "rmse": math.sqrt(acc["se"] / n) if n else math.nan,
+                         "a1": acc["a1"] / n if n else math.nan,
+                         "pixels": int(n)}
+        total = self.sums["all"]["pixels"]
+        out["fraction"] = self.sums["inside"]["pixels"] / total if total else math.nan
+        return out
+
+
 @dataclass
 class _Accumulator:
     """Per-frame results and the few frames kept for pictures."""
@@ -113,6 +166,7 @@ class _Accumulator:
     pair_names: dict[tuple[int, int], str] = field(default_factory=dict)
     confidence_count: np.ndarray | None = None  # per fine confidence bin (metrics.confidence_histogram)
     confidence_err_sum: np.ndarray | None = None
+    reflective: ReflectiveSplit | None = None  # only when the bag has reflective masks
 
     def add_confidence(self, count: np.ndarray, err_sum: np.ndarray) -> None:
         """Add one frame's confidence histogram to the run's."""
@@ -167,6 +221,7 @@ def _reorder(sample: Any, names: list[str] | None) -> Any:
         gt_depth=None if sample.gt_depth is None else sample.gt_depth[idx],
         masks=sample.masks[idx],
         gt_labels=None if sample.gt_labels is None else sample.gt_labels[idx],
+        gt_reflective=None if sample.gt_reflective is None else sample.gt_reflective[idx],
     )
 
 
@@ -262,6 +317,7 @@ def _summarise(acc: _Accumulator, mode: str, gt: str, cap: float, source: str) -
         "confidence_deciles": (None if acc.confidence_count is None or acc.confidence_err_sum is None
                                else abs_rel_by_confidence(acc.confidence_count, acc.confidence_err_sum)),
         "source": source,
+        **({"reflective": acc.reflective.summary()} if acc.reflective is not None else {}),
     })
 
 
@@ -291,6 +347,10 @@ def _evaluate_frame(
         band = boundary_mask(gt_depth, sample.gt_labels)
         metrics.update(boundary_abs_rel(aligned, gt_depth, band, valid, cap, min_depth))
     acc.per_frame.append(metrics)
+    if sample.gt_reflective is not None:
+        if acc.reflective is None:
+            acc.reflective = ReflectiveSplit()
+        acc.reflective.add(aligned, gt_depth, valid, np.asarray(sample.gt_reflective, dtype=bool), cap, min_depth)
     acc.scale_factors.append(np.asarray(image_scale_factors(aligned, gt_depth, valid, cap, min_depth)))
     if confidence is not None:
         acc.add_confidence(*confidence_histogram(aligned, gt_depth, confidence, valid, cap, min_depth))
@@ -496,6 +556,9 @@ def evaluate(
          "source": "checkpoint:<path>" | "teacher:<identity>",
          "conditions": {bag: "clear" | "night" | "fog" | "rain" | "dusk" | null},  # synthetic bags say
                        # what they were rendered under (fsmde synth --condition); null: a real recording
+         # only when the bag has reflective masks (fsmde synth --reflective), pooled over every scored pixel:
+         "reflective": {"inside" | "outside" | "all": {abs_rel, sq_rel, rmse, a1, pixels},
+                        "fraction": inside pixels / all pixels},   # see ReflectiveSplit
          # only with corruptions:
          "corruptions": {name: {"S": {abs_rel, ..., a3, dee}}},   # S = severity "1".."5"; mean of cameras
          "robustness": {"dee_clean", "mdee", "mrr", "corruptions": n, "severities": n,
@@ -640,6 +703,11 @@ def _print_summary(result: dict[str, Any], out: Path) -> None:
     print(f"fsmde eval: {result['frames']} frames, mode {result['mode']}, gt {result['gt']}, "
           f"cap {result['cap']:g} m")
     print("  " + "  ".join(f"{k} {f(m[k])}" for k in (*METRIC_KEYS, "cross_view")))
+    refl = result.get("reflective")
+    if refl:
+        print(f"  reflective pixels {f(refl['fraction'])} of {refl['all']['pixels']} (pooled over pixels):")
+        for region in REFLECTIVE_REGIONS:
+            print(f"    {region:<7}  " + "  ".join(f"{k} {f(refl[region][k])}" for k in REFLECTIVE_KEYS))
     robust = result.get("robustness")
     if robust:
         print(f"  corruptions: {robust['corruptions']} ({robust['severities']} corruption@severity passes): "

@@ -313,6 +313,7 @@ def markdown_report(result: dict[str, Any], names: Sequence[str], bags: Sequence
     lines += ["", "Correspondences with a relative difference above 0.5 count as occlusions and are left out "
               "(inlier fraction).", ""]
     lines += _boundary_section(result, names)
+    lines += _reflective_section(result.get("reflective"))
     lines += _scale_section(result.get("scale"), names)
     lines += _confidence_section(result.get("confidence_deciles"))
     lines += _robustness_section(result, corruption_pictures)
@@ -332,6 +333,21 @@ def _boundary_section(result: dict[str, Any], names: Sequence[str]) -> list[str]
     rows = [(_md(n), result["per_camera"][n]) for n in names] + [("**mean**", result["mean"])]
     lines += [f"| {label} | {_fmt(v.get('abs_rel_boundary'))} | {_fmt(v.get('abs_rel_interior'))} |"
               for label, v in rows]
+    return [*lines, ""]
+
+
+def _reflective_section(refl: dict[str, Any] | None) -> list[str]:
+    """Depth error inside / outside the bag's reflective-surface mask; nothing when the bag has none."""
+    if not refl:
+        return []
+    lines = ["## Reflective surfaces", "",
+             f"Pixels on reflective surfaces (car paint and windows, glass facades, puddles): "
+             f"{_fmt(refl.get('fraction'), 3)} of the scored pixels. Pooled over every scored pixel, so "
+             "inside and outside combine into all by that fraction.", "",
+             "| region | AbsRel | SqRel | RMSE | δ<1.25 | pixels |", "|---|---|---|---|---|---|"]
+    lines += [f"| {region} | {_fmt(refl[region]['abs_rel'])} | {_fmt(refl[region]['sq_rel'])} | "
+              f"{_fmt(refl[region]['rmse'])} | {_fmt(refl[region]['a1'], 3)} | {refl[region]['pixels']} |"
+              for region in ("inside", "outside", "all") if region in refl]
     return [*lines, ""]
 
 

@@ -344,8 +344,11 @@ def _tf_lines(layout: BagLayout) -> list[str]:
 
 def _condition_lines(bag: Path) -> list[str]:
     """The synthetic world's condition (``fsmde synth --condition``); nothing for a real recording."""
+    from fsmde_core.synthetic.specular import bag_reflective
+
     condition = bag_condition(bag)
-    return [f"synthetic condition: {condition}"] if condition else []
+    materials = ", reflective materials (--reflective)" if bag_reflective(bag) else ""
+    return [f"synthetic condition: {condition}{materials}"] if condition else []
 
 
 def format_layout(layout: BagLayout, storage: str, size_bytes: int, start_ns: int, duration_ns: int,

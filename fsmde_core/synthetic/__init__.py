@@ -7,6 +7,7 @@ Modules:
     render    camera (RGB + exact depth) and spinning-LiDAR sensors
     weather   adverse conditions (night, dusk, fog, rain): parameters, lighting, mixes, LiDAR degradation
     adverse   their camera effects on the linear radiance (lights, wet road, blur, rain, sensor noise)
+    specular  reflective materials (--reflective): windows, glossy paint, glass facades, puddles; mirror rays
     messages  ROS 2 messages serialised with rosbags' types
     writer    the bag: timing, QoS, log-time ordering; ``generate_bag`` and ``fsmde synth``
 

@@ -588,3 +588,116 @@ def shadow_mask(grid: RayGrid, hits: Hits, T_world_sensor: np.ndarray, sun: np.n
                 )
             shadow[sl] |= blocked & rec
     return shadow
+
+
+# ------------------------------------------------------------ mirror rays
+def trace_rays(
+    origin: np.ndarray,
+    P: np.ndarray,
+    D: np.ndarray,
+    group: np.ndarray,
+    prims: Primitives,
+    road: Road,
+    max_t: float = DRAW_DISTANCE,
+    tile: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit along rays with origins of their own: ``origin + P`` (P (3, n) float32) along unit ``D``.
+
+    Mirror rays (:mod:`fsmde_core.synthetic.specular`) start on the surfaces the
+    camera sees, not at one sensor, so the pixel-grid culling of :func:`cast` does
+    not apply. Rays come in groups (``group`` (n,), the hit id of the mirror they
+    leave); each group's rays start within a small sphere and point into a cone,
+    so a primitive is only intersected with a group whose cone can reach its hull
+    sphere. A group never meets its own primitive (every primitive is convex).
+    ``tile`` (n,) (e.g. the image tile of each ray's pixel) splits groups further:
+    smaller groups have tighter cones, so fewer rays are tested per primitive.
+
+    Returns (t (n,) float32 distance along the ray, +inf = nothing within ``max_t``;
+    hit id (n,) int32, SKY = nothing).
+    """
+    O = P.astype(np.float64) + origin[:, None]
+    t, obj = ground_hits(road, O, D)
+    if prims.n:
+        c, h, yaw = prims.hulls()
+        near = np.flatnonzero(hull_distance(origin, c, h, yaw) < max_t)
+        radius = np.sqrt((h[near] ** 2).sum(1))
+        key = group.astype(np.int64) << 32
+        if tile is not None:
+            key |= tile.astype(np.int64)
+        reach, inv = _cone_reach(P, D, key, c[near] - origin, radius, near)
+        order = np.argsort(inv, kind="stable")  # rays grouped: group g is order[start[g]:start[g] + count[g]]
+        count = np.bincount(inv, minlength=reach.shape[0])
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        for col in np.flatnonzero(reach.any(axis=0)):  # one exact test per target, on every ray that may reach it
+            groups = np.flatnonzero(reach[:, col])
+            n_g = count[groups]
+            offsets = np.repeat(start[groups] - np.concatenate([[0], np.cumsum(n_g)[:-1]]), n_g)
+            rays = order[offsets + np.arange(int(n_g.sum()))]
+            _trace_one(int(near[col]), rays, prims, origin, P, D, t, obj)
+    far = t > max_t
+    t[far] = np.inf
+    obj[far] = SKY
+    return t, obj
+
+
+def _cone_reach(P: np.ndarray, D: np.ndarray, group: np.ndarray, centre: np.ndarray, radius: np.ndarray,
+                ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(G, T) bool: a ray of group g can reach the hull sphere of target t (conservative cone test).
+
+    Each group's rays start within a sphere around their centroid and point into a
+    cone around their mean direction; a target is reachable when its sphere, grown
+    by the start sphere, meets that cone. A group never reaches its own primitive.
+    Also returns each ray's group row (n,).
+    """
+    keys, inv, count = np.unique(group, return_inverse=True, return_counts=True)
+    G = count.size
+    P64, D64 = P.astype(np.float64), D.astype(np.float64)
+    src = np.stack([np.bincount(inv, P64[i], G) for i in range(3)], axis=1) / count[:, None]
+    src_r = np.zeros(G)
+    np.maximum.at(src_r, inv, np.sqrt(((P64.T - src[inv]) ** 2).sum(1)))
+    axis = np.stack([np.bincount(inv, D64[i], G) for i in range(3)], axis=1)
+    axis /= np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-12)
+    cos_min = np.ones(G)
+    np.minimum.at(cos_min, inv, (axis[inv] * D64.T).sum(1))
+    half = np.arccos(np.clip(cos_min, -1.0, 1.0))
+    v = centre[None] - src[:, None]  # (G, T, 3)
+    dist = np.sqrt((v * v).sum(-1))
+    grow = radius[None] + src_r[:, None] + 1e-3
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ang = np.arccos(np.clip((v * axis[:, None]).sum(-1) / dist, -1.0, 1.0))
+        slack = np.arcsin(np.clip(grow / dist, 0.0, 1.0))
+    reach = (dist <= grow) | (ang - slack <= half[:, None])
+    own = (keys >> 32) - FIRST_OBJECT
+    reach &= ids[None] != own[:, None]
+    return reach, inv
+
+
+def _trace_one(k: int, rays: np.ndarray, prims: Primitives, origin: np.ndarray, P: np.ndarray, D: np.ndarray,
+               t: np.ndarray, obj: np.ndarray) -> None:
+    """Intersect primitive ``k`` with the rays ``rays`` (per-ray origins) and keep the nearer hits."""
+    nb, nc = prims.n_box, prims.n_cyl
+    Px, Py, Pz = P[0, rays], P[1, rays], P[2, rays]
+    Dx, Dy, Dz = D[0, rays], D[1, rays], D[2, rays]
+    with np.errstate(divide="ignore"):
+        iDz = f32(1.0) / Dz
+    if k < nb:
+        d = origin - prims.box_c[k]
+        hx, hy, hz = prims.box_h[k]
+        th = hit_box(Dx, Dy, Dz, iDz, Px + f32(d[0]), Py + f32(d[1]), Pz + f32(d[2]), f32(hx), f32(hy), f32(hz),
+                     f32(np.cos(prims.box_yaw[k])), f32(np.sin(prims.box_yaw[k])), t_min=1e-3)
+    elif k < nb + nc:
+        j = k - nb
+        d = origin[:2] - prims.cyl_xy[j]
+        z0, z1 = prims.cyl_z[j]
+        th = hit_cylinder(Dx, Dy, Dz, iDz, Dx * Dx + Dy * Dy, Px + f32(d[0]), Py + f32(d[1]), Pz + f32(origin[2]),
+                          f32(z0), f32(z1), f32(prims.cyl_r[j]), t_min=1e-3)
+    else:
+        j = k - nb - nc
+        d = origin - prims.sph_c[j]
+        th = hit_sphere(Dx, Dy, Dz, f32(1.0), Px + f32(d[0]), Py + f32(d[1]), Pz + f32(d[2]), f32(prims.sph_r[j]),
+                        t_min=1e-3)
+    cur = t[rays]
+    closer = th < cur
+    if closer.any():
+        t[rays] = np.where(closer, th, cur)
+        obj[rays] = np.where(closer, np.int32(FIRST_OBJECT + k), obj[rays])

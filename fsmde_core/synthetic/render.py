@@ -17,6 +17,12 @@ An adverse :class:`~fsmde_core.synthetic.weather.Weather` (night, dusk, fog,
 rain) adds its effects (:mod:`fsmde_core.synthetic.adverse`) to the linear
 radiance and the LiDAR ranges; the depth and labels are those of the clear
 world, and with the clear weather nothing in the render path changes.
+
+With reflective materials (:class:`~fsmde_core.synthetic.specular.Specular`,
+``fsmde synth --reflective``) mirror rays are traced from car windows and paint,
+glass facades and puddles and mixed into the radiance by their Fresnel weight; the
+frame then also carries the reflective mask. Depth and labels stay those of the
+surface (not of what it reflects), byte for byte.
 """
 
 from __future__ import annotations
@@ -31,29 +37,34 @@ from fsmde_core.rig import Rig, RigCamera
 from fsmde_core.synthetic import adverse
 from fsmde_core.synthetic.raycast import SKY, Hits, RayGrid, cast, shadow_mask
 from fsmde_core.synthetic.shading import Surface, Textures, radiance, sky_colour, surface, tonemap
+from fsmde_core.synthetic.specular import MASK_WEIGHT, MIN_WEIGHT, Specular, reflected_radiance
 from fsmde_core.synthetic.weather import Weather, degrade_lidar
 from fsmde_core.synthetic.world import WORLD_MARGIN, Primitives, World
 
 f32 = np.float32
 _NOISE_SLACK = 65536
+_TILE = 16  # mirror rays are culled in groups of one mirror's pixels in one 16x16 image tile
 
 
 @dataclass
 class CameraFrame:
-    """One rendered image: ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) float32 (+Inf = sky) and
-    ``labels`` (H, W) uint8 semantic classes (:mod:`fsmde_core.semantics`)."""
+    """One rendered image: ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) float32 (+Inf = sky),
+    ``labels`` (H, W) uint8 semantic classes (:mod:`fsmde_core.semantics`) and, with reflective
+    materials, ``reflective`` (H, W) bool (reflection weight above ``specular.MASK_WEIGHT``)."""
 
     rgb: np.ndarray
     depth: np.ndarray
     labels: np.ndarray
+    reflective: np.ndarray | None = None
 
 
 class CameraRenderer:
     """Renders one rig camera; rays, vignetting and exposure are fixed at construction."""
 
     def __init__(self, cam: RigCamera, index: int, world: World, textures: Textures, shadows: bool = True,
-                 weather: Weather | None = None) -> None:
+                 weather: Weather | None = None, specular: Specular | None = None) -> None:
         self.cam = cam
+        self.specular = specular
         self.index = index
         self.world = world
         self.textures = textures
@@ -82,7 +93,7 @@ class CameraRenderer:
         H, W = m.height, m.width
         T = T_odom_base @ self.cam.T_base_cam
         hits = cast(self.grid, T, prims, self.world.road)
-        surf = surface(self.world, hits, self.textures, self.grid.pixel_angle)
+        surf = surface(self.world, hits, self.textures, self.grid.pixel_angle, self.specular)
         if self.shadows:
             shadow = shadow_mask(self.grid, hits, T, self.world.lighting.sun_dir, self.world.road).ravel()
         else:
@@ -99,6 +110,7 @@ class CameraRenderer:
         if self.weather is not None and self.weather.wet > 0:
             adverse.wet_ground(surf, self.weather.wet)
         rad[:, surf.index] = radiance(self.world, surf, np.take(shadow, surf.index))
+        reflective = None if self.specular is None else self._mirrors(rad, hits, surf)
         if self.weather is None:
             rgb = tonemap(rad * self.vignette, self.exposure) * f32(255.0)
         else:
@@ -107,7 +119,23 @@ class CameraRenderer:
         start = int(pick.integers(0, _NOISE_SLACK))
         rgb += self._noise[start : start + rgb.size].reshape(rgb.shape)
         rgb8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8).T.reshape(H, W, 3)
-        return CameraFrame(rgb=rgb8, depth=hits.t, labels=pixel_labels(surf, H, W))
+        return CameraFrame(rgb=rgb8, depth=hits.t, labels=pixel_labels(surf, H, W), reflective=reflective)
+
+    def _mirrors(self, rad: np.ndarray, hits: Hits, surf: Surface) -> np.ndarray:
+        """Mix the traced reflections into ``rad`` (3, H*W) in place; returns the (H, W) reflective mask."""
+        H, W = self.cam.model.height, self.cam.model.width
+        sel = np.flatnonzero(surf.mirror > f32(MIN_WEIGHT))
+        mask = np.zeros(H * W, dtype=bool)
+        if sel.size:
+            pix = np.take(surf.index, sel)
+            seen = reflected_radiance(self.world, self.textures, hits, np.take(surf.P, sel, axis=1),
+                                      np.take(surf.normal, sel, axis=1), np.take(hits.obj.ravel(), pix),
+                                      self.grid.pixel_angle, (pix // W) // _TILE * W + (pix % W) // _TILE)
+            w = np.take(surf.mirror, sel)
+            diffuse = np.take(rad, pix, axis=1)
+            rad[:, pix] = diffuse + (seen - diffuse) * w
+            mask[pix] = w > f32(MASK_WEIGHT)
+        return mask.reshape(H, W)
 
     def _adverse(self, rad: np.ndarray, hits: Hits, surf: Surface, T_odom_base: np.ndarray, frame: int,
                  t: float) -> np.ndarray:

@@ -26,12 +26,16 @@ with the picture and the depth by construction, at the cost of one lookup.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fsmde_core import semantics as sem
 from fsmde_core.synthetic.raycast import FIRST_OBJECT, GROUND, KERB, Hits
 from fsmde_core.synthetic.world import Lighting, Material, Road, World
+
+if TYPE_CHECKING:
+    from fsmde_core.synthetic.specular import Specular
 
 f32 = np.float32
 
@@ -166,6 +170,8 @@ class Surface:
         albedo: (3, N) float32 linear albedo.
         gloss: (N,) float32 share of sky reflection (glass, paint).
         label: (N,) uint8 semantic class (:mod:`fsmde_core.semantics`).
+        mirror: (N,) float32 weight of the mirror reflection (:mod:`fsmde_core.synthetic.specular`),
+            None when the world has no reflective materials.
     """
 
     index: np.ndarray
@@ -175,6 +181,7 @@ class Surface:
     albedo: np.ndarray
     gloss: np.ndarray
     label: np.ndarray
+    mirror: np.ndarray | None = None
 
 
 def _material_classes() -> np.ndarray:
@@ -212,10 +219,11 @@ class _Group:
     D: np.ndarray  # (3, n) ray directions (world axes)
     fw: np.ndarray  # (n,) pixel footprint (m)
     k: np.ndarray  # (n,) primitive index (objects only)
+    spec: Specular | None = None  # reflective materials (fsmde synth --reflective)
 
 
-def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float) -> Surface:
-    """Normals and albedo of every hit pixel."""
+def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float, spec: Specular | None = None) -> Surface:
+    """Normals and albedo of every hit pixel; with ``spec``, also the weight of each pixel's mirror reflection."""
     obj_flat = hits.obj.ravel()
     hit = np.flatnonzero(obj_flat >= 0)
     obj = np.take(obj_flat, hit)
@@ -246,9 +254,10 @@ def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float) -> Surf
     albedo = np.zeros((3, n), np.float32)
     gloss = np.zeros(n, np.float32)
     label = np.empty(n, np.uint8)
+    mirror = None if spec is None else np.zeros(n, np.float32)
 
     def group(lo: int, hi: int) -> _Group:
-        return _Group(world, tex, hits, Wc[:, lo:hi], D[:, lo:hi], fw[lo:hi], kk[lo:hi])
+        return _Group(world, tex, hits, Wc[:, lo:hi], D[:, lo:hi], fw[lo:hi], kk[lo:hi], spec)
 
     def run(lo: int, hi: int, fn) -> None:
         if hi > lo:
@@ -257,15 +266,22 @@ def surface(world: World, hits: Hits, tex: Textures, pixel_angle: float) -> Surf
     g0, g1 = bounds[_K_GROUND], bounds[_K_GROUND + 1]
     if g1 > g0:  # the ground also says which zone / paint each pixel is on
         normal[:, g0:g1], albedo[:, g0:g1], gloss[g0:g1], label[g0:g1] = _ground(group(g0, g1))
+        if spec is not None:
+            mirror[g0:g1] = _puddles(group(g0, g1), label[g0:g1], albedo[:, g0:g1], gloss[g0:g1])
     run(bounds[_K_KERB], bounds[_K_KERB + 1], _kerb)
     label[bounds[_K_KERB] : bounds[_K_KERB + 1]] = sem.SIDEWALK
-    run(bounds[_K_BOX], bounds[_K_CYL], lambda g: _boxes(g, bounds[_K_BOX : _K_CYL + 1] - bounds[_K_BOX]))
+    b0, b1 = bounds[_K_BOX], bounds[_K_CYL]
+    if b1 > b0:
+        box_out = _boxes(group(b0, b1), bounds[_K_BOX : _K_CYL + 1] - b0)
+        normal[:, b0:b1], albedo[:, b0:b1], gloss[b0:b1] = box_out[:3]
+        if spec is not None:
+            mirror[b0:b1] = box_out[3]
     run(bounds[_K_CYL], bounds[_K_SPH], _cylinders)
     run(bounds[_K_SPH], bounds[_N_KEYS], _spheres)
     o0 = bounds[_K_BOX]
     if n > o0 and mats.size:
         label[o0:] = np.take(MATERIAL_CLASS, np.take(mats, kk[o0:]))
-    return Surface(index=index, P=P, rng=rng, normal=normal, albedo=albedo, gloss=gloss, label=label)
+    return Surface(index=index, P=P, rng=rng, normal=normal, albedo=albedo, gloss=gloss, label=label, mirror=mirror)
 
 
 def _up(n: int) -> np.ndarray:
@@ -303,6 +319,28 @@ def _ground(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     label = np.empty_like(cls)
     label[order] = cls
     return _up(s.size), albedo, np.zeros(s.size, np.float32), label
+
+
+def _puddles(g: _Group, label: np.ndarray, albedo: np.ndarray, gloss: np.ndarray) -> np.ndarray:
+    """Puddles on the road, in place on the ground's albedo (wet, darker) and gloss; returns the mirror weight."""
+    from fsmde_core.synthetic.specular import water_weight
+
+    mirror = np.zeros(label.size, np.float32)
+    on_road = np.flatnonzero((label == sem.ROAD) | (label == sem.LANE_MARKING))
+    if not on_road.size:
+        return mirror
+    s, l = g.world.road.to_sl(np.take(g.W[0], on_road), np.take(g.W[1], on_road))
+    cover = g.spec.puddle_cover(s, l, np.take(g.fw, on_road))
+    wet = np.flatnonzero(cover > 0)
+    if not wet.size:
+        return mirror
+    idx, c = on_road[wet], cover[wet]
+    D = np.take(g.D, idx, axis=1)
+    cos_v = np.abs(D[2]) / np.sqrt(dot3(D, D))
+    albedo[:, idx] *= f32(1.0) - f32(0.5) * c  # water fills the pores: darker
+    gloss[idx] *= f32(1.0) - c
+    mirror[idx] = c * water_weight(cos_v)
+    return mirror
 
 
 def _asphalt(road: Road, s, l, grain, patch, fw) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +386,8 @@ def _kerb(g: _Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return normal.astype(np.float32), np.stack([alb, alb, alb]), np.zeros(s.size, np.float32)
 
 
-def _boxes(g: _Group, mat_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _boxes(g: _Group, mat_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Normal, albedo, gloss of box hits; and with reflective materials the mirror weight (else None)."""
     prims = g.hits.prims
     k = g.k
     c = prims.box_c.T.astype(np.float32)
@@ -371,6 +410,9 @@ def _boxes(g: _Group, mat_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     albedo = col.copy()
     gloss = np.zeros(k.size, np.float32)
     gloss_of = {Material.METAL: 0.1}
+    glass_cover = coat_cover = None
+    if g.spec is not None:  # mirror glass and clear coat shares of each pixel (material functions fill them)
+        glass_cover, coat_cover = np.zeros(k.size, np.float32), np.zeros(k.size, np.float32)
     for m, fn in (
         (Material.BUILDING, _facade),
         (Material.CAR_PAINT, _paint),
@@ -379,7 +421,7 @@ def _boxes(g: _Group, mat_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     ):
         sl = slice(mat_bounds[m], mat_bounds[m + 1])
         if sl.stop > sl.start:
-            albedo[:, sl], gloss[sl] = fn(
+            res = fn(
                 g,
                 col[:, sl],
                 par[:, sl],
@@ -392,9 +434,18 @@ def _boxes(g: _Group, mat_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
                 g.fw[sl],
                 k[sl],
             )
+            albedo[:, sl], gloss[sl] = res[:2]
+            if glass_cover is not None and len(res) == 4:
+                glass_cover[sl], coat_cover[sl] = res[2], res[3]
     for m, v in gloss_of.items():
         gloss[mat_bounds[m] : mat_bounds[m + 1]] = f32(v)
-    return normal, albedo, gloss
+    if glass_cover is None:
+        return normal, albedo, gloss, None
+    from fsmde_core.synthetic.specular import glass_weight, paint_weight
+
+    cos_v = np.abs(dot3(g.D, normal)) / np.sqrt(dot3(g.D, g.D))
+    gloss *= np.clip(f32(1.0) - glass_cover - coat_cover, 0.0, 1.0)  # the traced mirror replaces the sky sheen
+    return normal, albedo, gloss, glass_cover * glass_weight(cos_v) + coat_cover * paint_weight(cos_v)
 
 
 # Box materials share one signature: colours/params (3|4, n), face axis (0/1 = side, 2 = top),
@@ -414,6 +465,10 @@ def _facade(
     k: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     floor_h, period, fu, fv = par
+    curtain = None
+    if g.spec is not None:  # glass buildings: a curtain wall, glass between thin mullions and spandrels
+        curtain = g.spec.glass_building(floor_h)
+        fu, fv = np.where(curtain, f32(0.9), fu), np.where(curtain, f32(0.8), fv)
     side = axis != 2
     kf = k.astype(np.float32)
     grain = g.tex.fine.sample(u * f32(8.0), z * f32(8.0) + kf * f32(31.0), fw * f32(8.0))
@@ -433,7 +488,11 @@ def _facade(
     wall = wall * (1 - pulse(z, floor_h, 0.06, fw) * side * f32(0.25))  # floor cornices
     roof = (axis == 2).astype(np.float32)
     wall = mix(wall, (f32(0.18) + f32(0.1) * grain) * np.ones((3, 1), np.float32), roof)
-    return mix(wall, glass, window), f32(0.35) * window
+    if curtain is None:
+        return mix(wall, glass, window), f32(0.35) * window
+    mirror = window * curtain
+    glass = mix(glass, rgb(0.02, 0.03, 0.035), curtain.astype(np.float32))  # tinted, no lit rooms behind
+    return mix(wall, glass, window), f32(0.35) * window, mirror, np.zeros_like(mirror)
 
 
 def _paint(
@@ -456,7 +515,10 @@ def _paint(
     r = np.sqrt(wx * wx + (z - f32(0.34)) ** 2)
     tyre = band(r, f32(-1.0), f32(0.34), fw) * (axis == 1) * (par[1] < 0.5)
     out = mix(out, rgb(0.03, 0.03, 0.03), tyre)
-    return out, f32(0.12) * (1 - tyre)
+    if g.spec is None:
+        return out, f32(0.12) * (1 - tyre)
+    coat = (1 - tyre) * g.spec.glossy_car(par[0])
+    return out, f32(0.12) * (1 - tyre), np.zeros_like(coat), coat
 
 
 def _glass(
@@ -474,8 +536,12 @@ def _glass(
 ) -> tuple[np.ndarray, np.ndarray]:
     roof = (axis == 2).astype(np.float32)
     pillar = 1 - band(u, f32(0.12), 2 * half_u - f32(0.12), fw)
-    out = mix(rgb(0.03, 0.035, 0.045), col, np.maximum(pillar, roof))
-    return out, np.where(roof > 0, f32(0.1), f32(0.45) * (1 - pillar))
+    frame = np.maximum(pillar, roof)
+    out = mix(rgb(0.03, 0.035, 0.045), col, frame)
+    gloss = np.where(roof > 0, f32(0.1), f32(0.45) * (1 - pillar))
+    if g.spec is None:
+        return out, gloss
+    return out, gloss, 1 - frame, frame * g.spec.glossy_car(par[0])
 
 
 def _sign(

@@ -47,6 +47,14 @@ bags with consecutive seeds mix conditions deterministically. The condition
 is stored in the bag's metadata (custom data ``fsmde.condition``, read back
 with :func:`bag_condition`) for evaluation to group by.
 
+``--reflective`` adds mirror-like materials (car windows and clear-coated paint,
+glass facades, puddles: :mod:`fsmde_core.synthetic.specular`) and their
+ground-truth mask per camera on ``/synthetic_gt/<name>/reflective`` (mono8, 255 =
+reflection weight > 0.2, same header as the image); custom data
+``fsmde.reflective: true``. Depth, labels and LiDAR are unchanged.
+``--no-lidar`` writes no PointCloud2 topic (a camera-only fleet); every other
+message is byte-identical to the bag written without it.
+
 Rendering runs in worker processes (numpy's many small operations hold the
 GIL, so threads do not scale); results are identical for any worker count.
 """
@@ -84,6 +92,7 @@ from fsmde_core.synthetic.render import (
     trigger_phases_s,
 )
 from fsmde_core.synthetic.shading import Textures
+from fsmde_core.synthetic.specular import REFLECTIVE_KEY, Specular
 from fsmde_core.synthetic.weather import (  # noqa: F401 - bag_condition: re-exported for the writer's users
     CONDITION_KEY,
     CONDITIONS,
@@ -99,6 +108,7 @@ START_NS = 1_735_732_800 * 1_000_000_000  # 2025-01-01 12:00:00 UTC: realistic, 
 TF_PERIOD_NS = 20_000_000  # odometry at 50 Hz
 GT_TOPIC = "/synthetic_gt/{name}/depth"
 LABELS_TOPIC = "/synthetic_gt/{name}/labels"
+REFLECTIVE_TOPIC = "/synthetic_gt/{name}/reflective"
 ODOM_FRAME = "odom"
 JPEG_QUALITY = 90
 CAMERA_TIMINGS = ("synchronous", "sweep")
@@ -210,6 +220,8 @@ class SceneSpec:
     speed: float | None = None
     lidar_sweep: str | None = None
     condition: str = "clear"
+    reflective: bool = False
+    lidar: bool = True
 
 
 def default_lidar_sweep(camera_timing: str, lidar_sweep: str | None) -> str:
@@ -240,8 +252,9 @@ def rig_timing(seed: int, rig: Rig, camera_timing: str) -> RigTiming:
     return RigTiming.triggered(seed, trigger_phases_s(camera_azimuths(rig), spec), spec.period_s)
 
 
-#: What rendering one camera gives the writer: image (rgb array or JPEG bytes), depth, labels.
-CameraResult = tuple[bytes | np.ndarray, np.ndarray, np.ndarray]
+#: What rendering one camera gives the writer: image (rgb array or JPEG bytes), depth, labels,
+#: reflective mask (None without reflective materials).
+CameraResult = tuple[bytes | np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 class Scene:
@@ -252,22 +265,24 @@ class Scene:
         self.rig: Rig = rig_preset(spec.preset, spec.width, spec.height)
         self.world, weather = apply_condition(make_world(spec.seed, spec.duration_s, spec.speed), spec.condition)
         textures = Textures.for_world(self.world)
+        specular = Specular.for_world(self.world) if spec.reflective else None
         self.cameras = [
-            CameraRenderer(c, i, self.world, textures, weather=weather) for i, c in enumerate(self.rig.cameras)
+            CameraRenderer(c, i, self.world, textures, weather=weather, specular=specular)
+            for i, c in enumerate(self.rig.cameras)
         ]
         self.lidar = LidarRenderer(
             self.rig, self.world, textures, lidar_spec(self.rig, spec.camera_timing, spec.lidar_sweep), weather
         )
 
     def render_camera(self, index: int, stamp_ns: int, frame: int) -> CameraResult:
-        """(image: rgb array or JPEG bytes, depth, labels) of camera ``index`` at its own stamp."""
+        """(image: rgb array or JPEG bytes, depth, labels, reflective mask) of camera ``index`` at its stamp."""
         t = seconds(stamp_ns)
         out = self.cameras[index].render(self.world.ego_pose(t), self.world.primitives_at(t), frame, t)
         if self.spec.image_format == "jpeg":
             buf = io.BytesIO()
             Image.fromarray(out.rgb).save(buf, format="JPEG", quality=JPEG_QUALITY)
-            return buf.getvalue(), out.depth, out.labels
-        return out.rgb, out.depth, out.labels
+            return buf.getvalue(), out.depth, out.labels, out.reflective
+        return out.rgb, out.depth, out.labels, out.reflective
 
     def render_lidar(self, stamp_ns: int, frame: int) -> np.ndarray:
         return self.lidar.sweep_at(seconds(stamp_ns), frame)
@@ -333,7 +348,8 @@ class RenderedFrame:
     images: list  # per camera: rgb array or JPEG bytes
     depths: list[np.ndarray]
     labels: list[np.ndarray]
-    cloud: np.ndarray
+    cloud: np.ndarray | None  # None: the bag has no LiDAR
+    reflective: list[np.ndarray | None]
 
 
 def _render_frames(
@@ -349,17 +365,19 @@ def _render_frames(
             initializer=_worker_init,
             initargs=(spec,),
         )
-    pending: deque[tuple[FrameTimes, list[Future], Future]] = deque()
+    pending: deque[tuple[FrameTimes, list[Future], Future | None]] = deque()
     try:
         for k in range(frames + 2):
             if k < frames:
                 ft = frame_times(spec.seed, k, timing, last=k == frames - 1)
                 cams = [ex.submit(_worker_camera, i, int(ft.camera_stamp[i]), k) for i in range(n_cam)]
-                pending.append((ft, cams, ex.submit(_worker_lidar, ft.lidar_stamp, k)))
+                lid = ex.submit(_worker_lidar, ft.lidar_stamp, k) if spec.lidar else None
+                pending.append((ft, cams, lid))
             if pending and (k >= 2 or k >= frames):
                 ft, cams, lid = pending.popleft()
                 res = [f.result() for f in cams]
-                yield RenderedFrame(ft, [r[0] for r in res], [r[1] for r in res], [r[2] for r in res], lid.result())
+                yield RenderedFrame(ft, [r[0] for r in res], [r[1] for r in res], [r[2] for r in res],
+                                    None if lid is None else lid.result(), [r[3] for r in res])
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
@@ -414,7 +432,8 @@ def _static_transforms(rig: Rig) -> list[tuple[int, str, str, np.ndarray]]:
     return tfs
 
 
-def _declare_topics(sink: BagSink, rig: Rig, image_format: str) -> None:
+def _declare_topics(sink: BagSink, rig: Rig, image_format: str, reflective: bool = False,
+                    lidar: bool = True) -> None:
     sink.add_topic("/tf_static", msgs.TF_MESSAGE, QOS_LATCHED)
     sink.add_topic("/tf", msgs.TF_MESSAGE, QOS_RELIABLE)
     for cam in rig.cameras:
@@ -425,7 +444,10 @@ def _declare_topics(sink: BagSink, rig: Rig, image_format: str) -> None:
         sink.add_topic(cam.info_topic, msgs.CAMERA_INFO, QOS_SENSOR)
         sink.add_topic(GT_TOPIC.format(name=cam.name), msgs.IMAGE, QOS_RELIABLE)
         sink.add_topic(LABELS_TOPIC.format(name=cam.name), msgs.IMAGE, QOS_RELIABLE)
-    sink.add_topic(rig.lidar_topic, msgs.POINT_CLOUD2, QOS_SENSOR)
+        if reflective:
+            sink.add_topic(REFLECTIVE_TOPIC.format(name=cam.name), msgs.IMAGE, QOS_RELIABLE)
+    if lidar:
+        sink.add_topic(rig.lidar_topic, msgs.POINT_CLOUD2, QOS_SENSOR)
 
 
 def _push_frame(sink: BagSink, rig: Rig, world: World, fr: RenderedFrame, image_format: str) -> None:
@@ -443,8 +465,13 @@ def _push_frame(sink: BagSink, rig: Rig, world: World, fr: RenderedFrame, image_
         sink.push(GT_TOPIC.format(name=cam.name), ft.gt_log[i], msgs.image_depth(stamp, cam.frame_id, fr.depths[i]))
         labels = msgs.image_mono8(stamp, cam.frame_id, fr.labels[i])
         sink.push(LABELS_TOPIC.format(name=cam.name), ft.gt_log[i], labels)
-    dense = bool(np.isfinite(fr.cloud["x"]).all())
-    sink.push(rig.lidar_topic, ft.lidar_log, msgs.point_cloud2(ft.lidar_stamp, rig.lidar_frame, fr.cloud, dense))
+        if fr.reflective[i] is not None:  # 255 = reflective pixel; logged with the other ground truth
+            mask = np.where(fr.reflective[i], np.uint8(255), np.uint8(0))
+            sink.push(REFLECTIVE_TOPIC.format(name=cam.name), ft.gt_log[i], msgs.image_mono8(stamp, cam.frame_id, mask))
+    if fr.cloud is not None:
+        dense = bool(np.isfinite(fr.cloud["x"]).all())
+        cloud = msgs.point_cloud2(ft.lidar_stamp, rig.lidar_frame, fr.cloud, dense)
+        sink.push(rig.lidar_topic, ft.lidar_log, cloud)
 
 
 def default_workers() -> int:
@@ -472,6 +499,8 @@ def generate_bag(
     lidar_sweep: str | None = None,
     condition: str | None = None,
     condition_mix: str | None = None,
+    reflective: bool = False,
+    lidar: bool = True,
 ) -> dict:
     """Render ``frames`` surround frames of the procedural street into a new rosbag2 at ``out``.
 
@@ -494,6 +523,8 @@ def generate_bag(
         condition: one of :data:`~fsmde_core.synthetic.weather.CONDITIONS`; None = clear
             (or drawn from ``condition_mix``).
         condition_mix: ``NAME=WEIGHT,...``: the condition is drawn from these weights with the seed.
+        reflective: reflective materials and the ``/synthetic_gt/<name>/reflective`` mask topics.
+        lidar: False = no PointCloud2 topic (every other message unchanged).
 
     Returns:
         Summary: path, preset, seed, frames, storage, image_format, width, height,
@@ -527,7 +558,8 @@ def generate_bag(
 
     t0 = time.perf_counter()
     spec = SceneSpec(preset, width, height, int(seed), frames * FRAME_PERIOD_S + 0.5, image_format,
-                     camera_timing, None if speed is None else float(speed), sweep_kind, condition)
+                     camera_timing, None if speed is None else float(speed), sweep_kind, condition,
+                     bool(reflective), bool(lidar))
     rig = rig_preset(preset, width, height)
     world = make_world(spec.seed, spec.duration_s, spec.speed)  # cheap; this process only needs the ego poses
     timing = rig_timing(spec.seed, rig, camera_timing)
@@ -542,13 +574,16 @@ def generate_bag(
             f"size={rig.cameras[0].model.width}x{rig.cameras[0].model.height}"
             + (f" camera_timing={camera_timing}" if camera_timing != "synchronous" else "")
             + (f" speed={speed:g}" if speed is not None else "")
-            + (f" lidar_sweep={sweep_kind}" if sweep_kind != default_lidar_sweep(camera_timing, None) else ""),
+            + (f" lidar_sweep={sweep_kind}" if sweep_kind != default_lidar_sweep(camera_timing, None) else "")
+            + ("" if lidar else " lidar=none"),
         )
         if condition != "clear":  # a clear bag stays byte-identical to one written before conditions existed
             sink.writer.set_custom_data(CONDITION_KEY, condition)
         if condition_mix is not None:
             sink.writer.set_custom_data(CONDITION_KEY + "_mix", condition_mix)
-        _declare_topics(sink, rig, image_format)
+        if reflective:  # absent = not reflective: bags without the flag stay byte-identical
+            sink.writer.set_custom_data(REFLECTIVE_KEY, "true")
+        _declare_topics(sink, rig, image_format, reflective, lidar)
         sink.push("/tf_static", START_NS, msgs.tf_message(_static_transforms(rig)))
         bar = tqdm(total=frames, unit="frame", desc=f"synth {preset}", disable=not progress, file=sys.stderr)
         for fr in _render_frames(spec, len(rig.cameras), timing, frames, n_workers):
@@ -581,6 +616,8 @@ def generate_bag(
         "speed": speed,
         "lidar_sweep": sweep_kind,
         "condition": condition,
+        "reflective": bool(reflective),
+        "lidar": bool(lidar),
     }
 
 
@@ -648,6 +685,17 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=W,...",
         help="draw the condition from these weights with the seed, e.g. clear=0.5,night=0.25,fog=0.25",
     )
+    parser.add_argument(
+        "--reflective",
+        action="store_true",
+        help="reflective materials (car windows and paint, glass facades, puddles) and their mask per camera "
+        "on /synthetic_gt/<name>/reflective (mono8, 255 = reflective); depth GT and LiDAR unchanged",
+    )
+    parser.add_argument(
+        "--no-lidar",
+        action="store_true",
+        help="write no PointCloud2 topic (a camera-only fleet); every other message is unchanged",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -670,6 +718,8 @@ def run_synth(args: argparse.Namespace) -> int:
             lidar_sweep=args.lidar_sweep,
             condition=args.condition,
             condition_mix=args.condition_mix,
+            reflective=args.reflective,
+            lidar=not args.no_lidar,
         )
     except (ValueError, FileExistsError) as exc:
         print(f"fsmde synth: error: {exc}", file=sys.stderr)
@@ -679,6 +729,8 @@ def run_synth(args: argparse.Namespace) -> int:
         f"{summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s "
         f"({summary['frames_per_s']:.2f} frames/s, {summary['workers']} worker(s))"
         + (f", condition {summary['condition']}" if summary["condition"] != "clear" else "")
+        + (", reflective" if summary["reflective"] else "")
+        + ("" if summary["lidar"] else ", no LiDAR")
     )
     width = max(len(t) for t in summary["topics"])
     for topic, info in summary["topics"].items():
