@@ -209,20 +209,7 @@ def _reorder(sample: Any, names: list[str] | None) -> Any:
             f"(bag cameras: {list(sample.camera_names)}; checkpoint cameras: {list(names)}); "
             "pass a DataConfig with explicit camera topics if they are named differently"
         )
-    idx = [list(sample.camera_names).index(n) for n in names]
-    return replace(
-        sample,
-        camera_names=list(names),
-        images=sample.images[idx],
-        camera_stamps_ns=sample.camera_stamps_ns[idx],
-        models=[sample.models[k] for k in idx],
-        T_base_cam=sample.T_base_cam[idx],
-        sparse_depth=sample.sparse_depth[idx],
-        gt_depth=None if sample.gt_depth is None else sample.gt_depth[idx],
-        masks=sample.masks[idx],
-        gt_labels=None if sample.gt_labels is None else sample.gt_labels[idx],
-        gt_reflective=None if sample.gt_reflective is None else sample.gt_reflective[idx],
-    )
+    return sample.take([list(sample.camera_names).index(n) for n in names])
 
 
 def _ground_truth(sample: Any, gt: str) -> np.ndarray:
@@ -254,6 +241,17 @@ def _bag_max_depth(bags: list[Path], config: Any) -> float:
     from fsmde_core.data.bag import BagSource
 
     return float(BagSource(bags, config).layout(bags[0]).max_depth)
+
+
+def refuse_camera_only(bags: list[Path], config: Any) -> None:
+    """``--gt lidar`` on a bag without a LiDAR topic: one line, instead of a report with no valid pixel."""
+    from fsmde_core.data.bag import BagSource
+
+    source = BagSource(bags, config)
+    for bag in bags:
+        if source.layout(bag).camera_only:
+            raise EvalError(f"bag {bag} has no LiDAR topic (a camera-only bag): --gt lidar needs one; use --gt "
+                            "synthetic for a synthetic bag, or evaluate on a recording with LiDAR")
 
 
 def _frame_samples(bags: list[Path], config: Any, max_frames: int | None) -> Iterator[Any]:
@@ -589,6 +587,8 @@ def evaluate(
         predictor = teacher_predictor(checkpoint_or_teacher, device)
     mode = mode or predictor.default_mode
     config = _data_config(data_config, predictor.size, gt)
+    if gt == "lidar":
+        refuse_camera_only(bag_list, config)
     cap = float(cap if cap is not None else predictor.cap or _bag_max_depth(bag_list, config))
 
     acc: _Accumulator | None = None

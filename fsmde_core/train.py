@@ -210,9 +210,9 @@ def check_data_for_losses(index, lc: DistillLossConfig, bags: list[Path]) -> Non
     """One line when the chosen loss terms need data the bags lack (LiDAR; odometry for ``photometric_pose: odom``)."""
     if not any(e.lidar_stamp_ns is not None for e in index.entries) and lc.lidar_terms:
         raise ConfigError(
-            f"{', '.join(map(str, bags))}: no LiDAR sweep in any surround set, but loss terms {', '.join(lc.lidar_terms)}"
-            " need LiDAR depth; train camera-only with loss.use_photometric=true loss.use_silog=false "
-            "loss.use_bins=false (README 'Training without LiDAR')")
+            f"{', '.join(map(str, bags))}: no LiDAR sweep in any surround set, but loss terms "
+            f"{', '.join(lc.lidar_terms)} need LiDAR depth; train camera-only with loss.use_photometric=true "
+            "loss.use_silog=false loss.use_bins=false (README 'Training without LiDAR')")
     if lc.use_photometric and lc.photometric_temporal and lc.photometric_pose == "odom" and not all(
             e.has_odom for e in index.entries):
         missing = sum(not e.has_odom for e in index.entries)
@@ -650,7 +650,8 @@ class Trainer:
         return out, losses
 
     def _with_self_supervision(self, losses: dict[str, torch.Tensor], out: Any, sets: dict[str, torch.Tensor],
-                               teacher_out: TeacherOutput | None, step_cfg: DistillLossConfig) -> dict[str, torch.Tensor]:
+                               teacher_out: TeacherOutput | None,
+                               step_cfg: DistillLossConfig) -> dict[str, torch.Tensor]:
         """The photometric terms added to the supervised / KD ones (unweighted for logging, weighted in total)."""
         from fsmde_core.selfsup.objective import SelfSupervisedBatch
 

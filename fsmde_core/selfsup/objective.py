@@ -17,6 +17,7 @@ the video the way the LiDAR centre term teaches them otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from fsmde_core.distill.ckd import ckd_loss, cross_depth
 from fsmde_core.distill.objective import DistillLossConfig
 from fsmde_core.models.teachers.base import TeacherOutput
+from fsmde_core.selfsup.intrinsic import EPS as LOG_EPS
 from fsmde_core.selfsup.intrinsic import Decomposition, IntrinsicDecomposer, decomposition_losses
 from fsmde_core.selfsup.photometric import PhotometricSources, photometric_loss, ssim_l1, surround_sources
 from fsmde_core.selfsup.posenet import RigPoseNet
@@ -33,6 +35,36 @@ from fsmde_core.selfsup.reflective import ErrorStats, reflective_mask
 #: Keys of a dataset item that the self-supervised terms read, stacked per set (S, N, ...) by the collate.
 SET_KEYS = ("images", "masks", "K", "T_base_cam", "T_odom_base", "has_odom", "prev_images", "next_images",
             "prev_T_odom_base", "next_T_odom_base", "has_prev", "has_next")
+
+
+#: The reflective pass (decomposition, its warps, the mask) runs at this fraction of the training size.
+REFLECTIVE_SCALE = 0.5
+
+
+def _downscaled(depth: torch.Tensor, target: torch.Tensor, K: torch.Tensor, sources: PhotometricSources,
+                usable: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             PhotometricSources, torch.Tensor]:
+    """Everything a photometric pass reads, resized by ``scale`` (intrinsics with the pixel-centre convention)."""
+    h, w = target.shape[-2:]
+    size = (max(8, round(h * scale)), max(8, round(w * scale)))
+    sx, sy = size[1] / w, size[0] / h
+
+    def rescale_k(k: torch.Tensor) -> torch.Tensor:
+        k = k.clone()
+        k[..., 0, 0] *= sx
+        k[..., 0, 2] = (k[..., 0, 2] + 0.5) * sx - 0.5
+        k[..., 1, 1] *= sy
+        k[..., 1, 2] = (k[..., 1, 2] + 0.5) * sy - 0.5
+        return k
+
+    def area(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="area")
+
+    b, s = sources.images.shape[:2]
+    src = area(sources.images.flatten(0, 1)).view(b, s, 3, *size)
+    small = dataclasses.replace(sources, images=src, K=rescale_k(sources.K))
+    return (F.interpolate(depth, size=size, mode="nearest"), area(target), rescale_k(K), small,
+            F.interpolate(usable.float(), size=size, mode="nearest") > 0.5)
 
 
 def ring_neighbours(pairs: list[tuple[int, int]], num_cameras: int) -> list[tuple[int, int]]:
@@ -102,7 +134,7 @@ class SelfSupervision(torch.nn.Module):
 
     # -------------------------------------------------------------- sources
     def _ego_motion(self, sets: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """(S, 2, 4, 4) base(t_prev) <- base(t) and base(t_next) <- base(t) from the pose network, or None (odometry)."""
+        """(S, 2, 4, 4) base(t_prev) <- base(t), base(t_next) <- base(t) from the pose network; None = odometry."""
         if self.posenet is None or not self.cfg.photometric_temporal:
             return None
         cur, tb = sets["images"], sets["T_base_cam"]
@@ -153,34 +185,40 @@ class SelfSupervision(torch.nn.Module):
 
         The image's per-pixel photometric error is compared with that of its
         diffuse part under the same warps (the depth is detached: the mask must
-        not shape the depth it masks).
+        not shape the depth it masks). Runs at half the training resolution
+        (:data:`REFLECTIVE_SCALE`): the decomposition sees every source image, so
+        its cost grows with them, and a reflection is a region, not an edge.
         """
         assert self.decomposer is not None and self.error_stats is not None
-        b, s = sources.images.shape[:2]
-        dec_t = self.decomposer(target)
-        dec_s = self.decomposer(sources.images.flatten(0, 1))
+        full = tuple(target.shape[-2:])
+        depth_h, target_h, K_h, sources_h, usable_h = _downscaled(depth, target, K, sources, usable, REFLECTIVE_SCALE)
+        b, s = sources_h.images.shape[:2]
+        dec_t = self.decomposer(target_h)
+        dec_s = self.decomposer(sources_h.images.flatten(0, 1))
         with torch.no_grad():
-            image_pass = photometric_loss(depth, target, K, sources, usable, automask=False,
+            image_pass = photometric_loss(depth_h, target_h, K_h, sources_h, usable_h, automask=False,
                                           alpha=self.cfg.photometric_alpha)
         log_src = dec_s.log_diffuse.view(b, s, *dec_s.log_diffuse.shape[1:])
         warped_log, warp_valid = image_pass.warp(log_src)
-        losses = decomposition_losses(target, dec_t, warped_log, warp_valid)
+        warp_valid = warp_valid & sources_h.valid[:, :, None, None, None]
+        err_image = image_pass.error
+        losses = decomposition_losses(target_h, dec_t, warped_log, warp_valid, image_error=err_image.detach())
         with torch.no_grad():
-            err_diffuse = self._diffuse_error(dec_t, warped_log, warp_valid & sources.valid[:, :, None, None, None])
-            valid = usable & torch.isfinite(image_pass.error) & torch.isfinite(err_diffuse)
+            err_diffuse = self._diffuse_error(dec_t, warped_log, warp_valid)
+            valid = usable_h & torch.isfinite(err_image) & torch.isfinite(err_diffuse)
             self.error_stats.sync_in()
-            self.error_stats.stats.update(image_pass.error, err_diffuse, valid)
+            mask = reflective_mask(err_image, err_diffuse, valid, self.error_stats.stats, self.cfg.reflective_threshold)
+            self.error_stats.stats.update(err_image, err_diffuse, valid)  # after the mask (reflective.py)
             self.error_stats.sync_out()
-            mask = reflective_mask(image_pass.error, err_diffuse, valid, self.error_stats.stats,
-                                   self.cfg.reflective_threshold)
+            mask = F.interpolate(mask.float(), size=full, mode="nearest") > 0.5
             self.last_reflective_fraction = float(mask.float().mean())
         return mask, losses["total"]
 
     def _diffuse_error(self, dec_t: Decomposition, warped_log: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Per-pixel minimum over the sources of the diffuse images' SSIM + L1 error (inf where no source)."""
-        target = dec_t.log_diffuse.exp().clamp(0.0, 1.0)
+        target = dec_t.diffuse_image()
         errors = []
         for k in range(warped_log.shape[1]):
-            e = ssim_l1(warped_log[:, k].exp().clamp(0.0, 1.0), target, self.cfg.photometric_alpha)
+            e = ssim_l1((warped_log[:, k].exp() - LOG_EPS).clamp(0.0, 1.0), target, self.cfg.photometric_alpha)
             errors.append(torch.where(valid[:, k], e, torch.full_like(e, float("inf"))))
         return torch.stack(errors, 1).amin(1)
