@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (the universal torch idiom)
 
 from fsmde_core.distill.ckd import ckd_loss, cross_depth
 from fsmde_core.distill.objective import DistillLossConfig
