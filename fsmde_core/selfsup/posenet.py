@@ -17,6 +17,8 @@ first steps warp with almost no motion instead of a random one.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -86,7 +88,7 @@ class RigPoseNet(nn.Module):
         super().__init__()
         chans = [6, width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+        for cin, cout in itertools.pairwise(chans):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
         self.encoder = nn.Sequential(*layers)
         self.head = nn.Conv2d(chans[-1], 6, 1)
