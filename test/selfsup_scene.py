@@ -87,3 +87,36 @@ def pair(T_world_src: torch.Tensor) -> dict[str, torch.Tensor]:
 
 #: A source camera 0.4 m right, 5 cm up, 0.3 m ahead, turned 4 deg: parallax of several pixels.
 SOURCE_POSE = pose(rotation(math.radians(4.0), math.radians(-1.0)), (0.4, -0.05, 0.3))
+
+
+# --- a three-camera rig driving through the room ------------------------------------------------------------
+
+RING = [(1, 2), (0, 0), (0, 0)]  # camera 0 between 1 and 2; 1 and 2 see only camera 0's overlap band
+YAWS = (0.0, math.radians(55.0), math.radians(-55.0))
+POSITIONS = ((0.0, 0.0, 1.0), (0.7, 0.05, 0.7), (-0.7, -0.05, 0.7))  # baselines of ~0.75 m like a car's rig
+
+
+def rig_extrinsics(n: int = 3) -> torch.Tensor:
+    """(N, 4, 4) float64 camera -> base: the base frame is an optical-like frame 1 m behind the front camera."""
+    return torch.stack([pose(rotation(YAWS[k]), POSITIONS[k]) for k in range(n)])
+
+
+def rig_odom(z: float, yaw: float = 0.0) -> torch.Tensor:
+    """(4, 4) float64 base -> odometry (= the room's world frame, shifted 1 m back)."""
+    return pose(rotation(yaw), (0.05 * z, 0.0, z - 1.0))
+
+
+def room_batch(times: tuple[float, float, float] = (-0.3, 0.0, 0.35)) -> dict[str, torch.Tensor]:
+    """S=1 set of N=3 cameras at t with prev/next sets, rendered in the room; depth of the current set too."""
+    cams = rig_extrinsics()
+    sets = []
+    for z in times:
+        T_odom = rig_odom(z, 0.2 * z)
+        imgs, depths = zip(*(render(T_odom @ cams[k]) for k in range(3)), strict=True)
+        sets.append((torch.stack(imgs), torch.stack(depths), T_odom.expand(3, 4, 4)))
+    K = intrinsics().float().expand(3, 3, 3)
+    one = torch.tensor([True])
+    return {"images": sets[1][0][None], "depth": sets[1][1][None], "K": K[None], "T_base_cam": cams.float()[None],
+            "T_odom_base": sets[1][2][None], "has_odom": one,
+            "prev_images": sets[0][0][None], "prev_T_odom_base": sets[0][2][None], "has_prev": one,
+            "next_images": sets[2][0][None], "next_T_odom_base": sets[2][2][None], "has_next": one}
