@@ -8,7 +8,7 @@ import pytest
 import torch
 from selfsup_scene import RING, room_batch
 
-from fsmde_core.selfsup.photometric import photometric_loss, surround_sources
+from fsmde_core.selfsup.photometric import PhotometricSources, photometric_loss, surround_sources
 from fsmde_core.selfsup.posenet import (
     RigPoseNet,
     axis_angle_to_matrix,
@@ -81,7 +81,7 @@ def test_shapes_identity_at_init_and_gradients() -> None:
     torch.testing.assert_close(T[:, 3], torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(S, 4))
     R = T[:, :3, :3]
     torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3).expand(S, 3, 3), atol=1e-5, rtol=0)
-    assert float((T - torch.eye(4)).abs().max()) < 0.05  # near identity: centimetres and fractions of a degree
+    assert float((T.detach() - torch.eye(4)).abs().max()) < 0.05  # near identity: centimetres and fractions of a degree
     T.square().sum().backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -113,3 +113,46 @@ def test_photometric_loss_trains_the_pose_net_through_surround_sources() -> None
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def _slot(sources: PhotometricSources, i: int) -> PhotometricSources:
+    """The sources restricted to slot ``i``."""
+    return PhotometricSources(sources.images[:, i:i + 1], sources.K[:, i:i + 1], sources.T_src_tgt[:, i:i + 1],
+                              sources.valid[:, i:i + 1], sources.kinds[i:i + 1])
+
+
+@pytest.mark.slow
+def test_pose_net_learns_the_metric_motion_from_the_photometric_loss() -> None:
+    """Overfit one rendered set with its true depth: the predicted base motion converges to the odometry's.
+
+    Metric depth fixes the translation's scale, so this is the "scale from
+    depth" half of the LiDAR-free loop; measured: 0.30 m error at init, 6 mm
+    after 100 steps at lr 3e-3.
+    """
+    torch.manual_seed(0)
+    batch = room_batch()
+    truth = [torch.linalg.inv(batch[f"{w}_T_odom_base"][0, 0]) @ batch["T_odom_base"][0, 0] for w in ("prev", "next")]
+    batch["has_odom"] = torch.tensor([False])
+    net = RigPoseNet()
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    depth, K = batch["depth"].reshape(3, 1, H, W), batch["K"].reshape(3, 3, 3)
+
+    def predicted() -> torch.Tensor:
+        cams = batch["T_base_cam"]
+        return torch.stack([net(batch["images"], batch[f"{w}_images"], cams) for w in ("prev", "next")], 1)
+
+    def translation_error(ego: torch.Tensor) -> float:
+        return max(float((ego[0, i, :3, 3].detach().double() - truth[i][:3, 3]).norm()) for i in range(2))
+
+    start = translation_error(predicted())
+    for _ in range(100):
+        sources, targets = surround_sources(batch, temporal=True, spatial=False, ring_neighbours=RING,
+                                            ego_motion=predicted())
+        # One loss per source: under the per-pixel minimum a source that never wins gets no gradient, and
+        # in this occlusion-free room the previous set explains every pixel.
+        loss = sum(photometric_loss(depth, targets, K, _slot(sources, i), automask=False).loss for i in range(2))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert start > 0.25
+    assert translation_error(predicted()) < 0.05
