@@ -234,6 +234,10 @@ def test_surround_sources_says_what_is_missing() -> None:
     del batch["prev_images"]
     with pytest.raises(ValueError, match="prev_images"):
         surround_sources(batch, temporal=True, spatial=False, ring_neighbours=RING)
+    del batch["next_T_odom_base"]
+    with pytest.raises(ValueError, match="next_T_odom_base"):
+        surround_sources({**batch, "prev_images": batch["next_images"]}, temporal=True, spatial=False,
+                         ring_neighbours=RING)
     with pytest.raises(ValueError, match="ring_neighbours"):
         surround_sources(batch, temporal=False, spatial=True, ring_neighbours=[(1, 2)])
     with pytest.raises(ValueError, match="S, N, 3, H, W"):

@@ -81,6 +81,8 @@ class PhotometricSources:
     def check(self, batch: int, height: int, width: int) -> None:
         """One clear line when the sources do not fit B targets of H x W."""
         n = len(self.kinds)
+        if n == 0:
+            raise ValueError("PhotometricSources needs at least one source slot")
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown:
             raise ValueError(f"PhotometricSources.kinds must be among {KINDS}, got {unknown}")
@@ -205,14 +207,14 @@ def photometric_loss(
     warped = sample_with_grid(_flat(sources.images).to(target.dtype), grid)
     err = ssim_l1(warped, target.repeat_interleave(s, 0), alpha).reshape(b, s, 1, h, w)
     source_errors = torch.where(_whole_window_valid(valid), err, torch.full_like(err, float("inf")))
-    error = source_errors.min(1).values if s else torch.full((b, 1, h, w), float("inf"), device=target.device)
+    error = source_errors.min(1).values
     kept = torch.ones_like(usable)
     identity = _identity_errors(target, sources, alpha) if automask else None
     if identity is not None:
         kept = error < identity.min(1).values.detach()
     used = usable & torch.isfinite(error) & kept
     safe = torch.where(used, error, torch.zeros_like(error))
-    loss = safe.sum() / used.sum().clamp_min(1).to(safe.dtype) + 0.0 * depth.sum()
+    loss = safe.sum() / used.sum().clamp_min(1).to(safe.dtype)  # keeps its graph through the where when empty
     return PhotometricResult(loss, error, source_errors, used, kept, _make_warp(grid, valid, b, s))
 
 
@@ -311,10 +313,13 @@ def surround_sources(
     parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     kinds: list[str] = []
     if temporal:
-        missing = [f"{w_}_images" for w_ in ("prev", "next") if f"{w_}_images" not in batch]
+        needed = ["prev_images", "next_images"]
+        if ego_motion is None:
+            needed += ["T_odom_base", "prev_T_odom_base", "next_T_odom_base"]
+        missing = [key for key in needed if key not in batch]
         if missing:
-            raise ValueError(f"temporal photometric sources need neighbour frames: batch lacks {missing} "
-                             "(build the dataset with neighbours=True)")
+            raise ValueError(f"temporal photometric sources need neighbour frames and their poses: batch lacks "
+                             f"{missing} (build the dataset with neighbours=True)")
         if ego_motion is not None and tuple(ego_motion.shape) != (s, 2, 4, 4):
             raise ValueError(f"ego_motion must be (S, 2, 4, 4) = {(s, 2, 4, 4)}, got {tuple(ego_motion.shape)}")
         for i, which in enumerate(("prev", "next")):
