@@ -96,7 +96,8 @@ class DistillLossConfig:
     (``photometric_temporal``; poses from /tf odometry or a pose network,
     ``photometric_pose``) and from the adjacent cameras of its own set
     (``photometric_spatial``: the extrinsics' metric baseline), SSIM + L1
-    (``photometric_alpha``), per-pixel minimum, auto-masking; ``w_smoothness`` for
+    (``photometric_alpha``), per-pixel minimum, auto-masking, at ``photometric_scale``
+    x the training size; ``w_smoothness`` for
     the edge-aware smoothness of monodepth2; with CKD on, the same loss on CKD's
     cross depth (``w_photometric_centres``) gives the bin centres their metres
     without LiDAR. ``use_reflective_mask`` trains an intrinsic decomposition
@@ -149,6 +150,7 @@ class DistillLossConfig:
     photometric_temporal: bool = True
     photometric_spatial: bool = True
     photometric_alpha: float = 0.85
+    photometric_scale: float = 1.0
     photometric_automask: bool = True
     photometric_pose: str = "auto"
     w_photometric_centres: float = 1.0
@@ -182,6 +184,8 @@ class DistillLossConfig:
         _check_choice("ckd_target", self.ckd_target, CKD_TARGETS)
         _check_choice("vrkd_region", self.vrkd_region, ("image", "overlap"))
         _check_choice("photometric_pose", self.photometric_pose, PHOTOMETRIC_POSES)
+        if not 0.0 < self.photometric_scale <= 1.0:
+            raise ValueError(f"DistillLossConfig.photometric_scale must be in (0, 1], got {self.photometric_scale}")
         if not 0.0 <= self.photometric_alpha <= 1.0:
             raise ValueError(f"DistillLossConfig.photometric_alpha must be in [0, 1], got {self.photometric_alpha}")
         if self.use_photometric and not (self.photometric_temporal or self.photometric_spatial):

@@ -17,7 +17,6 @@ the video the way the LiDAR centre term teaches them otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -37,34 +36,59 @@ SET_KEYS = ("images", "masks", "K", "T_base_cam", "T_odom_base", "has_odom", "pr
             "prev_T_odom_base", "next_T_odom_base", "has_prev", "has_next")
 
 
-#: The reflective pass (decomposition, its warps, the mask) runs at this fraction of the training size.
-REFLECTIVE_SCALE = 0.5
+def rescaled_intrinsics(K: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    """K for an image resized by (sx, sy) (pixel-centre convention of :mod:`fsmde_core.data.sample`)."""
+    K = K.clone()
+    K[..., 0, 0] *= sx
+    K[..., 0, 2] = (K[..., 0, 2] + 0.5) * sx - 0.5
+    K[..., 1, 1] *= sy
+    K[..., 1, 2] = (K[..., 1, 2] + 0.5) * sy - 0.5
+    return K
 
 
-def _downscaled(depth: torch.Tensor, target: torch.Tensor, K: torch.Tensor, sources: PhotometricSources,
-                usable: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                             PhotometricSources, torch.Tensor]:
-    """Everything a photometric pass reads, resized by ``scale`` (intrinsics with the pixel-centre convention)."""
-    h, w = target.shape[-2:]
+def downscaled_sets(sets: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """The per-set tensors at ``scale`` x the training size: images area-averaged, masks nearest, K rescaled.
+
+    The photometric terms are mostly elementwise work over (targets x sources)
+    pixels; at half size they cost a quarter, which is what lets a CPU run them
+    (``loss.photometric_scale``).
+    """
+    if scale == 1.0:
+        return sets
+    h, w = sets["images"].shape[-2:]
     size = (max(8, round(h * scale)), max(8, round(w * scale)))
-    sx, sy = size[1] / w, size[0] / h
+    out = dict(sets)
+    for key in ("images", "prev_images", "next_images"):
+        if key in sets:
+            x = sets[key]
+            out[key] = F.interpolate(x.flatten(0, 1), size=size, mode="area").view(*x.shape[:3], *size)
+    m = sets["masks"]
+    out["masks"] = F.interpolate(m.flatten(0, 1).float(), size=size, mode="nearest").view(*m.shape[:3], *size) > 0.5
+    out["K"] = rescaled_intrinsics(sets["K"], size[1] / w, size[0] / h)
+    return out
 
-    def rescale_k(k: torch.Tensor) -> torch.Tensor:
-        k = k.clone()
-        k[..., 0, 0] *= sx
-        k[..., 0, 2] = (k[..., 0, 2] + 0.5) * sx - 0.5
-        k[..., 1, 1] *= sy
-        k[..., 1, 2] = (k[..., 1, 2] + 0.5) * sy - 0.5
-        return k
 
-    def area(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=size, mode="area")
+def _reflective_slots(sources: PhotometricSources) -> PhotometricSources:
+    """The adjacent-camera slots when there are any (else all): what the reflective pass compares.
 
-    b, s = sources.images.shape[:2]
-    src = area(sources.images.flatten(0, 1)).view(b, s, 3, *size)
-    small = dataclasses.replace(sources, images=src, K=rescale_k(sources.K))
-    return (F.interpolate(depth, size=size, mode="nearest"), area(target), rescale_k(K), small,
-            F.interpolate(usable.float(), size=size, mode="nearest") > 0.5)
+    A reflection moves with the viewpoint between two cameras of the rig as it
+    does between two instants of one camera (baselines of ~0.5-1 m either way).
+    """
+    keep = [k for k, kind in enumerate(sources.kinds) if kind in ("left", "right")]
+    if not keep or len(keep) == len(sources.kinds):
+        return sources
+    idx = torch.tensor(keep, device=sources.images.device)
+    return PhotometricSources(images=sources.images[:, idx], K=sources.K[:, idx], T_src_tgt=sources.T_src_tgt[:, idx],
+                              valid=sources.valid[:, idx], kinds=tuple(sources.kinds[k] for k in keep))
+
+
+def _resized_depth(depth: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """The student's depth at the photometric size: area when shrinking (every pixel keeps a gradient)."""
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return depth
+    shrinking = depth.shape[-2] > size[0]
+    return F.interpolate(depth, size=size, mode="area") if shrinking else F.interpolate(
+        depth, size=size, mode="bilinear", align_corners=False)
 
 
 def ring_neighbours(pairs: list[tuple[int, int]], num_cameras: int) -> list[tuple[int, int]]:
@@ -149,18 +173,17 @@ class SelfSupervision(torch.nn.Module):
     def forward(self, out, batch: SelfSupervisedBatch, teacher: TeacherOutput | None, readout: str,
                 cfg: DistillLossConfig) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Unweighted terms and their weights (``cfg``: this step's, with the KD ramp applied)."""
-        sets = batch.sets
+        sets = downscaled_sets(batch.sets, cfg.photometric_scale)
         sources, target = self.sources(sets)
         size = tuple(target.shape[-2:])
-        depth = out.depth if tuple(out.depth.shape[-2:]) == size else F.interpolate(
-            out.depth, size=size, mode="bilinear", align_corners=False)
+        depth = _resized_depth(out.depth, size)
         K = sets["K"].flatten(0, 1)
         usable = ~sets["masks"].flatten(0, 1)
         terms: dict[str, torch.Tensor] = {}
         weights: dict[str, float] = {}
         exclude = None
         if self.decomposer is not None:
-            exclude, terms["decomposition"] = self._reflective(depth.detach(), target, K, sources, usable)
+            exclude, terms["decomposition"] = self._reflective(depth.detach(), target, K, sources, usable, sets)
             weights["decomposition"] = cfg.w_decomposition
         result = photometric_loss(depth, target, K, sources, usable, automask=cfg.photometric_automask,
                                   alpha=cfg.photometric_alpha, exclude=exclude)
@@ -174,45 +197,59 @@ class SelfSupervision(torch.nn.Module):
             terms["photometric_centres"], weights["photometric_centres"] = centre.loss, cfg.w_photometric_centres
         if exclude is not None and cfg.use_ckd and teacher is not None and cfg.w_reflective_ckd > 0:
             size_l = tuple(out.logits.shape[-2:])
-            refl = F.interpolate(exclude.float(), size=size_l, mode="nearest") > 0.5
+            refl = F.interpolate(exclude.float(), size=size_l, mode="area") > 0.5
             terms["reflective_ckd"] = ckd_loss(out.logits, teacher.inv_depth, refl, cfg.tau_ckd)
             weights["reflective_ckd"] = cfg.w_ckd * cfg.w_reflective_ckd
         return terms, weights
 
     def _reflective(self, depth: torch.Tensor, target: torch.Tensor, K: torch.Tensor, sources: PhotometricSources,
-                    usable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    usable: torch.Tensor, sets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reflective mask of this step (no gradient) and the decomposition's own loss (its gradient only).
 
         The image's per-pixel photometric error is compared with that of its
         diffuse part under the same warps (the depth is detached: the mask must
-        not shape the depth it masks). Runs at half the training resolution
-        (:data:`REFLECTIVE_SCALE`): the decomposition sees every source image, so
-        its cost grows with them, and a reflection is a region, not an edge.
+        not shape the depth it masks). With spatial sources on, only they are
+        compared (:func:`_reflective_slots`): they are the set's own cameras, so
+        the decomposition runs once per image of the set and not on the
+        neighbour sets (a third of the cost).
         """
         assert self.decomposer is not None and self.error_stats is not None
-        full = tuple(target.shape[-2:])
-        depth_h, target_h, K_h, sources_h, usable_h = _downscaled(depth, target, K, sources, usable, REFLECTIVE_SCALE)
-        b, s = sources_h.images.shape[:2]
-        dec_t = self.decomposer(target_h)
-        dec_s = self.decomposer(sources_h.images.flatten(0, 1))
+        sources = _reflective_slots(sources)
+        dec_t = self.decomposer(target)
+        log_src = self._source_log_diffuse(dec_t, sources, sets)
         with torch.no_grad():
-            image_pass = photometric_loss(depth_h, target_h, K_h, sources_h, usable_h, automask=False,
+            image_pass = photometric_loss(depth, target, K, sources, usable, automask=False,
                                           alpha=self.cfg.photometric_alpha)
-        log_src = dec_s.log_diffuse.view(b, s, *dec_s.log_diffuse.shape[1:])
         warped_log, warp_valid = image_pass.warp(log_src)
-        warp_valid = warp_valid & sources_h.valid[:, :, None, None, None]
+        warp_valid = warp_valid & sources.valid[:, :, None, None, None]
         err_image = image_pass.error
-        losses = decomposition_losses(target_h, dec_t, warped_log, warp_valid, image_error=err_image.detach())
+        losses = decomposition_losses(target, dec_t, warped_log, warp_valid, image_error=err_image.detach())
         with torch.no_grad():
             err_diffuse = self._diffuse_error(dec_t, warped_log, warp_valid)
-            valid = usable_h & torch.isfinite(err_image) & torch.isfinite(err_diffuse)
+            valid = usable & torch.isfinite(err_image) & torch.isfinite(err_diffuse)
             self.error_stats.sync_in()
             mask = reflective_mask(err_image, err_diffuse, valid, self.error_stats.stats, self.cfg.reflective_threshold)
             self.error_stats.stats.update(err_image, err_diffuse, valid)  # after the mask (reflective.py)
             self.error_stats.sync_out()
-            mask = F.interpolate(mask.float(), size=full, mode="nearest") > 0.5
             self.last_reflective_fraction = float(mask.float().mean())
         return mask, losses["total"]
+
+    def _source_log_diffuse(self, dec_t: Decomposition, sources: PhotometricSources,
+                            sets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, S, 3, h, w) log-diffuse of every source slot: prev/next decomposed here, left/right gathered."""
+        assert self.decomposer is not None
+        s, n = sets["images"].shape[:2]
+        cams = torch.arange(s * n, device=dec_t.log_diffuse.device)
+        set_start = cams - cams % n
+        slots = []
+        for kind in sources.kinds:
+            if kind in ("prev", "next"):
+                slots.append(self.decomposer(sets[f"{kind}_images"].flatten(0, 1)).log_diffuse)
+            else:
+                side = 0 if kind == "left" else 1
+                other = torch.tensor([self.ring[k % n][side] for k in range(s * n)], device=cams.device)
+                slots.append(dec_t.log_diffuse[set_start + other])
+        return torch.stack(slots, 1)
 
     def _diffuse_error(self, dec_t: Decomposition, warped_log: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Per-pixel minimum over the sources of the diffuse images' SSIM + L1 error (inf where no source)."""
