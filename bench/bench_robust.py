@@ -73,7 +73,7 @@ from bench_distill import (
     run,
     train,
 )
-from paired_stats import PairedDifference, paired_difference
+from paired_stats import PairedDifference, claim_table_lines, paired_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "robust.md"
@@ -151,29 +151,12 @@ def evaluate_variant(ctx: Context, run_dir: Path, tag: str, args: argparse.Names
 
 
 def paired(rows: dict[str, list[dict | None]]) -> dict[str, dict[str, PairedDifference]]:
-    if BASELINE not in rows:
-        return {}
-
-    def values(name: str, key: str) -> list[float | None]:
-        return [None if r is None or r.get("not_run") else r.get(key) for r in rows[name]]
-
-    return {name: {key: paired_difference(values(name, key), values(BASELINE, key)) for key, _, _ in PAIRED_KEYS}
-            for name in rows if name != BASELINE}
+    return paired_rows(rows, BASELINE, [key for key, _, _ in PAIRED_KEYS])
 
 
 def claim_lines(diffs: dict[str, dict[str, PairedDifference]]) -> list[str]:
-    if not diffs:
-        return [f"(no paired comparison: {BASELINE} and another variant are needed)"]
-    head = " | ".join(f"Δ {label} [95 % CI]" for _, label, _ in PAIRED_KEYS)
-    lines = [f"| variant − {BASELINE} | seeds | {head} | adverse change | clear change |",
-             "|---|---|" + "---|" * len(PAIRED_KEYS) + "---|---|"]
-    for name, d in diffs.items():
-        adv, clear = d["adverse_abs_rel"], d["clear_abs_rel"]
-        cells = " | ".join(fmt_interval(d[key], digits) for key, _, digits in PAIRED_KEYS)
-        rel = [f"{x.relative(x.mean):+.1f} % [{x.relative(x.low):+.1f}, {x.relative(x.high):+.1f}]"
-               if x.n >= 2 else "—" for x in (adv, clear)]
-        lines.append(f"| {name} | {adv.n} | {cells} | {rel[0]} | {rel[1]} |")
-    return lines
+    return claim_table_lines(diffs, BASELINE, PAIRED_KEYS, (("adverse_abs_rel", "adverse"), ("clear_abs_rel", "clear")),
+                             fmt_interval)
 
 
 def summary_lines(rows: dict[str, list[dict | None]]) -> list[str]:

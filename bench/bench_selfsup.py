@@ -62,7 +62,7 @@ from bench_distill import (
     run,
     train,
 )
-from paired_stats import PairedDifference, paired_difference
+from paired_stats import PairedDifference, claim_table_lines, paired_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "selfsup.md"
@@ -106,7 +106,11 @@ def evaluate(ctx: Context, run_dir: Path, tag: str, bags: list[Path]) -> dict:
     if not report_is_current(out, run_dir / "student.safetensors"):
         run([*ctx.fsmde, "eval", "--checkpoint", str(run_dir), *bag_args(bags), "--out", str(out), "--gt",
              "synthetic", "--mode", "metric", "--no-progress"], ctx.log)
-    m = metrics(out)
+    return row_from_metrics(metrics(out))
+
+
+def row_from_metrics(m: dict) -> dict:
+    """The numbers the tables use from one metric-mode metrics.json (reflective ones None without the mask)."""
     bias = float(m["scale"]["overall"]["bias_log"])
     refl = m.get("reflective") or {}
     return {**m["mean"], "scale_bias_log": bias, "scale_error": abs(math.expm1(bias)),
@@ -121,25 +125,13 @@ def values(rows: list[dict | None], key: str) -> list[float | None]:
 
 
 def paired(rows: dict[str, list[dict | None]], baseline: str) -> dict[str, dict[str, PairedDifference]]:
-    if baseline not in rows:
-        return {}
-    return {name: {key: paired_difference(values(r, key), values(rows[baseline], key)) for key, _, _ in PAIRED_KEYS}
-            for name, r in rows.items() if name != baseline}
+    return paired_rows(rows, baseline, [key for key, _, _ in PAIRED_KEYS])
 
 
 def claim_lines(diffs: dict[str, dict[str, PairedDifference]], baseline: str) -> list[str]:
-    if not diffs:
-        return [f"(no paired comparison: {baseline} and another variant are needed)"]
-    head = " | ".join(f"Δ {label} [95 % CI]" for _, label, _ in PAIRED_KEYS)
-    lines = [f"| variant − {baseline} | seeds | {head} | AbsRel change | reflective change |",
-             "|---|---|" + "---|" * len(PAIRED_KEYS) + "---|---|"]
-    for name, d in diffs.items():
-        a, r = d["abs_rel"], d["reflective_abs_rel"]
-        cells = " | ".join(fmt_interval(d[key], digits) for key, _, digits in PAIRED_KEYS)
-        rel = [f"{x.relative(x.mean):+.1f} % [{x.relative(x.low):+.1f}, {x.relative(x.high):+.1f}]"
-               if x.n >= 2 else "—" for x in (a, r)]
-        lines.append(f"| {name} | {a.n} | {cells} | {rel[0]} | {rel[1]} |")
-    return lines
+    return claim_table_lines(diffs, baseline, PAIRED_KEYS, (("abs_rel", "AbsRel"), ("reflective_abs_rel",
+                                                                                     "reflective AbsRel")),
+                             fmt_interval)
 
 
 SUMMARY = (("abs_rel", 4), ("reflective_abs_rel", 4), ("outside_abs_rel", 4), ("rmse", 2), ("a1", 3),
@@ -180,7 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--variants", type=lambda v: v.split(","), default=list(VARIANTS),
                     help=f"default {','.join(VARIANTS)}; more: {','.join(EXTRA_VARIANTS)}")
     ap.add_argument("--add-variant", type=parse_added_variant, action="append", default=[],
-                    metavar="NAME=KEY=VALUE[ KEY=VALUE...]", help="trained on the LiDAR-free bags")
+                    metavar="NAME=KEY=VALUE[ KEY=VALUE...]",
+                    help="(c)'s camera-only objective plus these overrides, on the LiDAR-free bags")
     ap.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(ROOT)}")
     ap.add_argument("--no-train", action="store_true",
                     help="report only the (variant, seed) runs already finished in --work; train nothing")
@@ -189,7 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [v for v in args.variants if v not in known]
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    args.table = {v: known[v] for v in args.variants} | {n: (True, o) for n, o in args.add_variant}
+    # an added variant is (c) plus its overrides: it trains on the camera-only bags, so the LiDAR terms go off
+    args.table = {v: known[v] for v in args.variants} | {n: (True, [*CAMERA_ONLY, *o]) for n, o in args.add_variant}
     return args
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 #: t(0.975, df) for df = 1..30 (standard table values, 4 decimals; test_paired_stats checks them
@@ -86,3 +86,43 @@ def paired_difference(variant: Sequence[float | None], baseline: Sequence[float 
     sd = statistics.stdev(diffs)
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
     return PairedDifference(n, mean, sd, mean - half, mean + half, base)
+
+
+def relative_cell(d: PairedDifference) -> str:
+    """``-12.3 % [-20.1, -4.5]``: a paired difference as a percentage of the baseline (— without an interval)."""
+    if d.n < 2:
+        return "—"
+    return f"{d.relative(d.mean):+.1f} % [{d.relative(d.low):+.1f}, {d.relative(d.high):+.1f}]"
+
+
+def paired_rows(rows: Mapping[str, Sequence[Mapping | None]], baseline: str,
+                keys: Sequence[str]) -> dict[str, dict[str, PairedDifference]]:
+    """variant -> key -> its paired difference with ``baseline`` (a None or ``not_run`` row drops its seed)."""
+    if baseline not in rows:
+        return {}
+
+    def values(name: str, key: str) -> list[float | None]:
+        return [None if r is None or r.get("not_run") or r.get(key) is None else float(r[key]) for r in rows[name]]
+
+    return {name: {key: paired_difference(values(name, key), values(baseline, key)) for key in keys}
+            for name in rows if name != baseline}
+
+
+def claim_table_lines(diffs: Mapping[str, Mapping[str, PairedDifference]], baseline: str,
+                      columns: Sequence[tuple[str, str, int]], relative: Sequence[tuple[str, str]],
+                      fmt_interval) -> list[str]:
+    """The markdown claim table: one row per variant, a ``Δ [95 % CI]`` cell per column, relative changes last.
+
+    ``columns`` = (key, label, digits); ``relative`` = (key, label) of the columns also shown in % of the baseline.
+    """
+    if not diffs:
+        return [f"(no paired comparison: {baseline} and another variant are needed)"]
+    head = " | ".join(f"Δ {label} [95 % CI]" for _, label, _ in columns)
+    rel_head = " | ".join(f"{label} change" for _, label in relative)
+    lines = [f"| variant − {baseline} | seeds | {head} | {rel_head} |",
+             "|---|---|" + "---|" * (len(columns) + len(relative))]
+    for name, d in diffs.items():
+        cells = " | ".join(fmt_interval(d[key], digits) for key, _, digits in columns)
+        rel = " | ".join(relative_cell(d[key]) for key, _ in relative)
+        lines.append(f"| {name} | {d[columns[0][0]].n} | {cells} | {rel} |")
+    return lines
