@@ -91,6 +91,15 @@ def test_a_camera_only_bag_trains_a_metric_student_and_a_killed_run_resumes_to_t
     assert meta["steps"] == 4
 
 
+def test_photometric_alone_trains_with_every_other_term_off(camera_only, tmp_path):
+    """The benchmark's (b): no LiDAR term, no KD term, only the video (and the smoothness prior)."""
+    res = _train(camera_only, tmp_path / "run", tmp_path / "cache", *CAMERA_ONLY, "loss.use_ckd=false",
+                 "loss.use_vrkd=false", "optim.max_steps=2")
+    assert res.returncode == 0, res.stderr
+    student = load_file(tmp_path / "run" / "student.safetensors")
+    assert all(torch.isfinite(v.float()).all() for v in student.values())
+
+
 def test_photometric_pose_odom_on_a_bag_without_tf_is_refused_and_auto_takes_the_pose_network(tmp_path):
     bag = write_bag(tmp_path / "no_tf", BagSpec(width=64, height=48, n_frames=4, with_gt=True)).path
     res = _train(bag, tmp_path / "odom", tmp_path / "cache", "loss.use_photometric=true",

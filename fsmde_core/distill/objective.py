@@ -400,7 +400,7 @@ def compute_losses(
         assert semgraph is not None
         terms["semgraph"] = semgraph.module(out.features, semgraph.teacher_nodes)
         weights["semgraph"] = cfg.w_semgraph
-    total = sum(weights[name] * value for name, value in terms.items())
-    assert isinstance(total, torch.Tensor)
+    # a photometric-only run switches every term here off: its total is the trainer's photometric terms alone
+    total = sum((weights[name] * value for name, value in terms.items()), out.depth.new_zeros(()))
     terms["total"] = total
     return terms
