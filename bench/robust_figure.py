@@ -38,6 +38,18 @@ def tile_with_label(rgb: np.ndarray, text: str) -> Image.Image:
     return pil
 
 
+def save_grid(rows: list[list[Image.Image]], out: Path) -> None:
+    """Equal-sized tiles as a grid (2 px black gaps) saved to ``out``."""
+    w, h = rows[0][0].size
+    canvas = Image.new("RGB", (len(rows[0]) * (w + 2), len(rows) * (h + 2)), (0, 0, 0))
+    for r, tiles in enumerate(rows):
+        for c, t in enumerate(tiles):
+            canvas.paste(t, (c * (w + 2), r * (h + 2)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    print(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True)
@@ -65,14 +77,7 @@ def main() -> int:
             tiles.append(tile_with_label((colour_inverse_depth(depth, 2.0, 80.0) * 255).astype(np.uint8),
                                          f"{name}: AbsRel {abs_rel:.3f}"))
         rows.append(tiles)
-    w, h = rows[0][0].size
-    canvas = Image.new("RGB", (len(rows[0]) * (w + 2), len(rows) * (h + 2)), (0, 0, 0))
-    for r, tiles in enumerate(rows):
-        for c, t in enumerate(tiles):
-            canvas.paste(t, (c * (w + 2), r * (h + 2)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(args.out)
-    print(args.out)
+    save_grid(rows, args.out)
     return 0
 
 

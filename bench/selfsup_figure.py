@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from robust_figure import front_sample, tile_with_label
+from robust_figure import front_sample, save_grid, tile_with_label
 
 from fsmde_core.predictors import student_predictor
 from fsmde_core.report import colour_inverse_depth
@@ -66,14 +65,7 @@ def main() -> int:
                      f"reflective {abs_rel(depth[cam], gt, valid & mask):.3f}")
             tiles.append(tile_with_label((colour_inverse_depth(depth[cam], 2.0, 80.0) * 255).astype(np.uint8), label))
         rows.append(tiles)
-    w, h = rows[0][0].size
-    canvas = Image.new("RGB", (len(rows[0]) * (w + 2), len(rows) * (h + 2)), (0, 0, 0))
-    for r, tiles in enumerate(rows):
-        for c, t in enumerate(tiles):
-            canvas.paste(t, (c * (w + 2), r * (h + 2)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(args.out)
-    print(args.out)
+    save_grid(rows, args.out)
     return 0
 
 
