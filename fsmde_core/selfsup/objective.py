@@ -137,10 +137,6 @@ class SelfSupervisedBatch:
 
     sets: dict[str, torch.Tensor]
 
-    @property
-    def num_sets(self) -> int:
-        return int(self.sets["images"].shape[0])
-
 
 class SelfSupervision(torch.nn.Module):
     """The photometric terms and the modules they train; one instance per training run."""
