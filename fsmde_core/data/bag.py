@@ -233,25 +233,36 @@ class SampleBuilder:
             out[k] = resize_nearest(depth, self.width, self.height)
         return out
 
-    def _labels(self, labels: list[Stamped[bytes] | None] | None) -> np.ndarray | None:
-        """(N, H, W) uint8 class ids at the sample size (nearest: ids must not blend); VOID where missing."""
-        if not self.has_labels:
-            return None
-        out = np.full((len(self.models), self.height, self.width), VOID, dtype=np.uint8)
-        for k, (cam, msg_raw) in enumerate(zip(self.layout.cameras, labels or [None] * len(out), strict=True)):
+    def _mono8_maps(self, msgs: list[Stamped[bytes] | None] | None, topic_of: str, what: str, fill: int,
+                    missing: str) -> np.ndarray:
+        """(N, H, W) uint8 per-camera mono8 maps at the sample size (nearest: ids and masks must not blend).
+
+        ``topic_of`` names the camera attribute holding the topic; a missing
+        message leaves ``fill`` and counts in ``ReadStats.<missing>`` (cameras
+        with such a topic only); a map of another size than its camera is malformed.
+        """
+        out = np.full((len(self.models), self.height, self.width), fill, dtype=np.uint8)
+        for k, (cam, msg_raw) in enumerate(zip(self.layout.cameras, msgs or [None] * len(out), strict=True)):
+            topic = getattr(cam, topic_of)
             if msg_raw is None:
-                self.stats.missing_labels += bool(cam.labels_topic)
+                setattr(self.stats, missing, getattr(self.stats, missing) + bool(topic))
                 continue
-            ids = self._decode_image(msg_raw, cam.labels_topic, image_to_mono8)
-            if (ids.shape[1], ids.shape[0]) != self.native_sizes[k]:
+            values = self._decode_image(msg_raw, topic, image_to_mono8)
+            if (values.shape[1], values.shape[0]) != self.native_sizes[k]:
                 w, h = self.native_sizes[k]
-                raise MalformedMessageError(f"topic {cam.labels_topic}: label map is {ids.shape[1]}x{ids.shape[0]}"
+                raise MalformedMessageError(f"topic {topic}: {what} is {values.shape[1]}x{values.shape[0]}"
                                             f" but the camera is {w}x{h}")
-            out[k] = resize_nearest(ids, self.width, self.height)
+            out[k] = resize_nearest(values, self.width, self.height)
         return out
 
+    def _labels(self, labels: list[Stamped[bytes] | None] | None) -> np.ndarray | None:
+        """(N, H, W) uint8 class ids at the sample size; VOID where missing."""
+        if not self.has_labels:
+            return None
+        return self._mono8_maps(labels, "labels_topic", "label map", VOID, "missing_labels")
+
     def _reflective(self, masks: list[Stamped[bytes] | None] | None) -> np.ndarray | None:
-        """(N, H, W) bool reflective-surface mask at the sample size (nearest); all False for a missing message.
+        """(N, H, W) bool reflective-surface mask at the sample size; all False for a missing message.
 
         False (not reflective) for a missing camera keeps the sample usable: the
         mask only splits evaluation metrics, and the miss is counted in
@@ -259,18 +270,7 @@ class SampleBuilder:
         """
         if not self.has_reflective:
             return None
-        out = np.zeros((len(self.models), self.height, self.width), dtype=bool)
-        for k, (cam, msg_raw) in enumerate(zip(self.layout.cameras, masks or [None] * len(out), strict=True)):
-            if msg_raw is None:
-                self.stats.missing_reflective += 1
-                continue
-            mask = self._decode_image(msg_raw, cam.reflective_topic, image_to_mono8)
-            if (mask.shape[1], mask.shape[0]) != self.native_sizes[k]:
-                w, h = self.native_sizes[k]
-                raise MalformedMessageError(f"topic {cam.reflective_topic}: reflective mask is "
-                                            f"{mask.shape[1]}x{mask.shape[0]} but the camera is {w}x{h}")
-            out[k] = resize_nearest(mask, self.width, self.height) > 0
-        return out
+        return self._mono8_maps(masks, "reflective_topic", "reflective mask", 0, "missing_reflective") > 0
 
     def _odometry(self, camera_stamps_ns: np.ndarray) -> np.ndarray | None:
         """(N, 4, 4) float64 ``T_odom_base`` at each camera's stamp, or None (counted) without usable /tf.
