@@ -102,6 +102,8 @@ from pathlib import Path
 
 import torch
 
+from fsmde_core.config import load_config
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # paired_stats, beside this script
 from paired_stats import PairedDifference, paired_difference
 
@@ -138,6 +140,7 @@ EXTRA_VARIANTS = {
     "d_ckd_vrkd_geo": ["loss.use_xview=true", "loss.use_ground=true"],
     "c_ckd_vrkd_dense": ["loss.use_dense_kd=true"],
     "b_dense": ["loss.use_vrkd=false", "loss.use_ckd=false", "loss.use_dense_kd=true"],
+    "c_dense_wckd03": ["loss.use_dense_kd=true", "loss.w_ckd=0.3"],
     "d_ckd_vrkd_geo_w3": ["loss.use_xview=true", "loss.use_ground=true", "loss.w_xview=3.0", "loss.w_ground=3.0"],
 }
 
@@ -243,11 +246,43 @@ def bag_args(bags: list[Path]) -> list[str]:
 
 
 # ------------------------------------------------------------ train, eval
+def settings_changed(run_dir: Path, config: Path, overrides: list[str]) -> list[str]:
+    """Where the run in ``run_dir`` differs from ``config`` + ``overrides`` (every section but ``data``).
+
+    Why: a run directory is named by variant and seed only; when a default of
+    the config moves (e.g. a loss term switched on), an old run of the same
+    name was trained with other settings and must not be reused, nor resumed
+    from its checkpoints. Empty when there is no run yet or nothing differs.
+    """
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return []
+    saved = json.loads(saved_path.read_text())
+    expected = json.loads(json.dumps(load_config(config, overrides)))
+    changed = []
+    for section in sorted((set(saved) | set(expected)) - {"data"}):
+        have, want = saved.get(section), expected.get(section)
+        if isinstance(have, dict) and isinstance(want, dict):
+            changed += [f"{section}.{k}: {have.get(k)!r} there, {want.get(k)!r} now"
+                        for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+        elif have != want:
+            changed.append(f"{section}: {have!r} there, {want!r} now")
+    return changed
+
+
 def train(ctx: Context, run_dir: Path, train_bags: list[Path], steps: int, seed: int, overrides: list[str]) -> bool:
-    """Train one (variant, seed) unless a finished run is there; False when training stopped with an error."""
-    cmd = [*ctx.fsmde, "train", "--config", str(ROOT / "config" / "train_tiny.yaml"), *bag_args(train_bags),
-           "--out", str(run_dir), "--no-progress", f"optim.max_steps={steps}", "optim.epochs=1000",
-           f"seed={seed}", *overrides]
+    """Train one (variant, seed) unless a finished run is there; False when training stopped with an error.
+
+    A run directory trained with other settings (a moved default) stops the benchmark with one line.
+    """
+    config = ROOT / "config" / "train_tiny.yaml"
+    settings = [f"optim.max_steps={steps}", "optim.epochs=1000", f"seed={seed}", *overrides]
+    changed = settings_changed(run_dir, config, settings)
+    if changed:
+        raise SystemExit(f"bench_distill: {run_dir} was trained with other settings ({'; '.join(changed[:3])}"
+                         f"{'; ...' if len(changed) > 3 else ''}); use another --work or delete that directory")
+    cmd = [*ctx.fsmde, "train", "--config", str(config), *bag_args(train_bags),
+           "--out", str(run_dir), "--no-progress", *settings]
     if finished_steps(run_dir) == steps:
         ctx.log.append(" ".join(shlex.quote(c) for c in cmd) + "   # (finished earlier, reused)")
         return True
