@@ -209,10 +209,11 @@ def default_cache_root(cache_dir: str | None, out_dir: Path) -> Path:
 def check_data_for_losses(index, lc: DistillLossConfig, bags: list[Path]) -> None:
     """One line when the chosen loss terms need data the bags lack (LiDAR; odometry for ``photometric_pose: odom``)."""
     if not any(e.lidar_stamp_ns is not None for e in index.entries) and lc.lidar_terms:
+        off = " ".join(f"loss.{t}=false" for t in ("use_silog", "use_bins", "use_dense_kd") if getattr(lc, t))
         raise ConfigError(
             f"{', '.join(map(str, bags))}: no LiDAR sweep in any surround set, but loss terms "
             f"{', '.join(lc.lidar_terms)} need LiDAR depth; train camera-only with loss.use_photometric=true "
-            "loss.use_silog=false loss.use_bins=false (README 'Training without LiDAR')")
+            f"{off} (README 'Training without LiDAR')".replace("  ", " "))
     if lc.use_photometric and lc.photometric_temporal and lc.photometric_pose == "odom" and not all(
             e.has_odom for e in index.entries):
         missing = sum(not e.has_odom for e in index.entries)
@@ -244,7 +245,9 @@ def teacher_cache(cfg: TrainConfig, dataset, cache_key: str, cache_root: Path, i
     if not cfg.loss.needs_teacher:
         return None
     if not tcfg.enabled:
-        raise ConfigError("loss.use_ckd/use_vrkd/use_dense_kd need a teacher but teacher.kind is none")
+        on = [f"loss.{t}" for t in ("use_ckd", "use_vrkd", "use_dense_kd") if getattr(cfg.loss, t)]
+        raise ConfigError(f"{', '.join(on)} need a teacher but teacher.kind is none: choose a teacher or switch "
+                          f"them off ({' '.join(f'{t}=false' for t in on)}) for a supervised-only run")
     teacher = build_teacher(tcfg.kind, **tcfg.options)
     h = tcfg.cache_height or cfg.student.input_height // 2
     w = tcfg.cache_width or cfg.student.input_width // 2

@@ -9,6 +9,7 @@ whether the teacher cache was built in that run (cold) or an earlier one (warm).
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,10 @@ from fsmde_core.config import load_config
 from fsmde_core.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-SUPERVISED = ["loss.use_ckd=false", "loss.use_vrkd=false", "teacher.kind=none"]
+sys.path.insert(0, str(ROOT / "bench"))  # bench scripts are not a package
+from bench_distill import VARIANTS  # noqa: E402
+
+SUPERVISED = VARIANTS["a_supervised"]
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,8 @@ def test_a_collapsed_student_stops_the_run_with_a_clear_error(bag, tmp_path):
     env = _env(tmp_path / "cache")
     res = subprocess.run(_train_cmd(bag, tmp_path / "run", "optim.max_steps=30", "log.scalar_every=1", "optim.lr=1.0",
                                     "optim.grad_clip=0", "loss.use_ckd=false", "loss.use_vrkd=false",
-                                    "teacher.kind=none", "student.min_depth=10", "student.max_depth=10.5"),
+                                    "loss.use_dense_kd=false", "teacher.kind=none", "student.min_depth=10",
+                                    "student.max_depth=10.5"),
                          env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 2, res.stderr
     assert "collapsed by step" in res.stderr and str(tmp_path / "run") in res.stderr
@@ -459,3 +460,13 @@ def test_a_run_written_before_a_new_key_existed_compares_equal_to_its_defaults()
     assert config_differences(with_new_defaults(old, default_config()), now) == []
     old["optim"]["lr"] = 0.5
     assert config_differences(with_new_defaults(old, default_config()), now) == ["optim.lr: 0.5 -> None"]
+
+
+def test_kd_terms_without_a_teacher_are_one_line_naming_the_switches(bag, tmp_path):
+    """The shipped config distils (CKD, VRKD, dense KD): teacher.kind=none alone must say which terms to switch off."""
+    res = subprocess.run(_train_cmd(bag, tmp_path / "run", "optim.max_steps=1", "teacher.kind=none"),
+                         env=_env(tmp_path / "cache"), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 2, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if "error" in ln]
+    assert "Traceback" not in res.stderr and len(errors) == 1, res.stderr
+    assert "(loss.use_ckd=false loss.use_vrkd=false loss.use_dense_kd=false)" in errors[0]

@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "config" / "train_tiny.yaml"
 FAST = ["data.width=96", "data.height=64", "teacher.cache_height=32", "teacher.cache_width=48",
         "optim.max_steps=4", "optim.checkpoint_every=2", "optim.warmup_steps=2", "log.tensorboard=false"]
-CAMERA_ONLY = ["loss.use_photometric=true", "loss.use_silog=false", "loss.use_bins=false"]
+#: The LiDAR terms off (dense KD too: it anchors the teacher on LiDAR); CKD at the weight measured for it
+#: without LiDAR (1.0: the camera-only student's structure comes from CKD; 0.3 is the LiDAR default).
+CAMERA_ONLY = ["loss.use_photometric=true", "loss.use_silog=false", "loss.use_bins=false",
+               "loss.use_dense_kd=false", "loss.w_ckd=1.0"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,7 @@ def test_a_camera_only_bag_with_lidar_losses_is_one_line_naming_the_terms_and_th
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert str(camera_only) in lines[0] and "no LiDAR" in lines[0]
     assert "use_silog" in lines[0] and "loss.use_photometric=true" in lines[0]
+    assert "loss.use_dense_kd=false" in lines[0]  # the default dense KD anchors on LiDAR too
 
 
 def test_a_camera_only_bag_trains_a_metric_student_and_a_killed_run_resumes_to_the_same_weights(camera_only,
