@@ -191,7 +191,8 @@ def test_training_with_semantic_graph_kd_trains_the_adapter_checkpoints_it_and_r
 
 def test_semantic_graph_kd_on_a_bag_without_labels_names_the_bag_and_the_alternative(tmp_path) -> None:
     bag = write_bag(tmp_path / "real", BagSpec(width=64, height=48, n_frames=2)).path
-    cfg = tiny_config(bag, tmp_path / "cache", "loss.use_semgraph=true", "loss.use_ckd=false", "loss.use_vrkd=false")
+    cfg = tiny_config(bag, tmp_path / "cache", "loss.use_semgraph=true", "loss.use_ckd=false", "loss.use_vrkd=false",
+                      "loss.use_dense_kd=false")
     with pytest.raises(SemanticTeacherError, match=rf"bag {bag} has no label topics.*semantic.kind segformer"):
         Trainer(cfg, tmp_path / "run", progress=False, device_name="cpu").run()
 
