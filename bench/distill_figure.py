@@ -7,7 +7,8 @@ holds on every seed reads as lines that all fall, and a mean carried by one
 seed as one steep line among flat ones. Reads the JSON that
 ``bench/bench_distill.py --summary-json`` writes.
 
-    python bench/distill_figure.py --summary /tmp/distill_summary.json --out bench/results/distill.png
+    python bench/distill_figure.py --summary /tmp/distill_summary.json --out bench/results/distill.png \\
+        [--label 'c_ckd_vrkd=c_ckd_vrkd (default)']
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def seed_lines(summary: dict, set_name: str, key: str) -> tuple[list[str], list[
     return names, lines
 
 
-def draw(summary: dict, out: Path) -> Path:
+def draw(summary: dict, out: Path, labels: dict[str, str] | None = None) -> Path:
+    """The 2 x sets panels into ``out``; ``labels`` renames variants on the axis (a run made before a rename)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +57,7 @@ def draw(summary: dict, out: Path) -> Path:
             means = [math.fsum(v[i] for v in lines if not math.isnan(v[i])) /
                      max(1, sum(not math.isnan(v[i]) for v in lines)) for i in x]
             ax.plot(x, means, color="black", linewidth=3, marker="s", label="mean")
-            ax.set_xticks(x, names, rotation=15)
+            ax.set_xticks(x, [(labels or {}).get(n, n) for n in names], rotation=15)
             ax.set_title(f"held-out set {set_name}: {label}", fontsize=10)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -72,14 +74,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--summary", type=Path, required=True, help="bench_distill.py --summary-json output")
     ap.add_argument("--out", type=Path, default=Path("bench/results/distill.png"))
+    ap.add_argument("--label", action="append", default=[], metavar="VARIANT=TEXT",
+                    help="the axis label of a variant (repeatable), e.g. for runs named before a rename")
     args = ap.parse_args()
+    if any("=" not in item for item in args.label):
+        ap.error("--label wants VARIANT=TEXT")
+    labels = dict(item.split("=", 1) for item in args.label)
     try:
         summary = json.loads(args.summary.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise SystemExit(f"distill_figure: {args.summary}: {err}") from None
     if "sets" not in summary:
         raise SystemExit(f"distill_figure: {args.summary}: no 'sets' (not a bench_distill.py --summary-json file)")
-    print(f"wrote {draw(summary, args.out)}")
+    print(f"wrote {draw(summary, args.out, labels)}")
     return 0
 
 

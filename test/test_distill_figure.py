@@ -30,7 +30,7 @@ def test_each_seed_is_one_line_through_the_variants_and_a_missing_run_is_a_gap()
 
 
 def test_figure_is_written(tmp_path: Path):
-    out = distill_figure.draw(_summary(), tmp_path / "distill.png")
+    out = distill_figure.draw(_summary(), tmp_path / "distill.png", {"c_ckd_vrkd": "distilled"})
     assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
