@@ -115,6 +115,11 @@ def _spin_while(executor: SingleThreadedExecutor, keep_going: Callable[[], bool]
         executor.spin_once(timeout_sec=0.1)
 
 
+def outputs_discovered(node: Node, topics: list[str]) -> bool:
+    """True once every topic in ``topics`` has a publisher in ``node``'s view of the graph."""
+    return all(node.count_publishers(t) > 0 for t in topics)
+
+
 def _camera_frames(bag: Path, rig_yaml: Path) -> int:
     """The fewest messages any camera of the rig has in ``bag``: the sets a replay can give at most."""
     from fsmde_core.data.reader import open_bag, topic_table
@@ -153,15 +158,24 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], par
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("fsmde_demo_viewer", context=context)
-    recorder = NodeOutputRecorder(node, names, [f"/cameras/{n}/depth" for n in names], "/surround_depth/points")
+    depth_topics, cloud_topic = [f"/cameras/{n}/depth" for n in names], "/surround_depth/points"
+    recorder = NodeOutputRecorder(node, names, depth_topics, cloud_topic)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     play_cmd = [sys.executable, "-m", "fsmde_ros.player", str(bag), "--skip-unknown-types", "--rate", "0.5",
                 "--wait-for-subscribers", "--wait-timeout", "120"]  # waits for every camera topic
     try:
+        deadline = time.monotonic() + timeout_s
+        # The outputs are reliable but volatile: a set the node publishes before this viewer has
+        # discovered its publishers is lost. The player only waits for the node's *subscriptions*, and
+        # a six-frame replay is over in seconds, so on a loaded machine (slow discovery) every set was
+        # lost (0 of 6; measured 2026-12-01). Replay only once the node's outputs are seen here.
+        _spin_while(executor, lambda: not outputs_discovered(node, [*depth_topics, cloud_topic])
+                    and node_proc.poll() is None and time.monotonic() < deadline)
+        matched = time.monotonic() + 1.0  # the graph sees an endpoint a moment before the reader matches it
+        _spin_while(executor, lambda: time.monotonic() < matched)
         print(f"\n$ {' '.join(shlex.quote(c) for c in play_cmd)}", flush=True)
         player = subprocess.Popen(play_cmd, env=env)
-        deadline = time.monotonic() + timeout_s
         _spin_while(executor, lambda: player.poll() is None and time.monotonic() < deadline)
         # Let the node finish every set of the replay; a loaded machine may need long, so wait for the
         # count (the cameras' smallest message count in the bag), with the deadline only as a guard.

@@ -59,3 +59,23 @@ def test_recorder_groups_depth_sets_per_camera_not_by_one_stamp():
     assert rec.complete_sets(names) == 1
     latest = rec.latest_depths(names)
     assert latest[0][0, 0] == 5.0 and latest[1][0, 0] == 1.0
+
+
+def test_the_demo_viewer_replays_only_once_it_sees_the_node_outputs():
+    """A volatile output published before the viewer discovered its publisher is lost (0 of 6 sets once)."""
+    rclpy = __import__("pytest").importorskip("rclpy")
+    from sensor_msgs.msg import Image
+
+    from fsmde_ros.snapshot import outputs_discovered
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=9)  # node_confidence 6-7, image_quality 8, test_node 10+: 9 is free
+    try:
+        node = rclpy.create_node("viewer_check", context=ctx)
+        assert not outputs_discovered(node, ["/cameras/front/depth"])
+        node.create_publisher(Image, "/cameras/front/depth", 1)
+        assert outputs_discovered(node, ["/cameras/front/depth"])
+        assert not outputs_discovered(node, ["/cameras/front/depth", "/surround_depth/points"])
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)
