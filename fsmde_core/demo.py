@@ -137,6 +137,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{summary['heldout_abs_rel']:.3f} (the teacher it learnt from, affine-aligned: "
           f"{summary['teacher_affine_abs_rel']:.3f}); report: {summary['report']}")
     if summary.get("node") and summary["node"]["depth_sets"] == 0:
-        print("fsmde demo: the node produced no depth output (see its log above)", file=sys.stderr)
+        print("fsmde demo: no depth output from the node reached the viewer (see the node's log above)",
+              file=sys.stderr)
         return 1
     return 0

@@ -167,9 +167,10 @@ def run_node_replay(model: Path, bag: Path, out_dir: Path, names: list[str], par
     try:
         deadline = time.monotonic() + timeout_s
         # The outputs are reliable but volatile: a set the node publishes before this viewer has
-        # discovered its publishers is lost. The player only waits for the node's *subscriptions*, and
-        # a six-frame replay is over in seconds, so on a loaded machine (slow discovery) every set was
-        # lost (0 of 6; measured 2026-12-01). Replay only once the node's outputs are seen here.
+        # matched its publishers is lost, and the player only waits for the node's *subscriptions*; a
+        # six-frame replay is over in seconds. Twice on a loaded machine this viewer got 0 of 6 sets while
+        # the node's /diagnostics counted 6 published (2026-12-01, bench/results/demo.md). Replay only
+        # once the node's outputs are seen here.
         _spin_while(executor, lambda: not outputs_discovered(node, [*depth_topics, cloud_topic])
                     and node_proc.poll() is None and time.monotonic() < deadline)
         matched = time.monotonic() + 1.0  # the graph sees an endpoint a moment before the reader matches it
