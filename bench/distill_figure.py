@@ -54,8 +54,7 @@ def draw(summary: dict, out: Path, labels: dict[str, str] | None = None) -> Path
             x = list(range(len(names)))
             for seed, values in zip(summary["seeds"], lines, strict=True):
                 ax.plot(x, values, marker="o", alpha=0.8, label=f"seed {seed}")
-            means = [math.fsum(v[i] for v in lines if not math.isnan(v[i])) /
-                     max(1, sum(not math.isnan(v[i]) for v in lines)) for i in x]
+            means = [summary["sets"][set_name]["mean"][n][key] for n in names]  # bench_distill's finite mean
             ax.plot(x, means, color="black", linewidth=3, marker="s", label="mean")
             ax.set_xticks(x, [(labels or {}).get(n, n) for n in names], rotation=15)
             ax.set_title(f"held-out set {set_name}: {label}", fontsize=10)

@@ -209,11 +209,12 @@ def default_cache_root(cache_dir: str | None, out_dir: Path) -> Path:
 def check_data_for_losses(index, lc: DistillLossConfig, bags: list[Path]) -> None:
     """One line when the chosen loss terms need data the bags lack (LiDAR; odometry for ``photometric_pose: odom``)."""
     if not any(e.lidar_stamp_ns is not None for e in index.entries) and lc.lidar_terms:
-        off = " ".join(f"loss.{t}=false" for t in ("use_silog", "use_bins", "use_dense_kd") if getattr(lc, t))
+        fix = ["loss.use_photometric=true", *(f"loss.{t}=false" for t in ("use_silog", "use_bins", "use_dense_kd")
+                                              if getattr(lc, t))]
         raise ConfigError(
             f"{', '.join(map(str, bags))}: no LiDAR sweep in any surround set, but loss terms "
-            f"{', '.join(lc.lidar_terms)} need LiDAR depth; train camera-only with loss.use_photometric=true "
-            f"{off} (README 'Training without LiDAR')".replace("  ", " "))
+            f"{', '.join(lc.lidar_terms)} need LiDAR depth; train camera-only with {' '.join(fix)} "
+            "(README 'Training without LiDAR')")
     if lc.use_photometric and lc.photometric_temporal and lc.photometric_pose == "odom" and not all(
             e.has_odom for e in index.entries):
         missing = sum(not e.has_odom for e in index.entries)
